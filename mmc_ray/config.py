@@ -1,0 +1,226 @@
+"""Frozen, validated configuration for every stage, loaded from YAML with dotted CLI overrides.
+
+Unknown keys, wrong types and values outside their allowed set are errors at load time, each naming
+the dotted key, so a typo never surfaces hours into a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "tiny-cpu.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names the key."""
+
+
+@dataclass(frozen=True)
+class TasksConfig:
+    """Synthetic task generation."""
+
+    n: int = 200
+    seed: int = 0
+    families: tuple[str, ...] = ("counting", "bar_chart", "arithmetic", "geometry")
+    difficulties: tuple[int, ...] = (1, 2, 3)
+    image_size: int = 224
+
+    def __post_init__(self) -> None:
+        _require(self.n > 0, "n", "must be > 0")
+        _require(all(1 <= d <= 5 for d in self.difficulties), "difficulties", "each must be 1..5")
+        _require(self.image_size >= 56, "image_size", "must be >= 56 pixels")
+
+
+@dataclass(frozen=True)
+class TinyModelConfig:
+    """Architecture of the random-weight Qwen2-VL used offline (tests, demo)."""
+
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    vision_depth: int = 2
+    vision_embed_dim: int = 32
+    vision_heads: int = 2
+    max_position_embeddings: int = 4096
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.hidden_size % self.num_heads == 0, "hidden_size",
+                 "must be divisible by num_heads")
+        _require(self.num_heads % self.num_kv_heads == 0, "num_kv_heads",
+                 "must divide num_heads")
+        head_dim = self.hidden_size // self.num_heads
+        _require(head_dim % 2 == 0 and head_dim >= 6, "hidden_size",
+                 "hidden_size / num_heads must be an even head_dim >= 6 (mrope needs 3 sections)")
+        _require(self.vision_embed_dim % self.vision_heads == 0, "vision_embed_dim",
+                 "must be divisible by vision_heads")
+
+
+@dataclass(frozen=True)
+class SimulatorConfig:
+    """Error model of the simulated actor (synthetic tasks only)."""
+
+    observe_error_rate: float = 0.15
+    arithmetic_error_rate: float = 0.1
+    operation_error_rate: float = 0.05
+    revise_success_rate: float = 0.7
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("observe_error_rate", "arithmetic_error_rate", "operation_error_rate",
+                     "revise_success_rate"):
+            _require(0.0 <= getattr(self, name) <= 1.0, name, "must be in [0, 1]")
+
+
+EngineKind = Literal["hf", "simulated"]
+Device = Literal["auto", "cpu", "cuda"]
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Which engine a role uses and how it runs."""
+
+    kind: EngineKind = "hf"
+    model_path: str = "runs/tiny-vlm"
+    device: Device = "auto"
+    dtype: DType = "auto"
+    max_batch_size: int = 16
+    min_pixels: int = 56 * 56
+    max_pixels: int = 224 * 224
+    simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
+
+    def __post_init__(self) -> None:
+        _require(self.max_batch_size > 0, "max_batch_size", "must be > 0")
+        _require(0 < self.min_pixels <= self.max_pixels, "min_pixels", "must be > 0 and <= max_pixels")
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Sampling parameters of one generation call."""
+
+    n: int = 1
+    temperature: float = 0.8
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.n >= 1, "n", "must be >= 1")
+        _require(self.temperature >= 0.0, "temperature", "must be >= 0 (0 = greedy)")
+        _require(0.0 < self.top_p <= 1.0, "top_p", "must be in (0, 1]")
+        _require(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a run needs. `configs/tiny-cpu.yaml` is the default."""
+
+    tasks: TasksConfig = field(default_factory=TasksConfig)
+    tiny_model: TinyModelConfig = field(default_factory=TinyModelConfig)
+    actor: EngineConfig = field(default_factory=EngineConfig)
+    generate: SamplingConfig = field(default_factory=SamplingConfig)
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Check and convert one YAML value to the field's declared type."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+        return _build(tp, value, key)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {list(allowed)}")
+        return value
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return None if value is None else _convert(value, args[0], key)
+    if origin is tuple:
+        if isinstance(value, str) or not isinstance(value, Sequence):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        item_type = typing.get_args(tp)[0]
+        return tuple(_convert(v, item_type, f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool):
+        if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+            raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported config type {tp}")
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(f"unknown key {where}{unknown[0]}; allowed keys here: {names}")
+    kwargs = {k: _convert(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        # Validators name keys relative to their own dataclass; prefix them with where it sits.
+        if prefix and not str(e).startswith(prefix):
+            raise ConfigError(f"{prefix}.{e}") from None
+        raise
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides to a nested dict; values are parsed as YAML scalars/lists."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} is not of the form dotted.key=value")
+        parts = key.strip().split(".")
+        node = data
+        for depth, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                section = ".".join(parts[: depth + 1])
+                raise ConfigError(f"override {item!r}: {section} is not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Load a YAML config (default: configs/tiny-cpu.yaml) and apply dotted overrides."""
+    path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    return _build(Config, apply_overrides(data, overrides))
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict (tuples as lists) suitable for YAML/JSON dumps and run records."""
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+    return plain(dataclasses.asdict(cfg))

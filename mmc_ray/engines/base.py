@@ -1,0 +1,81 @@
+"""The one generation interface every role (actor, critic, annotator) and backend share."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+FinishReason = Literal["stop", "length", "error"]
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One prompt to complete.
+
+    `messages` are chat messages; a content part `{"type": "image"}` stands for the next entry of
+    `images` (PNG bytes). `assistant_prefix` is text the assistant has already written and the
+    engine continues (MCTS expands a node by continuing its path). `metadata` is carried through
+    untouched for tracing; real engines ignore it.
+    """
+
+    messages: tuple[Mapping[str, Any], ...]
+    images: tuple[bytes, ...] = ()
+    assistant_prefix: str = ""
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    logprobs: bool = False
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"n must be >= 1, got {self.n}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        placeholders = sum(
+            1 for m in self.messages if not isinstance(m["content"], str)
+            for part in m["content"] if part.get("type") == "image"
+        )
+        if placeholders != len(self.images):
+            raise ValueError(f"{placeholders} image parts in messages but {len(self.images)} images")
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One sampled continuation. `logprobs` (when asked for) are the model's log-probabilities of
+    the chosen tokens under its unmodified distribution."""
+
+    text: str
+    finish_reason: FinishReason
+    completion_tokens: int
+    logprobs: tuple[float, ...] | None = None
+    error: str = ""  # why, when finish_reason == "error" (e.g. an undecodable image)
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """The `n` completions of one request, in order."""
+
+    completions: tuple[Completion, ...]
+    prompt_tokens: int
+
+
+@runtime_checkable
+class GenerationEngine(Protocol):
+    """`generate` returns one result per request, in request order."""
+
+    name: str
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]: ...
+
+
+def apply_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """Cut `text` at the earliest stop string (excluded, as vLLM and OpenAI do)."""
+    cut = min((i for s in stop if s and (i := text.find(s)) >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)

@@ -1,0 +1,19 @@
+"""The only place that branches on engine kind; backends are imported lazily so that
+`import mmc_ray` needs neither torch nor vLLM."""
+
+from __future__ import annotations
+
+from mmc_ray.config import EngineConfig
+from mmc_ray.engines.base import GenerationEngine
+
+
+def build_engine(cfg: EngineConfig) -> GenerationEngine:
+    if cfg.kind == "hf":
+        from mmc_ray.engines.hf import HFEngine
+
+        return HFEngine.from_config(cfg)
+    if cfg.kind == "simulated":
+        from mmc_ray.engines.simulated import SimulatedActorEngine
+
+        return SimulatedActorEngine(cfg.simulator)
+    raise ValueError(f"unknown engine kind {cfg.kind!r}")

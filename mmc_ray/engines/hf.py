@@ -1,0 +1,118 @@
+"""`HFEngine`: batched `transformers` generation on CPU or CUDA behind the `GenerationEngine` protocol."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from mmc_ray.config import EngineConfig
+from mmc_ray.engines.base import Completion, GenerationRequest, GenerationResult, apply_stop
+from mmc_ray.models.loading import LoadedVLM, decode_image, load_vlm
+
+Unit = tuple[int, int]  # (request index, sample index)
+
+
+def _chunk_seed(requests: Sequence[GenerationRequest], units: Sequence[Unit]) -> int | None:
+    """One seed for a generate() call, derived from its members' seeds, so a seeded batch is
+    reproducible (HF sampling draws from one global generator per call)."""
+    seeds = [(requests[r].seed, s) for r, s in units]
+    if all(seed is None for seed, _ in seeds):
+        return None
+    return int.from_bytes(hashlib.sha256(repr(seeds).encode()).digest()[:4], "little")
+
+
+class HFEngine:
+    """Runs a local Hugging Face VLM. Requests are grouped by sampling parameters and generated in
+    batches of at most `max_batch_size` sequences (each of a request's `n` samples is a sequence)."""
+
+    name = "hf"
+
+    def __init__(self, vlm: LoadedVLM, max_batch_size: int = 16) -> None:
+        self.vlm = vlm
+        self.max_batch_size = max_batch_size
+
+    @classmethod
+    def from_path(cls, model_path: str | Path, device: str = "auto", dtype: str = "auto",
+                  max_batch_size: int = 16, min_pixels: int | None = None,
+                  max_pixels: int | None = None) -> HFEngine:
+        return cls(load_vlm(model_path, device, dtype, min_pixels, max_pixels), max_batch_size)
+
+    @classmethod
+    def from_config(cls, cfg: EngineConfig) -> HFEngine:
+        return cls.from_path(cfg.model_path, cfg.device, cfg.dtype, cfg.max_batch_size,
+                             cfg.min_pixels, cfg.max_pixels)
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        completions: dict[Unit, Completion] = {}
+        prompt_tokens = [0] * len(requests)
+        groups: dict[tuple, list[Unit]] = defaultdict(list)
+        images = {}
+        for r, req in enumerate(requests):
+            try:
+                images[r] = [decode_image(b) for b in req.images]
+            except ValueError as e:
+                # A broken image fails its own request only, never the batch around it.
+                for s in range(req.n):
+                    completions[r, s] = Completion("", "error", 0, error=str(e))
+                continue
+            key = (req.temperature, req.top_p, req.max_new_tokens, req.stop, req.logprobs)
+            groups[key].extend((r, s) for s in range(req.n))
+        for units in groups.values():
+            for start in range(0, len(units), self.max_batch_size):
+                chunk = units[start:start + self.max_batch_size]
+                counts = self._generate_chunk(requests, images, chunk, completions)
+                for (r, _), count in zip(chunk, counts, strict=True):
+                    prompt_tokens[r] = count
+        return [
+            GenerationResult(tuple(completions[r, s] for s in range(req.n)), prompt_tokens[r])
+            for r, req in enumerate(requests)
+        ]
+
+    @torch.inference_mode()
+    def _generate_chunk(self, requests: Sequence[GenerationRequest], images: dict, chunk: Sequence[Unit],
+                        out: dict[Unit, Completion]) -> list[int]:
+        first = requests[chunk[0][0]]
+        prompts = [self.vlm.chat_prompt(requests[r].messages, requests[r].assistant_prefix)
+                   for r, _ in chunk]
+        inputs = self.vlm.encode(prompts, [images[r] for r, _ in chunk])
+        seed = _chunk_seed(requests, chunk)
+        if seed is not None:
+            torch.manual_seed(seed)
+        tokenizer = self.vlm.tokenizer
+        sampling = (
+            {"do_sample": True, "temperature": first.temperature, "top_p": first.top_p}
+            if first.temperature > 0 else {"do_sample": False}
+        )
+        stop_kwargs = {"stop_strings": list(first.stop), "tokenizer": tokenizer} if first.stop else {}
+        output = self.vlm.model.generate(
+            **inputs, **sampling, **stop_kwargs,
+            max_new_tokens=first.max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+            return_dict_in_generate=True,
+            output_logits=first.logprobs,
+        )
+        prompt_len = inputs["input_ids"].shape[1]
+        new_tokens = output.sequences[:, prompt_len:]
+        logprobs = None
+        if first.logprobs:
+            logits = torch.stack(output.logits, dim=1).float()
+            logprobs = torch.log_softmax(logits, dim=-1).gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
+        ends = {tokenizer.eos_token_id, tokenizer.pad_token_id}
+        for row, unit in enumerate(chunk):
+            ids = new_tokens[row].tolist()
+            end = next((i for i, t in enumerate(ids) if t in ends), None)
+            count = len(ids) if end is None else end + (ids[end] == tokenizer.eos_token_id)
+            text, stopped = apply_stop(tokenizer.decode(ids[:count], skip_special_tokens=True),
+                                       first.stop)
+            hit_eos = end is not None and ids[end] == tokenizer.eos_token_id
+            out[unit] = Completion(
+                text=text,
+                finish_reason="stop" if stopped or hit_eos else "length",
+                completion_tokens=count,
+                logprobs=tuple(logprobs[row, :count].tolist()) if logprobs is not None else None,
+            )
+        return inputs["attention_mask"].sum(dim=1).tolist()

@@ -1,0 +1,186 @@
+"""`SimulatedActorEngine`: a seeded noisy solver of the synthetic tasks, for demos and tests only.
+
+It is not a model. It writes step-by-step reasoning in the same format a model is asked for, makes
+realistic step errors at configured rates (miscount by one, misread bar, misread digit, mis-measured
+length, arithmetic slip, wrong operation) and carries each mistake forward into later steps, so
+search, annotation, training and refinement see data with real structure. It reads the problem from
+`request.metadata["problem_id"]` (a synthetic id, regenerated deterministically) and continues any
+`assistant_prefix` from where it stops. Given a feedback turn naming a wrong step ("step 3"), it
+revises from that step and fixes it with probability `revise_success_rate`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from collections.abc import Callable, Mapping, Sequence
+from functools import lru_cache
+from typing import Any
+
+from mmc_ray.config import SimulatorConfig
+from mmc_ray.engines.base import Completion, GenerationRequest, GenerationResult, apply_stop
+from mmc_ray.tasks.generator import problem_from_id
+from mmc_ray.tasks.problem import Problem
+from mmc_ray.tasks.solution import (
+    LABEL_OPS,
+    OBSERVE_OPS,
+    SolutionStep,
+    apply_op,
+    format_number,
+    parse_reasoning,
+    render_reasoning,
+    render_step,
+)
+
+CHARS_PER_TOKEN = 4  # token counts are approximate: the simulator has no tokenizer
+WRONG_OP = {"add": "sub", "sub": "add", "mul": "add", "sum": "sub", "diff": "add",
+            "max": "min", "min": "max", "argmax": "argmin", "argmin": "argmax"}
+OP_SYMBOL = {"add": "+", "sub": "-", "mul": "×"}
+DIGIT_CONFUSIONS = {"0": "8", "1": "7", "3": "8", "5": "6", "6": "5", "7": "1", "8": "3", "9": "4"}
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+_FLAGGED_STEP = re.compile(r"\bstep\s*#?\s*(\d+)", re.IGNORECASE)
+
+
+def _stable_seed(*parts: Any) -> int:
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little")
+
+
+def _perturb_observation(op: str, value: str, rng: random.Random) -> str:
+    """A plausible misreading that always differs from `value`."""
+    x = float(value)
+    if op == "count":
+        return format_number(x + 1 if x == 0 or rng.random() < 0.5 else x - 1)
+    if op == "read_number":
+        digits = [i for i, ch in enumerate(value) if ch in DIGIT_CONFUSIONS]
+        if digits:
+            i = rng.choice(digits)
+            return value[:i] + DIGIT_CONFUSIONS[value[i]] + value[i + 1:]
+        return format_number(x + rng.choice((-1, 1)))
+    if op == "measure" and x != round(x):
+        return format_number(round(x * rng.choice((0.75, 0.85, 1.15, 1.25)), 1))
+    delta = max(1, round(abs(x) * rng.uniform(0.05, 0.2)))  # read_bar, integer measures
+    return format_number(x + rng.choice((-delta, delta)))
+
+
+def _slip(value: str, rng: random.Random) -> str:
+    return format_number(float(value) + rng.choice((-2, -1, 1, 2, 10)))
+
+
+def _template_pattern(template: str) -> re.Pattern[str]:
+    escaped = re.escape(template)
+    escaped = escaped.replace(re.escape("{value}"), "(?P<value>.+?)")
+    escaped = re.sub(r"\\\{(?:\d+|plus)\\\}", ".+?", escaped)
+    return re.compile(rf"^{escaped}\s*$")
+
+
+def _recover_value(step: SolutionStep, text: str) -> str:
+    """The value a previously written step stated: by its template, else the last number (or a
+    label) in it, else the ground truth."""
+    if m := _template_pattern(step.template).match(text):
+        return m.group("value").strip()
+    if step.op in LABEL_OPS:
+        return next((w for w in text.replace(".", " ").split() if w in step.label.split()), step.value)
+    numbers = _NUMBER.findall(text)
+    return numbers[-1] if numbers else step.value
+
+
+def _content_text(message: Mapping[str, Any]) -> str:
+    content = message["content"]
+    if isinstance(content, str):
+        return content
+    return "\n".join(part.get("text", "") for part in content if part.get("type") == "text")
+
+
+def flagged_step(feedback: str) -> int | None:
+    """The 1-based step a free-text critique names as wrong ("step 3 miscounts ..."), if any."""
+    m = _FLAGGED_STEP.search(feedback)
+    return int(m.group(1)) if m else None
+
+
+class SimulatedActorEngine:
+    """See the module docstring. Deterministic for (config seed, request seed, prompt, sample)."""
+
+    name = "simulated"
+
+    def __init__(self, cfg: SimulatorConfig,
+                 problem_lookup: Callable[[str], Problem] = problem_from_id) -> None:
+        self.cfg = cfg
+        self._problem = lru_cache(maxsize=4096)(problem_lookup)
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        return [self._generate_one(req) for req in requests]
+
+    def _generate_one(self, req: GenerationRequest) -> GenerationResult:
+        problem_id = req.metadata.get("problem_id", "")
+        try:
+            problem = self._problem(problem_id)
+        except ValueError as e:
+            error = f"simulated actor needs metadata['problem_id'] of a synthetic problem: {e}"
+            return GenerationResult(tuple(Completion("", "error", 0, error=error)
+                                          for _ in range(req.n)), 0)
+        kept, forced = self._starting_point(problem, req)
+        completions = []
+        for s in range(req.n):
+            rng = random.Random(_stable_seed(self.cfg.seed, req.seed, problem_id, req.messages,
+                                             req.assistant_prefix, s))
+            full = self._write(problem.steps, kept, forced, rng)
+            if req.assistant_prefix:
+                # Continue the prefix: only the lines after the steps it already has.
+                full = "\n".join(full.splitlines()[len(kept):])
+                if not req.assistant_prefix.endswith("\n"):
+                    full = "\n" + full
+            text, stopped = apply_stop(full, req.stop)
+            limit = req.max_new_tokens * CHARS_PER_TOKEN
+            finish = "stop" if stopped or len(text) <= limit else "length"
+            text = text[:limit]
+            completions.append(Completion(text, finish, -(-len(text) // CHARS_PER_TOKEN)))
+        prompt_chars = sum(len(_content_text(m)) for m in req.messages) + len(req.assistant_prefix)
+        return GenerationResult(tuple(completions), -(-prompt_chars // CHARS_PER_TOKEN))
+
+    def _starting_point(self, problem: Problem,
+                        req: GenerationRequest) -> tuple[list[tuple[str, str]], int | None]:
+        """(text, value) of the steps already written that stay as they are and, when revising,
+        the index of the flagged step that the revision may fix."""
+        turns = list(req.messages)
+        is_revision = len(turns) >= 3 and turns[-1]["role"] == "user" and turns[-2]["role"] == "assistant"
+        written = _content_text(turns[-2]) if is_revision else req.assistant_prefix
+        texts = parse_reasoning(written).steps[: len(problem.steps)]
+        forced = None
+        if is_revision:
+            step = flagged_step(_content_text(turns[-1]))
+            forced = min(len(texts), step - 1) if step else 0
+            texts = texts[:forced]
+        return [(t, _recover_value(problem.steps[i], t)) for i, t in enumerate(texts)], forced
+
+    def _write(self, steps: Sequence[SolutionStep], kept: Sequence[tuple[str, str]],
+               forced: int | None, rng: random.Random) -> str:
+        """The kept steps, then the remaining steps with errors, then the answer."""
+        cfg = self.cfg
+        texts = [t for t, _ in kept]
+        values = [v for _, v in kept]
+        fixing = forced is not None and rng.random() < cfg.revise_success_rate
+        for i in range(len(kept), len(steps)):
+            step = steps[i]
+            clean = fixing and i == forced
+            inputs = [values[j] for j in step.inputs]
+            if step.op in OBSERVE_OPS:
+                value = step.value
+                if not clean and rng.random() < cfg.observe_error_rate:
+                    value = _perturb_observation(step.op, value, rng)
+                texts.append(render_step(step, value, []))
+                values.append(value)
+                continue
+            op = step.op
+            wrong_op = not clean and rng.random() < cfg.operation_error_rate
+            if wrong_op:
+                op = WRONG_OP[op]
+            value = apply_op(op, inputs, [steps[j].label for j in step.inputs])
+            if op not in LABEL_OPS and not clean and rng.random() < cfg.arithmetic_error_rate:
+                value = _slip(value, rng)
+            if wrong_op and op in OP_SYMBOL:
+                texts.append(f"Combine them: {f' {OP_SYMBOL[op]} '.join(inputs)} = {value}.")
+            else:
+                texts.append(render_step(step, value, inputs))
+            values.append(value)
+        return render_reasoning(texts, values[-1])

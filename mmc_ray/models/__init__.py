@@ -1,0 +1,1 @@
+"""Model building (tiny offline VLM) and loading (local HF folders)."""

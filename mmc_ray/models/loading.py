@@ -1,0 +1,131 @@
+"""Load a Qwen2-VL-family model from a local Hugging Face folder, and turn prompts + images into
+model inputs without torchvision.
+
+The same code loads the tiny offline model and a real checkpoint (e.g. Qwen2-VL-2B-Instruct in a
+directory). Transformers' `Qwen2VLProcessor` would pull torchvision in; what it adds on top of the
+tokenizer and the PIL image processor is expanding each image placeholder to the image's number of
+visual tokens, which `LoadedVLM.encode` does.
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+IMAGE_PLACEHOLDER = "<|image_pad|>"
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for but torch sees no CUDA device")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        # bf16 on GPU; fp32 on CPU where bf16 matmuls are slow and numerically noisier.
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, dtype)
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """PNG/JPEG bytes → RGB image; a clear ValueError when the bytes are not an image."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.convert("RGB")
+    except Exception as e:
+        raise ValueError(f"image bytes could not be decoded: {e}") from None
+
+
+@dataclass
+class LoadedVLM:
+    """A model with its tokenizer and image processor, and the few facts needed to feed it."""
+
+    model: Any
+    tokenizer: Any
+    image_processor: Any
+    device: torch.device
+    image_token_id: int
+    merge_size: int
+    wants_mm_token_type_ids: bool
+
+    def chat_prompt(self, messages: Sequence[dict[str, Any]], assistant_prefix: str = "") -> str:
+        """Messages rendered with the model's chat template, ready for the assistant to continue."""
+        text = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True,
+                                                  tokenize=False)
+        return text + assistant_prefix
+
+    def encode(self, prompts: Sequence[str],
+               images: Sequence[Sequence[Image.Image]]) -> dict[str, torch.Tensor]:
+        """Tokenise a batch (left-padded for generation). `images[i]` are prompt i's images, one per
+        image placeholder in order."""
+        flat = [img for per_prompt in images for img in per_prompt]
+        inputs: dict[str, torch.Tensor] = {}
+        grids: list[int] = []
+        if flat:
+            vision = self.image_processor(images=flat, return_tensors="pt")
+            inputs["pixel_values"] = vision["pixel_values"]
+            inputs["image_grid_thw"] = vision["image_grid_thw"]
+            grids = [int(g.prod()) // self.merge_size**2 for g in vision["image_grid_thw"]]
+        texts = []
+        cursor = 0
+        for prompt, per_prompt in zip(prompts, images, strict=True):
+            pieces = prompt.split(IMAGE_PLACEHOLDER)
+            if len(pieces) - 1 != len(per_prompt):
+                raise ValueError(
+                    f"prompt has {len(pieces) - 1} image placeholders but {len(per_prompt)} images"
+                )
+            expanded = pieces[0]
+            for piece in pieces[1:]:
+                expanded += IMAGE_PLACEHOLDER * grids[cursor] + piece
+                cursor += 1
+            texts.append(expanded)
+        tokens = self.tokenizer(texts, return_tensors="pt", padding=True, padding_side="left",
+                                add_special_tokens=False)
+        inputs["input_ids"] = tokens["input_ids"]
+        inputs["attention_mask"] = tokens["attention_mask"]
+        if self.wants_mm_token_type_ids:
+            inputs["mm_token_type_ids"] = (tokens["input_ids"] == self.image_token_id).long()
+        return {k: v.to(self.device) for k, v in inputs.items()}
+
+
+def load_vlm(path: str | Path, device: str = "auto", dtype: str = "auto",
+             min_pixels: int | None = None, max_pixels: int | None = None) -> LoadedVLM:
+    """Load model, tokenizer and image processor from a local folder (no hub access)."""
+    from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+
+    path = Path(path)
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(
+            f"no model at {path} (config.json missing). Build the tiny offline model with "
+            f"`mmc-ray model build-tiny --out {path}` or point model_path at a local HF checkpoint."
+        )
+    torch_device = resolve_device(device)
+    size_override = {}
+    if min_pixels is not None and max_pixels is not None:
+        size_override["size"] = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    image_processor = AutoImageProcessor.from_pretrained(path, local_files_only=True, **size_override)
+    model = AutoModelForImageTextToText.from_pretrained(
+        path, local_files_only=True, dtype=resolve_dtype(dtype, torch_device)
+    ).to(torch_device).eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return LoadedVLM(
+        model=model,
+        tokenizer=tokenizer,
+        image_processor=image_processor,
+        device=torch_device,
+        image_token_id=model.config.image_token_id,
+        merge_size=image_processor.merge_size,
+        wants_mm_token_type_ids="mm_token_type_ids" in inspect.signature(model.forward).parameters,
+    )

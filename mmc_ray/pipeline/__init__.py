@@ -1,0 +1,1 @@
+"""Stages that run engines over datasets and join them into pipelines."""

@@ -1,0 +1,118 @@
+"""The `Problem` record every stage reads, and its conversion to and from Parquet rows."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from mmc_ray.io import write_parquet_atomic
+from mmc_ray.schemas import PROBLEM_SCHEMA
+from mmc_ray.tasks.solution import SolutionStep, solution_text
+
+ANSWER_TYPES = ("integer", "float", "choice", "text")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A visual question with a checkable answer.
+
+    `image` is PNG bytes (None for text-only rows). `steps` is the ground-truth solution program
+    for synthetic tasks and empty for benchmark rows, which have only a final answer.
+    """
+
+    problem_id: str
+    family: str
+    question: str
+    image: bytes | None
+    answer: str
+    answer_type: str
+    choices: tuple[str, ...] = ()
+    difficulty: int = 0
+    seed: int | None = None
+    steps: tuple[SolutionStep, ...] = ()
+    source: str = "synthetic"
+
+    def __post_init__(self) -> None:
+        if self.answer_type not in ANSWER_TYPES:
+            raise ValueError(
+                f"problem {self.problem_id}: answer_type {self.answer_type!r} not in {ANSWER_TYPES}"
+            )
+        if self.answer_type == "choice" and self.answer not in self.choices:
+            raise ValueError(f"problem {self.problem_id}: answer {self.answer!r} not among choices")
+
+    @property
+    def reference_solution(self) -> str:
+        """Ground-truth step-by-step reasoning text (synthetic problems only)."""
+        if not self.steps:
+            raise ValueError(f"problem {self.problem_id} has no ground-truth steps")
+        return solution_text(self.steps)
+
+    def to_row(self) -> dict[str, Any]:
+        return {
+            "problem_id": self.problem_id,
+            "family": self.family,
+            "question": self.question,
+            "image": self.image,
+            "answer": self.answer,
+            "answer_type": self.answer_type,
+            "choices": list(self.choices),
+            "difficulty": self.difficulty,
+            "seed": self.seed,
+            "steps": [
+                {"op": s.op, "template": s.template, "value": s.value, "inputs": list(s.inputs),
+                 "label": s.label}
+                for s in self.steps
+            ],
+            "source": self.source,
+        }
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Problem:
+        steps = tuple(
+            SolutionStep(op=s["op"], template=s["template"], value=s["value"],
+                         inputs=tuple(s["inputs"]), label=s["label"])
+            for s in (row.get("steps") or ())
+        )
+        return cls(
+            problem_id=row["problem_id"],
+            family=row["family"],
+            question=row["question"],
+            image=row.get("image"),
+            answer=row["answer"],
+            answer_type=row["answer_type"],
+            choices=tuple(row.get("choices") or ()),
+            difficulty=int(row.get("difficulty") or 0),
+            seed=row.get("seed"),
+            steps=steps,
+            source=row.get("source") or "synthetic",
+        )
+
+
+def write_problems(problems: Iterable[Problem], path: str | Path) -> int:
+    """Write problems to one Parquet file atomically (tmp file, then rename). Returns the count."""
+    rows = [p.to_row() for p in problems]
+    write_parquet_atomic(rows, PROBLEM_SCHEMA, path)
+    return len(rows)
+
+
+def read_problems(path: str | Path) -> list[Problem]:
+    """Read a problems Parquet file written by `write_problems` (or any file with that schema)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"problems file not found: {path}")
+    table = pq.read_table(path)
+    missing = [f.name for f in PROBLEM_SCHEMA if f.name not in table.column_names
+               and not PROBLEM_SCHEMA.field(f.name).nullable]
+    if missing:
+        raise ValueError(f"{path}: not a problems file, missing columns {missing}")
+    return [Problem.from_row(r) for r in table.to_pylist()]
+
+
+def choices_text(choices: Sequence[str]) -> str:
+    """Choices as the "(A) x (B) y" line appended to multiple-choice questions."""
+    return " ".join(f"({chr(ord('A') + i)}) {c}" for i, c in enumerate(choices))
+

@@ -1,0 +1,77 @@
+from pathlib import Path
+
+import pytest
+
+from mmc_ray.config import Config, ConfigError, config_to_dict, load_config
+
+
+def test_default_config_loads_and_matches_yaml():
+    cfg = load_config()
+    assert isinstance(cfg, Config)
+    assert cfg.actor.max_pixels == 12544
+    assert cfg.tasks.families == ("counting", "bar_chart", "arithmetic", "geometry")
+
+
+def test_dotted_overrides_are_typed():
+    cfg = load_config(overrides=["generate.temperature=0", "tasks.difficulties=[4, 5]",
+                                 "actor.simulator.seed=7", "actor.kind=simulated"])
+    assert cfg.generate.temperature == 0.0 and isinstance(cfg.generate.temperature, float)
+    assert cfg.tasks.difficulties == (4, 5)
+    assert cfg.actor.simulator.seed == 7
+    assert cfg.actor.kind == "simulated"
+
+
+def test_config_is_frozen():
+    cfg = load_config()
+    with pytest.raises(AttributeError):
+        cfg.generate.n = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["tasks.nn=1"], "unknown key tasks.nn; allowed keys here: ['n',"),
+        (["bogus.x=1"], "unknown key bogus"),
+        (["actor.kind=vllmx"], "actor.kind: 'vllmx' is not allowed; choose one of ['hf', 'simulated']"),
+        (["actor.device=tpu"], "actor.device: 'tpu' is not allowed"),
+        (["generate.n=abc"], "generate.n: expected int, got 'abc'"),
+        (["generate.n=0"], "generate.n: must be >= 1"),
+        (["generate.top_p=0"], "generate.top_p: must be in (0, 1]"),
+        (["actor.simulator.observe_error_rate=1.5"], "actor.simulator.observe_error_rate: must be in [0, 1]"),
+        (["tasks.families=counting"], "tasks.families: expected a list"),
+        (["tasks.difficulties=[0]"], "tasks.difficulties: each must be 1..5"),
+        (["tiny_model.num_heads=3"], "tiny_model.hidden_size: must be divisible by num_heads"),
+        (["generate.n=true"], "generate.n: expected int, got True"),
+        (["novalue"], "is not of the form dotted.key=value"),
+        (["generate.n.x=1"], "generate.n is not a section"),
+    ],
+)
+def test_bad_config_names_the_key(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=overrides)
+    assert message in str(err.value)
+
+
+def test_missing_and_malformed_files(tmp_path: Path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tasks: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("42\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(scalar)
+
+
+def test_partial_yaml_keeps_defaults_and_round_trips(tmp_path: Path):
+    partial = tmp_path / "p.yaml"
+    partial.write_text("generate:\n  n: 4\n")
+    cfg = load_config(partial)
+    assert cfg.generate.n == 4 and cfg.tasks == Config().tasks
+    dumped = tmp_path / "dumped.yaml"
+    import yaml
+
+    dumped.write_text(yaml.safe_dump(config_to_dict(cfg)))
+    assert load_config(dumped) == cfg
