@@ -115,16 +115,22 @@ class SimulatedActorEngine:
         problem_id = req.metadata.get("problem_id", "")
         try:
             problem = self._problem(problem_id)
-        except ValueError as e:
+        except (KeyError, ValueError) as e:
             error = f"simulated actor needs metadata['problem_id'] of a synthetic problem: {e}"
             return GenerationResult(tuple(Completion("", "error", 0, error=error)
                                           for _ in range(req.n)), 0)
-        kept, forced = self._starting_point(problem, req)
+        written, revise_from = self._written_steps(problem, req)
         completions = []
         for s in range(req.n):
             rng = random.Random(_stable_seed(self.cfg.seed, req.seed, problem_id, req.messages,
                                              req.assistant_prefix, s))
-            full = self._write(problem.steps, kept, forced, rng)
+            kept, clean = written, None
+            if revise_from is not None:
+                # A failed revision keeps the flagged step as it was (feedback friction).
+                fixes = rng.random() < self.cfg.revise_success_rate
+                kept = written[: revise_from if fixes else revise_from + 1]
+                clean = revise_from if fixes else None
+            full = self._write(problem.steps, kept, clean, rng)
             if req.assistant_prefix:
                 # Continue the prefix: only the lines after the steps it already has.
                 full = "\n".join(full.splitlines()[len(kept):])
@@ -138,45 +144,45 @@ class SimulatedActorEngine:
         prompt_chars = sum(len(_content_text(m)) for m in req.messages) + len(req.assistant_prefix)
         return GenerationResult(tuple(completions), -(-prompt_chars // CHARS_PER_TOKEN))
 
-    def _starting_point(self, problem: Problem,
-                        req: GenerationRequest) -> tuple[list[tuple[str, str]], int | None]:
-        """(text, value) of the steps already written that stay as they are and, when revising,
-        the index of the flagged step that the revision may fix."""
+    def _written_steps(self, problem: Problem,
+                       req: GenerationRequest) -> tuple[list[tuple[str, str]], int | None]:
+        """(text, value) of the steps already written (the assistant prefix, or the previous answer
+        when revising) and, when revising, the 0-based index of the step the feedback flags."""
         turns = list(req.messages)
         is_revision = len(turns) >= 3 and turns[-1]["role"] == "user" and turns[-2]["role"] == "assistant"
-        written = _content_text(turns[-2]) if is_revision else req.assistant_prefix
-        texts = parse_reasoning(written).steps[: len(problem.steps)]
-        forced = None
-        if is_revision:
-            step = flagged_step(_content_text(turns[-1]))
-            forced = min(len(texts), step - 1) if step else 0
-            texts = texts[:forced]
-        return [(t, _recover_value(problem.steps[i], t)) for i, t in enumerate(texts)], forced
+        text = _content_text(turns[-2]) if is_revision else req.assistant_prefix
+        texts = parse_reasoning(text).steps[: len(problem.steps)]
+        written = [(t, _recover_value(problem.steps[i], t)) for i, t in enumerate(texts)]
+        if not is_revision:
+            return written, None
+        step = flagged_step(_content_text(turns[-1]))
+        # No step named: start over. A step past the end: redo the last one.
+        return written, min(len(written) - 1, step - 1) if step and written else 0
 
     def _write(self, steps: Sequence[SolutionStep], kept: Sequence[tuple[str, str]],
-               forced: int | None, rng: random.Random) -> str:
-        """The kept steps, then the remaining steps with errors, then the answer."""
+               clean: int | None, rng: random.Random) -> str:
+        """The kept steps, then the remaining steps with errors (none at step `clean`), then the
+        answer."""
         cfg = self.cfg
         texts = [t for t, _ in kept]
         values = [v for _, v in kept]
-        fixing = forced is not None and rng.random() < cfg.revise_success_rate
         for i in range(len(kept), len(steps)):
             step = steps[i]
-            clean = fixing and i == forced
+            exact = i == clean
             inputs = [values[j] for j in step.inputs]
             if step.op in OBSERVE_OPS:
                 value = step.value
-                if not clean and rng.random() < cfg.observe_error_rate:
+                if not exact and rng.random() < cfg.observe_error_rate:
                     value = _perturb_observation(step.op, value, rng)
                 texts.append(render_step(step, value, []))
                 values.append(value)
                 continue
             op = step.op
-            wrong_op = not clean and rng.random() < cfg.operation_error_rate
+            wrong_op = not exact and rng.random() < cfg.operation_error_rate
             if wrong_op:
                 op = WRONG_OP[op]
             value = apply_op(op, inputs, [steps[j].label for j in step.inputs])
-            if op not in LABEL_OPS and not clean and rng.random() < cfg.arithmetic_error_rate:
+            if op not in LABEL_OPS and not exact and rng.random() < cfg.arithmetic_error_rate:
                 value = _slip(value, rng)
             if wrong_op and op in OP_SYMBOL:
                 texts.append(f"Combine them: {f' {OP_SYMBOL[op]} '.join(inputs)} = {value}.")
