@@ -82,7 +82,7 @@ def _write_tasks(cfg: TasksConfig, out: Path) -> int:
     from mmc_ray.tasks.problem import write_problems
 
     problems = tqdm(generate_problems(cfg.n, seed=cfg.seed, families=cfg.families,
-                                      difficulties=cfg.difficulties),
+                                      difficulties=cfg.difficulties, image_size=cfg.image_size),
                     total=cfg.n, desc="tasks", unit="problem")
     count = write_problems(problems, out)
     print(f"wrote {count} problems to {out}")

@@ -71,7 +71,7 @@ def format_number(x: float) -> str:
     if not math.isfinite(x):
         raise ValueError(f"not a finite number: {x}")
     if abs(x - round(x)) < 1e-9:
-        return str(int(round(x)))
+        return str(round(x))
     return f"{x:.2f}".rstrip("0").rstrip(".")
 
 

@@ -1,0 +1,240 @@
+"""Load a user-supplied benchmark file (MathVista-like schema) into `Problem`s. Nothing is downloaded.
+
+Accepted files: `.jsonl` (one JSON object per line) and `.parquet`. Per row:
+
+* `id` or `pid`: the row id (falls back to "line N" / "row N"); problem ids are "{name}-{row id}".
+* `question`, `answer`: required. Numeric answers in JSON are turned into text.
+* `image`: an image file path (relative paths resolve against `image_root`, default the benchmark
+  file's folder), raw image bytes, or a {"bytes", "path"} dict as Hugging Face `datasets` writes.
+  A `decoded_image` column (HF MathVista) is preferred over `image`, which there holds a path.
+  Missing/null means a text-only row. Every image is decoded and re-encoded as PNG.
+* `choices`: optional list of strings.
+* answer type: `question_type` "multi_choice" -> "choice"; else an explicit `answer_type`
+  ("integer", "float", "text", "choice"; MathVista's "list" is compared as "text"); else "choice"
+  when there are choices; else inferred from the answer ("12" integer, "1.5" float, other text).
+  A choice answer must be one of the choices; a single letter ("B") is mapped to its choice.
+
+A bad row (missing field, unreadable image, invalid choice answer, malformed JSON line) is skipped
+with a logged warning naming the row; it never aborts the load.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+from PIL import Image
+
+from mmc_ray.tasks.problem import Problem
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_SUFFIXES = (".jsonl", ".parquet")
+_ANSWER_TYPE_ALIASES = {"integer": "integer", "float": "float", "text": "text", "choice": "choice",
+                        "multi_choice": "choice", "list": "text"}
+_INTEGER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)")
+_FLOAT = re.compile(r"[-+]?(?:\d+\.\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?\d+[eE][-+]?\d+")
+_PARQUET_BATCH_ROWS = 256  # bounds memory: image columns can be large
+
+
+@dataclass(frozen=True)
+class SkippedRow:
+    row_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class BenchmarkLoad:
+    problems: list[Problem]
+    skipped: list[SkippedRow]
+
+
+class _BadRow(Exception):
+    """A row that cannot become a Problem; the message is the reason recorded in `SkippedRow`."""
+
+
+def infer_answer_type(answer: str) -> str:
+    """"integer" for "12" / "-3" / "1,234", "float" for "1.5" / "1e-3", otherwise "text"."""
+    s = answer.strip()
+    if _INTEGER.fullmatch(s):
+        return "integer"
+    if _FLOAT.fullmatch(s):
+        return "float"
+    return "text"
+
+
+def _to_png(data: bytes) -> bytes:
+    """Decode image bytes fully and re-encode them as PNG; raise `_BadRow` if they are not an image.
+
+    `verify()` catches structural corruption; `load()` (on a fresh handle, since verify consumes it)
+    catches truncated pixel data that verify lets through.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.verify()
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            if im.mode not in ("1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"):
+                im = im.convert("RGBA" if "A" in im.getbands() else "RGB")  # CMYK, YCbCr, F...
+            out = io.BytesIO()
+            im.save(out, format="PNG")
+    # Untrusted bytes make PIL raise many types (OSError, SyntaxError, ValueError, EOFError,
+    # DecompressionBombError, struct.error...); any failure means "not a usable image".
+    except Exception as err:
+        raise _BadRow(f"image is not a readable image ({type(err).__name__}: {err})") from err
+    return out.getvalue()
+
+
+def _read_image_file(value: str, image_root: Path) -> bytes:
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        path = image_root / path
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise _BadRow(f"image file not found: {path}") from None
+    except OSError as err:
+        raise _BadRow(f"cannot read image file {path}: {err}") from None
+
+
+def _image_bytes(row: dict[str, Any], image_root: Path) -> bytes | None:
+    """The row's image as PNG bytes, or None for a text-only row."""
+    value = row.get("decoded_image")
+    if value is None:
+        value = row.get("image")
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        if value.get("bytes") is not None:
+            value = value["bytes"]
+        elif value.get("path"):
+            value = value["path"]
+        else:
+            raise _BadRow("image dict has neither 'bytes' nor 'path'")
+    if isinstance(value, str):
+        if not value.strip():
+            return None
+        data = _read_image_file(value, image_root)
+    elif isinstance(value, (bytes, bytearray, memoryview)):
+        data = bytes(value)
+    else:
+        raise _BadRow(f"image must be a path, bytes or a bytes/path dict, got {type(value).__name__}")
+    return _to_png(data)
+
+
+def _answer_type(row: dict[str, Any], answer: str, choices: tuple[str, ...]) -> str:
+    if row.get("question_type") == "multi_choice":
+        return "choice"
+    declared = row.get("answer_type")
+    if declared is not None:
+        if not isinstance(declared, str) or declared not in _ANSWER_TYPE_ALIASES:
+            raise _BadRow(f"unsupported answer_type {declared!r}")
+        return _ANSWER_TYPE_ALIASES[declared]
+    if choices and row.get("question_type") != "free_form":
+        return "choice"
+    return infer_answer_type(answer)
+
+
+def _to_problem(row: dict[str, Any], row_id: str, name: str, image_root: Path) -> Problem:
+    question = row.get("question")
+    if not isinstance(question, str) or not question.strip():
+        raise _BadRow("missing question")
+    raw_answer = row.get("answer")
+    if raw_answer is None or not str(raw_answer).strip():
+        raise _BadRow("missing answer")
+    if not isinstance(raw_answer, (str, int, float)) or isinstance(raw_answer, bool):
+        raise _BadRow(f"answer must be text or a number, got {type(raw_answer).__name__}")
+    answer = str(raw_answer).strip()
+    raw_choices = row.get("choices")
+    if raw_choices is not None and not isinstance(raw_choices, (list, tuple)):
+        raise _BadRow(f"choices must be a list, got {type(raw_choices).__name__}")
+    choices = tuple(str(c) for c in raw_choices or ())
+    answer_type = _answer_type(row, answer, choices)
+    if answer_type == "choice":
+        if not choices:
+            raise _BadRow("multiple-choice row without choices")
+        if answer not in choices:
+            # Some benchmarks store the letter; accept it only when it is unambiguous.
+            index = ord(answer.upper()) - ord("A") if len(answer) == 1 and answer.isalpha() else -1
+            if not 0 <= index < len(choices):
+                raise _BadRow(f"answer {answer!r} is not among choices {list(choices)}")
+            answer = choices[index]
+    image = _image_bytes(row, image_root)
+    try:
+        return Problem(problem_id=f"{name}-{row_id}", family=name, question=question, image=image,
+                       answer=answer, answer_type=answer_type, choices=choices, source=name)
+    except ValueError as err:  # Problem's own invariants; reported like any other bad row
+        raise _BadRow(str(err)) from err
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict[str, Any] | str]]:
+    """(fallback row id, row) pairs; a line that is not a JSON object yields its error message."""
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            fallback = f"line {number}"
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError:
+                yield fallback, "line is not valid UTF-8"
+                continue
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                yield fallback, f"malformed JSON: {err}"
+                continue
+            yield fallback, row if isinstance(row, dict) else f"not a JSON object: {type(row).__name__}"
+
+
+def _parquet_rows(path: Path) -> Iterator[tuple[str, dict[str, Any] | str]]:
+    number = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=_PARQUET_BATCH_ROWS):
+        for row in batch.to_pylist():
+            number += 1
+            yield f"row {number}", row
+
+
+def load_benchmark(path: str | Path, image_root: str | Path | None = None,
+                   name: str | None = None) -> BenchmarkLoad:
+    """Read a benchmark file into problems, skipping (and logging) rows that cannot be used.
+
+    Raises FileNotFoundError if `path` is not a file and ValueError for an unsupported extension.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"benchmark file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise ValueError(f"unsupported benchmark file {path}: expected one of {SUPPORTED_SUFFIXES}")
+    name = name or path.stem
+    root = Path(image_root).expanduser() if image_root is not None else path.parent
+    rows = _jsonl_rows(path) if suffix == ".jsonl" else _parquet_rows(path)
+
+    problems: list[Problem] = []
+    skipped: list[SkippedRow] = []
+    seen: set[str] = set()
+    for fallback_id, row in rows:
+        row_id = fallback_id
+        try:
+            if isinstance(row, str):  # the reader could not even parse this row
+                raise _BadRow(row)
+            raw_id = row.get("id") if row.get("id") is not None else row.get("pid")
+            if raw_id is not None and str(raw_id).strip():
+                row_id = str(raw_id).strip()
+            if row_id in seen:
+                raise _BadRow("duplicate id")
+            problems.append(_to_problem(row, row_id, name, root))
+            seen.add(row_id)
+        except _BadRow as err:
+            skipped.append(SkippedRow(row_id=row_id, reason=str(err)))
+            logger.warning("benchmark %s: skipping row %s: %s", path.name, row_id, err)
+    logger.info("benchmark %s: loaded %d problems, skipped %d rows", path.name, len(problems), len(skipped))
+    return BenchmarkLoad(problems=problems, skipped=skipped)

@@ -1,0 +1,72 @@
+"""The `mmc-ray` command as a user runs it, in a subprocess."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from mmc_ray.tasks.problem import read_problems
+
+
+def mmc_ray(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mmc_ray.cli", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    proc = mmc_ray("demo", "--out", str(out), "tasks.n=12", "generate.max_new_tokens=160", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote 12 problems" in proc.stdout
+    assert (out / "tiny-vlm" / "config.json").exists()
+    table = {line.split()[0]: line.split() for line in proc.stdout.splitlines()
+             if line.startswith(("simulated ", "hf "))}
+    assert set(table) == {"simulated", "hf"}
+    for engine in ("simulated", "hf"):
+        rows = pq.read_table(out / f"results-{engine}.parquet").to_pylist()
+        assert len(rows) == 12
+        accuracy = sum(r["correct"] for r in rows) / len(rows)
+        assert table[engine][2] == f"{accuracy:.3f}"  # the printed figure is the file's
+    simulated = pq.read_table(out / "results-simulated.parquet").to_pylist()
+    # The simulator writes parseable reasoning and gets most easy problems right.
+    assert all(r["extracted_answer"] is not None for r in simulated)
+    assert sum(r["correct"] for r in simulated) >= 4
+
+
+def test_tasks_generate_and_simulated_generate(tmp_path):
+    problems = tmp_path / "p.parquet"
+    proc = mmc_ray("tasks", "generate", "--n", "8", "--out", str(problems), "--families",
+                   "counting,geometry", "--difficulties", "1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    loaded = read_problems(problems)
+    assert [p.family for p in loaded].count("counting") == 4
+    assert {p.difficulty for p in loaded} == {1}
+    results = tmp_path / "r.parquet"
+    proc = mmc_ray("generate", "--problems", str(problems), "--out", str(results), "--engine",
+                   "simulated", "generate.n=3", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = pq.read_table(results).to_pylist()
+    assert len(rows) == 24 and {r["sample_index"] for r in rows} == {0, 1, 2}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["generate", "--problems", "missing.parquet", "--out", "r.parquet", "--engine", "simulated"],
+         "problems file not found: missing.parquet"),
+        (["tasks", "generate", "--out", "p.parquet", "tasks.nn=3"], "unknown key tasks.nn"),
+        (["tasks", "generate", "--out", "p.parquet", "--families", "poetry"], "poetry"),
+        (["generate", "--problems", "p.parquet", "--out", "r.parquet", "actor.model_path=nowhere"],
+         "no model at nowhere"),
+    ],
+)
+def test_clear_errors_not_tracebacks(tmp_path, args, message):
+    if "p.parquet" in args and args[0] == "generate":
+        assert mmc_ray("tasks", "generate", "--n", "2", "--out", "p.parquet", cwd=tmp_path).returncode == 0
+    proc = mmc_ray(*args, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr

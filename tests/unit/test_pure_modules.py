@@ -1,0 +1,29 @@
+"""The pure cores must stay importable without torch or Ray, so they are trivial to test and use."""
+
+import subprocess
+import sys
+
+import pytest
+
+PURE_MODULES = [
+    "mmc_ray.config",
+    "mmc_ray.schemas",
+    "mmc_ray.tasks.solution",
+    "mmc_ray.tasks.problem",
+    "mmc_ray.tasks.prompts",
+    "mmc_ray.tasks.scoring",
+    "mmc_ray.tasks.benchmark",
+    "mmc_ray.tasks.generator",
+    "mmc_ray.engines.base",
+    "mmc_ray.engines.factory",
+    "mmc_ray.engines.simulated",
+    "mmc_ray.cli",
+]
+
+
+@pytest.mark.parametrize("module", PURE_MODULES)
+def test_module_imports_neither_torch_nor_ray(module):
+    code = (f"import sys, {module}; heavy = [m for m in ('torch', 'ray', 'transformers', 'vllm', "
+            f"'deepspeed') if m in sys.modules]; assert not heavy, heavy")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
