@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(build)
 
     gen = commands.add_parser("generate", help="run an engine over a problem file and score it")
-    gen.add_argument("--problems", type=Path, required=True)
+    gen.add_argument("--problems", type=Path, required=True,
+                     help="problems Parquet from `tasks generate`, or a MathVista-style .jsonl/.parquet")
     gen.add_argument("--out", type=Path, required=True)
     gen.add_argument("--engine", choices=["hf", "simulated"], help="shortcut for actor.kind")
     _add_config_args(gen)
@@ -106,9 +107,9 @@ def cmd_generate(args: argparse.Namespace) -> None:
 def _run_generate(cfg: Config, problems_path: Path, out: Path):
     from mmc_ray.engines.factory import build_engine
     from mmc_ray.pipeline.generate import run_generate
-    from mmc_ray.tasks.problem import read_problems
+    from mmc_ray.tasks.benchmark import load_problem_file
 
-    problems = read_problems(problems_path)
+    problems = load_problem_file(problems_path)
     engine = build_engine(cfg.actor)
     return run_generate(problems, engine, cfg.generate, out, batch_size=cfg.actor.max_batch_size)
 

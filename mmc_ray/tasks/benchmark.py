@@ -32,7 +32,7 @@ from typing import Any
 import pyarrow.parquet as pq
 from PIL import Image
 
-from mmc_ray.tasks.problem import Problem
+from mmc_ray.tasks.problem import Problem, read_problems
 
 logger = logging.getLogger(__name__)
 
@@ -238,3 +238,16 @@ def load_benchmark(path: str | Path, image_root: str | Path | None = None,
             logger.warning("benchmark %s: skipping row %s: %s", path.name, row_id, err)
     logger.info("benchmark %s: loaded %d problems, skipped %d rows", path.name, len(problems), len(skipped))
     return BenchmarkLoad(problems=problems, skipped=skipped)
+
+
+def load_problem_file(path: str | Path, image_root: str | Path | None = None) -> list[Problem]:
+    """Problems from our own problems Parquet (`mmc-ray tasks generate`) or from a local benchmark
+    file; a benchmark's skipped rows are logged with their ids and counted in one summary line."""
+    path = Path(path)
+    if path.suffix == ".parquet" and path.exists() and "problem_id" in pq.read_schema(path).names:
+        return read_problems(path)
+    loaded = load_benchmark(path, image_root)
+    if loaded.skipped:
+        logger.warning("%s: loaded %d problems, skipped %d rows (reasons above)", path,
+                    len(loaded.problems), len(loaded.skipped))
+    return loaded.problems

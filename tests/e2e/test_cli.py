@@ -56,7 +56,7 @@ def test_tasks_generate_and_simulated_generate(tmp_path):
     ("args", "message"),
     [
         (["generate", "--problems", "missing.parquet", "--out", "r.parquet", "--engine", "simulated"],
-         "problems file not found: missing.parquet"),
+         "missing.parquet"),
         (["tasks", "generate", "--out", "p.parquet", "tasks.nn=3"], "unknown key tasks.nn"),
         (["tasks", "generate", "--out", "p.parquet", "--families", "poetry"], "poetry"),
         (["generate", "--problems", "p.parquet", "--out", "r.parquet", "actor.model_path=nowhere"],
@@ -70,3 +70,30 @@ def test_clear_errors_not_tracebacks(tmp_path, args, message):
     assert proc.returncode == 2
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_generate_reads_a_local_benchmark_file_and_counts_skips(tmp_path):
+    import io
+    import json
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), "white").save(buf, "PNG")
+    (tmp_path / "ok.png").write_bytes(buf.getvalue())
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    rows = [
+        {"pid": "1", "question": "How many?", "image": "ok.png", "answer": "3"},
+        {"pid": "2", "question": "Which?", "image": "broken.png", "answer": "A", "choices": ["A", "B"]},
+        {"pid": "3", "question": "Where?", "image": "absent.png", "answer": "4"},
+    ]
+    bench = tmp_path / "mini.jsonl"
+    bench.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    proc = mmc_ray("generate", "--problems", str(bench), "--out", "r.parquet", "--engine", "simulated",
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "skipped 2 rows" in proc.stderr and "2" in proc.stderr and "3" in proc.stderr
+    rows_out = pq.read_table(tmp_path / "r.parquet").to_pylist()
+    # The simulator only knows synthetic problems: the benchmark row is an error row, not a crash.
+    assert [r["problem_id"] for r in rows_out] == ["mini-1"]
+    assert rows_out[0]["finish_reason"] == "error" and rows_out[0]["correct"] is False
