@@ -3,6 +3,7 @@
     mmc-ray tasks generate --n 1000 --out problems.parquet
     mmc-ray model build-tiny --out runs/tiny-vlm
     mmc-ray generate --problems problems.parquet --out results.parquet actor.kind=simulated
+    mmc-ray search --problems problems.parquet --out trees/ actor.kind=simulated
     mmc-ray demo --out runs/demo
 """
 
@@ -59,7 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--engine", choices=["hf", "simulated"], help="shortcut for actor.kind")
     _add_config_args(gen)
 
-    demo = commands.add_parser("demo", help="generate tasks, build the tiny model, run both engines")
+    search = commands.add_parser("search", help="MCTS over a problem file with policy workers on Ray")
+    search.add_argument("--problems", type=Path, required=True)
+    search.add_argument("--out", type=Path, required=True, help="folder of trees-NNNNN.parquet shards")
+    search.add_argument("--engine", choices=["hf", "simulated"], help="shortcut for actor.kind")
+    search.add_argument("--local", action="store_true",
+                        help="run the engine in this process instead of Ray workers (debugging)")
+    _add_config_args(search)
+
+    demo = commands.add_parser("demo", help="tasks, tiny model, single-pass generation, MCTS search")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"))
     _add_config_args(demo)
     return parser
@@ -114,6 +123,57 @@ def _run_generate(cfg: Config, problems_path: Path, out: Path):
     return run_generate(problems, engine, cfg.generate, out, batch_size=cfg.actor.max_batch_size)
 
 
+def cmd_search(args: argparse.Namespace) -> None:
+    cfg = _config(args, [f"actor.kind={args.engine}"] if args.engine else [])
+    _run_search(cfg, args.problems, args.out, local=args.local)
+
+
+def _run_search(cfg: Config, problems_path: Path, out: Path, local: bool = False) -> None:
+    from mmc_ray.pipeline.search import search_to_dir
+    from mmc_ray.tasks.benchmark import load_problem_file
+
+    problems = load_problem_file(problems_path)
+    if local:
+        from mmc_ray.engines.factory import build_engine
+        from mmc_ray.pipeline.dispatch import LocalDispatcher
+
+        summary = search_to_dir(problems, LocalDispatcher(build_engine(cfg.actor)), cfg.search, out)
+    else:
+        from mmc_ray.pipeline.dispatch import RayDispatcher
+        from mmc_ray.ray_runtime import init_ray
+        from mmc_ray.workers.group import create_worker_group
+        from mmc_ray.workers.role_worker import PolicyWorker
+
+        init_ray()
+        group = create_worker_group(PolicyWorker, cfg.actor)
+        try:
+            summary = search_to_dir(problems, RayDispatcher(group.workers), cfg.search, out)
+        finally:
+            group.shutdown()
+    _print_search_summary(summary, out)
+
+
+def _print_search_summary(summary, out: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from mmc_ray.pipeline.shards import shard_paths
+
+    columns = ["terminal_correct", "terminal_wrong", "root_value"]
+    rows = [r for p in shard_paths(out, "trees") for r in pq.read_table(p, columns=columns).to_pylist()]
+    divergent = sum(bool(r["terminal_correct"] and r["terminal_wrong"]) for r in rows)
+    print(f"search: {summary.trees} trees searched, {summary.resumed} already done, "
+          f"{len(summary.skipped)} skipped; {summary.expansions} expansions, {summary.rollouts} rollouts, "
+          f"{summary.tokens} tokens in {summary.engine_calls} engine calls "
+          f"({summary.expansions_per_s:.1f} expansions/s, {summary.failed_batches} failed batches, "
+          f"{summary.worker_restarts} lost with their worker)")
+    for problem_id, reason in summary.skipped:
+        print(f"  skipped {problem_id}: {reason}")
+    if rows:
+        mean_value = sum(r["root_value"] for r in rows) / len(rows)
+        print(f"trees in {out}: {len(rows)}; with both correct and wrong answers: {divergent}; "
+              f"mean root value {mean_value:.3f}")
+
+
 def _print_summaries(summaries: Sequence) -> None:
     families = sorted({f for s in summaries for f in s.family_samples})
     header = ["engine", "samples", "accuracy", "errors", "seconds", *families]
@@ -146,15 +206,19 @@ def cmd_demo(args: argparse.Namespace) -> None:
     ]
     print()
     _print_summaries(summaries)
-    print("\nThe simulated actor is a noisy solver of the synthetic tasks (its accuracy follows its "
+    print("The simulated actor is a noisy solver of the synthetic tasks (its accuracy follows its "
           "configured error rates);\nthe tiny Qwen2-VL has random weights, so near-zero accuracy is "
-          "expected: it shows the real model path runs end to end.")
+          "expected: it shows the real model path runs end to end.\n")
+    # MCTS with the simulated actor: the tiny random model would only produce garbage trees.
+    _run_search(dataclasses.replace(cfg, actor=dataclasses.replace(cfg.actor, kind="simulated")),
+                problems, out / "trees")
 
 
 COMMANDS = {
     ("tasks", "generate"): cmd_tasks_generate,
     ("model", "build-tiny"): cmd_model_build_tiny,
     ("generate", None): cmd_generate,
+    ("search", None): cmd_search,
     ("demo", None): cmd_demo,
 }
 
@@ -166,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = getattr(args, f"{args.command}_command", None)
     try:
         COMMANDS[args.command, sub](args)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"mmc-ray {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

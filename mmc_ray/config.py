@@ -43,6 +43,7 @@ class TasksConfig:
 class TinyModelConfig:
     """Architecture of the random-weight Qwen2-VL used offline (tests, demo)."""
 
+    vocab_size: int = 1024  # byte-level BPE trained offline on synthetic task text; 256 = bytes only
     hidden_size: int = 64
     intermediate_size: int = 128
     num_layers: int = 2
@@ -62,6 +63,7 @@ class TinyModelConfig:
         head_dim = self.hidden_size // self.num_heads
         _require(head_dim % 2 == 0 and head_dim >= 6, "hidden_size",
                  "hidden_size / num_heads must be an even head_dim >= 6 (mrope needs 3 sections)")
+        _require(self.vocab_size >= 256, "vocab_size", "must be >= 256 (the byte alphabet)")
         _require(self.vision_embed_dim % self.vision_heads == 0, "vision_embed_dim",
                  "must be divisible by vision_heads")
 
@@ -82,6 +84,24 @@ class SimulatorConfig:
             _require(0.0 <= getattr(self, name) <= 1.0, name, "must be in [0, 1]")
 
 
+@dataclass(frozen=True)
+class ResourcesConfig:
+    """How many Ray actors a role gets and what each one reserves."""
+
+    replicas: int = 1
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    max_restarts: int = 3
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    placement_timeout_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        _require(self.replicas >= 1, "replicas", "must be >= 1")
+        _require(self.num_cpus >= 0 and self.num_gpus >= 0, "num_cpus", "resources must be >= 0")
+        _require(self.max_restarts >= -1, "max_restarts", "must be >= -1 (-1 = unlimited)")
+        _require(self.placement_timeout_s > 0, "placement_timeout_s", "must be > 0")
+
+
 EngineKind = Literal["hf", "simulated"]
 Device = Literal["auto", "cpu", "cuda"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
@@ -99,6 +119,7 @@ class EngineConfig:
     min_pixels: int = 56 * 56
     max_pixels: int = 224 * 224
     simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
 
     def __post_init__(self) -> None:
         _require(self.max_batch_size > 0, "max_batch_size", "must be > 0")
@@ -123,6 +144,37 @@ class SamplingConfig:
 
 
 @dataclass(frozen=True)
+class SearchConfig:
+    """Monte Carlo Tree Search over reasoning steps (one tree per problem)."""
+
+    num_simulations: int = 12        # select-expand-rollout-backup iterations per tree
+    expansion_width: int = 3         # next-step samples per expansion (identical ones merge)
+    rollouts_per_node: int = 2       # completions from each new node to estimate its value
+    max_depth: int = 12              # steps; a node this deep without an answer is terminal-wrong
+    max_nodes: int = 200             # per tree
+    max_tokens: int = 50_000         # generated tokens per tree
+    step_max_tokens: int = 64        # a step ends at a newline or this many tokens
+    rollout_max_tokens: int = 384
+    selection: Literal["uct", "puct"] = "puct"
+    exploration: float = 1.0         # c in UCT / c_puct in PUCT
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+    max_active_trees: int = 256      # trees searched concurrently by the driver
+    requests_per_call: int = 64      # search requests per engine call (batch sent to a worker)
+    shard_size: int = 64             # finished trees per output Parquet file
+
+    def __post_init__(self) -> None:
+        for name in ("num_simulations", "expansion_width", "rollouts_per_node", "max_depth",
+                     "max_nodes", "max_tokens", "step_max_tokens", "rollout_max_tokens",
+                     "max_active_trees", "requests_per_call", "shard_size"):
+            _require(getattr(self, name) >= 1, name, "must be >= 1")
+        _require(self.exploration >= 0, "exploration", "must be >= 0")
+        _require(self.temperature > 0, "temperature", "must be > 0: search needs diverse samples")
+        _require(0.0 < self.top_p <= 1.0, "top_p", "must be in (0, 1]")
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything a run needs. `configs/tiny-cpu.yaml` is the default."""
 
@@ -130,6 +182,7 @@ class Config:
     tiny_model: TinyModelConfig = field(default_factory=TinyModelConfig)
     actor: EngineConfig = field(default_factory=EngineConfig)
     generate: SamplingConfig = field(default_factory=SamplingConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
 
 
 def _require(ok: bool, key: str, message: str) -> None:

@@ -45,3 +45,43 @@ GENERATION_SCHEMA = pa.schema(
         pa.field("completion_tokens", pa.int32()),
     ]
 )
+
+ROLLOUT_TYPE = pa.struct(
+    [("text", pa.string()), ("answer", pa.string()), ("correct", pa.bool_()), ("tokens", pa.int32())]
+)
+
+# One MCTS node; a tree is a list of these with node_id 0..N-1 and parent_id -1 at the root.
+NODE_TYPE = pa.struct(
+    [
+        ("node_id", pa.int32()),
+        ("parent_id", pa.int32()),
+        ("depth", pa.int32()),
+        ("step", pa.string()),
+        ("prior", pa.float32()),
+        ("visits", pa.int32()),
+        ("value_sum", pa.float32()),
+        ("terminal", pa.bool_()),
+        ("invalid", pa.bool_()),
+        ("answer", pa.string()),
+        ("correct", pa.bool_()),
+        ("tokens", pa.int32()),
+        ("rollouts", pa.list_(ROLLOUT_TYPE)),
+    ]
+)
+
+# One row per searched problem: the problem itself (so later stages stream without a join),
+# search statistics, and the node table.
+TREE_SCHEMA = pa.schema(
+    [
+        *PROBLEM_SCHEMA,
+        pa.field("simulations", pa.int32()),
+        pa.field("num_nodes", pa.int32()),
+        pa.field("generated_tokens", pa.int64()),
+        pa.field("terminal_correct", pa.int32()),
+        pa.field("terminal_wrong", pa.int32()),
+        pa.field("invalid_nodes", pa.int32()),
+        pa.field("failed_generations", pa.int32()),
+        pa.field("root_value", pa.float32()),
+        pa.field("nodes", pa.list_(NODE_TYPE)),
+    ]
+)

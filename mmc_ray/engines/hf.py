@@ -50,10 +50,11 @@ class HFEngine:
         completions: dict[Unit, Completion] = {}
         prompt_tokens = [0] * len(requests)
         groups: dict[tuple, list[Unit]] = defaultdict(list)
-        images = {}
+        vision = {}
         for r, req in enumerate(requests):
             try:
-                images[r] = [decode_image(b) for b in req.images]
+                # Once per request, shared by its n samples.
+                vision[r] = self.vlm.preprocess([decode_image(b) for b in req.images])
             except ValueError as e:
                 # A broken image fails its own request only, never the batch around it.
                 for s in range(req.n):
@@ -64,7 +65,7 @@ class HFEngine:
         for units in groups.values():
             for start in range(0, len(units), self.max_batch_size):
                 chunk = units[start:start + self.max_batch_size]
-                counts = self._generate_chunk(requests, images, chunk, completions)
+                counts = self._generate_chunk(requests, vision, chunk, completions)
                 for (r, _), count in zip(chunk, counts, strict=True):
                     prompt_tokens[r] = count
         return [
@@ -73,18 +74,19 @@ class HFEngine:
         ]
 
     @torch.inference_mode()
-    def _generate_chunk(self, requests: Sequence[GenerationRequest], images: dict, chunk: Sequence[Unit],
+    def _generate_chunk(self, requests: Sequence[GenerationRequest], vision: dict, chunk: Sequence[Unit],
                         out: dict[Unit, Completion]) -> list[int]:
         first = requests[chunk[0][0]]
         prompts = [self.vlm.chat_prompt(requests[r].messages, requests[r].assistant_prefix)
                    for r, _ in chunk]
-        inputs = self.vlm.encode(prompts, [images[r] for r, _ in chunk])
+        inputs = self.vlm.encode(prompts, [vision[r] for r, _ in chunk])
         seed = _chunk_seed(requests, chunk)
         if seed is not None:
             torch.manual_seed(seed)
         tokenizer = self.vlm.tokenizer
         sampling = (
-            {"do_sample": True, "temperature": first.temperature, "top_p": first.top_p}
+            # top_k=0: no hidden top-k from generation_config, as with vLLM and OpenAI APIs.
+            {"do_sample": True, "temperature": first.temperature, "top_p": first.top_p, "top_k": 0}
             if first.temperature > 0 else {"do_sample": False}
         )
         stop_kwargs = {"stop_strings": list(first.stop), "tokenizer": tokenizer} if first.stop else {}

@@ -46,6 +46,12 @@ def decode_image(data: bytes) -> Image.Image:
         raise ValueError(f"image bytes could not be decoded: {e}") from None
 
 
+@dataclass(frozen=True)
+class VisionInputs:
+    pixel_values: torch.Tensor
+    grid_thw: torch.Tensor
+
+
 @dataclass
 class LoadedVLM:
     """A model with its tokenizer and image processor, and the few facts needed to feed it."""
@@ -64,38 +70,36 @@ class LoadedVLM:
                                                   tokenize=False)
         return text + assistant_prefix
 
+    def preprocess(self, images: Sequence[Image.Image]) -> VisionInputs | None:
+        """Pixel patches and patch grids of one prompt's images (None when it has none)."""
+        if not images:
+            return None
+        vision = self.image_processor(images=list(images), return_tensors="pt")
+        return VisionInputs(vision["pixel_values"], vision["image_grid_thw"])
+
     def encode(self, prompts: Sequence[str],
-               images: Sequence[Sequence[Image.Image]]) -> dict[str, torch.Tensor]:
-        """Tokenise a batch (left-padded for generation). `images[i]` are prompt i's images, one per
-        image placeholder in order."""
-        flat = [img for per_prompt in images for img in per_prompt]
-        inputs: dict[str, torch.Tensor] = {}
-        grids: list[int] = []
-        if flat:
-            vision = self.image_processor(images=flat, return_tensors="pt")
-            inputs["pixel_values"] = vision["pixel_values"]
-            inputs["image_grid_thw"] = vision["image_grid_thw"]
-            grids = [int(g.prod()) // self.merge_size**2 for g in vision["image_grid_thw"]]
+               vision: Sequence[VisionInputs | None]) -> dict[str, torch.Tensor]:
+        """Tokenise a batch (left-padded for generation). `vision[i]` holds prompt i's images, one
+        per image placeholder in order; the same `VisionInputs` may serve several prompts."""
         texts = []
-        cursor = 0
-        for prompt, per_prompt in zip(prompts, images, strict=True):
+        for prompt, inputs in zip(prompts, vision, strict=True):
+            grids = [] if inputs is None else [int(g.prod()) // self.merge_size**2 for g in inputs.grid_thw]
             pieces = prompt.split(IMAGE_PLACEHOLDER)
-            if len(pieces) - 1 != len(per_prompt):
-                raise ValueError(
-                    f"prompt has {len(pieces) - 1} image placeholders but {len(per_prompt)} images"
-                )
-            expanded = pieces[0]
-            for piece in pieces[1:]:
-                expanded += IMAGE_PLACEHOLDER * grids[cursor] + piece
-                cursor += 1
-            texts.append(expanded)
+            if len(pieces) - 1 != len(grids):
+                raise ValueError(f"prompt has {len(pieces) - 1} image placeholders but {len(grids)} images")
+            texts.append(pieces[0] + "".join(IMAGE_PLACEHOLDER * n + piece
+                                             for n, piece in zip(grids, pieces[1:], strict=True)))
         tokens = self.tokenizer(texts, return_tensors="pt", padding=True, padding_side="left",
                                 add_special_tokens=False)
-        inputs["input_ids"] = tokens["input_ids"]
-        inputs["attention_mask"] = tokens["attention_mask"]
+        batch: dict[str, torch.Tensor] = {"input_ids": tokens["input_ids"],
+                                          "attention_mask": tokens["attention_mask"]}
+        present = [v for v in vision if v is not None]
+        if present:
+            batch["pixel_values"] = torch.cat([v.pixel_values for v in present])
+            batch["image_grid_thw"] = torch.cat([v.grid_thw for v in present])
         if self.wants_mm_token_type_ids:
-            inputs["mm_token_type_ids"] = (tokens["input_ids"] == self.image_token_id).long()
-        return {k: v.to(self.device) for k, v in inputs.items()}
+            batch["mm_token_type_ids"] = (tokens["input_ids"] == self.image_token_id).long()
+        return {k: v.to(self.device) for k, v in batch.items()}
 
 
 def load_vlm(path: str | Path, device: str = "auto", dtype: str = "auto",

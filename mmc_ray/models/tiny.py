@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from mmc_ray.config import TinyModelConfig
 
@@ -37,14 +37,32 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_byte_tokenizer():
-    """A byte-level tokenizer (256 byte tokens + Qwen's specials): any text round-trips exactly."""
+def _training_corpus(n_problems: int = 200) -> list[str]:
+    """Text like what the model will read and write: prompts, questions and reference solutions of
+    generated problems (offline, deterministic)."""
+    from mmc_ray.tasks.generator import generate_problems
+    from mmc_ray.tasks.prompts import SOLVE_INSTRUCTION
+
+    corpus = [SOLVE_INSTRUCTION]
+    for problem in generate_problems(n_problems, seed=12345, difficulties=(1, 2, 3, 4, 5)):
+        corpus += [problem.question, problem.reference_solution]
+    return corpus
+
+
+def build_tokenizer(vocab_size: int = 1024):
+    """A byte-level BPE tokenizer with Qwen's special tokens, trained offline on synthetic task
+    text so prompts compress like a real tokenizer's (~4 characters a token). Any text
+    round-trips exactly; `vocab_size` 256 gives plain byte tokens."""
     from transformers import PreTrainedTokenizerFast
 
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     backend = Tokenizer(models.BPE(vocab={ch: i for i, ch in enumerate(alphabet)}, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
+    if vocab_size > len(alphabet):
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=alphabet,
+                                      show_progress=False, special_tokens=[])
+        backend.train_from_iterator(_training_corpus(), trainer=trainer)
     backend.add_special_tokens(list(SPECIAL_TOKENS))
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>"
@@ -62,7 +80,7 @@ def build_tiny_vlm(cfg: TinyModelConfig, out_dir: str | Path, min_pixels: int = 
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     out_dir = Path(out_dir)
-    tokenizer = build_byte_tokenizer()
+    tokenizer = build_tokenizer(cfg.vocab_size)
     token_id = tokenizer.convert_tokens_to_ids
     head_dim = cfg.hidden_size // cfg.num_heads
     half = head_dim // 2

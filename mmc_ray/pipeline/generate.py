@@ -17,7 +17,7 @@ from mmc_ray.engines.base import GenerationEngine, GenerationRequest
 from mmc_ray.io import write_parquet_atomic
 from mmc_ray.schemas import GENERATION_SCHEMA
 from mmc_ray.tasks.problem import Problem
-from mmc_ray.tasks.prompts import solve_messages
+from mmc_ray.tasks.prompts import solve_request
 from mmc_ray.tasks.scoring import score_text
 
 
@@ -42,17 +42,10 @@ def problem_seed(base_seed: int, problem_id: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{base_seed}:{problem_id}".encode()).digest()[:4], "little")
 
 
-def solve_request(problem: Problem, sampling: SamplingConfig) -> GenerationRequest:
-    return GenerationRequest(
-        messages=solve_messages(problem),
-        images=(problem.image,) if problem.image is not None else (),
-        n=sampling.n,
-        temperature=sampling.temperature,
-        top_p=sampling.top_p,
-        max_new_tokens=sampling.max_new_tokens,
-        seed=problem_seed(sampling.seed, problem.problem_id),
-        metadata={"problem_id": problem.problem_id},
-    )
+def single_pass_request(problem: Problem, sampling: SamplingConfig) -> GenerationRequest:
+    return solve_request(problem, n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
+                         max_new_tokens=sampling.max_new_tokens,
+                         seed=problem_seed(sampling.seed, problem.problem_id))
 
 
 def run_generate(problems: Sequence[Problem], engine: GenerationEngine, sampling: SamplingConfig,
@@ -67,7 +60,7 @@ def run_generate(problems: Sequence[Problem], engine: GenerationEngine, sampling
     bar = tqdm(total=len(problems), desc=f"generate[{engine.name}]", unit="problem", disable=not progress)
     for begin in range(0, len(problems), batch_size):
         batch = problems[begin:begin + batch_size]
-        results = engine.generate([solve_request(p, sampling) for p in batch])
+        results = engine.generate([single_pass_request(p, sampling) for p in batch])
         for problem, result in zip(batch, results, strict=True):
             for index, completion in enumerate(result.completions):
                 score = score_text(completion.text, problem)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
+from PIL import Image, UnidentifiedImageError
 
 from mmc_ray.io import write_parquet_atomic
 from mmc_ray.schemas import PROBLEM_SCHEMA
@@ -116,3 +118,15 @@ def choices_text(choices: Sequence[str]) -> str:
     """Choices as the "(A) x (B) y" line appended to multiple-choice questions."""
     return " ".join(f"({chr(ord('A') + i)}) {c}" for i, c in enumerate(choices))
 
+
+
+def image_error(data: bytes) -> str | None:
+    """Why these image bytes cannot be used, or None when they decode."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+    except UnidentifiedImageError:
+        return "not a recognised image format"
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        return str(e) or type(e).__name__
+    return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mmc_ray.engines.base import GenerationRequest
 from mmc_ray.tasks.problem import Problem, choices_text
 
 SOLVE_INSTRUCTION = (
@@ -21,3 +22,22 @@ def solve_messages(problem: Problem) -> tuple[dict[str, Any], ...]:
     content: list[dict[str, Any]] = [{"type": "image"}] if problem.image is not None else []
     content.append({"type": "text", "text": f"{question}\n{SOLVE_INSTRUCTION}"})
     return ({"role": "user", "content": content},)
+
+
+def solve_request(problem: Problem, *, n: int, temperature: float, top_p: float, max_new_tokens: int,
+                  seed: int | None, assistant_prefix: str = "",
+                  stop: tuple[str, ...] = ()) -> GenerationRequest:
+    """The actor's request to solve `problem` (continuing `assistant_prefix` if given). The
+    problem id travels in metadata for tracing and for the simulated actor."""
+    return GenerationRequest(
+        messages=solve_messages(problem),
+        images=(problem.image,) if problem.image is not None else (),
+        assistant_prefix=assistant_prefix,
+        n=n,
+        temperature=temperature,
+        top_p=top_p,
+        max_new_tokens=max_new_tokens,
+        stop=stop,
+        seed=seed,
+        metadata={"problem_id": problem.problem_id},
+    )

@@ -145,11 +145,13 @@ def _last_choice_letter(text: str, n_choices: int) -> str | None:
     return best[1] if best else None
 
 
-def extract_answer(text: str, choices: Sequence[str] = ()) -> str | None:
+def extract_answer(text: str, choices: Sequence[str] = (), explicit_only: bool = False) -> str | None:
     """The final answer in free model text, or None if there is none.
 
     Looks at the last `_SCAN_CHARS` characters (the last `_NUMBER_SCAN_CHARS` for the bare-number
     fallback). Returns the answer as written (cleaned of markup), not mapped to a choice text.
+    `explicit_only` accepts only a `\\boxed{}` or an answer phrase: search uses it so that a path
+    cut off mid-reasoning never counts as answered because its last number happens to match.
     """
     if not text:
         return None
@@ -158,6 +160,8 @@ def extract_answer(text: str, choices: Sequence[str] = ()) -> str | None:
         return boxed
     if (phrase := _last_answer_phrase(tail)) is not None:
         return phrase
+    if explicit_only:
+        return None
     if choices and (letter := _last_choice_letter(tail, len(choices))) is not None:
         return letter
     numbers = _FALLBACK_NUMBER.findall(text[-_NUMBER_SCAN_CHARS:])

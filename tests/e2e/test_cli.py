@@ -30,10 +30,26 @@ def test_demo_runs_end_to_end(tmp_path):
         assert len(rows) == 12
         accuracy = sum(r["correct"] for r in rows) / len(rows)
         assert table[engine][2] == f"{accuracy:.3f}"  # the printed figure is the file's
+    trees = pq.read_table(out / "trees").to_pylist()
+    assert sorted(t["problem_id"] for t in trees) == sorted(r["problem_id"] for r in rows)
+    assert "search: 12 trees searched, 0 already done, 0 skipped" in proc.stdout
     simulated = pq.read_table(out / "results-simulated.parquet").to_pylist()
     # The simulator writes parseable reasoning and gets most easy problems right.
     assert all(r["extracted_answer"] is not None for r in simulated)
     assert sum(r["correct"] for r in simulated) >= 4
+
+
+def test_search_local_resumes(tmp_path):
+    problems = tmp_path / "p.parquet"
+    assert mmc_ray("tasks", "generate", "--n", "6", "--out", str(problems), cwd=tmp_path).returncode == 0
+    args = ("search", "--local", "--problems", str(problems), "--out", "trees", "actor.kind=simulated",
+            "search.num_simulations=3")
+    first = mmc_ray(*args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "search: 6 trees searched, 0 already done" in first.stdout
+    again = mmc_ray(*args, cwd=tmp_path)
+    assert "search: 0 trees searched, 6 already done" in again.stdout
+    assert len(pq.read_table(tmp_path / "trees").to_pylist()) == 6
 
 
 def test_tasks_generate_and_simulated_generate(tmp_path):

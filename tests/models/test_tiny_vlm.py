@@ -7,7 +7,7 @@ from PIL import Image
 from mmc_ray.config import TinyModelConfig
 from mmc_ray.engines.base import GenerationEngine, GenerationRequest
 from mmc_ray.models.loading import IMAGE_PLACEHOLDER, load_vlm
-from mmc_ray.models.tiny import build_byte_tokenizer, build_tiny_vlm
+from mmc_ray.models.tiny import build_tiny_vlm, build_tokenizer
 
 
 def png(color=(255, 0, 0), size=(200, 150)) -> bytes:
@@ -21,8 +21,9 @@ def image_request(**kwargs) -> GenerationRequest:
     return GenerationRequest(messages=messages, images=(png(),), **kwargs)
 
 
-def test_byte_tokenizer_round_trips_any_text():
-    tok = build_byte_tokenizer()
+@pytest.mark.parametrize("vocab_size", [256, 1024])
+def test_tokenizer_round_trips_any_text(vocab_size):
+    tok = build_tokenizer(vocab_size)
     text = "Step 1: 3 × 4 = 12 — ünïcode ✓\nAnswer: 12"
     assert tok.decode(tok(text)["input_ids"]) == text
     assert tok.convert_tokens_to_ids(IMAGE_PLACEHOLDER) != tok.unk_token_id
@@ -34,7 +35,7 @@ def test_save_load_round_trip_gives_identical_logits(tiny_vlm_path):
     prompt = vlm.chat_prompt(image_request().messages)
     from mmc_ray.models.loading import decode_image
 
-    inputs = vlm.encode([prompt], [[decode_image(png())]])
+    inputs = vlm.encode([prompt], [vlm.preprocess([decode_image(png())])])
     n_image_tokens = int((inputs["input_ids"] == vlm.image_token_id).sum())
     grid = inputs["image_grid_thw"][0]
     assert n_image_tokens == int(grid.prod()) // vlm.merge_size**2 > 0
@@ -42,7 +43,7 @@ def test_save_load_round_trip_gives_identical_logits(tiny_vlm_path):
         before = vlm.model(**inputs).logits
     again = load_vlm(tiny_vlm_path, device="cpu", dtype="float32")
     with torch.no_grad():
-        after = again.model(**again.encode([prompt], [[decode_image(png())]])).logits
+        after = again.model(**again.encode([prompt], [again.preprocess([decode_image(png())])])).logits
     torch.testing.assert_close(before, after)
 
 
@@ -51,7 +52,8 @@ def test_tiny_vlm_backpropagates_through_vision_and_text(tiny_vlm_path):
     vlm.model.train()
     from mmc_ray.models.loading import decode_image
 
-    inputs = vlm.encode([vlm.chat_prompt(image_request().messages, "Step 1:")], [[decode_image(png())]])
+    inputs = vlm.encode([vlm.chat_prompt(image_request().messages, "Step 1:")],
+                        [vlm.preprocess([decode_image(png())])])
     loss = vlm.model(**inputs, labels=inputs["input_ids"]).loss
     loss.backward()
     grads = {n: p.grad for n, p in vlm.model.named_parameters() if p.grad is not None}
@@ -62,7 +64,7 @@ def test_tiny_vlm_backpropagates_through_vision_and_text(tiny_vlm_path):
 def test_image_count_mismatch_is_a_clear_error(tiny_vlm_path):
     vlm = load_vlm(tiny_vlm_path, device="cpu")
     with pytest.raises(ValueError, match="1 image placeholders but 0 images"):
-        vlm.encode([f"a {IMAGE_PLACEHOLDER} b"], [[]])
+        vlm.encode([f"a {IMAGE_PLACEHOLDER} b"], [None])
 
 
 def test_missing_model_dir_names_the_fix(tmp_path):

@@ -1,0 +1,1 @@
+"""Pure Monte Carlo Tree Search over reasoning steps (stdlib only) and divergent-pair mining."""

@@ -1,0 +1,91 @@
+"""Where a batch of generation requests runs: in this process, or on a pool of Ray workers.
+
+The search driver only submits batches and waits for whichever finish first, so the same driver
+runs a laptop test, a benchmark baseline and a GPU cluster.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from mmc_ray.engines.base import GenerationEngine, GenerationRequest, GenerationResult
+
+Outcome = list[GenerationResult] | BaseException
+
+
+class WorkerLost(RuntimeError):
+    """The worker actor died while holding the batch (Ray restarts it up to `max_restarts`)."""
+
+
+class Dispatcher(Protocol):
+    capacity: int  # batches that may be in flight at once
+
+    def submit(self, batch: Sequence[GenerationRequest]) -> int: ...
+
+    def wait(self) -> list[tuple[int, Outcome]]:
+        """Block until at least one submitted batch finishes; return every finished one."""
+        ...
+
+
+class LocalDispatcher:
+    """Runs each batch on an engine in this process, when waited for."""
+
+    capacity = 1
+
+    def __init__(self, engine: GenerationEngine) -> None:
+        self.engine = engine
+        self._tickets = itertools.count()
+        self._pending: list[tuple[int, Sequence[GenerationRequest]]] = []
+
+    def submit(self, batch: Sequence[GenerationRequest]) -> int:
+        ticket = next(self._tickets)
+        self._pending.append((ticket, batch))
+        return ticket
+
+    def wait(self) -> list[tuple[int, Outcome]]:
+        done, self._pending = self._pending, []
+        return [(ticket, self.engine.generate(batch)) for ticket, batch in done]
+
+
+class RayDispatcher:
+    """Sends each batch to the least-loaded worker actor; a worker can hold `inflight_per_worker`
+    batches so it never idles between one result and the next request. A failed batch (worker
+    died, engine raised) comes back as its exception for the driver to retry."""
+
+    def __init__(self, workers: Sequence[Any], inflight_per_worker: int = 2) -> None:
+        if not workers:
+            raise ValueError("RayDispatcher needs at least one worker")
+        self.workers = list(workers)
+        self.capacity = len(self.workers) * inflight_per_worker
+        self._tickets = itertools.count()
+        self._inflight: dict[Any, tuple[int, int]] = {}  # object ref -> (ticket, worker index)
+        self._load = [0] * len(self.workers)
+
+    def submit(self, batch: Sequence[GenerationRequest]) -> int:
+        index = min(range(len(self.workers)), key=self._load.__getitem__)
+        ticket = next(self._tickets)
+        self._inflight[self.workers[index].generate.remote(list(batch))] = (ticket, index)
+        self._load[index] += 1
+        return ticket
+
+    def wait(self) -> list[tuple[int, Outcome]]:
+        import ray
+
+        refs = list(self._inflight)
+        ready, rest = ray.wait(refs, num_returns=1)
+        if rest:
+            more, _ = ray.wait(rest, num_returns=len(rest), timeout=0)
+            ready += more
+        finished = []
+        for ref in ready:
+            ticket, index = self._inflight.pop(ref)
+            self._load[index] -= 1
+            try:
+                finished.append((ticket, ray.get(ref)))
+            except ray.exceptions.RayActorError as e:
+                finished.append((ticket, WorkerLost(str(e))))
+            except ray.exceptions.RayError as e:
+                finished.append((ticket, e))
+        return finished

@@ -1,0 +1,277 @@
+"""The search stage: MCTS over many problems at once, batched across trees.
+
+The driver keeps up to `search.max_active_trees` trees open, pools the requests they emit into
+batches of `search.requests_per_call`, and hands batches to the dispatcher as soon as it has room,
+so workers never wait for the slowest tree. A finished tree becomes one row (`TREE_SCHEMA`) the
+moment it is done. A batch that fails (a worker killed, an engine error) is retried on another
+worker; requests that fail three times become failed generations, counted in their tree.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from tqdm import tqdm
+
+from mmc_ray.config import SearchConfig
+from mmc_ray.engines.base import GenerationRequest, GenerationResult
+from mmc_ray.mcts.tree import Generation, SearchRequest, SearchResult, SearchTree, Verdict
+from mmc_ray.metrics import StageMetrics
+from mmc_ray.pipeline.dispatch import Dispatcher, WorkerLost
+from mmc_ray.pipeline.shards import ShardWriter, finished_ids
+from mmc_ray.schemas import TREE_SCHEMA
+from mmc_ray.tasks.problem import Problem, image_error
+from mmc_ray.tasks.prompts import solve_request
+from mmc_ray.tasks.scoring import answers_match, extract_answer
+
+log = logging.getLogger(__name__)
+MAX_BATCH_ATTEMPTS = 3
+TREE_SHARD_PREFIX = "trees"
+
+
+def search_judge(problem: Problem) -> Callable[[str], Verdict]:
+    """Verdicts on finished reasoning: only an explicit answer counts (see `explicit_only`)."""
+    def judge(text: str) -> Verdict:
+        answer = extract_answer(text, problem.choices, explicit_only=True)
+        return Verdict(answer, answers_match(answer, problem.answer, problem.answer_type, problem.choices))
+    return judge
+
+
+def to_generation_request(problem: Problem, request: SearchRequest, cfg: SearchConfig) -> GenerationRequest:
+    return solve_request(problem, n=request.n, temperature=cfg.temperature, top_p=cfg.top_p,
+                         max_new_tokens=request.max_new_tokens, seed=request.seed,
+                         assistant_prefix=request.prefix,
+                         stop=("\n",) if request.kind == "expand" else ())
+
+
+def to_search_result(request: SearchRequest, result: GenerationResult | None) -> SearchResult:
+    """An engine result as the tree sees it; `None` (the batch kept failing) fails every sample."""
+    if result is None:
+        return SearchResult(request.request_id, tuple(Generation("", 0, failed=True)
+                                                      for _ in range(request.n)))
+    return SearchResult(request.request_id, tuple(
+        Generation(c.text, c.completion_tokens, failed=c.finish_reason == "error")
+        for c in result.completions))
+
+
+def tree_row(problem: Problem, tree: SearchTree) -> dict[str, Any]:
+    stats = tree.stats()
+    return {
+        **problem.to_row(),
+        "simulations": stats["simulations"],
+        "num_nodes": stats["nodes"],
+        "generated_tokens": stats["tokens"],
+        "terminal_correct": stats["terminal_correct"],
+        "terminal_wrong": stats["terminal_wrong"],
+        "invalid_nodes": stats["invalid_nodes"],
+        "failed_generations": stats["failed_generations"],
+        "root_value": stats["root_value"],
+        "nodes": tree.to_rows(),
+    }
+
+
+@dataclass
+class SearchSummary:
+    trees: int = 0
+    expansions: int = 0
+    rollouts: int = 0
+    tokens: int = 0
+    engine_calls: int = 0
+    failed_batches: int = 0
+    worker_restarts: int = 0  # batches lost with their worker (Ray restarts the actor)
+    seconds: float = 0.0
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (problem_id, reason)
+    resumed: int = 0  # trees found already finished in the output
+
+    @property
+    def expansions_per_s(self) -> float:
+        return self.expansions / self.seconds if self.seconds else 0.0
+
+
+@dataclass
+class _Pending:
+    problem_id: str
+    request: SearchRequest
+    attempts: int = 0
+
+
+class _Driver:
+    """State of one `run_search` call; see the module docstring."""
+
+    def __init__(self, problems: Iterable[Problem], dispatcher: Dispatcher, cfg: SearchConfig,
+                 on_tree_done: Callable[[Problem, SearchTree], None], bar: tqdm) -> None:
+        self.problems = iter(problems)
+        self.dispatcher = dispatcher
+        self.cfg = cfg
+        self.on_tree_done = on_tree_done
+        self.bar = bar
+        self.active: dict[str, tuple[Problem, SearchTree]] = {}
+        self.to_poll: dict[str, None] = {}  # ordered set
+        self.queue: deque[_Pending] = deque()
+        self.inflight: dict[int, list[_Pending]] = {}
+        self.summary = SearchSummary()
+        self.metrics = StageMetrics("search", counters=("expansions", "rollouts", "generated_tokens",
+                                                        "trees_done", "failed_batches", "worker_restarts"),
+                                    gauges=("active_trees", "queue_depth"))
+        self.out_of_problems = False
+
+    def run(self) -> SearchSummary:
+        start = time.perf_counter()
+        while True:
+            self._admit()
+            self._poll()
+            self._dispatch()
+            self.metrics.set("active_trees", len(self.active))
+            self.metrics.set("queue_depth", len(self.queue))
+            if not self.inflight:
+                # Every open tree has its requests queued or in flight, and the queue drains
+                # whenever there is room; open trees with nothing in flight would be a bug.
+                if self.active:
+                    raise RuntimeError(f"search stalled: {len(self.active)} open trees, nothing in flight")
+                if self.out_of_problems:
+                    break
+                continue
+            for ticket, outcome in self.dispatcher.wait():
+                self._receive(self.inflight.pop(ticket), outcome)
+            elapsed = time.perf_counter() - start
+            self.bar.set_postfix(exp_per_s=f"{self.summary.expansions / elapsed:.1f}", refresh=False)
+        self.summary.seconds = time.perf_counter() - start
+        return self.summary
+
+    def _admit(self) -> None:
+        while not self.out_of_problems and len(self.active) < self.cfg.max_active_trees:
+            problem = next(self.problems, None)
+            if problem is None:
+                self.out_of_problems = True
+            elif problem.image is not None and (reason := image_error(problem.image)):
+                log.warning("search: skipping problem %s: broken image (%s)", problem.problem_id, reason)
+                self.summary.skipped.append((problem.problem_id, f"broken image: {reason}"))
+                self.bar.update(1)
+            elif problem.problem_id in self.active:
+                raise ValueError(f"problem id {problem.problem_id!r} appears twice in the input")
+            else:
+                tree = SearchTree(problem.problem_id, self.cfg, search_judge(problem), self.cfg.seed)
+                self.active[problem.problem_id] = (problem, tree)
+                self.to_poll[problem.problem_id] = None
+
+    def _poll(self) -> None:
+        for problem_id in self.to_poll:
+            problem, tree = self.active[problem_id]
+            if tree.done:
+                self._finish(problem, tree)
+            else:
+                self.queue.extend(_Pending(problem_id, r) for r in tree.next_requests())
+        self.to_poll.clear()
+
+    def _dispatch(self) -> None:
+        while self.queue and len(self.inflight) < self.dispatcher.capacity:
+            size = min(self.cfg.requests_per_call, len(self.queue))
+            batch = [self.queue.popleft() for _ in range(size)]
+            ticket = self.dispatcher.submit(
+                [to_generation_request(self.active[p.problem_id][0], p.request, self.cfg) for p in batch])
+            self.inflight[ticket] = batch
+            self.summary.engine_calls += 1
+
+    def _receive(self, batch: list[_Pending], outcome: list[GenerationResult] | BaseException) -> None:
+        if isinstance(outcome, BaseException):
+            self.summary.failed_batches += 1
+            self.metrics.inc("failed_batches")
+            if isinstance(outcome, WorkerLost):
+                self.summary.worker_restarts += 1
+                self.metrics.inc("worker_restarts")
+            log.warning("search: a batch of %d requests failed (%s); retrying", len(batch),
+                        type(outcome).__name__)
+            for pending in batch:
+                pending.attempts += 1
+                if pending.attempts < MAX_BATCH_ATTEMPTS:
+                    self.queue.appendleft(pending)
+                else:
+                    self._apply(pending, None)
+            return
+        for pending, result in zip(batch, outcome, strict=True):
+            self._apply(pending, result)
+
+    def _apply(self, pending: _Pending, result: GenerationResult | None) -> None:
+        search_result = to_search_result(pending.request, result)
+        _, tree = self.active[pending.problem_id]
+        tree.apply([search_result])
+        tokens = sum(g.tokens for g in search_result.generations)
+        if pending.request.kind == "expand":
+            self.summary.expansions += 1
+            self.metrics.inc("expansions")
+        else:
+            self.summary.rollouts += len(search_result.generations)
+            self.metrics.inc("rollouts", len(search_result.generations))
+        self.summary.tokens += tokens
+        self.metrics.inc("generated_tokens", tokens)
+        self.to_poll[pending.problem_id] = None
+
+    def _finish(self, problem: Problem, tree: SearchTree) -> None:
+        del self.active[problem.problem_id]
+        self.on_tree_done(problem, tree)
+        self.summary.trees += 1
+        self.metrics.inc("trees_done")
+        self.bar.update(1)
+
+
+def run_search(problems: Sequence[Problem] | Iterable[Problem], dispatcher: Dispatcher, cfg: SearchConfig,
+               on_tree_done: Callable[[Problem, SearchTree], None], progress: bool = True,
+               total: int | None = None) -> SearchSummary:
+    """Search every problem; `on_tree_done(problem, tree)` is called as each tree finishes."""
+    total = len(problems) if total is None and isinstance(problems, Sequence) else total
+    with tqdm(total=total, desc="search", unit="tree", disable=not progress) as bar:
+        return _Driver(problems, dispatcher, cfg, on_tree_done, bar).run()
+
+
+def search_to_dir(problems: Sequence[Problem], dispatcher: Dispatcher, cfg: SearchConfig,
+                  out_dir: str | Path, progress: bool = True) -> SearchSummary:
+    """Search into `out_dir/trees-NNNNN.parquet`, skipping problems already there (resume)."""
+    done = finished_ids(out_dir, TREE_SHARD_PREFIX, "problem_id")
+    todo = [p for p in problems if p.problem_id not in done]
+    writer = ShardWriter(out_dir, TREE_SHARD_PREFIX, TREE_SCHEMA, cfg.shard_size)
+    try:
+        summary = run_search(todo, dispatcher, cfg, lambda p, t: writer.add(tree_row(p, t)), progress)
+    finally:
+        writer.flush()  # keep every finished tree, even when the run is interrupted
+    summary.resumed = len(problems) - len(todo)
+    return summary
+
+
+class TreeSearchStage:
+    """Ray Data stage: a batch of problem rows in, one tree row per searchable problem out.
+
+    Use with `Dataset.map_batches(TreeSearchStage, fn_constructor_kwargs=..., concurrency=1)`;
+    the stage only orchestrates, the policy workers do the generation."""
+
+    def __init__(self, workers: Sequence[Any], cfg: SearchConfig) -> None:
+        from mmc_ray.pipeline.dispatch import RayDispatcher
+
+        self.dispatcher = RayDispatcher(workers)
+        self.cfg = cfg
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows: list[dict[str, Any]] = []
+        problems = [Problem.from_row(r) for r in batch.to_pylist()]
+        run_search(problems, self.dispatcher, self.cfg, lambda p, t: rows.append(tree_row(p, t)),
+                   progress=False)
+        return pa.Table.from_pylist(rows, schema=TREE_SCHEMA)
+
+
+def search_dataset(problems: Any, workers: Sequence[Any], cfg: SearchConfig) -> Any:
+    """Problems `ray.data.Dataset` → tree rows `Dataset`, streamed: later stages start reading
+    trees while search is still running."""
+    return problems.map_batches(
+        TreeSearchStage,
+        fn_constructor_kwargs={"workers": list(workers), "cfg": cfg},
+        batch_size=cfg.max_active_trees,
+        batch_format="pyarrow",
+        concurrency=1,
+        num_cpus=0,
+    )

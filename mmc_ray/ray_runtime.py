@@ -1,0 +1,16 @@
+"""Connecting to Ray: an existing cluster when RAY_ADDRESS is set (`ray job submit` sets it),
+otherwise a local one sized to this machine."""
+
+from __future__ import annotations
+
+import os
+
+
+def init_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    # Local runs (tests, the demo, a laptop) skip token auth; clusters keep their own setting.
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(ignore_reinit_error=True)

@@ -1,0 +1,66 @@
+"""The one place that places workers: resources checked first, one placement group per role,
+bundle i holds replica i, and waiting for placement has a timeout with a clear error."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from mmc_ray.config import EngineConfig
+from mmc_ray.workers.role_worker import CONCURRENCY_GROUPS, RoleWorker
+
+
+@dataclass
+class WorkerGroup:
+    role: str
+    workers: list[Any]
+    placement: Any
+
+    def health(self, timeout_s: float = 30.0) -> list[dict[str, Any]]:
+        return ray.get([w.health.remote() for w in self.workers], timeout=timeout_s)
+
+    def shutdown(self) -> None:
+        for w in self.workers:
+            ray.kill(w, no_restart=True)
+        remove_placement_group(self.placement)
+
+
+def _check_cluster_has(role: str, total_cpus: float, total_gpus: float) -> None:
+    available = ray.cluster_resources()
+    for name, need in (("CPU", total_cpus), ("GPU", total_gpus)):
+        if need > available.get(name, 0.0):
+            raise RuntimeError(
+                f"{role}: needs {need:g} {name} in total but the Ray cluster has "
+                f"{available.get(name, 0.0):g}; lower {role}.resources.replicas / num_{name.lower()}s"
+            )
+
+
+def create_worker_group(worker_cls: type[RoleWorker], cfg: EngineConfig) -> WorkerGroup:
+    """Start `cfg.resources.replicas` actors of `worker_cls`, each in its own bundle."""
+    role, res = worker_cls.role, cfg.resources
+    _check_cluster_has(role, res.num_cpus * res.replicas, res.num_gpus * res.replicas)
+    bundle = {"CPU": res.num_cpus, **({"GPU": res.num_gpus} if res.num_gpus else {})}
+    pg = placement_group([dict(bundle) for _ in range(res.replicas)], strategy=res.placement_strategy)
+    try:
+        ray.get(pg.ready(), timeout=res.placement_timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        remove_placement_group(pg)
+        raise RuntimeError(
+            f"{role}: could not place {res.replicas} x {bundle} ({res.placement_strategy}) within "
+            f"{res.placement_timeout_s:g}s; check free resources in the Ray dashboard"
+        ) from None
+    actor_cls = ray.remote(concurrency_groups=CONCURRENCY_GROUPS)(worker_cls)
+    workers = [
+        actor_cls.options(
+            num_cpus=res.num_cpus,
+            num_gpus=res.num_gpus,
+            max_restarts=res.max_restarts,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i),
+        ).remote(cfg)
+        for i in range(res.replicas)
+    ]
+    return WorkerGroup(role, workers, pg)

@@ -1,0 +1,71 @@
+"""One Ray actor class per role, all sharing `RoleWorker`: an engine plus control methods.
+
+Generation and control run in separate concurrency groups, so `health()` answers and `reload()`
+can be called while a long batch is generating (weight sync never queues behind generation).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import ray
+
+from mmc_ray.config import EngineConfig
+from mmc_ray.engines.base import GenerationRequest, GenerationResult
+from mmc_ray.engines.factory import build_engine
+
+CONCURRENCY_GROUPS = {"generate": 1, "control": 1}
+
+
+class RoleWorker:
+    role = "worker"
+
+    def __init__(self, cfg: EngineConfig) -> None:
+        self.cfg = cfg
+        self.engine = build_engine(cfg)
+        self.version = 0
+        self.started_at = time.time()
+        self.requests_served = 0
+        self._swap = threading.Lock()
+
+    @ray.method(concurrency_group="generate")
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        with self._swap:
+            engine = self.engine
+        results = engine.generate(requests)
+        self.requests_served += len(requests)
+        return results
+
+    @ray.method(concurrency_group="control")
+    def health(self) -> dict[str, Any]:
+        return {
+            "role": self.role,
+            "engine": self.engine.name,
+            "model_path": self.cfg.model_path,
+            "version": self.version,
+            "pid": os.getpid(),
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "uptime_s": time.time() - self.started_at,
+            "requests_served": self.requests_served,
+        }
+
+    @ray.method(concurrency_group="control")
+    def reload(self, model_path: str) -> int:
+        """Load a new model folder and switch to it; batches in flight finish on the old engine."""
+        cfg = replace(self.cfg, model_path=model_path)
+        engine = build_engine(cfg)
+        with self._swap:
+            self.cfg, self.engine = cfg, engine
+            self.version += 1
+        return self.version
+
+
+class PolicyWorker(RoleWorker):
+    """The actor (policy) VLM that MCTS expands and rolls out."""
+
+    role = "policy"

@@ -1,0 +1,140 @@
+"""Search on a real local Ray: policy worker actors, the kill-a-worker test, the Ray Data stage."""
+
+import dataclasses
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from mmc_ray.config import EngineConfig, ResourcesConfig, SearchConfig, SimulatorConfig, TinyModelConfig
+from mmc_ray.pipeline.dispatch import RayDispatcher
+from mmc_ray.pipeline.search import search_dataset, search_to_dir
+from mmc_ray.pipeline.shards import shard_paths
+from mmc_ray.tasks.generator import generate_problems
+from mmc_ray.workers.group import create_worker_group
+from mmc_ray.workers.role_worker import PolicyWorker
+
+pytestmark = pytest.mark.slow
+
+SEARCH = SearchConfig(num_simulations=6, expansion_width=3, rollouts_per_node=2, max_active_trees=32,
+                      requests_per_call=24, shard_size=16)
+SIMULATED = EngineConfig(kind="simulated", simulator=SimulatorConfig(observe_error_rate=0.25),
+                         resources=ResourcesConfig(replicas=2, num_cpus=0.5, max_restarts=2))
+
+
+def written_rows(out_dir):
+    rows = [r for p in shard_paths(out_dir, "trees") for r in pq.read_table(p).to_pylist()]
+    ids = [r["problem_id"] for r in rows]
+    assert len(ids) == len(set(ids)), "duplicated trees"
+    return rows
+
+
+def test_search_over_synthetic_problems_with_policy_workers(ray_local, tmp_path):
+    problems = list(generate_problems(60, seed=3))
+    group = create_worker_group(PolicyWorker, SIMULATED)
+    try:
+        health = group.health()
+        assert [h["role"] for h in health] == ["policy", "policy"]
+        assert len({h["pid"] for h in health}) == 2
+        summary = search_to_dir(problems, RayDispatcher(group.workers), SEARCH, tmp_path, progress=False)
+        served = sum(h["requests_served"] for h in group.health())
+    finally:
+        group.shutdown()
+    rows = written_rows(tmp_path)
+    assert sorted(r["problem_id"] for r in rows) == sorted(p.problem_id for p in problems)
+    assert summary.trees == 60 and served == summary.expansions + summary.rollouts // 2
+    assert sum(r["terminal_correct"] for r in rows) > 0 and sum(r["terminal_wrong"] for r in rows) > 0
+    assert any(r["terminal_correct"] and r["terminal_wrong"] for r in rows)
+
+
+def test_killing_a_worker_mid_search_loses_and_duplicates_nothing(ray_local, tmp_path):
+    """Tiny HF VLM workers (slow enough that a batch is in flight when the kill lands)."""
+    from mmc_ray.models.tiny import build_tiny_vlm
+
+    model = build_tiny_vlm(TinyModelConfig(), tmp_path / "tiny-vlm")
+    cfg = EngineConfig(kind="hf", model_path=str(model), device="cpu", dtype="float32",
+                       max_batch_size=16, max_pixels=56 * 56,
+                       resources=ResourcesConfig(replicas=2, num_cpus=0.5, max_restarts=3))
+    search = dataclasses.replace(SEARCH, num_simulations=2, step_max_tokens=8, rollout_max_tokens=16,
+                                 max_active_trees=8, requests_per_call=8)
+    group = create_worker_group(PolicyWorker, cfg)
+    victim = group.workers[0]
+    pid_before = group.health()[0]["pid"]
+
+    class KillingDispatcher(RayDispatcher):
+        submitted = 0
+
+        def submit(self, batch):
+            ticket = super().submit(batch)
+            KillingDispatcher.submitted += 1
+            if KillingDispatcher.submitted == 3:
+                ray_local.kill(victim, no_restart=False)  # mid-batch: it holds work right now
+            return ticket
+
+    problems = list(generate_problems(12, seed=4))
+    try:
+        summary = search_to_dir(problems, KillingDispatcher(group.workers), search, tmp_path / "trees",
+                                progress=False)
+        deadline = time.time() + 60
+        while True:  # the restarted actor answers again, as a new process
+            try:
+                pid_after = ray_local.get(victim.health.remote(), timeout=10)["pid"]
+                break
+            except ray_local.exceptions.RayError:
+                assert time.time() < deadline, "killed worker never came back"
+    finally:
+        group.shutdown()
+    assert summary.failed_batches >= 1 and summary.worker_restarts >= 1
+    assert pid_after != pid_before
+    rows = written_rows(tmp_path / "trees")
+    assert sorted(r["problem_id"] for r in rows) == sorted(p.problem_id for p in problems)
+
+
+def test_search_as_a_ray_data_stage(ray_local):
+    problems = list(generate_problems(20, seed=5))
+    table = pa.Table.from_pylist([p.to_row() for p in problems])
+    group = create_worker_group(PolicyWorker, SIMULATED)
+    try:
+        trees = search_dataset(ray_local.data.from_arrow(table), group.workers,
+                               dataclasses.replace(SEARCH, max_active_trees=8)).take_all()
+    finally:
+        group.shutdown()
+    assert sorted(t["problem_id"] for t in trees) == sorted(p.problem_id for p in problems)
+    assert all(len(t["nodes"]) == t["num_nodes"] > 1 for t in trees)
+
+
+def test_control_methods_answer_while_generating_and_reload_swaps(ray_local):
+    group = create_worker_group(PolicyWorker, dataclasses.replace(
+        SIMULATED, resources=ResourcesConfig(replicas=1, num_cpus=0.5)))
+    worker = group.workers[0]
+    try:
+        from mmc_ray.engines.base import GenerationRequest
+        from mmc_ray.tasks.prompts import solve_messages
+
+        problem = next(generate_problems(1))
+        big = [GenerationRequest(messages=solve_messages(problem), images=(problem.image,), n=64,
+                                 metadata={"problem_id": problem.problem_id})] * 200
+        pending = worker.generate.remote(big)
+        assert ray_local.get(worker.health.remote(), timeout=30)["role"] == "policy"
+        assert ray_local.get(worker.reload.remote("unused-by-simulator"), timeout=30) == 1
+        assert len(ray_local.get(pending)) == 200
+        assert ray_local.get(worker.health.remote())["version"] == 1
+    finally:
+        group.shutdown()
+
+
+def test_stage_metrics_are_exported_when_ray_runs(ray_local):
+    from mmc_ray.metrics import StageMetrics
+
+    metrics = StageMetrics("test", counters=("things",), gauges=("depth",))
+    assert metrics.enabled
+    metrics.inc("things", 3)
+    metrics.set("depth", 7)
+    metrics.inc("not_declared")  # unknown names are ignored, never raise mid-run
+
+
+def test_placement_fails_clearly_when_the_cluster_is_too_small(ray_local):
+    too_big = dataclasses.replace(SIMULATED, resources=ResourcesConfig(replicas=8, num_cpus=1))
+    with pytest.raises(RuntimeError, match="needs 8 CPU in total but the Ray cluster has 2"):
+        create_worker_group(PolicyWorker, too_big)

@@ -1,0 +1,163 @@
+"""The pure MCTS core, driven by scripted responders (no model, no Ray)."""
+
+import dataclasses
+import re
+
+import pytest
+
+from mmc_ray.config import SearchConfig
+from mmc_ray.mcts.tree import (
+    Generation,
+    SearchResult,
+    SearchTree,
+    Verdict,
+    nodes_from_rows,
+    segment_step,
+)
+
+CFG = SearchConfig(num_simulations=50, expansion_width=2, rollouts_per_node=4, max_depth=4,
+                   max_nodes=100, max_tokens=100_000, seed=0)
+
+
+def judge(text: str) -> Verdict:
+    m = re.search(r"Answer: (\S+)", text)
+    return Verdict(m.group(1), m.group(1) == "5") if m else Verdict(None, False)
+
+
+def run(tree: SearchTree, respond, max_rounds: int = 1000) -> SearchTree:
+    """Drive a tree to completion: `respond(request) -> list[str]` of `request.n` texts."""
+    for _ in range(max_rounds):
+        if tree.done:
+            return tree
+        requests = tree.next_requests()
+        assert requests, "a tree that is not done must ask for something"
+        tree.apply([SearchResult(r.request_id, tuple(Generation(t, len(t.split())) for t in respond(r)))
+                    for r in requests])
+    raise AssertionError("tree did not finish")
+
+
+def good_and_bad(request):
+    """Two first steps: 'good' paths always end correct, 'bad' paths always end wrong."""
+    if request.kind == "expand":
+        if not request.prefix:
+            return ["Step 1: good", "Step 1: bad"][: request.n]
+        depth = request.prefix.count("\n")
+        answer = "5" if "good" in request.prefix else "4"
+        return [f"Step {depth + 1}: more", f"Answer: {answer}"][: request.n]
+    return [" Answer: 5" if "good" in request.prefix else " Answer: 4"] * request.n
+
+
+def test_values_are_fractions_of_correct_rollouts_and_back_up():
+    tree = SearchTree("p", dataclasses.replace(CFG, num_simulations=1), judge)
+    run(tree, good_and_bad)
+    root, good, bad = tree.nodes[0], tree.nodes[1], tree.nodes[2]
+    assert (good.step, bad.step) == ("Step 1: good", "Step 1: bad")
+    assert (good.visits, good.value) == (4, 1.0)
+    assert (bad.visits, bad.value) == (4, 0.0)
+    assert (root.visits, root.value) == (8, 0.5)
+    assert all(r.correct for r in good.rollouts) and not any(r.correct for r in bad.rollouts)
+    assert tree.simulations == 1 and tree.counts["rollouts"] == 8
+
+
+@pytest.mark.parametrize("selection", ["puct", "uct"])
+def test_selection_prefers_the_valuable_branch(selection):
+    cfg = dataclasses.replace(CFG, num_simulations=8, selection=selection, exploration=0.5, max_depth=30)
+    tree = run(SearchTree("p", cfg, judge), good_and_bad)
+    good, bad = tree.nodes[1], tree.nodes[2]
+    assert good.visits > bad.visits
+    assert len(good.children) > len(bad.children)
+    assert tree.stats()["terminal_correct"] > 0
+
+
+def test_terminal_answers_and_max_depth():
+    cfg = dataclasses.replace(CFG, max_depth=2, expansion_width=1, num_simulations=20)
+    tree = run(SearchTree("p", cfg, judge),
+               lambda r: ["Step: x"] * r.n if r.kind == "expand" else [" Answer: 5"] * r.n)
+    assert max(n.depth for n in tree.nodes) == 2
+    deepest = [n for n in tree.nodes if n.depth == 2]
+    assert all(n.terminal and n.correct is False and n.answer is None for n in deepest)
+    assert tree.nodes[0].exhausted and tree.done and tree.simulations < 20  # exhausted early
+
+
+def test_garbage_and_failed_generations_become_invalid_nodes_not_crashes():
+    def garbage(request):
+        return ["", "   \n  "] if request.kind == "expand" else ["\x00\xff"] * request.n
+
+    tree = run(SearchTree("p", CFG, judge), garbage)
+    assert tree.done and tree.counts["invalid_nodes"] == 1  # the two empty samples merge
+    assert tree.nodes[1].invalid and tree.nodes[1].correct is False
+
+    tree = SearchTree("q", CFG, judge)
+    [req] = tree.next_requests()
+    tree.apply([SearchResult(req.request_id, (Generation("", 0, failed=True),) * req.n)])
+    assert tree.counts["failed_generations"] == 2 and tree.done
+
+
+def test_endless_rollouts_without_answers_score_zero():
+    tree = run(SearchTree("p", dataclasses.replace(CFG, num_simulations=3), judge),
+               lambda r: ["Step: go on"] * r.n if r.kind == "expand" else ["words " * 200] * r.n)
+    assert tree.nodes[0].value == 0.0 and tree.nodes[0].visits > 0
+
+
+@pytest.mark.parametrize(("budget", "check"), [
+    ({"num_simulations": 3}, lambda t: t.simulations == 3),
+    ({"max_nodes": 5}, lambda t: 5 <= len(t.nodes) <= 5 + CFG.expansion_width),
+    ({"max_tokens": 30}, lambda t: 30 <= t.tokens < 30 + 40),
+])
+def test_budgets_stop_the_search(budget, check):
+    cfg = dataclasses.replace(CFG, **budget)
+    tree = run(SearchTree("p", cfg, judge),
+               lambda r: [f"Step {r.seed % 97}: x", "Step: y"][: r.n] if r.kind == "expand"
+               else [" Answer: 5"] * r.n)
+    assert check(tree), tree.stats()
+
+
+def test_identical_siblings_merge_with_frequency_priors():
+    cfg = dataclasses.replace(CFG, expansion_width=4, num_simulations=1)
+    tree = run(SearchTree("p", cfg, judge),
+               lambda r: ["Step 1: a", "Step 1: a\nStep 2: b", "Step 1: b", "Step 1: a"]
+               if r.kind == "expand" else [" Answer: 5"] * r.n)
+    children = [tree.nodes[i] for i in tree.nodes[0].children]
+    assert [(c.step, c.prior) for c in children] == [("Step 1: a", 0.75), ("Step 1: b", 0.25)]
+
+
+def test_deterministic_for_a_seed_and_round_trips_through_rows():
+    def respond(r):  # depends on the request seed, so tree randomness shows up in the output
+        if r.kind == "expand":
+            return [f"Step: s{r.seed % 3}", f"Step: t{r.seed % 5}", "Answer: 5"][: r.n]
+        return [" Answer: 5" if r.seed % 2 else " Answer: 4"] * r.n
+
+    cfg = dataclasses.replace(CFG, expansion_width=3, num_simulations=10)
+    a = run(SearchTree("p", cfg, judge, seed=1), respond).to_rows()
+    b = run(SearchTree("p", cfg, judge, seed=1), respond).to_rows()
+    c = run(SearchTree("p", cfg, judge, seed=2), respond).to_rows()
+    assert a == b and a != c
+    nodes = nodes_from_rows(a)
+    tree = run(SearchTree("p", cfg, judge, seed=1), respond)
+    assert [(n.node_id, n.parent_id, n.children, n.visits, n.value, n.exhausted) for n in nodes] == [
+        (n.node_id, n.parent_id, n.children, n.visits, n.value, n.exhausted) for n in tree.nodes]
+    with pytest.raises(ValueError, match="no gaps"):
+        nodes_from_rows(a[1:])
+
+
+def test_unknown_result_ids_are_rejected():
+    tree = SearchTree("p", CFG, judge)
+    with pytest.raises(KeyError, match="no outstanding request 99"):
+        tree.apply([SearchResult(99, ())])
+
+
+def test_waits_for_outstanding_requests():
+    tree = SearchTree("p", CFG, judge)
+    first = tree.next_requests()
+    assert len(first) == 1 and first[0].kind == "expand" and first[0].prefix == ""
+    assert tree.next_requests() == [] and not tree.done
+    tree.apply([SearchResult(first[0].request_id, (Generation("Step 1: a", 3), Generation("Step 1: b", 3)))])
+    rollouts = tree.next_requests()
+    assert [r.kind for r in rollouts] == ["rollout", "rollout"]
+    assert {r.prefix for r in rollouts} == {"Step 1: a\n", "Step 1: b\n"}
+
+
+@pytest.mark.parametrize(("text", "step"), [("Step 2: x\nStep 3: y", "Step 2: x"), ("  a  ", "a"),
+                                            ("\n\nb", "b"), ("", "")])
+def test_segment_step(text, step):
+    assert segment_step(text) == step
