@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,9 +11,10 @@ import torch
 
 from mmc_ray.config import EngineConfig
 from mmc_ray.engines.base import Completion, GenerationRequest, GenerationResult, apply_stop
-from mmc_ray.models.loading import LoadedVLM, decode_image, load_vlm
+from mmc_ray.models.loading import LoadedVLM, VisionInputs, decode_image, load_vlm
 
 Unit = tuple[int, int]  # (request index, sample index)
+VISION_CACHE_SIZE = 512  # preprocessed image sets; MCTS sends each problem's image many times
 
 
 def _chunk_seed(requests: Sequence[GenerationRequest], units: Sequence[Unit]) -> int | None:
@@ -34,6 +35,7 @@ class HFEngine:
     def __init__(self, vlm: LoadedVLM, max_batch_size: int = 16) -> None:
         self.vlm = vlm
         self.max_batch_size = max_batch_size
+        self._vision_cache: OrderedDict[tuple[bytes, ...], VisionInputs | None] = OrderedDict()
 
     @classmethod
     def from_path(cls, model_path: str | Path, device: str = "auto", dtype: str = "auto",
@@ -53,8 +55,7 @@ class HFEngine:
         vision = {}
         for r, req in enumerate(requests):
             try:
-                # Once per request, shared by its n samples.
-                vision[r] = self.vlm.preprocess([decode_image(b) for b in req.images])
+                vision[r] = self._vision(req.images)
             except ValueError as e:
                 # A broken image fails its own request only, never the batch around it.
                 for s in range(req.n):
@@ -72,6 +73,17 @@ class HFEngine:
             GenerationResult(tuple(completions[r, s] for s in range(req.n)), prompt_tokens[r])
             for r, req in enumerate(requests)
         ]
+
+    def _vision(self, images: tuple[bytes, ...]) -> VisionInputs | None:
+        """Decoded and preprocessed images, cached by their bytes (LRU)."""
+        if images in self._vision_cache:
+            self._vision_cache.move_to_end(images)
+            return self._vision_cache[images]
+        inputs = self.vlm.preprocess([decode_image(b) for b in images])
+        self._vision_cache[images] = inputs
+        if len(self._vision_cache) > VISION_CACHE_SIZE:
+            self._vision_cache.popitem(last=False)
+        return inputs
 
     @torch.inference_mode()
     def _generate_chunk(self, requests: Sequence[GenerationRequest], vision: dict, chunk: Sequence[Unit],
