@@ -4,6 +4,7 @@
     mmc-ray model build-tiny --out runs/tiny-vlm
     mmc-ray generate --problems problems.parquet --out results.parquet actor.kind=simulated
     mmc-ray search --problems problems.parquet --out trees/ actor.kind=simulated
+    mmc-ray annotate --trees trees/ --out mmc-dataset/
     mmc-ray demo --out runs/demo
 """
 
@@ -68,7 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run the engine in this process instead of Ray workers (debugging)")
     _add_config_args(search)
 
-    demo = commands.add_parser("demo", help="tasks, tiny model, single-pass generation, MCTS search")
+    annotate = commands.add_parser("annotate", help="mine divergent pairs from trees and critique them")
+    annotate.add_argument("--trees", type=Path, required=True, help="folder written by `mmc-ray search`")
+    annotate.add_argument("--out", type=Path, required=True, help="dataset folder (data/, drops/, README.md)")
+    annotate.add_argument("--method", choices=["rule", "llm"], help="shortcut for annotate.method")
+    annotate.add_argument("--local", action="store_true", help="run in this process instead of Ray Data")
+    _add_config_args(annotate)
+
+    demo = commands.add_parser("demo", help="tasks, tiny model, generation, MCTS search, annotation")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"))
     _add_config_args(demo)
     return parser
@@ -153,6 +161,27 @@ def _run_search(cfg: Config, problems_path: Path, out: Path, local: bool = False
     _print_search_summary(summary, out)
 
 
+def cmd_annotate(args: argparse.Namespace) -> None:
+    cfg = _config(args, [f"annotate.method={args.method}"] if args.method else [])
+    _run_annotate(cfg, args.trees, args.out, local=args.local)
+
+
+def _run_annotate(cfg: Config, trees: Path, out: Path, local: bool = False) -> None:
+    from mmc_ray.pipeline.annotate import annotate_to_dir
+    from mmc_ray.pipeline.dataset_card import card_stats
+
+    summary = annotate_to_dir(trees, out, cfg, local=local)
+    stats = card_stats(out)
+    splits = ", ".join(f"{s} {n}" for s, n in stats["split"].items())
+    agreement = f"{stats['agreement']:.2%}" if stats["agreement"] is not None else "n/a"
+    print(f"annotate: {summary.critiques} new critiques, {summary.drops} new drops, "
+          f"{summary.skipped_existing} pairs already done ({summary.seconds:.1f}s)")
+    print(f"dataset {out}: {stats['rows']} critiques ({splits}), {stats['drops']} drops; "
+          f"agreement with ground truth {agreement}; card: {summary.card}")
+    for reason, n in stats["drop_reason"].most_common(5):
+        print(f"  dropped {n}: {reason}")
+
+
 def _print_search_summary(summary, out: Path) -> None:
     import pyarrow.parquet as pq
 
@@ -212,6 +241,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
     # MCTS with the simulated actor: the tiny random model would only produce garbage trees.
     _run_search(dataclasses.replace(cfg, actor=dataclasses.replace(cfg.actor, kind="simulated")),
                 problems, out / "trees")
+    print()
+    _run_annotate(cfg, out / "trees", out / "mmc-dataset")
 
 
 COMMANDS = {
@@ -219,6 +250,7 @@ COMMANDS = {
     ("model", "build-tiny"): cmd_model_build_tiny,
     ("generate", None): cmd_generate,
     ("search", None): cmd_search,
+    ("annotate", None): cmd_annotate,
     ("demo", None): cmd_demo,
 }
 

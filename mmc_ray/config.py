@@ -175,6 +175,38 @@ class SearchConfig:
 
 
 @dataclass(frozen=True)
+class AnnotateConfig:
+    """Pair mining and critique annotation into the MMC dataset."""
+
+    method: Literal["rule", "llm"] = "rule"  # rule: synthetic tasks (ground truth); llm: `annotator` engine
+    high_value: float = 0.7          # a good branch: child value >= this
+    low_value: float = 0.3           # a bad branch: child value <= this
+    min_visits: int = 2
+    max_pairs_per_problem: int = 4
+    max_pairs_per_depth: int = 2
+    no_error_per_problem: int = 1    # fully correct paths kept as "no error" examples
+    max_repair_attempts: int = 2     # llm: re-asks after an unparseable critique, then a counted drop
+    max_new_tokens: int = 256
+    temperature: float = 0.7
+    split_fractions: tuple[float, ...] = (0.9, 0.05, 0.05)  # train / validation / test, by problem
+    trees_per_batch: int = 64        # Ray Data batch of tree rows mined at once
+    shard_size: int = 512
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(0.0 <= self.low_value < self.high_value <= 1.0, "low_value",
+                 "need 0 <= low_value < high_value <= 1")
+        for name in ("min_visits", "max_pairs_per_problem", "max_pairs_per_depth", "max_new_tokens",
+                     "trees_per_batch", "shard_size"):
+            _require(getattr(self, name) >= 1, name, "must be >= 1")
+        for name in ("no_error_per_problem", "max_repair_attempts"):
+            _require(getattr(self, name) >= 0, name, "must be >= 0")
+        _require(len(self.split_fractions) == 3 and all(f >= 0 for f in self.split_fractions)
+                 and abs(sum(self.split_fractions) - 1.0) < 1e-6, "split_fractions",
+                 "must be three non-negative fractions (train, validation, test) summing to 1")
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything a run needs. `configs/tiny-cpu.yaml` is the default."""
 
@@ -183,6 +215,8 @@ class Config:
     actor: EngineConfig = field(default_factory=EngineConfig)
     generate: SamplingConfig = field(default_factory=SamplingConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    annotator: EngineConfig = field(default_factory=EngineConfig)  # used when annotate.method=llm
+    annotate: AnnotateConfig = field(default_factory=AnnotateConfig)
 
 
 def _require(ok: bool, key: str, message: str) -> None:

@@ -85,3 +85,64 @@ TREE_SCHEMA = pa.schema(
         pa.field("nodes", pa.list_(NODE_TYPE)),
     ]
 )
+
+# One row of the MMC dataset: a reasoning path, its critique, and the problem it answers.
+CRITIQUE_SCHEMA = pa.schema(
+    [
+        pa.field("pair_id", pa.string(), nullable=False),
+        pa.field("problem_id", pa.string(), nullable=False),
+        pa.field("family", pa.string()),
+        pa.field("source", pa.string()),
+        pa.field("difficulty", pa.int32()),
+        pa.field("split", pa.string()),
+        pa.field("kind", pa.string()),               # divergent | no_error
+        pa.field("divergence_depth", pa.int32()),    # shared steps before the paths split; -1 for no_error
+        pa.field("question", pa.string()),
+        pa.field("image", pa.binary()),
+        pa.field("choices", pa.list_(pa.string())),
+        pa.field("answer", pa.string()),
+        pa.field("answer_type", pa.string()),
+        pa.field("path_steps", pa.list_(pa.string())),       # the critiqued path, "Step k:" stripped
+        pa.field("path_answer", pa.string()),
+        pa.field("path_correct", pa.bool_()),
+        pa.field("reference_steps", pa.list_(pa.string())),  # the correct sibling path (divergent)
+        pa.field("reference_answer", pa.string()),
+        pa.field("verdict", pa.string()),
+        pa.field("first_wrong_step", pa.int32()),
+        pa.field("error_type", pa.string()),
+        pa.field("explanation", pa.string()),
+        pa.field("correction", pa.string()),
+        pa.field("critique_text", pa.string()),              # what the critic is trained to emit
+        pa.field("annotator", pa.string()),
+        pa.field("reference_first_wrong_step", pa.int32()),  # strict ground-truth check, synthetic only
+        pa.field("agrees_with_reference", pa.bool_()),
+    ]
+)
+
+# A pair that got no critique, and why (counted in the dataset card, never silently lost).
+DROP_SCHEMA = pa.schema(
+    [
+        pa.field("pair_id", pa.string(), nullable=False),
+        pa.field("problem_id", pa.string(), nullable=False),
+        pa.field("family", pa.string()),
+        pa.field("kind", pa.string()),
+        pa.field("annotator", pa.string()),
+        pa.field("reason", pa.string()),
+        pa.field("raw_output", pa.string()),
+    ]
+)
+
+# A mined pair on its way to the annotator: the problem (ground truth included) and the paths.
+PAIR_SCHEMA = pa.schema(
+    [
+        *PROBLEM_SCHEMA,
+        pa.field("pair_id", pa.string(), nullable=False),
+        pa.field("kind", pa.string()),
+        pa.field("divergence_depth", pa.int32()),
+        pa.field("path_steps", pa.list_(pa.string())),
+        pa.field("path_answer", pa.string()),
+        pa.field("path_correct", pa.bool_()),
+        pa.field("reference_steps", pa.list_(pa.string())),
+        pa.field("reference_answer", pa.string()),
+    ]
+)

@@ -19,6 +19,7 @@ from functools import lru_cache
 from typing import Any
 
 from mmc_ray.config import SimulatorConfig
+from mmc_ray.critique.schema import parse_critique
 from mmc_ray.engines.base import Completion, GenerationRequest, GenerationResult, apply_stop
 from mmc_ray.tasks.generator import problem_from_id
 from mmc_ray.tasks.problem import Problem
@@ -31,6 +32,7 @@ from mmc_ray.tasks.solution import (
     parse_reasoning,
     render_reasoning,
     render_step,
+    stated_value,
 )
 
 CHARS_PER_TOKEN = 4  # token counts are approximate: the simulator has no tokenizer
@@ -38,7 +40,6 @@ WRONG_OP = {"add": "sub", "sub": "add", "mul": "add", "sum": "sub", "diff": "add
             "max": "min", "min": "max", "argmax": "argmin", "argmin": "argmax"}
 OP_SYMBOL = {"add": "+", "sub": "-", "mul": "×"}
 DIGIT_CONFUSIONS = {"0": "8", "1": "7", "3": "8", "5": "6", "6": "5", "7": "1", "8": "3", "9": "4"}
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _FLAGGED_STEP = re.compile(r"\bstep\s*#?\s*(\d+)", re.IGNORECASE)
 
 
@@ -67,24 +68,6 @@ def _slip(value: str, rng: random.Random) -> str:
     return format_number(float(value) + rng.choice((-2, -1, 1, 2, 10)))
 
 
-def _template_pattern(template: str) -> re.Pattern[str]:
-    escaped = re.escape(template)
-    escaped = escaped.replace(re.escape("{value}"), "(?P<value>.+?)")
-    escaped = re.sub(r"\\\{(?:\d+|plus)\\\}", ".+?", escaped)
-    return re.compile(rf"^{escaped}\s*$")
-
-
-def _recover_value(step: SolutionStep, text: str) -> str:
-    """The value a previously written step stated: by its template, else the last number (or a
-    label) in it, else the ground truth."""
-    if m := _template_pattern(step.template).match(text):
-        return m.group("value").strip()
-    if step.op in LABEL_OPS:
-        return next((w for w in text.replace(".", " ").split() if w in step.label.split()), step.value)
-    numbers = _NUMBER.findall(text)
-    return numbers[-1] if numbers else step.value
-
-
 def _content_text(message: Mapping[str, Any]) -> str:
     content = message["content"]
     if isinstance(content, str):
@@ -93,7 +76,11 @@ def _content_text(message: Mapping[str, Any]) -> str:
 
 
 def flagged_step(feedback: str) -> int | None:
-    """The 1-based step a free-text critique names as wrong ("step 3 miscounts ..."), if any."""
+    """The 1-based step a critique names as wrong: its "First wrong step" when it parses as a
+    critique, else the first "step N" in free text."""
+    parsed = parse_critique(feedback)
+    if parsed.ok:
+        return parsed.critique.first_wrong_step
     m = _FLAGGED_STEP.search(feedback)
     return int(m.group(1)) if m else None
 
@@ -152,7 +139,8 @@ class SimulatedActorEngine:
         is_revision = len(turns) >= 3 and turns[-1]["role"] == "user" and turns[-2]["role"] == "assistant"
         text = _content_text(turns[-2]) if is_revision else req.assistant_prefix
         texts = parse_reasoning(text).steps[: len(problem.steps)]
-        written = [(t, _recover_value(problem.steps[i], t)) for i, t in enumerate(texts)]
+        written = [(t, stated_value(problem.steps[i], t) or problem.steps[i].value)
+                   for i, t in enumerate(texts)]
         if not is_revision:
             return written, None
         step = flagged_step(_content_text(turns[-1]))

@@ -30,6 +30,7 @@ STEP_PREFIX = "Step {index}: "
 ANSWER_PREFIX = "Answer: "
 _STEP_LINE = re.compile(r"^\s*Step\s+(\d+)\s*[:.)]\s*(.*)$", re.IGNORECASE)
 _ANSWER_LINE = re.compile(r"^\s*(?:final\s+)?answer\s*[:：]\s*(.*)$", re.IGNORECASE)
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
 @dataclass(frozen=True)
@@ -127,11 +128,15 @@ def render_reasoning(step_texts: Sequence[str], answer: str) -> str:
     return "\n".join(lines)
 
 
+def reference_step_texts(steps: Sequence[SolutionStep]) -> list[str]:
+    """The text of every ground-truth step (without "Step k:" prefixes)."""
+    values = execute(steps)
+    return [render_step(s, values[i], [values[j] for j in s.inputs]) for i, s in enumerate(steps)]
+
+
 def solution_text(steps: Sequence[SolutionStep]) -> str:
     """The ground-truth reasoning, rendered."""
-    values = execute(steps)
-    texts = [render_step(s, values[i], [values[j] for j in s.inputs]) for i, s in enumerate(steps)]
-    return render_reasoning(texts, values[-1])
+    return render_reasoning(reference_step_texts(steps), execute(steps)[-1])
 
 
 def parse_reasoning(text: str) -> ParsedReasoning:
@@ -151,3 +156,32 @@ def parse_reasoning(text: str) -> ParsedReasoning:
             else:
                 extra.append(line.strip())
     return ParsedReasoning(steps=tuple(steps), answer=answer, extra=tuple(extra))
+
+
+def _template_pattern(template: str) -> re.Pattern[str]:
+    escaped = re.escape(template).replace(re.escape("{value}"), "(?P<value>.+?)")
+    escaped = re.sub(r"\\\{(?:\d+|plus)\\\}", ".+?", escaped)
+    return re.compile(rf"^{escaped}\s*$")
+
+
+def stated_value(step: SolutionStep, text: str) -> str | None:
+    """The value a written step states for ground-truth `step`: read by the step's template, else
+    the last number (or, for argmax/argmin, a candidate label) in it; None if there is none."""
+    text = _STEP_LINE.sub(r"\2", text).strip()
+    if m := _template_pattern(step.template).match(text):
+        return m.group("value").strip()
+    if step.op in LABEL_OPS:
+        words = text.replace(".", " ").split()
+        return next((w for w in reversed(words) if w in step.label.split()), None)
+    numbers = _NUMBER.findall(text)
+    return numbers[-1] if numbers else None
+
+
+def same_value(a: str | None, b: str | None) -> bool:
+    """Equal as numbers (within 1e-6) or, for labels, as text."""
+    if a is None or b is None:
+        return False
+    try:
+        return abs(float(a) - float(b)) < 1e-6
+    except ValueError:
+        return a.strip().lower() == b.strip().lower()

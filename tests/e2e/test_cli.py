@@ -33,6 +33,8 @@ def test_demo_runs_end_to_end(tmp_path):
     trees = pq.read_table(out / "trees").to_pylist()
     assert sorted(t["problem_id"] for t in trees) == sorted(r["problem_id"] for r in rows)
     assert "search: 12 trees searched, 0 already done, 0 skipped" in proc.stdout
+    assert (out / "mmc-dataset" / "README.md").exists()
+    assert "annotate:" in proc.stdout and "agreement with ground truth" in proc.stdout
     simulated = pq.read_table(out / "results-simulated.parquet").to_pylist()
     # The simulator writes parseable reasoning and gets most easy problems right.
     assert all(r["extracted_answer"] is not None for r in simulated)

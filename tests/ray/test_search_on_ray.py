@@ -138,3 +138,21 @@ def test_placement_fails_clearly_when_the_cluster_is_too_small(ray_local):
     too_big = dataclasses.replace(SIMULATED, resources=ResourcesConfig(replicas=8, num_cpus=1))
     with pytest.raises(RuntimeError, match="needs 8 CPU in total but the Ray cluster has 2"):
         create_worker_group(PolicyWorker, too_big)
+
+
+def test_annotate_streams_through_ray_data(ray_local, tmp_path):
+    from mmc_ray.config import Config
+    from mmc_ray.engines.simulated import SimulatedActorEngine
+    from mmc_ray.pipeline.annotate import annotate_to_dir
+    from mmc_ray.pipeline.dataset_card import card_stats
+    from mmc_ray.pipeline.dispatch import LocalDispatcher
+
+    trees = tmp_path / "trees"
+    search_to_dir(list(generate_problems(24, seed=8)), LocalDispatcher(SimulatedActorEngine(SIMULATED.simulator)),
+                  dataclasses.replace(SEARCH, shard_size=6), trees, progress=False)
+    assert len(shard_paths(trees, "trees")) == 4  # several shards: the stream has several blocks
+    local = annotate_to_dir(trees, tmp_path / "local", Config(), local=True, progress=False)
+    streamed = annotate_to_dir(trees, tmp_path / "ray", Config(), local=False, progress=False)
+    assert (streamed.critiques, streamed.drops) == (local.critiques, local.drops) and local.critiques > 0
+    ours, theirs = card_stats(tmp_path / "ray"), card_stats(tmp_path / "local")
+    assert ours["split"] == theirs["split"] and ours["error_type"] == theirs["error_type"]

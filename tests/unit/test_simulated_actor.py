@@ -126,7 +126,11 @@ def test_max_new_tokens_truncates():
     assert c.finish_reason == "length" and len(c.text) == 20 and c.completion_tokens == 5
 
 
-@pytest.mark.parametrize(("text", "step"), [("Step 3 is wrong", 3), ("error in step#2", 2),
-                                            ("looks fine", None), ("STEP 10: bad", 10)])
+@pytest.mark.parametrize(("text", "step"), [
+    ("Step 3 is wrong", 3), ("error in step#2", 2), ("looks fine", None), ("STEP 10: bad", 10),
+    ("Verdict: incorrect\nFirst wrong step: 4\nError type: counting\nExplanation: Step 2 is fine, step 4 "
+     "miscounts.", 4),
+    ("Verdict: correct\nExplanation: all steps check out", None),
+])
 def test_flagged_step(text, step):
     assert flagged_step(text) == step

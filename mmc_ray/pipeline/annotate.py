@@ -1,0 +1,182 @@
+"""The annotate stage: search trees → divergent pairs → critiques → the MMC dataset folder.
+
+    mmc-dataset/
+      data/train-00000.parquet, data/validation-00000.parquet, data/test-00000.parquet
+      drops/drops-00000.parquet      pairs that got no critique, with the reason
+      README.md                      the dataset card
+
+With Ray, trees stream through Ray Data: a mining stage, then an actor pool of `AnnotatorWorker`s,
+and rows are written as they arrive. Splits are by problem (a problem's pairs share one split), so
+no problem leaks between train and test. Reruns skip pair ids already written or dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from mmc_ray.config import AnnotateConfig, Config
+from mmc_ray.mcts.pairs import PairMiningConfig, balanced_sample, mine_pairs_from_row
+from mmc_ray.pipeline.dataset_card import SPLITS, write_card
+from mmc_ray.pipeline.search import TREE_SHARD_PREFIX
+from mmc_ray.pipeline.shards import ShardWriter, finished_ids, shard_paths
+from mmc_ray.schemas import CRITIQUE_SCHEMA, DROP_SCHEMA, PAIR_SCHEMA, PROBLEM_SCHEMA
+from mmc_ray.workers.annotator import AnnotatorWorker, split_outcomes
+
+DROPS_PREFIX = "drops"
+
+
+def make_split_of(fractions: tuple[float, ...], seed: int) -> Callable[[str], str]:
+    """problem id → split, by a stable hash, so every pair of a problem lands in the same split."""
+    bounds = [sum(fractions[: i + 1]) for i in range(len(fractions))]
+
+    def split_of(problem_id: str) -> str:
+        digest = hashlib.sha256(f"{seed}:{problem_id}".encode()).digest()
+        u = int.from_bytes(digest[:8], "little") / 2**64
+        return next((s for s, b in zip(SPLITS, bounds, strict=True) if u < b), SPLITS[-1])
+    return split_of
+
+
+def mining_config(cfg: AnnotateConfig) -> PairMiningConfig:
+    return PairMiningConfig(high_value=cfg.high_value, low_value=cfg.low_value, min_visits=cfg.min_visits,
+                            max_pairs_per_problem=cfg.max_pairs_per_problem,
+                            max_pairs_per_depth=cfg.max_pairs_per_depth,
+                            no_error_per_problem=cfg.no_error_per_problem)
+
+
+def mine_tree_rows(trees: Iterable[dict[str, Any]], cfg: AnnotateConfig,
+                   skip: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
+    """Pair rows (PAIR_SCHEMA) from tree rows, minus ids in `skip`, spread across (family, depth)."""
+    mining = mining_config(cfg)
+    rows = []
+    for tree in trees:
+        problem = {name: tree[name] for name in PROBLEM_SCHEMA.names}
+        for pair in mine_pairs_from_row(tree, mining, cfg.seed):
+            if pair.pair_id in skip:
+                continue
+            divergent = pair.kind == "divergent"
+            path = pair.wrong if divergent else pair.correct
+            rows.append({
+                **problem,
+                "pair_id": pair.pair_id,
+                "kind": pair.kind,
+                "divergence_depth": pair.divergence_depth,
+                "path_steps": list(path.steps),
+                "path_answer": path.answer,
+                "path_correct": path.correct,
+                "reference_steps": list(pair.correct.steps) if divergent else [],
+                "reference_answer": pair.correct.answer if divergent else None,
+            })
+    return balanced_sample(rows, key=lambda r: (r["family"], r["divergence_depth"]), limit=None,
+                           seed=cfg.seed)
+
+
+class PairMiningStage:
+    """Ray Data stage: tree rows in, pair rows out."""
+
+    def __init__(self, cfg: AnnotateConfig, skip: frozenset[str]) -> None:
+        self.cfg, self.skip = cfg, skip
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = mine_tree_rows(batch.to_pylist(), self.cfg, self.skip)
+        return pa.Table.from_pylist(rows, schema=PAIR_SCHEMA)
+
+
+@dataclass
+class AnnotateSummary:
+    critiques: int = 0
+    drops: int = 0
+    skipped_existing: int = 0
+    seconds: float = 0.0
+    per_split: dict[str, int] = field(default_factory=dict)
+    card: Path | None = None
+
+
+def _tree_batches(trees_dir: Path, batch_size: int) -> Iterator[list[dict[str, Any]]]:
+    for path in shard_paths(trees_dir, TREE_SHARD_PREFIX):
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
+            yield batch.to_pylist()
+
+
+def annotate_to_dir(trees_dir: str | Path, out_dir: str | Path, cfg: Config, local: bool = False,
+                    progress: bool = True) -> AnnotateSummary:
+    """Annotate every tree shard in `trees_dir` into the dataset folder `out_dir`."""
+    trees_dir, out_dir = Path(trees_dir), Path(out_dir)
+    if not shard_paths(trees_dir, TREE_SHARD_PREFIX):
+        raise FileNotFoundError(
+            f"no {TREE_SHARD_PREFIX}-*.parquet shards in {trees_dir} (run `mmc-ray search` first)")
+    acfg = cfg.annotate
+    done = frozenset(set().union(*(finished_ids(out_dir / "data", s, "pair_id") for s in SPLITS),
+                                 finished_ids(out_dir / DROPS_PREFIX, DROPS_PREFIX, "pair_id")))
+    split_of = make_split_of(acfg.split_fractions, acfg.seed)
+    writers = {s: ShardWriter(out_dir / "data", s, CRITIQUE_SCHEMA, acfg.shard_size) for s in SPLITS}
+    drops = ShardWriter(out_dir / DROPS_PREFIX, DROPS_PREFIX, DROP_SCHEMA, acfg.shard_size)
+    summary = AnnotateSummary(skipped_existing=len(done))
+    start = time.perf_counter()
+    bar = tqdm(desc="annotate", unit="pair", disable=not progress)
+    try:
+        for table in (_local_outcomes(trees_dir, cfg, done, split_of) if local
+                      else _ray_outcomes(trees_dir, cfg, done, split_of)):
+            critiques, dropped = split_outcomes(table)
+            for row in critiques:
+                writers[row["split"]].add(row)
+            for row in dropped:
+                drops.add(row)
+            summary.critiques += len(critiques)
+            summary.drops += len(dropped)
+            bar.update(table.num_rows)
+            bar.set_postfix(critiques=summary.critiques, drops=summary.drops, refresh=False)
+    finally:
+        bar.close()
+        for writer in (*writers.values(), drops):
+            writer.flush()  # finished rows are kept even when the run is interrupted
+    summary.per_split = {s: w.rows_written for s, w in writers.items()}
+    summary.seconds = time.perf_counter() - start
+    summary.card = write_card(out_dir, cfg)
+    return summary
+
+
+def _local_outcomes(trees_dir: Path, cfg: Config, done: frozenset[str],
+                    split_of: Callable[[str], str]) -> Iterator[pa.Table]:
+    worker = AnnotatorWorker(cfg, split_of)
+    for trees in _tree_batches(trees_dir, cfg.annotate.trees_per_batch):
+        pairs = mine_tree_rows(trees, cfg.annotate, done)
+        if pairs:
+            yield worker(pa.Table.from_pylist(pairs, schema=PAIR_SCHEMA))
+
+
+def annotate_dataset(trees: Any, cfg: Config, split_of: Callable[[str], str],
+                     skip: frozenset[str] = frozenset()) -> Any:
+    """Tree rows `ray.data.Dataset` → outcome rows `Dataset`, streamed: annotation starts on the
+    first trees while later ones are still being read (or searched)."""
+    res = cfg.annotator.resources
+    pairs = trees.map_batches(PairMiningStage, fn_constructor_kwargs={"cfg": cfg.annotate, "skip": skip},
+                              batch_size=cfg.annotate.trees_per_batch, batch_format="pyarrow",
+                              concurrency=1, num_cpus=0.25)
+    return pairs.map_batches(
+        AnnotatorWorker, fn_constructor_kwargs={"cfg": cfg, "split_of": split_of},
+        batch_size=cfg.annotate.trees_per_batch, batch_format="pyarrow", concurrency=res.replicas,
+        num_cpus=res.num_cpus if cfg.annotate.method == "llm" else 0.25,
+        num_gpus=res.num_gpus if cfg.annotate.method == "llm" else 0,
+        max_restarts=res.max_restarts,
+    )
+
+
+def _ray_outcomes(trees_dir: Path, cfg: Config, done: frozenset[str],
+                  split_of: Callable[[str], str]) -> Iterator[pa.Table]:
+    import ray.data
+
+    from mmc_ray.ray_runtime import init_ray
+
+    init_ray()
+    trees = ray.data.read_parquet([str(p) for p in shard_paths(trees_dir, TREE_SHARD_PREFIX)])
+    yield from annotate_dataset(trees, cfg, split_of, done).iter_batches(batch_format="pyarrow",
+                                                                          batch_size=None)

@@ -1,0 +1,154 @@
+"""`AnnotatorWorker`: turns mined pairs into critiques, as a Ray Data actor-pool stage.
+
+Two strategies behind one worker: the rule annotator (synthetic tasks: ground-truth step values)
+and the LLM annotator (any engine, with the annotator prompt). An LLM critique that does not parse
+is asked for again with the parser's reason, up to `max_repair_attempts` times; then the pair is a
+counted drop with that reason and the raw output. Every pair in gives exactly one row out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from mmc_ray.config import AnnotateConfig, Config
+from mmc_ray.critique.prompts import FORMAT_SPEC, annotator_messages, critic_messages, strip_step_prefix
+from mmc_ray.critique.rule_annotator import reference_first_wrong_step, rule_critique
+from mmc_ray.critique.schema import Critique, parse_critique
+from mmc_ray.engines.base import GenerationEngine, GenerationRequest
+from mmc_ray.schemas import CRITIQUE_SCHEMA, DROP_SCHEMA
+from mmc_ray.tasks.problem import Problem
+
+OUTCOME_SCHEMA = pa.schema([*CRITIQUE_SCHEMA, pa.field("status", pa.string()),
+                            pa.field("reason", pa.string()), pa.field("raw_output", pa.string())])
+RAW_OUTPUT_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class Dropped:
+    reason: str
+    raw_output: str = ""
+
+
+Outcome = Critique | Dropped
+
+
+class LLMAnnotator:
+    """Critiques by a model, with repair retries. Batched: one engine call per attempt round."""
+
+    def __init__(self, engine: GenerationEngine, cfg: AnnotateConfig) -> None:
+        self.engine = engine
+        self.cfg = cfg
+
+    def _messages(self, problem: Problem, pair: dict[str, Any]) -> tuple[dict[str, Any], ...]:
+        if pair["kind"] == "no_error":
+            return critic_messages(problem, pair["path_steps"], pair["path_answer"])
+        shared = pair["path_steps"][: pair["divergence_depth"]]
+        return annotator_messages(problem, shared, pair["reference_steps"][len(shared):],
+                                  pair["reference_answer"], pair["path_steps"][len(shared):],
+                                  pair["path_answer"])
+
+    def annotate(self, items: Sequence[tuple[Problem, dict[str, Any]]]) -> list[Outcome]:
+        conversations = [list(self._messages(p, pair)) for p, pair in items]
+        outcomes: list[Outcome | None] = [None] * len(items)
+        last = [Dropped("not attempted")] * len(items)
+        pending = list(range(len(items)))
+        for attempt in range(1 + self.cfg.max_repair_attempts):
+            if not pending:
+                break
+            requests = [GenerationRequest(messages=tuple(conversations[i]),
+                                          images=(items[i][0].image,) if items[i][0].image else (),
+                                          temperature=self.cfg.temperature,
+                                          max_new_tokens=self.cfg.max_new_tokens,
+                                          seed=self.cfg.seed + attempt,
+                                          metadata={"problem_id": items[i][0].problem_id})
+                        for i in pending]
+            still = []
+            for i, result in zip(pending, self.engine.generate(requests), strict=True):
+                completion = result.completions[0]
+                if completion.finish_reason == "error":
+                    last[i] = Dropped(f"engine error: {completion.error}")
+                    continue  # retrying the same input would fail the same way
+                parsed = parse_critique(completion.text, num_steps=len(items[i][1]["path_steps"]))
+                if parsed.ok:
+                    outcomes[i] = parsed.critique
+                    continue
+                last[i] = Dropped(f"unparseable after {attempt + 1} attempt(s): {parsed.error}",
+                                  completion.text[:RAW_OUTPUT_CHARS])
+                conversations[i] += [
+                    {"role": "assistant", "content": completion.text},
+                    {"role": "user", "content": f"That reply is not a critique in the required format "
+                                                f"({parsed.error}). {FORMAT_SPEC}"},
+                ]
+                still.append(i)
+            pending = still
+        return [o if o is not None else last[i] for i, o in enumerate(outcomes)]
+
+
+def _rule_outcome(problem: Problem, pair: dict[str, Any]) -> Outcome:
+    result = rule_critique(problem, pair["path_steps"], pair["path_answer"], key=pair["pair_id"])
+    return Dropped(result) if isinstance(result, str) else result
+
+
+def outcome_row(problem: Problem, pair: dict[str, Any], outcome: Outcome, annotator: str,
+                split: str) -> dict[str, Any]:
+    """One row of OUTCOME_SCHEMA: a critique row (status ok) or a drop (status dropped)."""
+    steps = [strip_step_prefix(s) for s in pair["path_steps"]]
+    row = {name: pair.get(name) for name in CRITIQUE_SCHEMA.names if name in pair}
+    reference_steps = [strip_step_prefix(s) for s in pair["reference_steps"] or ()]
+    row.update(path_steps=steps, reference_steps=reference_steps, split=split, annotator=annotator)
+    if isinstance(outcome, Dropped):
+        return {**row, "status": "dropped", "reason": outcome.reason, "raw_output": outcome.raw_output}
+    reference = reference_first_wrong_step(problem, steps) if problem.steps else None
+    return {
+        **row,
+        "verdict": outcome.verdict,
+        "first_wrong_step": outcome.first_wrong_step,
+        "error_type": outcome.error_type,
+        "explanation": outcome.explanation,
+        "correction": outcome.correction,
+        "critique_text": outcome.to_text(),
+        "reference_first_wrong_step": reference,
+        "agrees_with_reference": outcome.first_wrong_step == reference if problem.steps else None,
+        "status": "ok",
+        "reason": "",
+        "raw_output": "",
+    }
+
+
+def split_outcomes(table: pa.Table) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(critique rows, drop rows) of an outcome table, each in its own schema's columns."""
+    critiques, drops = [], []
+    for row in table.to_pylist():
+        if row["status"] == "ok":
+            critiques.append({k: row[k] for k in CRITIQUE_SCHEMA.names})
+        else:
+            drops.append({k: row[k] for k in DROP_SCHEMA.names})
+    return critiques, drops
+
+
+class AnnotatorWorker:
+    """Ray Data actor-pool stage: pair rows (PAIR_SCHEMA) in, outcome rows (OUTCOME_SCHEMA) out."""
+
+    def __init__(self, cfg: Config, split_of: Any) -> None:
+        self.method = cfg.annotate.method
+        self.split_of = split_of
+        self.llm = None
+        if self.method == "llm":
+            from mmc_ray.engines.factory import build_engine
+
+            self.llm = LLMAnnotator(build_engine(cfg.annotator), cfg.annotate)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        pairs = batch.to_pylist()
+        problems = [Problem.from_row(p) for p in pairs]
+        if self.llm is not None:
+            outcomes = self.llm.annotate(list(zip(problems, pairs, strict=True)))
+        else:
+            outcomes = [_rule_outcome(p, pair) for p, pair in zip(problems, pairs, strict=True)]
+        rows = [outcome_row(p, pair, o, self.method, self.split_of(p.problem_id))
+                for p, pair, o in zip(problems, pairs, outcomes, strict=True)]
+        return pa.Table.from_pylist(rows, schema=OUTCOME_SCHEMA)
