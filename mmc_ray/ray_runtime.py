@@ -3,12 +3,15 @@ otherwise a local one sized to this machine."""
 
 from __future__ import annotations
 
+import logging
 import os
 
 
 def init_ray() -> None:
     import ray
 
+    # Ray Data logs every operator's state at INFO; our progress bars say what users need.
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
     if ray.is_initialized():
         return
     # Local runs (tests, the demo, a laptop) skip token auth; clusters keep their own setting.

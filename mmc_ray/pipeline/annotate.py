@@ -75,8 +75,7 @@ def mine_tree_rows(trees: Iterable[dict[str, Any]], cfg: AnnotateConfig,
                 "reference_steps": list(pair.correct.steps) if divergent else [],
                 "reference_answer": pair.correct.answer if divergent else None,
             })
-    return balanced_sample(rows, key=lambda r: (r["family"], r["divergence_depth"]), limit=None,
-                           seed=cfg.seed)
+    return balanced_sample(rows, key=lambda r: (r["family"], r["divergence_depth"]), limit=None)
 
 
 class PairMiningStage:
