@@ -6,15 +6,13 @@ numbers in a critique refer to exactly what the reader saw."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
 from mmc_ray.critique.schema import ERROR_TYPES
 from mmc_ray.tasks.problem import Problem
 from mmc_ray.tasks.prompts import solve_messages
-
-_STEP_PREFIX = re.compile(r"^\s*step\s*\d+\s*[:.)]\s*", re.IGNORECASE)
+from mmc_ray.tasks.solution import strip_step_prefix
 
 FORMAT_SPEC = (
     "Reply in exactly this format:\n"
@@ -24,10 +22,6 @@ FORMAT_SPEC = (
     "Explanation: <what is wrong in that step and why>\n"
     "Correction: <how to fix that step>"
 )
-
-
-def strip_step_prefix(step: str) -> str:
-    return _STEP_PREFIX.sub("", step, count=1).strip()
 
 
 def numbered(steps: Sequence[str], answer: str | None) -> str:

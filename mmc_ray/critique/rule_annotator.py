@@ -13,7 +13,6 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from mmc_ray.critique.prompts import strip_step_prefix
 from mmc_ray.critique.schema import Critique
 from mmc_ray.tasks.problem import Problem
 from mmc_ray.tasks.solution import (
@@ -25,6 +24,7 @@ from mmc_ray.tasks.solution import (
     reference_step_texts,
     same_value,
     stated_value,
+    strip_step_prefix,
 )
 
 OBSERVATION_ERROR = {"count": "counting", "read_bar": "misreading", "read_number": "misreading",

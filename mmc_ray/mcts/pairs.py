@@ -8,17 +8,15 @@ each side. Fully correct paths are also sampled as "no error" examples. Pure: st
 from __future__ import annotations
 
 import random
-import re
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from mmc_ray.mcts.tree import Node, is_answer_step, nodes_from_rows
-from mmc_ray.tasks.solution import parse_reasoning
+from mmc_ray.tasks.solution import parse_reasoning, strip_step_prefix
 
 T = TypeVar("T")
-_STEP_PREFIX = re.compile(r"^\s*step\s*\d+\s*[:.)]\s*", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -41,7 +39,7 @@ class PairMiningConfig:
 
 @dataclass(frozen=True)
 class MinedPath:
-    steps: tuple[str, ...]  # root to end, the answer line excluded
+    steps: tuple[str, ...]  # root to end without "Step k:" numbering; the answer line excluded
     answer: str | None
     correct: bool
 
@@ -94,7 +92,7 @@ def _candidates(nodes: Sequence[Node], root: int) -> list[_Candidate]:
     for node in _subtree(nodes, root):
         if node.invalid:
             continue
-        prefix = _steps_to(nodes, node.node_id)
+        prefix = [strip_step_prefix(s) for s in _steps_to(nodes, node.node_id)]
         if node.terminal:
             steps = prefix[:-1] if is_answer_step(node.step) else prefix  # the answer line is no step
             found.append(_Candidate(MinedPath(tuple(steps), node.answer, bool(node.correct)), True,
@@ -113,7 +111,7 @@ def _best(candidates: Sequence[_Candidate], correct: bool) -> _Candidate | None:
 
 
 def _normalised(path: MinedPath) -> str:
-    steps = " ".join(" ".join(_STEP_PREFIX.sub("", s).lower().split()) for s in path.steps)
+    steps = " ".join(" ".join(s.lower().split()) for s in path.steps)
     return f"{steps} | {path.answer}"
 
 

@@ -139,6 +139,12 @@ def solution_text(steps: Sequence[SolutionStep]) -> str:
     return render_reasoning(reference_step_texts(steps), execute(steps)[-1])
 
 
+def strip_step_prefix(step: str) -> str:
+    """A step's text without its "Step k:" numbering."""
+    m = _STEP_LINE.match(step)
+    return m.group(2).strip() if m else step.strip()
+
+
 def parse_reasoning(text: str) -> ParsedReasoning:
     """Split model reasoning into steps and answer. Tolerant: a step may span several lines, lines
     before the first step are kept as `extra`; the last "Answer:" line wins."""

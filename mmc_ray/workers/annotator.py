@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 
 from mmc_ray.config import AnnotateConfig, Config
-from mmc_ray.critique.prompts import FORMAT_SPEC, annotator_messages, critic_messages, strip_step_prefix
+from mmc_ray.critique.prompts import FORMAT_SPEC, annotator_messages, critic_messages
 from mmc_ray.critique.rule_annotator import reference_first_wrong_step, rule_critique
 from mmc_ray.critique.schema import Critique, parse_critique
 from mmc_ray.engines.base import GenerationEngine, GenerationRequest
@@ -96,10 +96,9 @@ def _rule_outcome(problem: Problem, pair: dict[str, Any]) -> Outcome:
 def outcome_row(problem: Problem, pair: dict[str, Any], outcome: Outcome, annotator: str,
                 split: str) -> dict[str, Any]:
     """One row of OUTCOME_SCHEMA: a critique row (status ok) or a drop (status dropped)."""
-    steps = [strip_step_prefix(s) for s in pair["path_steps"]]
+    steps = pair["path_steps"]  # mined paths carry no "Step k:" numbering
     row = {name: pair.get(name) for name in CRITIQUE_SCHEMA.names if name in pair}
-    reference_steps = [strip_step_prefix(s) for s in pair["reference_steps"] or ()]
-    row.update(path_steps=steps, reference_steps=reference_steps, split=split, annotator=annotator)
+    row.update(reference_steps=pair["reference_steps"] or [], split=split, annotator=annotator)
     if isinstance(outcome, Dropped):
         return {**row, "status": "dropped", "reason": outcome.reason, "raw_output": outcome.raw_output}
     reference = reference_first_wrong_step(problem, steps) if problem.steps else None
