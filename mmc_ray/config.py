@@ -16,6 +16,8 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from mmc_ray.mcts.pairs import PairMiningConfig
+
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "tiny-cpu.yaml"
 
 
@@ -179,12 +181,7 @@ class AnnotateConfig:
     """Pair mining and critique annotation into the MMC dataset."""
 
     method: Literal["rule", "llm"] = "rule"  # rule: synthetic tasks (ground truth); llm: `annotator` engine
-    high_value: float = 0.7          # a good branch: child value >= this
-    low_value: float = 0.3           # a bad branch: child value <= this
-    min_visits: int = 2
-    max_pairs_per_problem: int = 4
-    max_pairs_per_depth: int = 2
-    no_error_per_problem: int = 1    # fully correct paths kept as "no error" examples
+    mining: PairMiningConfig = field(default_factory=PairMiningConfig)
     max_repair_attempts: int = 2     # llm: re-asks after an unparseable critique, then a counted drop
     max_new_tokens: int = 256
     temperature: float = 0.7
@@ -194,13 +191,9 @@ class AnnotateConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _require(0.0 <= self.low_value < self.high_value <= 1.0, "low_value",
-                 "need 0 <= low_value < high_value <= 1")
-        for name in ("min_visits", "max_pairs_per_problem", "max_pairs_per_depth", "max_new_tokens",
-                     "trees_per_batch", "shard_size"):
+        for name in ("max_new_tokens", "trees_per_batch", "shard_size"):
             _require(getattr(self, name) >= 1, name, "must be >= 1")
-        for name in ("no_error_per_problem", "max_repair_attempts"):
-            _require(getattr(self, name) >= 0, name, "must be >= 0")
+        _require(self.max_repair_attempts >= 0, "max_repair_attempts", "must be >= 0")
         _require(len(self.split_fractions) == 3 and all(f >= 0 for f in self.split_fractions)
                  and abs(sum(self.split_fractions) - 1.0) < 1e-6, "split_fractions",
                  "must be three non-negative fractions (train, validation, test) summing to 1")
@@ -268,6 +261,8 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
         if prefix and not str(e).startswith(prefix):
             raise ConfigError(f"{prefix}.{e}") from None
         raise
+    except ValueError as e:  # dataclasses defined outside this module validate with ValueError
+        raise ConfigError(f"{prefix or 'config'}: {e}") from None
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from mmc_ray.config import AnnotateConfig, Config
-from mmc_ray.mcts.pairs import PairMiningConfig, balanced_sample, mine_pairs_from_row
+from mmc_ray.mcts.pairs import balanced_sample, mine_pairs_from_row
 from mmc_ray.pipeline.dataset_card import SPLITS, write_card
 from mmc_ray.pipeline.search import TREE_SHARD_PREFIX
 from mmc_ray.pipeline.shards import ShardWriter, finished_ids, shard_paths
@@ -45,21 +45,13 @@ def make_split_of(fractions: tuple[float, ...], seed: int) -> Callable[[str], st
     return split_of
 
 
-def mining_config(cfg: AnnotateConfig) -> PairMiningConfig:
-    return PairMiningConfig(high_value=cfg.high_value, low_value=cfg.low_value, min_visits=cfg.min_visits,
-                            max_pairs_per_problem=cfg.max_pairs_per_problem,
-                            max_pairs_per_depth=cfg.max_pairs_per_depth,
-                            no_error_per_problem=cfg.no_error_per_problem)
-
-
 def mine_tree_rows(trees: Iterable[dict[str, Any]], cfg: AnnotateConfig,
                    skip: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
     """Pair rows (PAIR_SCHEMA) from tree rows, minus ids in `skip`, spread across (family, depth)."""
-    mining = mining_config(cfg)
     rows = []
     for tree in trees:
         problem = {name: tree[name] for name in PROBLEM_SCHEMA.names}
-        for pair in mine_pairs_from_row(tree, mining, cfg.seed):
+        for pair in mine_pairs_from_row(tree, cfg.mining, cfg.seed):
             if pair.pair_id in skip:
                 continue
             divergent = pair.kind == "divergent"
