@@ -77,18 +77,20 @@ class LoadedVLM:
         vision = self.image_processor(images=list(images), return_tensors="pt")
         return VisionInputs(vision["pixel_values"], vision["image_grid_thw"])
 
+    def expand_images(self, prompt: str, vision: VisionInputs | None) -> str:
+        """Each image placeholder repeated as many times as its image has visual tokens."""
+        grids = [] if vision is None else [int(g.prod()) // self.merge_size**2 for g in vision.grid_thw]
+        pieces = prompt.split(IMAGE_PLACEHOLDER)
+        if len(pieces) - 1 != len(grids):
+            raise ValueError(f"prompt has {len(pieces) - 1} image placeholders but {len(grids)} images")
+        return pieces[0] + "".join(IMAGE_PLACEHOLDER * n + piece
+                                   for n, piece in zip(grids, pieces[1:], strict=True))
+
     def encode(self, prompts: Sequence[str],
                vision: Sequence[VisionInputs | None]) -> dict[str, torch.Tensor]:
         """Tokenise a batch (left-padded for generation). `vision[i]` holds prompt i's images, one
         per image placeholder in order; the same `VisionInputs` may serve several prompts."""
-        texts = []
-        for prompt, inputs in zip(prompts, vision, strict=True):
-            grids = [] if inputs is None else [int(g.prod()) // self.merge_size**2 for g in inputs.grid_thw]
-            pieces = prompt.split(IMAGE_PLACEHOLDER)
-            if len(pieces) - 1 != len(grids):
-                raise ValueError(f"prompt has {len(pieces) - 1} image placeholders but {len(grids)} images")
-            texts.append(pieces[0] + "".join(IMAGE_PLACEHOLDER * n + piece
-                                             for n, piece in zip(grids, pieces[1:], strict=True)))
+        texts = [self.expand_images(prompt, inputs) for prompt, inputs in zip(prompts, vision, strict=True)]
         tokens = self.tokenizer(texts, return_tensors="pt", padding=True, padding_side="left",
                                 add_special_tokens=False)
         batch: dict[str, torch.Tensor] = {"input_ids": tokens["input_ids"],

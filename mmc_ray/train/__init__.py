@@ -1,0 +1,1 @@
+"""Critic (and actor SFT) training: examples, packing, collation; the Ray Train + DeepSpeed trainer."""

@@ -1,0 +1,46 @@
+"""Packing plans and token-budget batches (pure: lengths in, index groups out).
+
+Packing puts several samples in one sequence (each attends only to itself: see `collate.py`), so
+compute is not spent on padding. Without packing, samples of similar length are batched together
+under a token budget that counts every padded position, so one long sample (a large image) makes a
+small batch instead of an out-of-memory one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def plan_packs(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Group sample indices into packs of at most `max_tokens` tokens (first-fit decreasing).
+    A sample longer than `max_tokens` is an error: examples are filtered by length before this."""
+    too_long = [i for i, n in enumerate(lengths) if n > max_tokens]
+    if too_long:
+        raise ValueError(f"samples {too_long[:5]} are longer than the pack size {max_tokens}")
+    packs: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        slot = next((p for p, free in enumerate(room) if free >= lengths[i]), None)
+        if slot is None:
+            packs.append([i])
+            room.append(max_tokens - lengths[i])
+        else:
+            packs[slot].append(i)
+            room[slot] -= lengths[i]
+    return packs
+
+
+def token_budget_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Length-bucketed padded batches whose padded size (batch size x longest sample) stays within
+    `max_tokens`; a sample longer than the budget gets a batch of its own."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: (lengths[i], i)):
+        if current and (len(current) + 1) * lengths[i] > max_tokens:
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
