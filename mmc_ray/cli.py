@@ -5,6 +5,7 @@
     mmc-ray generate --problems problems.parquet --out results.parquet actor.kind=simulated
     mmc-ray search --problems problems.parquet --out trees/ actor.kind=simulated
     mmc-ray annotate --trees trees/ --out mmc-dataset/
+    mmc-ray train --task critic --data mmc-dataset/ --out runs/critic
     mmc-ray demo --out runs/demo
 """
 
@@ -75,6 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     annotate.add_argument("--method", choices=["rule", "llm"], help="shortcut for annotate.method")
     annotate.add_argument("--local", action="store_true", help="run in this process instead of Ray Data")
     _add_config_args(annotate)
+
+    train = commands.add_parser("train", help="train the critic (or actor SFT) with Ray Train + DeepSpeed")
+    train.add_argument("--task", choices=["critic", "actor-sft"], help="shortcut for train.task")
+    train.add_argument("--data", type=Path, required=True,
+                       help="critic: a dataset folder from `annotate`; actor-sft: a folder of problem files")
+    train.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, hf/ export)")
+    train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    _add_config_args(train)
 
     demo = commands.add_parser("demo", help="tasks, tiny model, generation, MCTS search, annotation")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"))
@@ -182,6 +191,24 @@ def _run_annotate(cfg: Config, trees: Path, out: Path, local: bool = False) -> N
         print(f"  dropped {n}: {reason}")
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    cfg = _config(args, [f"train.task={args.task}"] if args.task else [])
+    _run_train(cfg, args.data, args.out, resume=args.resume)
+
+
+def _run_train(cfg: Config, data: Path, out: Path, resume: bool = False) -> None:
+    from mmc_ray.train.trainer import train
+
+    summary = train(cfg, data, out, resume=resume)
+    m = summary.metrics
+    losses = " -> ".join(f"{h['loss']:.3f}" for h in summary.history)
+    print(f"train: {m.get('step')} steps in {summary.seconds:.0f}s; loss {losses}; "
+          f"{m.get('tokens_per_s', 0):.0f} tokens/s/worker, data wait {m.get('data_wait_share', 0):.0%}; "
+          f"trainable {m.get('trainable_params')}/{m.get('total_params')} params; "
+          f"{m.get('examples_skipped')} examples skipped, {m.get('images_resized')} images resized")
+    print(f"checkpoint: {summary.checkpoint}\nexported critic: {summary.exported}")
+
+
 def _print_search_summary(summary, out: Path) -> None:
     import pyarrow.parquet as pq
 
@@ -243,6 +270,11 @@ def cmd_demo(args: argparse.Namespace) -> None:
                 problems, out / "trees")
     print()
     _run_annotate(cfg, out / "trees", out / "mmc-dataset")
+    print()
+    # A short critic run from the tiny model, to show the trainer end to end.
+    short = dataclasses.replace(cfg.train, init_model=str(model_path), max_steps=min(cfg.train.max_steps, 12),
+                                checkpoint_every=6)
+    _run_train(dataclasses.replace(cfg, train=short), out / "mmc-dataset", out / "critic")
 
 
 COMMANDS = {
@@ -251,6 +283,7 @@ COMMANDS = {
     ("generate", None): cmd_generate,
     ("search", None): cmd_search,
     ("annotate", None): cmd_annotate,
+    ("train", None): cmd_train,
     ("demo", None): cmd_demo,
 }
 

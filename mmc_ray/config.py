@@ -200,6 +200,42 @@ class AnnotateConfig:
 
 
 @dataclass(frozen=True)
+class TrainConfig:
+    """Critic (or actor SFT) training with Ray Train + DeepSpeed ZeRO."""
+
+    task: Literal["critic", "actor-sft"] = "critic"
+    init_model: str = "runs/tiny-vlm"   # a local HF folder to start from
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    zero_stage: Literal[2, 3] = 2
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 5
+    max_steps: int = 40                 # optimizer steps
+    grad_accum: int = 1
+    grad_clip: float = 1.0
+    max_seq_len: int = 2048             # longer examples are skipped and counted, never cut
+    pack: bool = True                   # pack samples into sequences; else length-bucketed padding
+    tokens_per_step: int = 4096         # token budget of one micro-batch per worker (image tokens count)
+    min_pixels: int = 56 * 56           # visual-token budget applied when examples are built
+    max_pixels: int = 112 * 112
+    freeze: tuple[str, ...] = ()        # any of: vision, projector, language
+    checkpoint_every: int = 20
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("num_workers", "max_steps", "grad_accum", "max_seq_len", "tokens_per_step",
+                     "checkpoint_every"):
+            _require(getattr(self, name) >= 1, name, "must be >= 1")
+        _require(self.tokens_per_step >= self.max_seq_len, "tokens_per_step", "must be >= max_seq_len")
+        _require(self.learning_rate > 0, "learning_rate", "must be > 0")
+        _require(set(self.freeze) <= {"vision", "projector", "language"}, "freeze",
+                 "allowed parts: vision, projector, language")
+        _require(0 < self.min_pixels <= self.max_pixels, "min_pixels", "must be > 0 and <= max_pixels")
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything a run needs. `configs/tiny-cpu.yaml` is the default."""
 
@@ -210,6 +246,7 @@ class Config:
     search: SearchConfig = field(default_factory=SearchConfig)
     annotator: EngineConfig = field(default_factory=EngineConfig)  # used when annotate.method=llm
     annotate: AnnotateConfig = field(default_factory=AnnotateConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 def _require(ok: bool, key: str, message: str) -> None:
@@ -239,6 +276,11 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         return tuple(_convert(v, item_type, f"{key}[{i}]") for i, v in enumerate(value))
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "3e-4" (no dot) as a string; people write learning rates that way
+            return float(value)
+        except ValueError:
+            pass
     if tp in (int, float, str, bool):
         if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
             raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}")

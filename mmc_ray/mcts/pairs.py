@@ -2,18 +2,21 @@
 
 A pair is a node whose children include a good branch (value >= high_value) and a bad branch
 (value <= low_value), both visited enough to trust their values, with one representative full path on
-each side. Fully correct paths are also sampled as "no error" examples. Pure: stdlib only.
+each side: the shared prefix (the steps down to the divergence node), then each side's own steps to
+an answer. Fully correct paths are also sampled as "no error" examples. Pure: stdlib only.
+
+Mined paths carry no "Step k:" numbering (downstream renders its own), and never the answer line:
+`MinedPath.steps` is the reasoning, `MinedPath.answer` the final answer.
 """
 
 from __future__ import annotations
 
 import random
-from collections import defaultdict
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from mmc_ray.mcts.tree import Node, is_answer_step, nodes_from_rows
+from mmc_ray.mcts.tree import Node, nodes_from_rows
 from mmc_ray.tasks.solution import parse_reasoning, strip_step_prefix
 
 T = TypeVar("T")
@@ -21,12 +24,12 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class PairMiningConfig:
-    high_value: float = 0.7
-    low_value: float = 0.3
-    min_visits: int = 2
+    high_value: float = 0.7  # a good branch: child value >= high_value
+    low_value: float = 0.3  # a bad branch: child value <= low_value
+    min_visits: int = 2  # both children need at least this many visits
     max_pairs_per_problem: int = 4
-    max_pairs_per_depth: int = 2
-    no_error_per_problem: int = 1
+    max_pairs_per_depth: int = 2  # per problem, per divergence depth
+    no_error_per_problem: int = 1  # fully correct paths sampled as "no error" examples
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.low_value < self.high_value <= 1.0:
@@ -49,10 +52,10 @@ class PathPair:
     pair_id: str
     problem_id: str
     kind: str  # "divergent" | "no_error"
-    divergence_node: int
-    divergence_depth: int
+    divergence_node: int  # -1 for no_error
+    divergence_depth: int  # shared steps before the paths split; -1 for no_error
     correct: MinedPath
-    wrong: MinedPath | None
+    wrong: MinedPath | None  # None for no_error
 
 
 @dataclass(frozen=True)
@@ -60,95 +63,133 @@ class _Candidate:
     path: MinedPath
     from_terminal: bool
     visits: int
-    key: str  # what it came from, for stable ids
+    key: str  # what it came from ("n12" a terminal node, "n7r2" rollout 2 of node 7), for stable ids
 
-    def rank(self) -> tuple:
-        # terminals before rollouts, answered before unanswered, well-visited, short, then text
-        return (not self.from_terminal, self.path.answer is None, -self.visits, len(self.path.steps),
-                "\n".join(self.path.steps))
-
-
-def _steps_to(nodes: Sequence[Node], node_id: int) -> list[str]:
-    steps = []
-    node: Node | None = nodes[node_id]
-    while node is not None and node.parent_id is not None:
-        steps.append(node.step)
-        node = nodes[node.parent_id]
-    return steps[::-1]
+    def rank(self) -> tuple[bool, bool, int, int, str, str]:
+        # answered before unanswered, terminals before rollouts, well-visited, short, then text
+        return (self.path.answer is None, not self.from_terminal, -self.visits, len(self.path.steps),
+                "\n".join(self.path.steps), self.path.answer or "")
 
 
-def _subtree(nodes: Sequence[Node], root: int) -> list[Node]:
-    out, stack = [], [root]
-    while stack:
-        node = nodes[stack.pop()]
-        out.append(node)
-        stack.extend(reversed(node.children))
-    return out
+def _is_answer_line(line: str) -> bool:
+    parsed = parse_reasoning(line)
+    return parsed.answer is not None and not parsed.steps
 
 
-def _candidates(nodes: Sequence[Node], root: int) -> list[_Candidate]:
-    """Every finished path under `root`: terminal nodes and the rollouts of non-terminal nodes."""
-    found = []
-    for node in _subtree(nodes, root):
-        if node.invalid:
-            continue
-        prefix = [strip_step_prefix(s) for s in _steps_to(nodes, node.node_id)]
-        if node.terminal:
-            steps = prefix[:-1] if is_answer_step(node.step) else prefix  # the answer line is no step
-            found.append(_Candidate(MinedPath(tuple(steps), node.answer, bool(node.correct)), True,
-                                    node.visits, f"n{node.node_id}"))
-            continue
-        for i, rollout in enumerate(node.rollouts):
-            parsed = parse_reasoning(rollout.text)
-            found.append(_Candidate(MinedPath((*prefix, *parsed.steps), rollout.answer, rollout.correct),
-                                    False, node.visits, f"n{node.node_id}r{i}"))
-    return found
+def _rollout_steps(text: str) -> tuple[str, ...]:
+    """The steps of a rollout continuation. `parse_reasoning` does the work; lines before the first
+    "Step k:" line (a model that skips the numbering) are kept as steps of their own rather than
+    dropped, so the path stays complete."""
+    lines = text.splitlines()
+    first = next((i for i, line in enumerate(lines)
+                  if parse_reasoning(line).steps or _is_answer_line(line)), len(lines))
+    leading = tuple(strip_step_prefix(line) for line in lines[:first] if line.strip())
+    return leading + parse_reasoning("\n".join(lines[first:])).steps
 
 
-def _best(candidates: Sequence[_Candidate], correct: bool) -> _Candidate | None:
-    matching = [c for c in candidates if c.path.correct == correct]
-    return min(matching, key=_Candidate.rank) if matching else None
+class _Miner:
+    """Per-tree caches: stripped root-to-node steps and the finished paths below each node."""
+
+    def __init__(self, nodes: Sequence[Node]) -> None:
+        self.nodes = nodes
+        self._prefix: dict[int, tuple[str, ...]] = {}
+        self._below: dict[int, list[_Candidate]] = {}
+
+    def prefix(self, node_id: int) -> tuple[str, ...]:
+        """The steps root→node (the node's own step included), "Step k:" numbering stripped."""
+        chain: list[int] = []
+        current: int | None = node_id
+        while current is not None and current not in self._prefix:
+            chain.append(current)
+            current = self.nodes[current].parent_id
+        base = self._prefix.get(current, ()) if current is not None else ()
+        for nid in reversed(chain):
+            node = self.nodes[nid]
+            base = (*base, strip_step_prefix(node.step)) if node.parent_id is not None else ()
+            self._prefix[nid] = base
+        return self._prefix[node_id]
+
+    def subtree(self, root: int) -> Iterator[Node]:
+        stack = [root]
+        while stack:
+            node = self.nodes[stack.pop()]
+            yield node
+            stack.extend(reversed(node.children))
+
+    def candidates(self, root: int) -> list[_Candidate]:
+        """Every finished path under `root` (itself included): valid terminal nodes, and the
+        rollouts of the non-terminal ones."""
+        if root in self._below:
+            return self._below[root]
+        found = []
+        for node in self.subtree(root):
+            if node.invalid:
+                continue
+            prefix = self.prefix(node.node_id)
+            if node.terminal:
+                # An answer line ends the path and is no step; a max-depth cut-off step is one.
+                steps = prefix[:-1] if _is_answer_line(node.step) else prefix
+                found.append(_Candidate(MinedPath(steps, node.answer, bool(node.correct)), True,
+                                        node.visits, f"n{node.node_id}"))
+                continue
+            for i, rollout in enumerate(node.rollouts):
+                path = MinedPath(prefix + _rollout_steps(rollout.text), rollout.answer, rollout.correct)
+                found.append(_Candidate(path, False, node.visits, f"n{node.node_id}r{i}"))
+        self._below[root] = found
+        return found
+
+    def best(self, root: int, correct: bool) -> _Candidate | None:
+        matching = [c for c in self.candidates(root) if c.path.correct == correct]
+        return min(matching, key=_Candidate.rank) if matching else None
+
+
+def _normalised_step(step: str) -> str:
+    return " ".join(strip_step_prefix(step).lower().split())
 
 
 def _normalised(path: MinedPath) -> str:
-    steps = " ".join(" ".join(s.lower().split()) for s in path.steps)
-    return f"{steps} | {path.answer}"
+    """A path's text for near-duplicate detection: lowercased, whitespace collapsed, no numbering."""
+    steps = " | ".join(_normalised_step(s) for s in path.steps)
+    return f"{steps} || {' '.join((path.answer or '').lower().split())}"
 
 
 def mine_pairs(problem_id: str, nodes: Sequence[Node], cfg: PairMiningConfig,
                seed: int = 0) -> list[PathPair]:
-    """Divergent pairs (deduplicated, capped per depth and per problem, spread across depths) and
-    up to `no_error_per_problem` fully correct paths."""
+    """Divergent pairs (deduplicated, capped per depth and per problem, spread across depths, in
+    that spread order) followed by up to `no_error_per_problem` fully correct paths. Deterministic
+    for (inputs, seed); `nodes` must carry their `children` (as `SearchTree.nodes` and
+    `nodes_from_rows` do)."""
+    if not nodes:
+        return []
+    miner = _Miner(nodes)
+
     def trusted(n: Node) -> bool:
         return not n.invalid and n.visits >= cfg.min_visits
 
     found: list[PathPair] = []
     seen: set[str] = set()
-    below: dict[int, list[_Candidate]] = {}
-
-    def candidates(node_id: int) -> list[_Candidate]:
-        if node_id not in below:
-            below[node_id] = _candidates(nodes, node_id)
-        return below[node_id]
-
     for parent in sorted(nodes, key=lambda n: (n.depth, n.node_id)):
-        children = [nodes[i] for i in parent.children if trusted(nodes[i])]
+        if parent.invalid or len(parent.children) < 2:
+            continue
+        children = [nodes[i] for i in sorted(parent.children) if trusted(nodes[i])]
         goods = [c for c in children if c.value >= cfg.high_value]
         bads = [c for c in children if c.value <= cfg.low_value]
         for good in goods:
             for bad in bads:
-                right = _best(candidates(good.node_id), correct=True)
-                wrong = _best(candidates(bad.node_id), correct=False)
+                if _normalised_step(good.step) == _normalised_step(bad.step):
+                    continue  # the same step written twice: the paths do not split here
+                right = miner.best(good.node_id, correct=True)
+                wrong = miner.best(bad.node_id, correct=False)
                 if right is None or wrong is None or _normalised(wrong.path) in seen:
                     continue
                 seen.add(_normalised(wrong.path))
-                pair_id = f"{problem_id}:{parent.node_id}:{good.node_id}:{bad.node_id}"
-                found.append(PathPair(pair_id, problem_id, "divergent", parent.node_id, parent.depth,
+                found.append(PathPair(f"{problem_id}:{parent.node_id}:{good.node_id}:{bad.node_id}",
+                                      problem_id, "divergent", parent.node_id, parent.depth,
                                       right.path, wrong.path))
     pairs = _cap_spread(found, cfg)
-    correct_paths = sorted((c for c in candidates(0) if c.path.correct), key=_Candidate.rank)
+
     distinct: dict[str, _Candidate] = {}
-    for c in correct_paths:
+    for c in sorted((c for c in miner.candidates(0) if c.path.correct), key=_Candidate.rank):
         distinct.setdefault(_normalised(c.path), c)
     chosen = list(distinct.values())
     random.Random(f"{seed}:{problem_id}").shuffle(chosen)
@@ -158,34 +199,49 @@ def mine_pairs(problem_id: str, nodes: Sequence[Node], cfg: PairMiningConfig,
 
 
 def _cap_spread(pairs: Sequence[PathPair], cfg: PairMiningConfig) -> list[PathPair]:
-    by_depth: dict[int, list[PathPair]] = defaultdict(list)
+    """The first `max_pairs_per_depth` pairs of each depth, then round-robin over depths (shallow
+    first) up to `max_pairs_per_problem`, so shallow and deep divergences are both kept."""
+    kept: list[PathPair] = []
+    per_depth: dict[int, int] = {}
     for pair in pairs:
-        if len(by_depth[pair.divergence_depth]) < cfg.max_pairs_per_depth:
-            by_depth[pair.divergence_depth].append(pair)
-    return balanced_sample([p for d in sorted(by_depth) for p in by_depth[d]],
-                           key=lambda p: p.divergence_depth, limit=cfg.max_pairs_per_problem)
+        if per_depth.get(pair.divergence_depth, 0) < cfg.max_pairs_per_depth:
+            per_depth[pair.divergence_depth] = per_depth.get(pair.divergence_depth, 0) + 1
+            kept.append(pair)
+    return balanced_sample(kept, key=lambda p: p.divergence_depth, limit=cfg.max_pairs_per_problem)
 
 
 def mine_pairs_from_row(row: Mapping[str, Any], cfg: PairMiningConfig, seed: int = 0) -> list[PathPair]:
-    """Pairs of one stored tree row (`TREE_SCHEMA`)."""
+    """Pairs of one stored tree row (`TREE_SCHEMA`: `problem_id` and the `nodes` table)."""
     return mine_pairs(row["problem_id"], nodes_from_rows(row["nodes"]), cfg, seed)
 
 
 def balanced_sample(items: Sequence[T], key: Callable[[T], Hashable], limit: int | None) -> list[T]:
-    """Round-robin over the groups of `key` (groups in sorted order, items in input order), so any
-    prefix of the result is spread evenly across groups; the first `limit` items (all if None)."""
-    groups: dict[Hashable, list[T]] = defaultdict(list)
+    """Round-robin over the groups of `key` (groups in sorted key order, by `str(key)` when keys do
+    not compare; items in input order within a group), so any prefix of the result is spread evenly
+    across groups; the first `limit` items (all of them if None). Deterministic: the order follows
+    from the keys and the input order alone."""
+    groups: dict[Hashable, list[T]] = {}
     for item in items:
-        groups[key(item)].append(item)
+        groups.setdefault(key(item), []).append(item)
     try:
         order = sorted(groups)
     except TypeError:
         order = sorted(groups, key=str)
+    want = len(items) if limit is None else max(0, min(limit, len(items)))
     out: list[T] = []
-    depth = 0
-    while len(out) < len(items):
-        for k in order:
-            if depth < len(groups[k]):
-                out.append(groups[k][depth])
-        depth += 1
-    return out if limit is None else out[:limit]
+    queues = [iter(groups[k]) for k in order]
+    while len(out) < want and queues:
+        alive = []
+        for queue in queues:
+            item = next(queue, _DONE)
+            if item is _DONE:
+                continue
+            out.append(item)
+            alive.append(queue)
+            if len(out) == want:
+                break
+        queues = alive
+    return out
+
+
+_DONE: Any = object()

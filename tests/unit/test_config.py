@@ -19,6 +19,7 @@ def test_dotted_overrides_are_typed():
     assert cfg.tasks.difficulties == (4, 5)
     assert cfg.actor.simulator.seed == 7
     assert cfg.actor.kind == "simulated"
+    assert load_config(overrides=["train.learning_rate=3e-4"]).train.learning_rate == 3e-4
 
 
 def test_config_is_frozen():

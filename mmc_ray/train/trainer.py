@@ -1,0 +1,275 @@
+"""Critic training: Ray Data streams dataset rows into Ray Train `TorchTrainer` workers that run
+DeepSpeed ZeRO (stage 2 or 3; fp32 over gloo on CPU, bf16 on GPU).
+
+Each worker builds examples from its shard (`ExampleBuilder`: loss on the critique only), groups them
+by a token budget (packed, or length-bucketed padding) and trains. Every `checkpoint_every` steps and
+at the end, each rank saves its DeepSpeed state and rank 0 the trainer state (step, RNG) into one Ray
+checkpoint; `resume` continues from the newest. `export_hf` gathers the (ZeRO-3 partitioned) weights
+into a Hugging Face folder that `HFEngine` loads by path.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from mmc_ray.config import Config, TrainConfig
+
+DS_TAG = "ds"
+STATE_FILE = "trainer_state.json"
+RUN_NAME = "ray-train"
+
+
+def freeze_parts(model: Any, parts: tuple[str, ...]) -> tuple[int, int]:
+    """Freeze the named parts of a Qwen2-VL model; returns (trainable, total) parameter counts."""
+    for name, param in model.named_parameters():
+        is_projector = ".visual.merger." in f".{name}"
+        is_vision = ".visual." in f".{name}" and not is_projector
+        part = "projector" if is_projector else "vision" if is_vision else "language"
+        param.requires_grad = part not in parts
+    total = sum(p.numel() for p in model.parameters())
+    return sum(p.numel() for p in model.parameters() if p.requires_grad), total
+
+
+def _examples_from_rows(builder: Any, rows: list[dict[str, Any]], task: str) -> list[Any]:
+    if task == "critic":
+        return builder.build_all(rows, "critic")
+    from mmc_ray.tasks.problem import Problem
+
+    return builder.build_all([Problem.from_row(r) for r in rows], "actor-sft")
+
+
+def micro_batches(shard: Any, builder: Any, cfg: TrainConfig, model: Any,
+                  image_token_id: int, pad_token_id: int) -> Iterator[tuple[dict[str, Any], int]]:
+    """Endless (epoch after epoch) stream of (model inputs, real tokens) under the token budget."""
+    from mmc_ray.train.collate import collate_packed, collate_padded
+    from mmc_ray.train.packing import plan_packs, token_budget_batches
+
+    while True:
+        produced = False
+        for table in shard.iter_batches(batch_size=64, batch_format="pyarrow"):
+            examples = _examples_from_rows(builder, table.to_pylist(), cfg.task)
+            lengths = [len(ex) for ex in examples]
+            groups = (plan_packs(lengths, cfg.tokens_per_step) if cfg.pack
+                      else token_budget_batches(lengths, cfg.tokens_per_step))
+            for group in groups:
+                chosen = [examples[i] for i in group]
+                batch = (collate_packed(chosen, model, image_token_id) if cfg.pack
+                         else collate_padded(chosen, pad_token_id, image_token_id))
+                produced = True
+                yield batch, sum(lengths[i] for i in group)
+        if not produced:
+            raise RuntimeError(
+                f"no trainable examples in this worker's data (skips: {builder.stats.skipped})")
+
+
+def _lr_lambda(cfg: TrainConfig):
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return factor
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    import deepspeed
+    import numpy as np
+    import ray.train
+    import torch
+
+    from mmc_ray.models.loading import load_vlm
+    from mmc_ray.train.examples import ExampleBuilder
+    from mmc_ray.train.packed_attention import use_packed_attention
+
+    cfg: TrainConfig = config["train"]
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    random.seed(cfg.seed + rank)
+    np.random.seed(cfg.seed + rank)
+    torch.manual_seed(cfg.seed)  # same initial weights on every rank
+    device = "cuda" if cfg.use_gpu else "cpu"
+    vlm = load_vlm(cfg.init_model, device=device, dtype="float32", min_pixels=cfg.min_pixels,
+                   max_pixels=cfg.max_pixels)
+    model = vlm.model.train()
+    if cfg.pack:
+        use_packed_attention(model)
+    trainable, total = freeze_parts(model, cfg.freeze)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
+    engine, optimizer, _, scheduler = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config={
+            "train_micro_batch_size_per_gpu": 1,
+            "gradient_accumulation_steps": cfg.grad_accum,
+            "gradient_clipping": cfg.grad_clip,
+            "zero_optimization": {"stage": cfg.zero_stage},
+            "bf16": {"enabled": cfg.use_gpu},
+            "steps_per_print": 10**9,
+        })
+    step = 0
+    # A restart within this run (Ray Train's own recovery) wins over the --resume checkpoint.
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and config["resume_from"]:
+        checkpoint = ray.train.Checkpoint.from_directory(config["resume_from"])
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            engine.load_checkpoint(folder, tag=DS_TAG)
+            state = json.loads(Path(folder, STATE_FILE).read_text())
+            step = state["step"]
+            torch.set_rng_state(torch.tensor(state["torch_rng"][rank], dtype=torch.uint8))
+
+    resumed_from = step
+    builder = ExampleBuilder(vlm, cfg.max_seq_len)
+    stream = micro_batches(ray.train.get_dataset_shard("train"), builder, cfg, model, vlm.image_token_id,
+                           vlm.tokenizer.pad_token_id)
+    for _ in range(step * cfg.grad_accum):  # data position: skip what the resumed steps consumed
+        next(stream)
+    tokens = 0
+    wait = 0.0
+    losses: list[float] = []
+    start = time.perf_counter()
+    while step < cfg.max_steps:
+        for _ in range(cfg.grad_accum):
+            fetched = time.perf_counter()
+            batch, n_tokens = next(stream)
+            wait += time.perf_counter() - fetched
+            batch = {k: v.to(engine.device) if hasattr(v, "to") else v for k, v in batch.items()}
+            loss = engine(**batch).loss
+            engine.backward(loss)
+            engine.step()
+            tokens += n_tokens
+            losses.append(loss.item())
+        step += 1
+        if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
+            elapsed = time.perf_counter() - start
+            metrics = {
+                "step": step,
+                "resumed_from_step": resumed_from,
+                "loss": float(np.mean(losses[-cfg.grad_accum * 5:])),
+                "learning_rate": scheduler.get_last_lr()[0],
+                "tokens_per_s": tokens / elapsed,
+                "data_wait_share": wait / elapsed,
+                "model_tflops_per_s": 6 * trainable * tokens / elapsed / 1e12,  # 6·N·tokens/s
+                "trainable_params": trainable,
+                "total_params": total,
+                "examples_built": builder.stats.built,
+                "examples_skipped": sum(builder.stats.skipped.values()),
+                "images_resized": builder.stats.resized_images,
+            }
+            _save_and_report(engine, step, metrics, rank, ctx.get_world_size())
+
+
+def _save_and_report(engine: Any, step: int, metrics: dict[str, Any], rank: int, world: int) -> None:
+    import ray.train
+    import torch
+    import torch.distributed as dist
+
+    rng = torch.get_rng_state().tolist()
+    states: list[Any] = [None] * world
+    dist.all_gather_object(states, rng)
+    with tempfile.TemporaryDirectory() as folder:
+        engine.save_checkpoint(folder, tag=DS_TAG)
+        if rank == 0:
+            Path(folder, STATE_FILE).write_text(json.dumps({"step": step, "torch_rng": states,
+                                                            "metrics": metrics}))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+
+@dataclass
+class TrainSummary:
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]  # metrics at every checkpoint of this fit
+    checkpoint: Path
+    exported: Path
+    seconds: float
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    """The newest complete checkpoint of a run in `out_dir` (by trainer step)."""
+    found = [(json.loads((p / STATE_FILE).read_text())["step"], p)
+             for p in (out_dir / RUN_NAME).glob("checkpoint_*") if (p / STATE_FILE).exists()]
+    return max(found)[1] if found else None
+
+
+def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool = False) -> TrainSummary:
+    """Fit on `data_dir` (an MMC dataset folder for the critic; a problems folder for actor SFT)."""
+    import ray.data
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from mmc_ray.ray_runtime import init_ray
+
+    data_dir, out_dir = Path(data_dir).resolve(), Path(out_dir).resolve()
+    tcfg = cfg.train
+    files = sorted((data_dir / "data").glob("train-*.parquet")) if tcfg.task == "critic" else \
+        sorted(data_dir.glob("*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"no training data in {data_dir} (critic: data/train-*.parquet; "
+                                f"actor-sft: problems *.parquet)")
+    if not (Path(tcfg.init_model) / "config.json").exists():
+        raise FileNotFoundError(f"no model at {tcfg.init_model} (train.init_model)")
+    resume_from = latest_checkpoint(out_dir) if resume else None
+    if resume and resume_from is None:
+        raise FileNotFoundError(f"--resume: no checkpoint under {out_dir / RUN_NAME}")
+    # DeepSpeed compiles a CPU comm op at first init: cache it (workers of a local Ray inherit this).
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(".torch_extensions").resolve()))
+    init_ray()
+    import ray
+
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if tcfg.num_workers * tcfg.cpus_per_worker >= cpus:
+        raise RuntimeError(
+            f"train: {tcfg.num_workers} workers x {tcfg.cpus_per_worker:g} CPU take all {cpus:g} CPUs of the "
+            f"cluster, leaving none for Ray Data to read the dataset; lower train.cpus_per_worker")
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"train": replace(tcfg, init_model=str(Path(tcfg.init_model).resolve())),
+                           "resume_from": None if resume_from is None else str(resume_from)},
+        scaling_config=ScalingConfig(num_workers=tcfg.num_workers, use_gpu=tcfg.use_gpu,
+                                     resources_per_worker={"CPU": tcfg.cpus_per_worker}),
+        run_config=RunConfig(storage_path=str(out_dir), name=RUN_NAME,
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+        datasets={"train": ray.data.read_parquet([str(f) for f in files])},
+    )
+    start = time.perf_counter()
+    result = trainer.fit()
+    checkpoint = Path(result.checkpoint.path)
+    exported = export_hf(checkpoint, tcfg, out_dir / "hf")
+    history = result.metrics_dataframe.to_dict("records") if result.metrics_dataframe is not None else []
+    seconds = time.perf_counter() - start
+    return TrainSummary(dict(result.metrics or {}), history, checkpoint, exported, seconds)
+
+
+def export_hf(checkpoint: Path, tcfg: TrainConfig, out: Path) -> Path:
+    """Gather the trained weights from a DeepSpeed checkpoint (any ZeRO stage) into a Hugging Face
+    folder with the tokenizer and image processor, written atomically."""
+    import shutil
+
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+
+    state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint), tag=DS_TAG)
+    model = AutoModelForImageTextToText.from_pretrained(tcfg.init_model, local_files_only=True)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or [k for k in missing if "lm_head" not in k]:  # tied lm_head may be absent
+        raise RuntimeError(f"checkpoint does not match the model: missing {missing[:5]}, "
+                           f"unexpected {unexpected[:5]}")
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(tcfg.init_model, local_files_only=True).save_pretrained(tmp)
+    AutoImageProcessor.from_pretrained(
+        tcfg.init_model, local_files_only=True,
+        size={"shortest_edge": tcfg.min_pixels, "longest_edge": tcfg.max_pixels}).save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
