@@ -157,7 +157,6 @@ def annotate_dataset(trees: Any, cfg: Config, split_of: Callable[[str], str],
         batch_size=cfg.annotate.trees_per_batch, batch_format="pyarrow", concurrency=res.replicas,
         num_cpus=res.num_cpus if cfg.annotate.method == "llm" else 0.25,
         num_gpus=res.num_gpus if cfg.annotate.method == "llm" else 0,
-        max_restarts=res.max_restarts,
     )
 
 
