@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import tempfile
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from _results import write_results
 
 from mmc_ray.config import EngineConfig, SearchConfig, SimulatorConfig, TinyModelConfig
 from mmc_ray.engines.factory import build_engine
@@ -82,10 +83,7 @@ def main() -> int:
     results["config"] = {"problems": n_problems, "sweep": sweep, "search": dataclasses.asdict(search),
                          "cpus": os.cpu_count()}
     print(f"headline: batched search is {results['speedup']:.1f}x one tree at a time (tiny HF VLM)")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
-        print(f"wrote {args.json}")
+    write_results(results, args.json)
     return 0
 
 

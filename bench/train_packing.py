@@ -10,7 +10,6 @@ for reference, length-bucketed under the budget (`token_budget_batches`).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -20,6 +19,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
+from _results import write_results
 
 from mmc_ray.config import Config, SearchConfig, SimulatorConfig, TinyModelConfig
 from mmc_ray.engines.simulated import SimulatedActorEngine
@@ -111,10 +111,7 @@ def main() -> int:
         results["packed"]["tokens_per_s"] / results["bucketed"]["tokens_per_s"], 2)
     print(f"headline: packed is {results['speedup']:.2f}x padded-in-order tokens/s "
           f"({results['speedup_vs_bucketed']:.2f}x length-bucketed padding)")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
-        print(f"wrote {args.json}")
+    write_results(results, args.json)
     return 0
 
 
