@@ -49,13 +49,26 @@ def _examples_from_rows(builder: Any, rows: list[dict[str, Any]], task: str) -> 
 
 def micro_batches(shard: Any, builder: Any, cfg: TrainConfig, model: Any,
                   image_token_id: int, pad_token_id: int) -> Iterator[tuple[dict[str, Any], int]]:
-    """Endless (epoch after epoch) stream of (model inputs, real tokens) under the token budget."""
+    """Endless (epoch after epoch) stream of (model inputs, real tokens) under the token budget.
+
+    The shard is read once and its Arrow tables replayed for later epochs: Ray Data's split shards
+    advance epochs in step across workers, and workers here finish epochs at different times."""
     from mmc_ray.train.collate import collate_packed, collate_padded
     from mmc_ray.train.packing import plan_packs, token_budget_batches
 
+    cached: list[Any] = []
+
+    def tables() -> Iterator[Any]:
+        if cached:
+            yield from cached
+            return
+        for table in shard.iter_batches(batch_size=64, batch_format="pyarrow"):
+            cached.append(table)
+            yield table
+
     while True:
         produced = False
-        for table in shard.iter_batches(batch_size=64, batch_format="pyarrow"):
+        for table in tables():
             examples = _examples_from_rows(builder, table.to_pylist(), cfg.task)
             lengths = [len(ex) for ex in examples]
             groups = (plan_packs(lengths, cfg.tokens_per_step) if cfg.pack
@@ -196,7 +209,7 @@ class TrainSummary:
 def latest_checkpoint(out_dir: Path) -> Path | None:
     """The newest complete checkpoint of a run in `out_dir` (by trainer step)."""
     found = [(json.loads((p / STATE_FILE).read_text())["step"], p)
-             for p in (out_dir / RUN_NAME).glob("checkpoint_*") if (p / STATE_FILE).exists()]
+             for p in out_dir.glob(f"{RUN_NAME}-*/checkpoint_*") if (p / STATE_FILE).exists()]
     return max(found)[1] if found else None
 
 
@@ -219,7 +232,7 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
         raise FileNotFoundError(f"no model at {tcfg.init_model} (train.init_model)")
     resume_from = latest_checkpoint(out_dir) if resume else None
     if resume and resume_from is None:
-        raise FileNotFoundError(f"--resume: no checkpoint under {out_dir / RUN_NAME}")
+        raise FileNotFoundError(f"--resume: no checkpoint under {out_dir}/{RUN_NAME}-*")
     # DeepSpeed compiles a CPU comm op at first init: cache it (workers of a local Ray inherit this).
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(".torch_extensions").resolve()))
     init_ray()
@@ -236,7 +249,8 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
                            "resume_from": None if resume_from is None else str(resume_from)},
         scaling_config=ScalingConfig(num_workers=tcfg.num_workers, use_gpu=tcfg.use_gpu,
                                      resources_per_worker={"CPU": tcfg.cpus_per_worker}),
-        run_config=RunConfig(storage_path=str(out_dir), name=RUN_NAME,
+        # One run name per fit: a resumed fit is a new run that starts from the old checkpoint.
+        run_config=RunConfig(storage_path=str(out_dir), name=f"{RUN_NAME}-{time.strftime('%Y%m%d-%H%M%S')}",
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
         datasets={"train": ray.data.read_parquet([str(f) for f in files])},
     )

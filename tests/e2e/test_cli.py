@@ -10,15 +10,17 @@ import pytest
 from mmc_ray.tasks.problem import read_problems
 
 
-def mmc_ray(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+def mmc_ray(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "mmc_ray.cli", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=timeout)
 
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path):
     out = tmp_path / "demo"
-    proc = mmc_ray("demo", "--out", str(out), "tasks.n=12", "generate.max_new_tokens=160", cwd=tmp_path)
+    # The whole pipeline incl. a short DeepSpeed fit (which may compile its CPU op first: ~40 s).
+    proc = mmc_ray("demo", "--out", str(out), "tasks.n=12", "generate.max_new_tokens=160", "train.max_steps=4",
+                   cwd=tmp_path, timeout=900)
     assert proc.returncode == 0, proc.stderr
     assert "wrote 12 problems" in proc.stdout
     assert (out / "tiny-vlm" / "config.json").exists()
@@ -35,6 +37,7 @@ def test_demo_runs_end_to_end(tmp_path):
     assert "search: 12 trees searched, 0 already done, 0 skipped" in proc.stdout
     assert (out / "mmc-dataset" / "README.md").exists()
     assert "annotate:" in proc.stdout and "agreement with ground truth" in proc.stdout
+    assert "train: 4 steps" in proc.stdout and (out / "critic" / "hf" / "config.json").exists()
     simulated = pq.read_table(out / "results-simulated.parquet").to_pylist()
     # The simulator writes parseable reasoning and gets most easy problems right.
     assert all(r["extracted_answer"] is not None for r in simulated)

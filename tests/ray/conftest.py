@@ -1,11 +1,8 @@
 import os
-from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-# DeepSpeed compiles a CPU comm op once; local Ray workers inherit this cache location.
-os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(__file__).resolve().parents[2] / ".torch_extensions"))
 
 
 @pytest.fixture(scope="session")
