@@ -107,8 +107,7 @@ def read_problems(path: str | Path) -> list[Problem]:
     if not path.exists():
         raise FileNotFoundError(f"problems file not found: {path}")
     table = pq.read_table(path)
-    missing = [f.name for f in PROBLEM_SCHEMA if f.name not in table.column_names
-               and not PROBLEM_SCHEMA.field(f.name).nullable]
+    missing = [f.name for f in PROBLEM_SCHEMA if f.name not in table.column_names and not f.nullable]
     if missing:
         raise ValueError(f"{path}: not a problems file, missing columns {missing}")
     return [Problem.from_row(r) for r in table.to_pylist()]

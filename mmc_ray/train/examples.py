@@ -44,12 +44,6 @@ class ExampleStats:
     resized_images: int = 0  # images outside [min_pixels, max_pixels], resized into the budget
 
 
-def _problem_of(row: Mapping[str, Any]) -> Problem:
-    return Problem(problem_id=row["problem_id"], family=row.get("family") or "", question=row["question"],
-                   image=row.get("image"), answer=row["answer"], answer_type=row["answer_type"],
-                   choices=tuple(row.get("choices") or ()))
-
-
 class ExampleBuilder:
     """Turns dataset rows into `TrainExample`s for one model (its tokenizer, template, pixel budget)."""
 
@@ -62,7 +56,7 @@ class ExampleBuilder:
 
     def critic(self, row: Mapping[str, Any]) -> TrainExample | None:
         """A CRITIQUE_SCHEMA row → critic example."""
-        problem = _problem_of(row)
+        problem = Problem.from_row(row)
         messages = critic_messages(problem, row["path_steps"], row["path_answer"])
         return self._build(row["pair_id"], problem, messages, row["critique_text"])
 
