@@ -104,7 +104,7 @@ class ResourcesConfig:
         _require(self.placement_timeout_s > 0, "placement_timeout_s", "must be > 0")
 
 
-EngineKind = Literal["hf", "simulated"]
+EngineKind = Literal["hf", "simulated", "rule", "openai"]
 Device = Literal["auto", "cpu", "cuda"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 
@@ -122,9 +122,19 @@ class EngineConfig:
     max_pixels: int = 224 * 224
     simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    # kind=openai: any OpenAI-compatible server (our `mmc-ray serve`, vLLM, ...)
+    base_url: str = ""                  # e.g. http://127.0.0.1:8000/v1
+    served_model: str = ""              # the "model" field sent; empty = model_path
+    api_key_env: str = "MMC_API_KEY"    # bearer token read from this environment variable, if set
+    request_timeout_s: float = 120.0
+    max_concurrency: int = 8            # requests in flight to the server
 
     def __post_init__(self) -> None:
         _require(self.max_batch_size > 0, "max_batch_size", "must be > 0")
+        _require(self.kind != "openai" or self.base_url.startswith(("http://", "https://")), "base_url",
+                 "kind=openai needs base_url=http(s)://host:port/v1")
+        _require(self.request_timeout_s > 0 and self.max_concurrency >= 1, "max_concurrency",
+                 "request_timeout_s must be > 0 and max_concurrency >= 1")
         _require(0 < self.min_pixels <= self.max_pixels, "min_pixels", "must be > 0 and <= max_pixels")
 
 
@@ -236,6 +246,34 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class RefineConfig:
+    """The actor-critic refinement loop and its mitigations against feedback friction."""
+
+    max_rounds: int = 3                 # critique-then-revise rounds after the first answer
+    temperatures: tuple[float, ...] = (0.0, 0.7, 0.9, 1.0)  # actor temperature per round (last repeats)
+    reject_repeats: bool = True         # a revision must not repeat an answer already tried
+    revision_samples: int = 3           # samples per revision to find an untried answer
+    keep_best: bool = True              # out of budget: keep the answer the critic rated best
+    actor_max_new_tokens: int = 256
+    critic_max_new_tokens: int = 192
+    critic_temperature: float = 0.0
+    problems_per_batch: int = 64        # problems refined together (one engine call per role per round)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.max_rounds >= 0, "max_rounds", "must be >= 0")
+        _require(bool(self.temperatures) and min(self.temperatures) >= 0, "temperatures",
+                 "needs at least one temperature, each >= 0")
+        for name in ("revision_samples", "actor_max_new_tokens", "critic_max_new_tokens",
+                     "problems_per_batch"):
+            _require(getattr(self, name) >= 1, name, "must be >= 1")
+        _require(self.critic_temperature >= 0, "critic_temperature", "must be >= 0")
+
+    def temperature(self, round_index: int) -> float:
+        return self.temperatures[min(round_index, len(self.temperatures) - 1)]
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything a run needs. `configs/tiny-cpu.yaml` is the default."""
 
@@ -247,6 +285,8 @@ class Config:
     annotator: EngineConfig = field(default_factory=EngineConfig)  # used when annotate.method=llm
     annotate: AnnotateConfig = field(default_factory=AnnotateConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    critic: EngineConfig = field(default_factory=EngineConfig)  # refinement's critic (trained by `train`)
+    refine: RefineConfig = field(default_factory=RefineConfig)
 
 
 def _require(ok: bool, key: str, message: str) -> None:

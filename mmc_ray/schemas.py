@@ -146,3 +146,34 @@ PAIR_SCHEMA = pa.schema(
         pa.field("reference_answer", pa.string()),
     ]
 )
+
+# One round of refinement for one problem: the actor's answer and the critic's critique of it.
+# Round 0 is the single-pass answer; the row marked `final` is the answer the loop returns, and the
+# problem's last round carries why the loop stopped.
+REFINE_SCHEMA = pa.schema(
+    [
+        pa.field("problem_id", pa.string(), nullable=False),
+        pa.field("round", pa.int32(), nullable=False),
+        pa.field("family", pa.string()),
+        pa.field("source", pa.string()),
+        pa.field("text", pa.string()),
+        pa.field("num_steps", pa.int32()),
+        pa.field("extracted_answer", pa.string()),
+        pa.field("correct", pa.bool_()),
+        # Synthetic tasks: the first step that disagrees with the ground truth (a right answer can
+        # rest on a wrong step); null when every step agrees or there is no ground truth.
+        pa.field("true_first_wrong_step", pa.int32()),
+        pa.field("temperature", pa.float32()),
+        pa.field("answer_repeated", pa.bool_()),  # every revision sample repeated a tried answer
+        pa.field("actor_finish_reason", pa.string()),
+        pa.field("actor_tokens", pa.int32()),
+        pa.field("critic_text", pa.string()),
+        pa.field("critic_verdict", pa.string()),  # correct | incorrect | null (unparseable)
+        pa.field("critic_first_wrong_step", pa.int32()),
+        pa.field("critic_error_type", pa.string()),
+        pa.field("critic_parse_error", pa.string()),
+        pa.field("critic_tokens", pa.int32()),
+        pa.field("final", pa.bool_()),
+        pa.field("stop_reason", pa.string()),
+    ]
+)

@@ -12,7 +12,7 @@ from typing import Any
 from mmc_ray.critique.schema import ERROR_TYPES
 from mmc_ray.tasks.problem import Problem
 from mmc_ray.tasks.prompts import solve_messages
-from mmc_ray.tasks.solution import strip_step_prefix
+from mmc_ray.tasks.solution import parse_reasoning, strip_step_prefix
 
 FORMAT_SPEC = (
     "Reply in exactly this format:\n"
@@ -37,13 +37,25 @@ def _with_image(problem: Problem, text: str) -> tuple[dict[str, Any], ...]:
     return ({"role": "user", "content": content},)
 
 
+_SOLUTION_START = "\n\nProposed solution:\n"
+_SOLUTION_END = "\n\nCheck each step against the image"
+
+
 def critic_messages(problem: Problem, steps: Sequence[str], answer: str | None) -> tuple[dict[str, Any], ...]:
     """Ask the critic to check one solution step by step."""
     return _with_image(problem, (
-        f"Question: {problem.question}\n\nProposed solution:\n{numbered(steps, answer)}\n\n"
-        "Check each step against the image and the arithmetic. Find the first wrong step, if any.\n"
-        + FORMAT_SPEC
+        f"Question: {problem.question}{_SOLUTION_START}{numbered(steps, answer)}{_SOLUTION_END} and the "
+        "arithmetic. Find the first wrong step, if any.\n" + FORMAT_SPEC
     ))
+
+
+def solution_in_critic_prompt(prompt: str) -> tuple[tuple[str, ...], str | None]:
+    """The (steps, answer) a `critic_messages` prompt shows; ValueError if it is not one."""
+    start, end = prompt.find(_SOLUTION_START), prompt.rfind(_SOLUTION_END)
+    if start < 0 or end < start:
+        raise ValueError("not a critic prompt: no 'Proposed solution:' section")
+    parsed = parse_reasoning(prompt[start + len(_SOLUTION_START):end])
+    return parsed.steps, parsed.answer
 
 
 def annotator_messages(problem: Problem, shared: Sequence[str], correct: Sequence[str],

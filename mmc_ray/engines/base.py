@@ -79,3 +79,11 @@ def apply_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     """Cut `text` at the earliest stop string (excluded, as vLLM and OpenAI do)."""
     cut = min((i for s in stop if s and (i := text.find(s)) >= 0), default=-1)
     return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def message_text(message: Mapping[str, Any]) -> str:
+    """The text of a chat message, its text parts joined (image parts carry no text)."""
+    content = message["content"]
+    if isinstance(content, str):
+        return content
+    return "\n".join(part.get("text", "") for part in content if part.get("type") == "text")

@@ -16,4 +16,12 @@ def build_engine(cfg: EngineConfig) -> GenerationEngine:
         from mmc_ray.engines.simulated import SimulatedActorEngine
 
         return SimulatedActorEngine(cfg.simulator)
+    if cfg.kind == "rule":
+        from mmc_ray.engines.rule_critic import RuleCriticEngine
+
+        return RuleCriticEngine()
+    if cfg.kind == "openai":
+        from mmc_ray.engines.openai import OpenAIEngine
+
+        return OpenAIEngine.from_config(cfg)
     raise ValueError(f"unknown engine kind {cfg.kind!r}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,6 +11,7 @@ import torch
 from mmc_ray.config import EngineConfig
 from mmc_ray.engines.base import Completion, GenerationRequest, GenerationResult, apply_stop
 from mmc_ray.models.loading import LoadedVLM, VisionInputs, decode_image, load_vlm
+from mmc_ray.seeding import stable_seed
 
 Unit = tuple[int, int]  # (request index, sample index)
 VISION_CACHE_SIZE = 512  # preprocessed image sets; MCTS sends each problem's image many times
@@ -23,7 +23,7 @@ def _chunk_seed(requests: Sequence[GenerationRequest], units: Sequence[Unit]) ->
     seeds = [(requests[r].seed, s) for r, s in units]
     if all(seed is None for seed, _ in seeds):
         return None
-    return int.from_bytes(hashlib.sha256(repr(seeds).encode()).digest()[:4], "little")
+    return stable_seed(seeds)
 
 
 class HFEngine:

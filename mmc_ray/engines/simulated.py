@@ -11,16 +11,15 @@ revises from that step and fixes it with probability `revise_success_rate`.
 
 from __future__ import annotations
 
-import hashlib
 import random
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
-from typing import Any
 
 from mmc_ray.config import SimulatorConfig
 from mmc_ray.critique.schema import parse_critique
-from mmc_ray.engines.base import Completion, GenerationRequest, GenerationResult, apply_stop
+from mmc_ray.engines.base import Completion, GenerationRequest, GenerationResult, apply_stop, message_text
+from mmc_ray.seeding import stable_hash
 from mmc_ray.tasks.generator import problem_from_id
 from mmc_ray.tasks.problem import Problem
 from mmc_ray.tasks.solution import (
@@ -43,10 +42,6 @@ DIGIT_CONFUSIONS = {"0": "8", "1": "7", "3": "8", "5": "6", "6": "5", "7": "1", 
 _FLAGGED_STEP = re.compile(r"\bstep\s*#?\s*(\d+)", re.IGNORECASE)
 
 
-def _stable_seed(*parts: Any) -> int:
-    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little")
-
-
 def _perturb_observation(op: str, value: str, rng: random.Random) -> str:
     """A plausible misreading that always differs from `value`."""
     x = float(value)
@@ -66,13 +61,6 @@ def _perturb_observation(op: str, value: str, rng: random.Random) -> str:
 
 def _slip(value: str, rng: random.Random) -> str:
     return format_number(float(value) + rng.choice((-2, -1, 1, 2, 10)))
-
-
-def _content_text(message: Mapping[str, Any]) -> str:
-    content = message["content"]
-    if isinstance(content, str):
-        return content
-    return "\n".join(part.get("text", "") for part in content if part.get("type") == "text")
 
 
 def flagged_step(feedback: str) -> int | None:
@@ -109,7 +97,7 @@ class SimulatedActorEngine:
         written, revise_from = self._written_steps(problem, req)
         completions = []
         for s in range(req.n):
-            rng = random.Random(_stable_seed(self.cfg.seed, req.seed, problem_id, req.messages,
+            rng = random.Random(stable_hash(self.cfg.seed, req.seed, problem_id, req.messages,
                                              req.assistant_prefix, s))
             kept, clean = written, None
             if revise_from is not None:
@@ -128,7 +116,7 @@ class SimulatedActorEngine:
             finish = "stop" if stopped or len(text) <= limit else "length"
             text = text[:limit]
             completions.append(Completion(text, finish, -(-len(text) // CHARS_PER_TOKEN)))
-        prompt_chars = sum(len(_content_text(m)) for m in req.messages) + len(req.assistant_prefix)
+        prompt_chars = sum(len(message_text(m)) for m in req.messages) + len(req.assistant_prefix)
         return GenerationResult(tuple(completions), -(-prompt_chars // CHARS_PER_TOKEN))
 
     def _written_steps(self, problem: Problem,
@@ -137,13 +125,13 @@ class SimulatedActorEngine:
         when revising) and, when revising, the 0-based index of the step the feedback flags."""
         turns = list(req.messages)
         is_revision = len(turns) >= 3 and turns[-1]["role"] == "user" and turns[-2]["role"] == "assistant"
-        text = _content_text(turns[-2]) if is_revision else req.assistant_prefix
+        text = message_text(turns[-2]) if is_revision else req.assistant_prefix
         texts = parse_reasoning(text).steps[: len(problem.steps)]
         written = [(t, stated_value(problem.steps[i], t) or problem.steps[i].value)
                    for i, t in enumerate(texts)]
         if not is_revision:
             return written, None
-        step = flagged_step(_content_text(turns[-1]))
+        step = flagged_step(message_text(turns[-1]))
         # No step named: start over. A step past the end: redo the last one.
         return written, min(len(written) - 1, step - 1) if step and written else 0
 

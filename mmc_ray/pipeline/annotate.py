@@ -12,7 +12,6 @@ no problem leaks between train and test. Reruns skip pair ids already written or
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from mmc_ray.pipeline.dataset_card import SPLITS, write_card
 from mmc_ray.pipeline.search import TREE_SHARD_PREFIX
 from mmc_ray.pipeline.shards import ShardWriter, finished_ids, shard_paths
 from mmc_ray.schemas import CRITIQUE_SCHEMA, DROP_SCHEMA, PAIR_SCHEMA, PROBLEM_SCHEMA
+from mmc_ray.seeding import stable_unit
 from mmc_ray.workers.annotator import AnnotatorWorker, split_outcomes
 
 DROPS_PREFIX = "drops"
@@ -39,8 +39,7 @@ def make_split_of(fractions: tuple[float, ...], seed: int) -> Callable[[str], st
     bounds = [sum(fractions[: i + 1]) for i in range(len(fractions))]
 
     def split_of(problem_id: str) -> str:
-        digest = hashlib.sha256(f"{seed}:{problem_id}".encode()).digest()
-        u = int.from_bytes(digest[:8], "little") / 2**64
+        u = stable_unit(seed, problem_id)
         return next((s for s, b in zip(SPLITS, bounds, strict=True) if u < b), SPLITS[-1])
     return split_of
 

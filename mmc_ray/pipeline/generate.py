@@ -3,7 +3,6 @@ one Parquet row per sample and report accuracy overall and per task family."""
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -16,6 +15,7 @@ from mmc_ray.config import SamplingConfig
 from mmc_ray.engines.base import GenerationEngine, GenerationRequest
 from mmc_ray.io import write_parquet_atomic
 from mmc_ray.schemas import GENERATION_SCHEMA
+from mmc_ray.seeding import stable_seed
 from mmc_ray.tasks.problem import Problem
 from mmc_ray.tasks.prompts import solve_request
 from mmc_ray.tasks.scoring import score_text
@@ -39,7 +39,7 @@ class GenerateSummary:
 
 def problem_seed(base_seed: int, problem_id: str) -> int:
     """A per-problem sampling seed that does not depend on batch order."""
-    return int.from_bytes(hashlib.sha256(f"{base_seed}:{problem_id}".encode()).digest()[:4], "little")
+    return stable_seed(base_seed, problem_id)
 
 
 def single_pass_request(problem: Problem, sampling: SamplingConfig) -> GenerationRequest:

@@ -69,3 +69,9 @@ class PolicyWorker(RoleWorker):
     """The actor (policy) VLM that MCTS expands and rolls out."""
 
     role = "policy"
+
+
+class CriticWorker(RoleWorker):
+    """The critic VLM that refinement asks for critiques; `reload` swaps in a newly trained one."""
+
+    role = "critic"

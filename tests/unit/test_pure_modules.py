@@ -22,6 +22,11 @@ PURE_MODULES = [
     "mmc_ray.engines.base",
     "mmc_ray.engines.factory",
     "mmc_ray.engines.simulated",
+    "mmc_ray.engines.rule_critic",
+    "mmc_ray.refine.loop",
+    "mmc_ray.refine.run",
+    "mmc_ray.eval.metrics",
+    "mmc_ray.eval.report",
     "mmc_ray.cli",
 ]
 

@@ -1,0 +1,1 @@
+"""Evaluation: refinement accuracy by round, critic verdict and step-error detection, reports."""

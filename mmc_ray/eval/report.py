@@ -1,0 +1,91 @@
+"""Evaluation report of a refinement run: `report.json` (every figure), `report.md` (for people) and
+`accuracy_by_round.png`, all computed from the stored refinement records."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from mmc_ray.eval.metrics import evaluate
+from mmc_ray.eval.plot import line_chart
+from mmc_ray.pipeline.shards import shard_paths
+from mmc_ray.refine.run import SHARD_PREFIX
+
+
+@dataclass(frozen=True)
+class Report:
+    metrics: dict[str, Any]
+    markdown: Path
+    json: Path
+    plot: Path
+
+
+def read_refine_rows(refine_dir: str | Path) -> list[dict[str, Any]]:
+    paths = shard_paths(refine_dir, SHARD_PREFIX)
+    if not paths:
+        raise FileNotFoundError(f"no {SHARD_PREFIX}-*.parquet records in {refine_dir}")
+    return [row for p in paths for row in pq.read_table(p).to_pylist()]
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.1%}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def _markdown(m: Mapping[str, Any], context: Mapping[str, Any]) -> str:
+    c = m["critic"]
+    rounds = len(m["accuracy_by_round"])
+    lines = [
+        f"# Refinement report: {context.get('title', 'refinement')}", "",
+        *(f"- {k}: {v}" for k, v in context.items() if k != "title"), "",
+        "## Accuracy", "",
+        f"{m['problems']} problems. Single pass {_pct(m['single_pass_accuracy'])}, after refinement "
+        f"{_pct(m['final_accuracy'])} ({m['wrong_to_right']} wrong→right, {m['right_to_wrong']} "
+        f"right→wrong); {m['mean_rounds']:.2f} revision rounds per problem on average.", "",
+        *_table(["round", *map(str, range(rounds)), "final"],
+                [["accuracy", *map(_pct, m["accuracy_by_round"]), _pct(m["final_accuracy"])]]),
+        "", "![accuracy by round](accuracy_by_round.png)", "",
+        "## Critic", "",
+        f"{c['critiques']} critiques; {_pct(c['parse_rate'])} parsed. Verdict accuracy "
+        f"{_pct(c['verdict_accuracy'])}. First wrong step: precision {_pct(c['step_precision'])}, "
+        f"recall {_pct(c['step_recall'])}, F1 {_pct(c['step_f1'])} "
+        f"({c['step_unknown_wrong_answers']} wrong answers without a known wrong step left out).", "",
+        "## By family", "",
+        *_table(["family", "problems", "single pass", "final", "wrong→right", "right→wrong",
+                 "verdict acc.", "step F1"],
+                [[name, str(f["problems"]), _pct(f["single_pass_accuracy"]), _pct(f["final_accuracy"]),
+                  str(f["wrong_to_right"]), str(f["right_to_wrong"]), _pct(f["critic"]["verdict_accuracy"]),
+                  _pct(f["critic"]["step_f1"])] for name, f in m["families"].items()]),
+        "", "## Why the loop stopped", "",
+        *_table(["reason", "problems"], [[k, str(v)] for k, v in m["stop_reasons"].items()]),
+        "", f"Revisions that could only repeat an answer already tried: {m['repeated_answers']}. "
+        f"Tokens: actor {m['actor_tokens']}, critic {m['critic_tokens']}.", "",
+    ]
+    return "\n".join(lines)
+
+
+def write_report(refine_dir: str | Path, out_dir: str | Path,
+                 context: Mapping[str, Any] | None = None) -> Report:
+    """Evaluate the records in `refine_dir` and write the three report files to `out_dir`."""
+    context = dict(context or {})
+    metrics = evaluate(read_refine_rows(refine_dir))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    series = {"all": metrics["accuracy_by_round"],
+              **{name: f["accuracy_by_round"] for name, f in metrics["families"].items()}}
+    plot = line_chart(series, out_dir / "accuracy_by_round.png", "Accuracy by refinement round",
+                      "round (0 = single pass)", "accuracy")
+    json_path = out_dir / "report.json"
+    json_path.write_text(json.dumps({"context": context, "metrics": metrics}, indent=2, default=str))
+    md_path = out_dir / "report.md"
+    md_path.write_text(_markdown(metrics, context))
+    return Report(metrics, md_path, json_path, plot)

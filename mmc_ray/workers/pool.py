@@ -1,0 +1,45 @@
+"""`WorkerPoolEngine`: a worker group seen as one `GenerationEngine`, so code written against the
+engine interface (refinement, generation) runs unchanged on a pool of Ray actors."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from mmc_ray.engines.base import GenerationRequest, GenerationResult
+from mmc_ray.pipeline.dispatch import RayDispatcher
+
+
+class WorkerPoolEngine:
+    """Splits each call into one chunk per worker (at most `max_chunk` requests each) and runs them
+    in parallel. A chunk whose worker died is sent again (Ray restarts the actor up to its
+    `max_restarts`); after `retries` failures the call raises, naming the cause."""
+
+    def __init__(self, workers: Sequence[Any], name: str, max_chunk: int = 64, retries: int = 2) -> None:
+        self.name = name
+        self.workers = list(workers)
+        self.max_chunk = max_chunk
+        self.retries = retries
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        if not requests:
+            return []
+        dispatcher = RayDispatcher(self.workers, inflight_per_worker=1)
+        size = min(self.max_chunk, math.ceil(len(requests) / len(self.workers)))
+        chunks = {}  # ticket -> (start index, chunk, failures so far)
+        for start in range(0, len(requests), size):
+            chunk = list(requests[start:start + size])
+            chunks[dispatcher.submit(chunk)] = (start, chunk, 0)
+        results: list[GenerationResult | None] = [None] * len(requests)
+        while chunks:
+            for ticket, outcome in dispatcher.wait():
+                start, chunk, failures = chunks.pop(ticket)
+                if isinstance(outcome, BaseException):
+                    if failures >= self.retries:
+                        raise RuntimeError(f"{self.name}: a batch of {len(chunk)} requests failed "
+                                           f"{failures + 1} times; last error: {outcome}") from outcome
+                    chunks[dispatcher.submit(chunk)] = (start, chunk, failures + 1)
+                    continue
+                results[start:start + len(chunk)] = outcome
+        return results  # type: ignore[return-value]
