@@ -6,6 +6,9 @@
     mmc-ray search --problems problems.parquet --out trees/ actor.kind=simulated
     mmc-ray annotate --trees trees/ --out mmc-dataset/
     mmc-ray train --task critic --data mmc-dataset/ --out runs/critic
+    mmc-ray refine --problems eval.parquet --out refined/ --critic-model runs/critic/hf
+    mmc-ray eval --refine refined/ --out report/
+    mmc-ray pipeline --out runs/pipeline --rounds 2
     mmc-ray demo --out runs/demo
 """
 
@@ -18,7 +21,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from mmc_ray.config import Config, ConfigError, TasksConfig, load_config
+from mmc_ray.config import Config, ConfigError, load_config
+from mmc_ray.pipeline import stages
 
 log = logging.getLogger("mmc_ray")
 
@@ -85,9 +89,37 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     _add_config_args(train)
 
-    demo = commands.add_parser("demo", help="tasks, tiny model, generation, MCTS search, annotation")
-    demo.add_argument("--out", type=Path, default=Path("runs/demo"))
-    _add_config_args(demo)
+    refine = commands.add_parser("refine", help="actor-critic refinement of a problem file, and its report")
+    refine.add_argument("--problems", type=Path, required=True,
+                        help="problems Parquet, or a MathVista/MathVerse-style .jsonl/.parquet")
+    refine.add_argument("--out", type=Path, required=True, help="folder for records/ and report/")
+    refine.add_argument("--critic-model", help="shortcut for critic.kind=hf critic.model_path=PATH")
+    refine.add_argument("--critic-url", help="shortcut for critic.kind=openai critic.base_url=URL")
+    refine.add_argument("--local", action="store_true", help="run engines in this process, not Ray workers")
+    _add_config_args(refine)
+
+    evaluate = commands.add_parser("eval", help="evaluation report from refinement records")
+    evaluate.add_argument("--refine", type=Path, required=True, help="folder written by `mmc-ray refine`")
+    evaluate.add_argument("--out", type=Path, help="report folder (default: <refine>/report)")
+
+    serve_cmd = commands.add_parser("serve", help="serve the critic with Ray Serve (OpenAI-compatible API + "
+                                    "/v1/critique); run again with a new --checkpoint to hot-swap it")
+    serve_cmd.add_argument("--checkpoint", help="shortcut for serve.checkpoint (a critic hf/ folder)")
+    serve_cmd.add_argument("--host", help="shortcut for serve.host (default 127.0.0.1)")
+    serve_cmd.add_argument("--port", type=int, help="shortcut for serve.port")
+    serve_cmd.add_argument("--write-openapi", type=Path, metavar="PATH",
+                           help="write the API's OpenAPI spec to PATH and exit")
+    serve_cmd.add_argument("--detach", action="store_true", help="deploy and return (the cluster serves on)")
+    _add_config_args(serve_cmd)
+
+    for name, help_text in (("pipeline", "search, annotate, train the critic, refine + eval; in rounds"),
+                            ("demo", "the pipeline offline, from a tiny random-weight model")):
+        pipeline = commands.add_parser(name, help=help_text)
+        pipeline.add_argument("--out", type=Path, default=Path(f"runs/{name}"), help="run folder (resumable)")
+        pipeline.add_argument("--rounds", type=int, help="shortcut for pipeline.rounds")
+        pipeline.add_argument("--tiny-model", action="store_true", default=name == "demo",
+                              help="build the tiny model in <out>/tiny-vlm and train the critic from it")
+        _add_config_args(pipeline)
     return parser
 
 
@@ -99,21 +131,7 @@ def cmd_tasks_generate(args: argparse.Namespace) -> None:
     cfg = _config(args).tasks
     cfg = dataclasses.replace(cfg, **{k: v for k in ("n", "seed", "families", "difficulties")
                                       if (v := getattr(args, k)) is not None})
-    _write_tasks(cfg, args.out)
-
-
-def _write_tasks(cfg: TasksConfig, out: Path) -> int:
-    from tqdm import tqdm
-
-    from mmc_ray.tasks.generator import generate_problems
-    from mmc_ray.tasks.problem import write_problems
-
-    problems = tqdm(generate_problems(cfg.n, seed=cfg.seed, families=cfg.families,
-                                      difficulties=cfg.difficulties, image_size=cfg.image_size),
-                    total=cfg.n, desc="tasks", unit="problem")
-    count = write_problems(problems, out)
-    print(f"wrote {count} problems to {out}")
-    return count
+    stages.write_tasks(cfg, args.out)
 
 
 def cmd_model_build_tiny(args: argparse.Namespace) -> None:
@@ -126,155 +144,87 @@ def cmd_model_build_tiny(args: argparse.Namespace) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> None:
     cfg = _config(args, [f"actor.kind={args.engine}"] if args.engine else [])
-    summary = _run_generate(cfg, args.problems, args.out)
-    _print_summaries([summary])
-
-
-def _run_generate(cfg: Config, problems_path: Path, out: Path):
-    from mmc_ray.engines.factory import build_engine
-    from mmc_ray.pipeline.generate import run_generate
-    from mmc_ray.tasks.benchmark import load_problem_file
-
-    problems = load_problem_file(problems_path)
-    engine = build_engine(cfg.actor)
-    return run_generate(problems, engine, cfg.generate, out, batch_size=cfg.actor.max_batch_size)
+    summary = stages.generate(cfg, args.problems, args.out)
+    stages.print_generate_summaries([summary])
 
 
 def cmd_search(args: argparse.Namespace) -> None:
     cfg = _config(args, [f"actor.kind={args.engine}"] if args.engine else [])
-    _run_search(cfg, args.problems, args.out, local=args.local)
-
-
-def _run_search(cfg: Config, problems_path: Path, out: Path, local: bool = False) -> None:
-    from mmc_ray.pipeline.search import search_to_dir
-    from mmc_ray.tasks.benchmark import load_problem_file
-
-    problems = load_problem_file(problems_path)
-    if local:
-        from mmc_ray.engines.factory import build_engine
-        from mmc_ray.pipeline.dispatch import LocalDispatcher
-
-        summary = search_to_dir(problems, LocalDispatcher(build_engine(cfg.actor)), cfg.search, out)
-    else:
-        from mmc_ray.pipeline.dispatch import RayDispatcher
-        from mmc_ray.ray_runtime import init_ray
-        from mmc_ray.workers.group import create_worker_group
-        from mmc_ray.workers.role_worker import PolicyWorker
-
-        init_ray()
-        group = create_worker_group(PolicyWorker, cfg.actor)
-        try:
-            summary = search_to_dir(problems, RayDispatcher(group.workers), cfg.search, out)
-        finally:
-            group.shutdown()
-    _print_search_summary(summary, out)
+    stages.search(cfg, args.problems, args.out, local=args.local)
 
 
 def cmd_annotate(args: argparse.Namespace) -> None:
     cfg = _config(args, [f"annotate.method={args.method}"] if args.method else [])
-    _run_annotate(cfg, args.trees, args.out, local=args.local)
-
-
-def _run_annotate(cfg: Config, trees: Path, out: Path, local: bool = False) -> None:
-    from mmc_ray.pipeline.annotate import annotate_to_dir
-    from mmc_ray.pipeline.dataset_card import card_stats
-
-    summary = annotate_to_dir(trees, out, cfg, local=local)
-    stats = card_stats(out)
-    splits = ", ".join(f"{s} {n}" for s, n in stats["split"].items())
-    agreement = f"{stats['agreement']:.2%}" if stats["agreement"] is not None else "n/a"
-    print(f"annotate: {summary.critiques} new critiques, {summary.drops} new drops, "
-          f"{summary.skipped_existing} pairs already done ({summary.seconds:.1f}s)")
-    print(f"dataset {out}: {stats['rows']} critiques ({splits}), {stats['drops']} drops; "
-          f"agreement with ground truth {agreement}; card: {summary.card}")
-    for reason, n in stats["drop_reason"].most_common(5):
-        print(f"  dropped {n}: {reason}")
+    stages.annotate(cfg, args.trees, args.out, local=args.local)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     cfg = _config(args, [f"train.task={args.task}"] if args.task else [])
-    _run_train(cfg, args.data, args.out, resume=args.resume)
+    stages.train(cfg, args.data, args.out, resume=args.resume)
 
 
-def _run_train(cfg: Config, data: Path, out: Path, resume: bool = False) -> None:
-    from mmc_ray.train.trainer import train
-
-    summary = train(cfg, data, out, resume=resume)
-    m = summary.metrics
-    losses = " -> ".join(f"{h['loss']:.3f}" for h in summary.history)
-    print(f"train: {m.get('step')} steps in {summary.seconds:.0f}s; loss {losses}; "
-          f"{m.get('tokens_per_s', 0):.0f} tokens/s/worker, data wait {m.get('data_wait_share', 0):.0%}; "
-          f"trainable {m.get('trainable_params')}/{m.get('total_params')} params; "
-          f"{m.get('examples_skipped')} examples skipped, {m.get('images_resized')} images resized")
-    print(f"checkpoint: {summary.checkpoint}\nexported critic: {summary.exported}")
+def cmd_refine(args: argparse.Namespace) -> None:
+    extra = []
+    if args.critic_model:
+        extra += ["critic.kind=hf", f"critic.model_path={args.critic_model}"]
+    if args.critic_url:
+        extra += ["critic.kind=openai", f"critic.base_url={args.critic_url}"]
+    cfg = _config(args, extra)
+    stages.refine(cfg, args.problems, args.out, local=args.local)
 
 
-def _print_search_summary(summary, out: Path) -> None:
-    import pyarrow.parquet as pq
-
-    from mmc_ray.pipeline.shards import shard_paths
-
-    columns = ["terminal_correct", "terminal_wrong", "root_value"]
-    rows = [r for p in shard_paths(out, "trees") for r in pq.read_table(p, columns=columns).to_pylist()]
-    divergent = sum(bool(r["terminal_correct"] and r["terminal_wrong"]) for r in rows)
-    print(f"search: {summary.trees} trees searched, {summary.resumed} already done, "
-          f"{len(summary.skipped)} skipped; {summary.expansions} expansions, {summary.rollouts} rollouts, "
-          f"{summary.tokens} tokens in {summary.engine_calls} engine calls "
-          f"({summary.expansions_per_s:.1f} expansions/s, {summary.failed_batches} failed batches, "
-          f"{summary.worker_restarts} lost with their worker)")
-    for problem_id, reason in summary.skipped:
-        print(f"  skipped {problem_id}: {reason}")
-    if rows:
-        mean_value = sum(r["root_value"] for r in rows) / len(rows)
-        print(f"trees in {out}: {len(rows)}; with both correct and wrong answers: {divergent}; "
-              f"mean root value {mean_value:.3f}")
+def cmd_eval(args: argparse.Namespace) -> None:
+    out = args.out or args.refine / "report"
+    stages.report(args.refine / stages.RECORDS, out, {"title": str(args.refine)})
 
 
-def _print_summaries(summaries: Sequence) -> None:
-    families = sorted({f for s in summaries for f in s.family_samples})
-    header = ["engine", "samples", "accuracy", "errors", "seconds", *families]
-    rows = [[s.engine, str(s.samples), f"{s.accuracy:.3f}", str(s.errors), f"{s.seconds:.1f}",
-             *(f"{s.family_correct.get(f, 0) / s.family_samples[f]:.3f}" if s.family_samples.get(f)
-               else "-" for f in families)]
-            for s in summaries]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
-    for s in summaries:
-        print(f"results ({s.engine}): {s.out_path}")
+def cmd_serve(args: argparse.Namespace) -> None:
+    import time
+
+    from mmc_ray.serve.deploy import deploy
+
+    if args.write_openapi:
+        from mmc_ray.serve.app import openapi_spec
+
+        args.write_openapi.write_text(openapi_spec())
+        print(f"wrote {args.write_openapi}")
+        return
+    extra = [f"serve.{key}={value}" for key in ("checkpoint", "host", "port")
+             if (value := getattr(args, key)) is not None]
+    cfg = _config(args, extra)
+    if not (Path(cfg.serve.checkpoint) / "config.json").exists():
+        raise FileNotFoundError(f"no critic at {cfg.serve.checkpoint} (serve.checkpoint / --checkpoint)")
+    url = deploy(cfg)
+    print(f"critic {cfg.serve.served_model} ({cfg.serve.checkpoint}) serving at {url}\n"
+          f"  OpenAI-compatible: {url}/v1/chat/completions   structured: {url}/v1/critique   "
+          f"docs: {url}/docs")
+    if args.detach:
+        return
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        from ray import serve
+
+        serve.shutdown()
 
 
-def cmd_demo(args: argparse.Namespace) -> None:
-    from mmc_ray.models.tiny import build_tiny_vlm
+def cmd_pipeline(args: argparse.Namespace) -> None:
+    from mmc_ray.pipeline.flywheel import run_pipeline
 
-    out: Path = args.out
-    model_path = out / "tiny-vlm"
-    cfg = _config(args, [f"actor.model_path={model_path}"])
-    problems = out / "problems.parquet"
-    _write_tasks(cfg.tasks, problems)
-    if not (model_path / "config.json").exists():
-        build_tiny_vlm(cfg.tiny_model, model_path, cfg.actor.min_pixels, cfg.actor.max_pixels)
-        print(f"built tiny Qwen2-VL at {model_path}")
-    summaries = [
-        _run_generate(dataclasses.replace(cfg, actor=dataclasses.replace(cfg.actor, kind=kind)),
-                      problems, out / f"results-{kind}.parquet")
-        for kind in ("simulated", "hf")
-    ]
-    print()
-    _print_summaries(summaries)
-    print("The simulated actor is a noisy solver of the synthetic tasks (its accuracy follows its "
-          "configured error rates);\nthe tiny Qwen2-VL has random weights, so near-zero accuracy is "
-          "expected: it shows the real model path runs end to end.\n")
-    # MCTS with the simulated actor: the tiny random model would only produce garbage trees.
-    _run_search(dataclasses.replace(cfg, actor=dataclasses.replace(cfg.actor, kind="simulated")),
-                problems, out / "trees")
-    print()
-    _run_annotate(cfg, out / "trees", out / "mmc-dataset")
-    print()
-    # A short critic run from the tiny model, to show the trainer end to end.
-    short = dataclasses.replace(cfg.train, init_model=str(model_path), max_steps=min(cfg.train.max_steps, 12),
-                                checkpoint_every=6)
-    _run_train(dataclasses.replace(cfg, train=short), out / "mmc-dataset", out / "critic")
+    extra = [f"pipeline.rounds={args.rounds}"] if args.rounds else []
+    if args.tiny_model:
+        model_path = args.out / "tiny-vlm"
+        extra.append(f"train.init_model={model_path}")
+        cfg = _config(args, extra)
+        if not (model_path / "config.json").exists():
+            from mmc_ray.models.tiny import build_tiny_vlm
+
+            build_tiny_vlm(cfg.tiny_model, model_path, cfg.critic.min_pixels, cfg.critic.max_pixels)
+            print(f"built tiny Qwen2-VL (random weights) at {model_path}")
+    else:
+        cfg = _config(args, extra)
+    run_pipeline(cfg, args.out)
 
 
 COMMANDS = {
@@ -284,12 +234,23 @@ COMMANDS = {
     ("search", None): cmd_search,
     ("annotate", None): cmd_annotate,
     ("train", None): cmd_train,
-    ("demo", None): cmd_demo,
+    ("refine", None): cmd_refine,
+    ("eval", None): cmd_eval,
+    ("serve", None): cmd_serve,
+    ("pipeline", None): cmd_pipeline,
+    ("demo", None): cmd_pipeline,
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Overrides may come before, between or after options (argparse alone stops at the first option).
+    args, extra = parser.parse_known_args(argv)
+    stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     sub = getattr(args, f"{args.command}_command", None)

@@ -274,6 +274,68 @@ class RefineConfig:
 
 
 @dataclass(frozen=True)
+class PipelineConfig:
+    """`mmc-ray pipeline`: rounds of search → annotate → train critic → refine + eval."""
+
+    rounds: int = 1                     # flywheel rounds; each searches `tasks.n` new problems
+    eval_problems: int = 64             # held-out synthetic problems refined and evaluated every round
+    eval_seed: int = 1_000_000          # disjoint from the training problems' seeds
+    refine_train_problems: bool = True  # refine each round's training problems too; their critiqued
+                                        # answers (rule-annotated) join the critic's data next round
+    oracle_baseline: bool = True        # also refine with the rule (oracle) critic: the bound to beat
+
+    def __post_init__(self) -> None:
+        _require(self.rounds >= 1, "rounds", "must be >= 1")
+        _require(self.eval_problems >= 1, "eval_problems", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """`mmc-ray serve`: the critic behind Ray Serve. The engine settings (device, dtype, pixel
+    budget) come from the `critic` section; `checkpoint` overrides its model_path."""
+
+    checkpoint: str = "runs/critic/hf"
+    served_model: str = "mmc-critic"
+    host: str = "127.0.0.1"             # bind address; 0.0.0.0 only on purpose (clusters)
+    port: int = 8000
+    num_replicas: int = 1
+    min_replicas: int = 0               # min/max > 0: autoscaling between them instead of num_replicas
+    max_replicas: int = 0
+    target_ongoing_requests: float = 8.0
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    max_batch_size: int = 16            # @serve.batch
+    batch_wait_timeout_s: float = 0.02
+    max_ongoing_requests: int = 64      # per replica; must be >= max_batch_size or batches stay small
+    api_key_env: str = "MMC_SERVE_API_KEY"  # bearer token required when this variable is set...
+    api_key_file: str = ""              # ...or this file exists (its stripped content)
+    max_body_bytes: int = 8 << 20
+    max_image_bytes: int = 4 << 20
+    max_image_pixels: int = 2048 * 2048
+    max_steps: int = 64
+    max_step_chars: int = 2000
+    max_question_chars: int = 4000
+    max_tokens: int = 1024              # the most a request may ask for
+    default_max_tokens: int = 256
+    checkpoint_poll_s: float = 1.0      # how often replicas look for a hot-swapped checkpoint
+
+    def __post_init__(self) -> None:
+        _require(self.checkpoint_poll_s > 0, "checkpoint_poll_s", "must be > 0")
+        _require(1 <= self.port <= 65535, "port", "must be in 1..65535")
+        _require(self.num_replicas >= 1, "num_replicas", "must be >= 1")
+        _require(self.min_replicas <= self.max_replicas, "min_replicas", "must be <= max_replicas")
+        _require(self.max_batch_size >= 1 and self.batch_wait_timeout_s >= 0, "max_batch_size",
+                 "max_batch_size must be >= 1 and batch_wait_timeout_s >= 0")
+        _require(self.max_ongoing_requests >= self.max_batch_size, "max_ongoing_requests",
+                 "must be >= max_batch_size (otherwise no batch can fill)")
+        _require(1 <= self.default_max_tokens <= self.max_tokens, "default_max_tokens",
+                 "must be in 1..max_tokens")
+        for name in ("max_body_bytes", "max_image_bytes", "max_image_pixels", "max_steps", "max_step_chars",
+                     "max_question_chars"):
+            _require(getattr(self, name) >= 1, name, "must be >= 1")
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything a run needs. `configs/tiny-cpu.yaml` is the default."""
 
@@ -287,6 +349,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     critic: EngineConfig = field(default_factory=EngineConfig)  # refinement's critic (trained by `train`)
     refine: RefineConfig = field(default_factory=RefineConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
 
 def _require(ok: bool, key: str, message: str) -> None:

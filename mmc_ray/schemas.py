@@ -95,7 +95,7 @@ CRITIQUE_SCHEMA = pa.schema(
         pa.field("source", pa.string()),
         pa.field("difficulty", pa.int32()),
         pa.field("split", pa.string()),
-        pa.field("kind", pa.string()),               # divergent | no_error
+        pa.field("kind", pa.string()),               # divergent | no_error | refined (a refinement answer)
         pa.field("divergence_depth", pa.int32()),    # shared steps before the paths split; -1 for no_error
         pa.field("question", pa.string()),
         pa.field("image", pa.binary()),

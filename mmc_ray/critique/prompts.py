@@ -32,7 +32,11 @@ def numbered(steps: Sequence[str], answer: str | None) -> str:
 
 
 def _with_image(problem: Problem, text: str) -> tuple[dict[str, Any], ...]:
-    content: list[dict[str, Any]] = [{"type": "image"}] if problem.image is not None else []
+    return _user_turn(problem.image is not None, text)
+
+
+def _user_turn(has_image: bool, text: str) -> tuple[dict[str, Any], ...]:
+    content: list[dict[str, Any]] = [{"type": "image"}] if has_image else []
     content.append({"type": "text", "text": text})
     return ({"role": "user", "content": content},)
 
@@ -43,8 +47,14 @@ _SOLUTION_END = "\n\nCheck each step against the image"
 
 def critic_messages(problem: Problem, steps: Sequence[str], answer: str | None) -> tuple[dict[str, Any], ...]:
     """Ask the critic to check one solution step by step."""
-    return _with_image(problem, (
-        f"Question: {problem.question}{_SOLUTION_START}{numbered(steps, answer)}{_SOLUTION_END} and the "
+    return critic_turn(problem.question, problem.image is not None, steps, answer)
+
+
+def critic_turn(question: str, has_image: bool, steps: Sequence[str],
+                answer: str | None) -> tuple[dict[str, Any], ...]:
+    """`critic_messages` for a bare question (the served critic gets no `Problem`)."""
+    return _user_turn(has_image, (
+        f"Question: {question}{_SOLUTION_START}{numbered(steps, answer)}{_SOLUTION_END} and the "
         "arithmetic. Find the first wrong step, if any.\n" + FORMAT_SPEC
     ))
 

@@ -74,6 +74,26 @@ class HFEngine:
             for r, req in enumerate(requests)
         ]
 
+    @torch.inference_mode()
+    def score(self, request: GenerationRequest, continuations: Sequence[str]) -> list[float]:
+        """Log-probability the model gives each continuation of the request's prompt (the sum over
+        its tokens), from one forward pass per batch; sampling parameters are ignored."""
+        vision = self._vision(request.images)
+        prompt = self.vlm.chat_prompt(request.messages, request.assistant_prefix)
+        prompt_len = len(self.vlm.tokenizer(self.vlm.expand_images(prompt, vision),
+                                            add_special_tokens=False)["input_ids"])
+        scores: list[float] = []
+        for start in range(0, len(continuations), self.max_batch_size):
+            chunk = continuations[start:start + self.max_batch_size]
+            inputs = self.vlm.encode([prompt + c for c in chunk], [vision] * len(chunk))
+            logits = self.vlm.model(**inputs).logits.float()
+            ids = inputs["input_ids"]
+            token_logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
+            # Left padding: each row's continuation is its last (length - prompt_len) tokens.
+            for row, length in enumerate(inputs["attention_mask"].sum(dim=1).tolist()):
+                scores.append(float(token_logprobs[row, -(length - prompt_len):].sum()))
+        return scores
+
     def _vision(self, images: tuple[bytes, ...]) -> VisionInputs | None:
         """Decoded and preprocessed images, cached by their bytes (LRU)."""
         if images in self._vision_cache:

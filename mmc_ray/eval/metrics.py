@@ -27,8 +27,11 @@ def _ratio(num: float, den: float) -> float | None:
 
 
 def _f1(precision: float | None, recall: float | None) -> float | None:
+    """None only when both are undefined; no predictions at all against known errors scores 0."""
+    if precision is None and recall is None:
+        return None
     if not precision or not recall:
-        return 0.0 if precision is not None and recall is not None else None
+        return 0.0
     return 2 * precision * recall / (precision + recall)
 
 

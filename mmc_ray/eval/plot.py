@@ -39,7 +39,7 @@ def line_chart(series: Mapping[str, Sequence[float | None]], path: str | Path, t
     draw.rectangle([x0, y1, x1, y0], outline=INK)
     draw.text((WIDTH / 2, 20), title, fill=INK, font=font(17), anchor="mm")
     draw.text(((x0 + x1) / 2, HEIGHT - 22), x_label, fill=INK, font=font(14), anchor="mm")
-    draw.text((14, (y0 + y1) / 2), y_label, fill=INK, font=font(14), anchor="lm")
+    draw.text((x0, y1 - 16), y_label, fill=INK, font=font(14), anchor="lm")
     for k, (name, values) in enumerate(series.items()):
         colour = SERIES_COLOURS[k % len(SERIES_COLOURS)]
         xy = [to_xy(i, v) if v is not None else None for i, v in enumerate(values)]

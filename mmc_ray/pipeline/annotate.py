@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,8 @@ from mmc_ray.pipeline.search import TREE_SHARD_PREFIX
 from mmc_ray.pipeline.shards import ShardWriter, finished_ids, shard_paths
 from mmc_ray.schemas import CRITIQUE_SCHEMA, DROP_SCHEMA, PAIR_SCHEMA, PROBLEM_SCHEMA
 from mmc_ray.seeding import stable_unit
+from mmc_ray.tasks.problem import Problem
+from mmc_ray.tasks.solution import parse_reasoning
 from mmc_ray.workers.annotator import AnnotatorWorker, split_outcomes
 
 DROPS_PREFIX = "drops"
@@ -96,13 +98,53 @@ def _tree_batches(trees_dir: Path, batch_size: int) -> Iterator[list[dict[str, A
             yield batch.to_pylist()
 
 
+OutcomeSource = Callable[[frozenset[str], Callable[[str], str]], Iterable[pa.Table]]
+
+
 def annotate_to_dir(trees_dir: str | Path, out_dir: str | Path, cfg: Config, local: bool = False,
                     progress: bool = True) -> AnnotateSummary:
     """Annotate every tree shard in `trees_dir` into the dataset folder `out_dir`."""
-    trees_dir, out_dir = Path(trees_dir), Path(out_dir)
+    trees_dir = Path(trees_dir)
     if not shard_paths(trees_dir, TREE_SHARD_PREFIX):
         raise FileNotFoundError(
             f"no {TREE_SHARD_PREFIX}-*.parquet shards in {trees_dir} (run `mmc-ray search` first)")
+    source = _local_outcomes if local else _ray_outcomes
+    return _write_dataset(out_dir, cfg, lambda done, split_of: source(trees_dir, cfg, done, split_of),
+                          progress, unit="pair")
+
+
+def annotate_refinement_to_dir(refine_rows: Iterable[dict[str, Any]], problems: Iterable[Problem],
+                               out_dir: str | Path, cfg: Config, progress: bool = True) -> AnnotateSummary:
+    """Critique every answer the actor wrote while being refined (REFINE_SCHEMA rows) with the rule
+    annotator and add them to the dataset in `out_dir`: the critic then also learns from whole
+    answers of the kind it judges at inference, revisions included. Synthetic problems only."""
+    by_id = {p.problem_id: p for p in problems}
+    pairs = []
+    for r in refine_rows:
+        problem = by_id.get(r["problem_id"])
+        if problem is None:
+            raise ValueError(f"refinement record of unknown problem {r['problem_id']}")
+        parsed = parse_reasoning(r["text"])
+        pairs.append({**problem.to_row(), "pair_id": f"{r['problem_id']}:refine:{r['round']}",
+                      "kind": "refined", "divergence_depth": -1, "path_steps": list(parsed.steps),
+                      "path_answer": parsed.answer, "path_correct": r["correct"], "reference_steps": [],
+                      "reference_answer": None})
+    rule_cfg = replace(cfg, annotate=replace(cfg.annotate, method="rule"))
+
+    def outcomes(done: frozenset[str], split_of: Callable[[str], str]) -> Iterator[pa.Table]:
+        worker = AnnotatorWorker(rule_cfg, split_of)
+        todo = [p for p in pairs if p["pair_id"] not in done]
+        for begin in range(0, len(todo), cfg.annotate.trees_per_batch):
+            yield worker(pa.Table.from_pylist(todo[begin:begin + cfg.annotate.trees_per_batch],
+                                              schema=PAIR_SCHEMA))
+    return _write_dataset(out_dir, rule_cfg, outcomes, progress, unit="answer")
+
+
+def _write_dataset(out_dir: str | Path, cfg: Config, source: OutcomeSource, progress: bool,
+                   unit: str) -> AnnotateSummary:
+    """Write the outcome tables of `source` (given the ids already done and the split function)
+    into the dataset folder, then refresh its card."""
+    out_dir = Path(out_dir)
     acfg = cfg.annotate
     done = frozenset(set().union(*(finished_ids(out_dir / "data", s, "pair_id") for s in SPLITS),
                                  finished_ids(out_dir / DROPS_PREFIX, DROPS_PREFIX, "pair_id")))
@@ -111,10 +153,9 @@ def annotate_to_dir(trees_dir: str | Path, out_dir: str | Path, cfg: Config, loc
     drops = ShardWriter(out_dir / DROPS_PREFIX, DROPS_PREFIX, DROP_SCHEMA, acfg.shard_size)
     summary = AnnotateSummary(skipped_existing=len(done))
     start = time.perf_counter()
-    bar = tqdm(desc="annotate", unit="pair", disable=not progress)
+    bar = tqdm(desc="annotate", unit=unit, disable=not progress)
     try:
-        for table in (_local_outcomes(trees_dir, cfg, done, split_of) if local
-                      else _ray_outcomes(trees_dir, cfg, done, split_of)):
+        for table in source(done, split_of):
             critiques, dropped = split_outcomes(table)
             for row in critiques:
                 writers[row["split"]].add(row)

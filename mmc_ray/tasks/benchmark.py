@@ -1,26 +1,46 @@
-"""Load a user-supplied benchmark file (MathVista-like schema) into `Problem`s. Nothing is downloaded.
+"""Load a user-supplied benchmark file (MathVista- or MathVerse-style) into `Problem`s. Nothing is
+downloaded.
 
-Accepted files: `.jsonl` (one JSON object per line) and `.parquet`. Per row:
+Accepted files: `.jsonl` (one JSON object per line) and `.parquet`. MathVerse's own `testmini.json` is
+one JSON array; turn it into JSONL first (`jq -c '.[]' testmini.json > testmini.jsonl`). The format is
+`fmt` when named ("mathvista" / "mathverse"), else read off the file's first row: a row with
+`sample_index` or `problem_version` means MathVerse. Either way, problem ids are "{name}-{row id}",
+`name` (default: the file's stem) is every problem's `source`, and images are read the same way:
 
-* `id` or `pid`: the row id (falls back to "line N" / "row N"); problem ids are "{name}-{row id}".
-* `question`, `answer`: required. Numeric answers in JSON are turned into text.
 * `image`: an image file path (relative paths resolve against `image_root`, default the benchmark
   file's folder), raw image bytes, or a {"bytes", "path"} dict as Hugging Face `datasets` writes.
   A `decoded_image` column (HF MathVista) is preferred over `image`, which there holds a path.
-  Missing/null means a text-only row. Every image is decoded and re-encoded as PNG.
+  Missing/null/empty means a text-only row. Every image is decoded and re-encoded as PNG.
+
+MathVista rows (family: `name`):
+
+* `id` or `pid`: the row id (falls back to "line N" / "row N").
+* `question`, `answer`: required. Numeric answers in JSON are turned into text.
 * `choices`: optional list of strings.
 * answer type: `question_type` "multi_choice" -> "choice"; else an explicit `answer_type`
   ("integer", "float", "text", "choice"; MathVista's "list" is compared as "text"); else "choice"
   when there are choices; else inferred from the answer ("12" integer, "1.5" float, other text).
   A choice answer must be one of the choices; a single letter ("B") is mapped to its choice.
 
-A bad row (missing field, unreadable image, invalid choice answer, malformed JSON line) is skipped
-with a logged warning naming the row; it never aborts the load.
+MathVerse rows (the testmini release; family: `problem_version`, e.g. "Text Dominant", "Vision Only",
+so results break down by version; `name` when it is missing):
+
+* `sample_index`: the row id. `question`, `answer`: required; `question` is the text shown, choices
+  included.
+* `question_type` "multi-choice": the choices are the lines after a "Choices:" line, lettered in
+  order from A ("A:30°", "A. 30°" or "(A) 30°"), and the answer letter ("B") is mapped to its choice
+  text; answer type "choice". "free-form": the answer type is inferred from the answer as above
+  ("3" integer, "2\\sqrt{3}" text).
+* An empty `question` (Vision Only: the whole question is drawn in the image) shows the model only
+  "Answer the question shown in the image."; the choices come from `question_for_eval`.
+* `problem_index`, `metadata`, `query_wo`, `query_cot` are not used.
+
+A bad row (missing field, unreadable image, invalid or unparseable choices, malformed JSON line) is
+skipped with a logged warning naming the row; it never aborts the load.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import re
@@ -30,18 +50,25 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
-from PIL import Image
 
+from mmc_ray.images import ImageRejected, to_png
 from mmc_ray.tasks.problem import Problem, read_problems
 
 logger = logging.getLogger(__name__)
 
 SUPPORTED_SUFFIXES = (".jsonl", ".parquet")
+FORMATS = ("auto", "mathvista", "mathverse")
+_ID_KEYS = {"mathvista": ("id", "pid"), "mathverse": ("sample_index",)}
 _ANSWER_TYPE_ALIASES = {"integer": "integer", "float": "float", "text": "text", "choice": "choice",
                         "multi_choice": "choice", "list": "text"}
 _INTEGER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)")
 _FLOAT = re.compile(r"[-+]?(?:\d+\.\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?\d+[eE][-+]?\d+")
 _PARQUET_BATCH_ROWS = 256  # bounds memory: image columns can be large
+# MathVerse's question types, as the MathVista `question_type` values `_answer_type` reads.
+_MATHVERSE_QUESTION_TYPES = {"multi-choice": "multi_choice", "free-form": "free_form"}
+_CHOICES_HEADER = re.compile(r"\s*choices?\s*[:：]?\s*", re.IGNORECASE)
+_CHOICE_LINE = re.compile(r"\s*(?:\((?P<paren>[A-Z])\)|(?P<bare>[A-Z])\s*[:.：])\s*(?P<text>\S.*?)\s*")
+VISION_ONLY_QUESTION = "Answer the question shown in the image."
 
 
 @dataclass(frozen=True)
@@ -71,25 +98,10 @@ def infer_answer_type(answer: str) -> str:
 
 
 def _to_png(data: bytes) -> bytes:
-    """Decode image bytes fully and re-encode them as PNG; raise `_BadRow` if they are not an image.
-
-    `verify()` catches structural corruption; `load()` (on a fresh handle, since verify consumes it)
-    catches truncated pixel data that verify lets through.
-    """
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.verify()
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            if im.mode not in ("1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"):
-                im = im.convert("RGBA" if "A" in im.getbands() else "RGB")  # CMYK, YCbCr, F...
-            out = io.BytesIO()
-            im.save(out, format="PNG")
-    # Untrusted bytes make PIL raise many types (OSError, SyntaxError, ValueError, EOFError,
-    # DecompressionBombError, struct.error...); any failure means "not a usable image".
-    except Exception as err:
-        raise _BadRow(f"image is not a readable image ({type(err).__name__}: {err})") from err
-    return out.getvalue()
+        return to_png(data)
+    except ImageRejected as err:
+        raise _BadRow(f"image is {err}") from err
 
 
 def _read_image_file(value: str, image_root: Path) -> bytes:
@@ -142,9 +154,14 @@ def _answer_type(row: dict[str, Any], answer: str, choices: tuple[str, ...]) -> 
     return infer_answer_type(answer)
 
 
-def _to_problem(row: dict[str, Any], row_id: str, name: str, image_root: Path) -> Problem:
+def _is_blank(value: Any) -> bool:
+    return not isinstance(value, str) or not value.strip()
+
+
+def _to_problem(row: dict[str, Any], row_id: str, name: str, family: str, image_root: Path) -> Problem:
+    """A MathVista-style row as a Problem; MathVerse rows come here restated in these fields."""
     question = row.get("question")
-    if not isinstance(question, str) or not question.strip():
+    if _is_blank(question):
         raise _BadRow("missing question")
     raw_answer = row.get("answer")
     if raw_answer is None or not str(raw_answer).strip():
@@ -168,10 +185,66 @@ def _to_problem(row: dict[str, Any], row_id: str, name: str, image_root: Path) -
             answer = choices[index]
     image = _image_bytes(row, image_root)
     try:
-        return Problem(problem_id=f"{name}-{row_id}", family=name, question=question, image=image,
+        return Problem(problem_id=f"{name}-{row_id}", family=family, question=question, image=image,
                        answer=answer, answer_type=answer_type, choices=choices, source=name)
     except ValueError as err:  # Problem's own invariants; reported like any other bad row
         raise _BadRow(str(err)) from err
+
+
+def _parse_choices(question: str) -> tuple[str, ...]:
+    """The options on the lines after the last "Choices:" line, lettered from A in order; the block
+    ends at the first line that is not the next letter. () if there is no such line."""
+    lines = question.splitlines()
+    headers = [i for i, line in enumerate(lines) if _CHOICES_HEADER.fullmatch(line)]
+    if not headers:
+        return ()
+    choices: list[str] = []
+    for line in lines[headers[-1] + 1:]:
+        if not line.strip():
+            continue
+        match = _CHOICE_LINE.fullmatch(line)
+        if match is None or (match["paren"] or match["bare"]) != chr(ord("A") + len(choices)):
+            break
+        choices.append(match["text"])
+    return tuple(choices)
+
+
+def _mathverse_problem(row: dict[str, Any], row_id: str, name: str, image_root: Path) -> Problem:
+    question_type = row.get("question_type")
+    if question_type not in _MATHVERSE_QUESTION_TYPES:
+        raise _BadRow(f"unsupported question_type {question_type!r}, expected 'multi-choice' or 'free-form'")
+    question = text = row.get("question")
+    # Vision Only rows leave `question` empty: the model must read it from the image, while
+    # `question_for_eval` keeps its text, which is where the choices for scoring are.
+    vision_only = _is_blank(question) and not _is_blank(row.get("question_for_eval"))
+    if vision_only:
+        question, text = VISION_ONLY_QUESTION, row["question_for_eval"]
+    choices = None
+    if question_type == "multi-choice" and not _is_blank(text):
+        choices = _parse_choices(text)
+        if len(choices) < 2:
+            raise _BadRow("multi-choice question without a parseable 'Choices:' block of 'A:...' lines")
+    fields = {"question": question, "answer": row.get("answer"), "choices": choices,
+              "question_type": _MATHVERSE_QUESTION_TYPES[question_type], "image": row.get("image")}
+    version = row.get("problem_version")
+    problem = _to_problem(fields, row_id, name, name if _is_blank(version) else version.strip(), image_root)
+    if vision_only and problem.image is None:
+        raise _BadRow("question is empty (only in the image) but the row has no image")
+    return problem
+
+
+def detect_format(row: dict[str, Any]) -> str:
+    """"mathverse" for a row with MathVerse's own keys (`sample_index`, `problem_version`), else
+    "mathvista". Either key suffices, so one row missing a field does not flip a whole file."""
+    return "mathverse" if "sample_index" in row or "problem_version" in row else "mathvista"
+
+
+def _row_id(row: dict[str, Any], keys: tuple[str, ...]) -> str | None:
+    for key in keys:
+        value = row.get(key)
+        if value is not None and str(value).strip():
+            return str(value).strip()
+    return None
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict[str, Any] | str]]:
@@ -203,11 +276,14 @@ def _parquet_rows(path: Path) -> Iterator[tuple[str, dict[str, Any] | str]]:
 
 
 def load_benchmark(path: str | Path, image_root: str | Path | None = None,
-                   name: str | None = None) -> BenchmarkLoad:
+                   name: str | None = None, fmt: str = "auto") -> BenchmarkLoad:
     """Read a benchmark file into problems, skipping (and logging) rows that cannot be used.
 
-    Raises FileNotFoundError if `path` is not a file and ValueError for an unsupported extension.
+    `fmt` is "mathvista", "mathverse" or "auto" (detected from the file's first row).
+    Raises FileNotFoundError if `path` is not a file and ValueError for an unsupported extension or fmt.
     """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown benchmark format {fmt!r}: expected one of {FORMATS}")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"benchmark file not found: {path}")
@@ -226,27 +302,33 @@ def load_benchmark(path: str | Path, image_root: str | Path | None = None,
         try:
             if isinstance(row, str):  # the reader could not even parse this row
                 raise _BadRow(row)
-            raw_id = row.get("id") if row.get("id") is not None else row.get("pid")
-            if raw_id is not None and str(raw_id).strip():
-                row_id = str(raw_id).strip()
+            if fmt == "auto":  # decided once per file, so every row of it is read the same way
+                fmt = detect_format(row)
+            row_id = _row_id(row, _ID_KEYS[fmt]) or fallback_id
             if row_id in seen:
                 raise _BadRow("duplicate id")
-            problems.append(_to_problem(row, row_id, name, root))
+            if fmt == "mathverse":
+                problems.append(_mathverse_problem(row, row_id, name, root))
+            else:
+                problems.append(_to_problem(row, row_id, name, name, root))
             seen.add(row_id)
         except _BadRow as err:
             skipped.append(SkippedRow(row_id=row_id, reason=str(err)))
             logger.warning("benchmark %s: skipping row %s: %s", path.name, row_id, err)
-    logger.info("benchmark %s: loaded %d problems, skipped %d rows", path.name, len(problems), len(skipped))
+    logger.info("benchmark %s (%s): loaded %d problems, skipped %d rows", path.name, fmt, len(problems),
+                len(skipped))
     return BenchmarkLoad(problems=problems, skipped=skipped)
 
 
-def load_problem_file(path: str | Path, image_root: str | Path | None = None) -> list[Problem]:
+def load_problem_file(path: str | Path, image_root: str | Path | None = None,
+                      fmt: str = "auto") -> list[Problem]:
     """Problems from our own problems Parquet (`mmc-ray tasks generate`) or from a local benchmark
-    file; a benchmark's skipped rows are logged with their ids and counted in one summary line."""
+    file of format `fmt` (see `load_benchmark`); a benchmark's skipped rows are logged with their
+    ids and counted in one summary line."""
     path = Path(path)
     if path.suffix == ".parquet" and path.exists() and "problem_id" in pq.read_schema(path).names:
         return read_problems(path)
-    loaded = load_benchmark(path, image_root)
+    loaded = load_benchmark(path, image_root, fmt=fmt)
     if loaded.skipped:
         logger.warning("%s: loaded %d problems, skipped %d rows (reasons above)", path,
                     len(loaded.problems), len(loaded.skipped))

@@ -17,7 +17,7 @@ SOLVE_INSTRUCTION = (
 def solve_messages(problem: Problem) -> tuple[dict[str, Any], ...]:
     """Chat messages asking the actor to solve `problem` (one image part if it has an image)."""
     question = problem.question
-    if problem.choices and "(A)" not in question:
+    if problem.choices and "(A)" not in question and "choices:" not in question.lower():
         question = f"{question}\nChoices: {choices_text(problem.choices)}"
     content: list[dict[str, Any]] = [{"type": "image"}] if problem.image is not None else []
     content.append({"type": "text", "text": f"{question}\n{SOLVE_INSTRUCTION}"})

@@ -4,11 +4,15 @@ engine interface (refinement, generation) runs unchanged on a pool of Ray actors
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
-from mmc_ray.engines.base import GenerationRequest, GenerationResult
+from mmc_ray.config import EngineConfig
+from mmc_ray.engines.base import GenerationEngine, GenerationRequest, GenerationResult
+from mmc_ray.engines.factory import build_engine
 from mmc_ray.pipeline.dispatch import RayDispatcher
+from mmc_ray.workers.role_worker import RoleWorker
 
 
 class WorkerPoolEngine:
@@ -43,3 +47,29 @@ class WorkerPoolEngine:
                     continue
                 results[start:start + len(chunk)] = outcome
         return results  # type: ignore[return-value]
+
+
+@contextmanager
+def role_engine(worker_cls: type[RoleWorker], cfg: EngineConfig,
+                local: bool = False) -> Iterator[GenerationEngine]:
+    """The engine a role runs on: a pool of `worker_cls` Ray actors, or (with `local`, or for a
+    remote OpenAI-compatible server, where the work happens elsewhere) an engine in this process.
+    The workers are stopped on exit."""
+    if local or cfg.kind == "openai":
+        engine = build_engine(cfg)
+        try:
+            yield engine
+        finally:
+            if hasattr(engine, "close"):
+                engine.close()
+        return
+    from mmc_ray.ray_runtime import init_ray
+    from mmc_ray.workers.group import create_worker_group
+
+    init_ray()
+    group = create_worker_group(worker_cls, cfg)
+    try:
+        yield WorkerPoolEngine(group.workers, name=f"{worker_cls.role}[{cfg.kind}]x{len(group.workers)}",
+                               max_chunk=cfg.max_batch_size * 4)
+    finally:
+        group.shutdown()

@@ -1,5 +1,6 @@
 """The `mmc-ray` command as a user runs it, in a subprocess."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -16,32 +17,54 @@ def mmc_ray(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedPr
 
 
 @pytest.mark.slow
-def test_demo_runs_end_to_end(tmp_path):
+def test_demo_pipeline_two_rounds_and_report_matches_records(tmp_path):
     out = tmp_path / "demo"
-    # The whole pipeline incl. a short DeepSpeed fit (which may compile its CPU op first: ~40 s).
-    proc = mmc_ray("demo", "--out", str(out), "tasks.n=12", "generate.max_new_tokens=160", "train.max_steps=4",
-                   cwd=tmp_path, timeout=900)
+    # Two flywheel rounds, each with a short DeepSpeed fit (the first may compile its CPU op: ~40 s).
+    args = ("demo", "--out", str(out), "--rounds", "2", "tasks.n=10", "pipeline.eval_problems=8",
+            "train.max_steps=3", "refine.max_rounds=2", "refine.critic_max_new_tokens=48")
+    proc = mmc_ray(*args, cwd=tmp_path, timeout=900)
     assert proc.returncode == 0, proc.stderr
-    assert "wrote 12 problems" in proc.stdout
     assert (out / "tiny-vlm" / "config.json").exists()
-    table = {line.split()[0]: line.split() for line in proc.stdout.splitlines()
-             if line.startswith(("simulated ", "hf "))}
-    assert set(table) == {"simulated", "hf"}
-    for engine in ("simulated", "hf"):
-        rows = pq.read_table(out / f"results-{engine}.parquet").to_pylist()
-        assert len(rows) == 12
-        accuracy = sum(r["correct"] for r in rows) / len(rows)
-        assert table[engine][2] == f"{accuracy:.3f}"  # the printed figure is the file's
-    trees = pq.read_table(out / "trees").to_pylist()
-    assert sorted(t["problem_id"] for t in trees) == sorted(r["problem_id"] for r in rows)
-    assert "search: 12 trees searched, 0 already done, 0 skipped" in proc.stdout
-    assert (out / "mmc-dataset" / "README.md").exists()
-    assert "annotate:" in proc.stdout and "agreement with ground truth" in proc.stdout
-    assert "train: 4 steps" in proc.stdout and (out / "critic" / "hf" / "config.json").exists()
-    simulated = pq.read_table(out / "results-simulated.parquet").to_pylist()
-    # The simulator writes parseable reasoning and gets most easy problems right.
-    assert all(r["extracted_answer"] is not None for r in simulated)
-    assert sum(r["correct"] for r in simulated) >= 4
+    for r in (1, 2):
+        assert (out / f"round-{r}" / "critic" / "hf" / "config.json").exists()
+        assert len(pq.read_table(out / f"round-{r}" / "trees").to_pylist()) == 10
+    # Round 1's refinement answers on its training problems became critic data for round 2.
+    kinds = {row["kind"] for row in pq.read_table(out / "mmc-dataset" / "data").to_pylist()}
+    assert "refined" in kinds and "divergent" in kinds
+    summary = json.loads((out / "report.json").read_text())
+    assert [r["round"] for r in summary["rounds"]] == [1, 2]
+    assert summary["oracle"]["verdict_accuracy"] == 1.0
+    for r in (1, 2):
+        records = pq.read_table(out / f"round-{r}" / "refine" / "records").to_pylist()
+        first = {x["problem_id"]: x["correct"] for x in records if x["round"] == 0}
+        final = {x["problem_id"]: x["correct"] for x in records if x["final"]}
+        assert len(first) == len(final) == 8
+        report = json.loads((out / f"round-{r}" / "refine" / "report" / "report.json").read_text())["metrics"]
+        assert report["single_pass_accuracy"] == pytest.approx(sum(first.values()) / 8)
+        assert report["final_accuracy"] == pytest.approx(sum(final.values()) / 8)
+        flips = sum(not first[k] and final[k] for k in first), sum(first[k] and not final[k] for k in first)
+        assert (report["wrong_to_right"], report["right_to_wrong"]) == flips
+        assert summary["rounds"][r - 1]["final_accuracy"] == report["final_accuracy"]
+    md = (out / "report.md").read_text()
+    assert "| round 2 (trained) |" in md and "| oracle (rule) |" in md
+    again = mmc_ray(*args, cwd=tmp_path, timeout=600)  # everything is on disk: a rerun only reports
+    assert again.returncode == 0, again.stderr
+    assert "search: 0 trees searched, 10 already done" in again.stdout
+    assert "critic already exported" in again.stdout and "refine: 0 problems refined, 8 already done" in again.stdout
+
+
+def test_refine_and_eval_commands_with_the_oracle_critic(tmp_path):
+    problems = tmp_path / "p.parquet"
+    assert mmc_ray("tasks", "generate", "--n", "12", "--out", str(problems), cwd=tmp_path).returncode == 0
+    proc = mmc_ray("refine", "--local", "--problems", str(problems), "--out", "refined", "critic.kind=rule",
+                   "actor.simulator.observe_error_rate=0.4", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "refine: 12 problems refined" in proc.stdout and "verdict accuracy 100.0%" in proc.stdout
+    proc = mmc_ray("eval", "--refine", "refined", "--out", "again", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    ours = json.loads((tmp_path / "again" / "report.json").read_text())["metrics"]
+    first = json.loads((tmp_path / "refined" / "report" / "report.json").read_text())["metrics"]
+    assert ours == first and (tmp_path / "again" / "accuracy_by_round.png").exists()
 
 
 def test_search_local_resumes(tmp_path):
@@ -80,12 +103,15 @@ def test_tasks_generate_and_simulated_generate(tmp_path):
          "missing.parquet"),
         (["tasks", "generate", "--out", "p.parquet", "tasks.nn=3"], "unknown key tasks.nn"),
         (["tasks", "generate", "--out", "p.parquet", "--families", "poetry"], "poetry"),
-        (["generate", "--problems", "p.parquet", "--out", "r.parquet", "actor.model_path=nowhere"],
+        (["generate", "--problems", "p.parquet", "--out", "r.parquet", "--engine", "hf", "actor.model_path=nowhere"],
          "no model at nowhere"),
+        (["serve", "--checkpoint", "nowhere"], "no critic at nowhere"),
+        (["eval", "--refine", "nothing"], "no refine-*.parquet records in nothing/records"),
+        (["refine", "--problems", "p.parquet", "--out", "x", "critic.kind=openai"], "critic.base_url"),
     ],
 )
 def test_clear_errors_not_tracebacks(tmp_path, args, message):
-    if "p.parquet" in args and args[0] == "generate":
+    if "p.parquet" in args and args[0] in ("generate", "refine"):
         assert mmc_ray("tasks", "generate", "--n", "2", "--out", "p.parquet", cwd=tmp_path).returncode == 0
     proc = mmc_ray(*args, cwd=tmp_path)
     assert proc.returncode == 2
@@ -118,3 +144,32 @@ def test_generate_reads_a_local_benchmark_file_and_counts_skips(tmp_path):
     # The simulator only knows synthetic problems: the benchmark row is an error row, not a crash.
     assert [r["problem_id"] for r in rows_out] == ["mini-1"]
     assert rows_out[0]["finish_reason"] == "error" and rows_out[0]["correct"] is False
+
+
+def test_refine_and_report_on_a_mathverse_style_file(tmp_path, tiny_vlm_path):
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), "white").save(buf, "PNG")
+    (tmp_path / "img.png").write_bytes(buf.getvalue())
+    rows = [
+        {"sample_index": "1", "problem_version": "Text Dominant", "question": "Angle?\nChoices:\nA:30°\nB:60°",
+         "image": "img.png", "answer": "B", "question_type": "multi-choice"},
+        {"sample_index": "2", "problem_version": "Vision Intensive", "question": "Length of AB?",
+         "image": "img.png", "answer": "3", "question_type": "free-form"},
+        {"sample_index": "3", "problem_version": "Text Dominant", "question": "Broken?", "image": "gone.png",
+         "answer": "1", "question_type": "free-form"},
+    ]
+    (tmp_path / "mathverse.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    tiny = str(tiny_vlm_path)
+    proc = mmc_ray("refine", "--local", "--problems", "mathverse.jsonl", "--out", "refined", "actor.kind=hf",
+                   f"actor.model_path={tiny}", f"--critic-model={tiny}", "refine.max_rounds=1",
+                   "refine.actor_max_new_tokens=12", "refine.critic_max_new_tokens=12", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "skipped 1 rows" in proc.stderr  # the row with the missing image, counted
+    report = json.loads((tmp_path / "refined" / "report" / "report.json").read_text())["metrics"]
+    assert report["problems"] == 2
+    assert set(report["families"]) == {"Text Dominant", "Vision Intensive"}
+    assert report["critic"]["step_f1"] is None  # no ground-truth steps on benchmark rows

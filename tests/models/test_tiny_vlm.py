@@ -124,3 +124,21 @@ def test_hf_engine_batches_mixed_requests_and_isolates_broken_images(hf_engine):
     assert "could not be decoded" in results[1].completions[0].error
     assert all(r.completions[0].finish_reason != "error" for i, r in enumerate(results) if i != 1)
     assert results[0].prompt_tokens < results[2].prompt_tokens
+
+
+def test_hf_engine_scores_continuations_consistently(hf_engine):
+    from mmc_ray.critique.step_scores import outcome_openings, step_scores
+    from mmc_ray.engines.hf import HFEngine
+
+    req = image_request()
+    openings = outcome_openings(5)  # different lengths: padding must not shift any score
+    batched = hf_engine.score(req, openings)
+    one_by_one = HFEngine(hf_engine.vlm, max_batch_size=1).score(req, openings)
+    assert batched == pytest.approx(one_by_one, abs=1e-4)
+    assert all(s < 0 for s in batched)
+    # a log-probability can only fall as the continuation grows
+    prefix, longer = hf_engine.score(req, ["Verdict: incorrect", "Verdict: incorrect\nFirst wrong step: 2\n"])
+    assert longer <= prefix + 1e-6
+    scores = step_scores(batched)
+    assert sum(scores.first_wrong_step) + scores.p_correct == pytest.approx(1.0)
+    assert list(scores.step_sound) == sorted(scores.step_sound, reverse=True)  # P(sound) never rises

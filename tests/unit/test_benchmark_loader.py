@@ -1,4 +1,5 @@
-"""Loading local MathVista-like benchmark files; every test writes its own files and images."""
+"""Loading local MathVista- and MathVerse-style benchmark files; every test writes its own files and
+images."""
 
 from __future__ import annotations
 
@@ -13,8 +14,17 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from mmc_ray.tasks.benchmark import BenchmarkLoad, SkippedRow, infer_answer_type, load_benchmark
+from mmc_ray.tasks.benchmark import (
+    VISION_ONLY_QUESTION,
+    BenchmarkLoad,
+    SkippedRow,
+    detect_format,
+    infer_answer_type,
+    load_benchmark,
+    load_problem_file,
+)
 from mmc_ray.tasks.problem import read_problems, write_problems
+from mmc_ray.tasks.scoring import answers_match
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -324,3 +334,188 @@ def test_unsupported_extension_raises(tmp_path: Path) -> None:
     path.write_text("id,question,answer\n1,q,1\n")
     with pytest.raises(ValueError, match=r"\.csv|unsupported"):
         load_benchmark(path)
+
+
+# --- MathVerse (testmini release format) ---
+
+MV_QUESTION = "As shown in the figure, AB is parallel to CD. Find angle 2.\nChoices:\nA:30°\nB:60°\nC:90°\nD:120°"
+
+
+def _mv_row(sample_index: str, version: str = "Text Dominant", question: str = MV_QUESTION, answer: str = "B",
+            question_type: str = "multi-choice", image: str = "images_version_1-4/image_1.png",
+            **extra: Any) -> dict[str, Any]:
+    """A row shaped like MathVerse's testmini.json, every field present."""
+    return {
+        "sample_index": sample_index, "problem_index": "1", "problem_version": version, "question": question,
+        "image": image, "answer": answer, "question_type": question_type,
+        "metadata": {"split": "testmini", "source": "GeoQA", "subject": "Plane Geometry", "subfield": "Angle"},
+        "query_wo": f"Please directly answer the question.\nQuestion: {question}",
+        "query_cot": f"Please first conduct reasoning.\nQuestion: {question}",
+        "question_for_eval": question, **extra,
+    }
+
+
+@pytest.fixture
+def mv_images(tmp_path: Path) -> Path:
+    """MathVerse's image folders, next to where the tests write the benchmark files."""
+    for folder, color in (("images_version_1-4", "red"), ("images_version_6", "blue")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "image_1.png").write_bytes(_image_bytes(color))
+    return tmp_path
+
+
+MV_ROWS = [
+    _mv_row("1"),
+    _mv_row("2", version="Text Lite", question="Find angle 2.\nChoice:\nA.30°\nB.60°\nC.90°", answer="C"),
+    _mv_row("3", version="Vision Intensive", question="Find x.\nChoices:\n(A) 1\n(B) 2\n(C) 3\n(D) 4", answer="A"),
+    _mv_row("4", version="Vision Dominant", question="How many triangles are there?", answer="3",
+            question_type="free-form"),
+    _mv_row("5", version="Vision Dominant", question="Find the length of AB.", answer="2\\sqrt{3}",
+            question_type="free-form"),
+    _mv_row("6", version="Text Only", image="", answer="D"),
+    # Vision Only: the whole question is drawn in the image; only question_for_eval has its text.
+    {**_mv_row("7", version="Vision Only", question="", image="images_version_6/image_1.png", answer="A"),
+     "question_for_eval": MV_QUESTION},
+]
+
+
+def _check_mv_load(load: BenchmarkLoad) -> None:
+    assert load.skipped == []
+    by_id = {p.problem_id: p for p in load.problems}
+    assert list(by_id) == [f"testmini-{i}" for i in range(1, 8)]
+    assert {pid: p.family for pid, p in by_id.items()} == {
+        "testmini-1": "Text Dominant", "testmini-2": "Text Lite", "testmini-3": "Vision Intensive",
+        "testmini-4": "Vision Dominant", "testmini-5": "Vision Dominant", "testmini-6": "Text Only",
+        "testmini-7": "Vision Only",
+    }
+    assert {p.source for p in load.problems} == {"testmini"}
+    assert {pid: (p.answer_type, p.answer, p.choices) for pid, p in by_id.items()} == {
+        "testmini-1": ("choice", "60°", ("30°", "60°", "90°", "120°")),
+        "testmini-2": ("choice", "90°", ("30°", "60°", "90°")),
+        "testmini-3": ("choice", "1", ("1", "2", "3", "4")),
+        "testmini-4": ("integer", "3", ()),
+        "testmini-5": ("text", "2\\sqrt{3}", ()),
+        "testmini-6": ("choice", "120°", ("30°", "60°", "90°", "120°")),
+        "testmini-7": ("choice", "30°", ("30°", "60°", "90°", "120°")),
+    }
+    # The full question, choices included, is the text shown; Vision Only shows only an instruction.
+    assert by_id["testmini-1"].question == MV_QUESTION
+    assert by_id["testmini-7"].question == VISION_ONLY_QUESTION
+    assert by_id["testmini-6"].image is None
+    for pid in ("testmini-1", "testmini-4", "testmini-7"):
+        _assert_png(by_id[pid].image)
+    # The mapped answers work with the existing choice scoring: the letter and the text both match.
+    first = by_id["testmini-1"]
+    for prediction, correct in (("B", True), ("60°", True), ("(B)", True), ("A", False), ("90", False)):
+        assert answers_match(prediction, first.answer, first.answer_type, first.choices) is correct
+
+
+def test_mathverse_jsonl_is_detected_and_loaded(tmp_path: Path, mv_images: Path) -> None:
+    path = _write_jsonl(tmp_path / "testmini.jsonl", MV_ROWS)
+    _check_mv_load(load_benchmark(path))
+
+
+def test_mathverse_parquet_is_detected_and_loaded(tmp_path: Path, mv_images: Path) -> None:
+    schema = pa.schema([
+        ("sample_index", pa.string()), ("problem_index", pa.string()), ("problem_version", pa.string()),
+        ("question", pa.string()), ("image", pa.string()), ("answer", pa.string()),
+        ("question_type", pa.string()),
+        ("metadata", pa.struct([(k, pa.string()) for k in ("split", "source", "subject", "subfield")])),
+        ("query_wo", pa.string()), ("query_cot", pa.string()), ("question_for_eval", pa.string()),
+    ])
+    pq.write_table(pa.Table.from_pylist(MV_ROWS, schema=schema), tmp_path / "testmini.parquet")
+    _check_mv_load(load_benchmark(tmp_path / "testmini.parquet"))
+
+
+def test_mathverse_parquet_with_embedded_images(tmp_path: Path) -> None:
+    # Hugging Face writes the image column as {"bytes", "path"}; sample_index may be an integer.
+    rows = [{"sample_index": 10, "problem_version": "Vision Only", "question": "",
+             "image": {"bytes": _image_bytes("green"), "path": "image_10.png"}, "answer": "C",
+             "question_type": "multi-choice", "question_for_eval": MV_QUESTION}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "mv.parquet")
+    load = load_benchmark(tmp_path / "mv.parquet")
+    assert load.skipped == []
+    [problem] = load.problems
+    assert (problem.problem_id, problem.family, problem.answer) == ("mv-10", "Vision Only", "90°")
+    _assert_png(problem.image)
+
+
+def test_mathverse_bad_rows_are_skipped_with_reasons(tmp_path: Path, mv_images: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    path = _write_jsonl(tmp_path / "mv.jsonl", [
+        '{"sample_index": "1", "question": ',  # malformed first line: detection waits for a real row
+        _mv_row("2"),
+        _mv_row("no-choices", question="Find angle 2. Choose the correct option."),
+        _mv_row("inline-choices", question="Find angle 2.\nChoices: A:30° B:60°"),
+        _mv_row("one-choice", question="Find angle 2.\nChoices:\nA:30°"),
+        _mv_row("letters-skip", question="Find angle 2.\nChoices:\nA:30°\nC:60°"),
+        _mv_row("out-of-range", answer="E"),
+        _mv_row("missing-image", image="images_version_1-4/image_404.png"),
+        _mv_row("bad-type", question_type="true-false"),
+        _mv_row("no-question", question="", question_for_eval=""),
+        {**_mv_row("vision-only-no-image", question="", image=""), "question_for_eval": MV_QUESTION},
+        _mv_row("2", answer="A"),
+        _mv_row("9", version="Vision Intensive", question="How long is AB?", answer="5",
+                question_type="free-form"),
+    ])
+    with caplog.at_level(logging.WARNING, logger="mmc_ray.tasks.benchmark"):
+        load = load_benchmark(path)
+    assert [(p.problem_id, p.answer) for p in load.problems] == [("mv-2", "60°"), ("mv-9", "5")]
+    skips = _skips(load)
+    assert set(skips) == {"line 1", "no-choices", "inline-choices", "one-choice", "letters-skip", "out-of-range",
+                          "missing-image", "bad-type", "no-question", "vision-only-no-image", "2"}
+    assert "malformed JSON" in skips["line 1"]
+    for row_id in ("no-choices", "inline-choices", "one-choice", "letters-skip"):
+        assert "parseable 'Choices:' block" in skips[row_id]
+    assert skips["out-of-range"] == "answer 'E' is not among choices ['30°', '60°', '90°', '120°']"
+    assert "image file not found" in skips["missing-image"] and "image_404.png" in skips["missing-image"]
+    assert "unsupported question_type 'true-false'" in skips["bad-type"]
+    assert skips["no-question"] == "missing question"
+    assert "no image" in skips["vision-only-no-image"]
+    assert skips["2"] == "duplicate id"
+    warned = {r.getMessage() for r in caplog.records if r.levelno == logging.WARNING}
+    assert any("out-of-range" in m and "not among choices" in m for m in warned)
+
+
+def test_mathverse_family_falls_back_to_file_name(tmp_path: Path, mv_images: Path) -> None:
+    row = _mv_row("1")
+    del row["problem_version"]  # still MathVerse: sample_index alone is enough to detect it
+    load = load_benchmark(_write_jsonl(tmp_path / "mv.jsonl", [row]))
+    assert [(p.problem_id, p.family, p.answer) for p in load.problems] == [("mv-1", "mv", "60°")]
+
+
+@pytest.mark.parametrize(
+    ("row", "expected"),
+    [(_mv_row("1"), "mathverse"), ({"problem_version": "Text Lite"}, "mathverse"),
+     ({"sample_index": "1"}, "mathverse"), ({"pid": "1", "question": "q", "answer": "1"}, "mathvista"),
+     ({"id": "1", "question": "q", "answer": "1", "metadata": {"split": "testmini"}}, "mathvista")],
+)
+def test_detect_format(row: dict[str, Any], expected: str) -> None:
+    assert detect_format(row) == expected
+
+
+def test_explicit_format(tmp_path: Path, mv_images: Path) -> None:
+    # MathVerse rows without the detection keys load as MathVerse only when told.
+    rows = [{k: v for k, v in _mv_row("1").items() if k not in ("sample_index", "problem_version")}]
+    path = _write_jsonl(tmp_path / "mv.jsonl", rows)
+    told = load_benchmark(path, fmt="mathverse")
+    assert [(p.problem_id, p.answer_type, p.answer) for p in told.problems] == [("mv-line 1", "choice", "60°")]
+    guessed = load_benchmark(path)  # read as MathVista: "multi-choice" is not its "multi_choice"
+    assert [(p.answer_type, p.answer, p.choices) for p in guessed.problems] == [("text", "B", ())]
+    assert [p.answer for p in load_problem_file(path, fmt="mathverse")] == ["60°"]
+
+    # Forcing MathVerse onto a MathVista file skips its rows (with reasons) instead of aborting.
+    vista = _write_jsonl(tmp_path / "vista.jsonl", [
+        {"pid": "1", "question": "q", "choices": ["a", "b"], "answer": "a", "question_type": "multi_choice"},
+    ])
+    assert _skips(load_benchmark(vista, fmt="mathverse")) == {
+        "line 1": "unsupported question_type 'multi_choice', expected 'multi-choice' or 'free-form'"}
+    assert [p.problem_id for p in load_benchmark(vista, fmt="mathvista").problems] == ["vista-1"]
+    with pytest.raises(ValueError, match="unknown benchmark format"):
+        load_benchmark(vista, fmt="mathvision")
+
+
+def test_mathverse_problems_round_trip_through_parquet(tmp_path: Path, mv_images: Path) -> None:
+    problems = load_benchmark(_write_jsonl(tmp_path / "testmini.jsonl", MV_ROWS)).problems
+    write_problems(problems, tmp_path / "out.parquet")
+    assert load_problem_file(tmp_path / "out.parquet") == problems

@@ -98,3 +98,12 @@ def test_unreachable_server_gives_error_completions():
     (result,) = engine.generate([request("hi")])
     assert result.completions[0].finish_reason == "error"
     assert "ConnectError" in result.completions[0].error
+
+
+def test_checked_in_openapi_spec_is_current():
+    from pathlib import Path
+
+    from mmc_ray.serve.app import openapi_spec
+
+    path = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
+    assert path.read_text() == openapi_spec(), "regenerate: mmc-ray serve --write-openapi docs/openapi.json"

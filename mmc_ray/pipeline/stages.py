@@ -1,0 +1,172 @@
+"""Each stage run with its summary printed: what the stage subcommands and the pipeline share.
+
+Heavy imports (torch, Ray, the engines) happen inside the functions, so importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mmc_ray.config import Config, TasksConfig
+
+RECORDS = "records"  # `refine --out DIR`: DIR/records/refine-*.parquet and DIR/report/
+
+
+def write_tasks(cfg: TasksConfig, out: Path) -> int:
+    from tqdm import tqdm
+
+    from mmc_ray.tasks.generator import generate_problems
+    from mmc_ray.tasks.problem import write_problems
+
+    problems = tqdm(generate_problems(cfg.n, seed=cfg.seed, families=cfg.families,
+                                      difficulties=cfg.difficulties, image_size=cfg.image_size),
+                    total=cfg.n, desc="tasks", unit="problem")
+    count = write_problems(problems, out)
+    print(f"wrote {count} problems to {out}")
+    return count
+
+
+def generate(cfg: Config, problems_path: Path, out: Path) -> Any:
+    from mmc_ray.engines.factory import build_engine
+    from mmc_ray.pipeline.generate import run_generate
+    from mmc_ray.tasks.benchmark import load_problem_file
+
+    problems = load_problem_file(problems_path)
+    engine = build_engine(cfg.actor)
+    return run_generate(problems, engine, cfg.generate, out, batch_size=cfg.actor.max_batch_size)
+
+
+def search(cfg: Config, problems_path: Path, out: Path, local: bool = False) -> Any:
+    from mmc_ray.pipeline.search import search_to_dir
+    from mmc_ray.tasks.benchmark import load_problem_file
+
+    problems = load_problem_file(problems_path)
+    if local:
+        from mmc_ray.engines.factory import build_engine
+        from mmc_ray.pipeline.dispatch import LocalDispatcher
+
+        summary = search_to_dir(problems, LocalDispatcher(build_engine(cfg.actor)), cfg.search, out)
+    else:
+        from mmc_ray.pipeline.dispatch import RayDispatcher
+        from mmc_ray.ray_runtime import init_ray
+        from mmc_ray.workers.group import create_worker_group
+        from mmc_ray.workers.role_worker import PolicyWorker
+
+        init_ray()
+        group = create_worker_group(PolicyWorker, cfg.actor)
+        try:
+            summary = search_to_dir(problems, RayDispatcher(group.workers), cfg.search, out)
+        finally:
+            group.shutdown()
+    _print_search_summary(summary, out)
+    return summary
+
+
+def annotate(cfg: Config, trees: Path, out: Path, local: bool = False) -> dict[str, Any]:
+    """Annotate; returns the dataset card's statistics."""
+    from mmc_ray.pipeline.annotate import annotate_to_dir
+    from mmc_ray.pipeline.dataset_card import card_stats
+
+    summary = annotate_to_dir(trees, out, cfg, local=local)
+    stats = card_stats(out)
+    splits = ", ".join(f"{s} {n}" for s, n in stats["split"].items())
+    agreement = f"{stats['agreement']:.2%}" if stats["agreement"] is not None else "n/a"
+    print(f"annotate: {summary.critiques} new critiques, {summary.drops} new drops, "
+          f"{summary.skipped_existing} pairs already done ({summary.seconds:.1f}s)")
+    print(f"dataset {out}: {stats['rows']} critiques ({splits}), {stats['drops']} drops; "
+          f"agreement with ground truth {agreement}; card: {summary.card}")
+    for reason, n in stats["drop_reason"].most_common(5):
+        print(f"  dropped {n}: {reason}")
+    return stats
+
+
+def train(cfg: Config, data: Path, out: Path, resume: bool = False) -> Any:
+    from mmc_ray.train.trainer import train as fit
+
+    summary = fit(cfg, data, out, resume=resume)
+    m = summary.metrics
+    losses = " -> ".join(f"{h['loss']:.3f}" for h in summary.history)
+    print(f"train: {m.get('step')} steps in {summary.seconds:.0f}s; loss {losses}; "
+          f"{m.get('tokens_per_s', 0):.0f} tokens/s/worker, data wait {m.get('data_wait_share', 0):.0%}; "
+          f"trainable {m.get('trainable_params')}/{m.get('total_params')} params; "
+          f"{m.get('examples_skipped')} examples skipped, {m.get('images_resized')} images resized")
+    print(f"checkpoint: {summary.checkpoint}\nexported critic: {summary.exported}")
+    return summary
+
+
+def refine(cfg: Config, problems_path: Path, out: Path, local: bool = False,
+           title: str = "refinement") -> Any:
+    """Refine and evaluate; returns the evaluation `Report`."""
+    from mmc_ray.refine.run import refine_to_dir
+    from mmc_ray.tasks.benchmark import load_problem_file
+    from mmc_ray.workers.pool import role_engine
+    from mmc_ray.workers.role_worker import CriticWorker, PolicyWorker
+
+    problems = load_problem_file(problems_path)
+    with role_engine(PolicyWorker, cfg.actor, local) as actor, \
+            role_engine(CriticWorker, cfg.critic, local) as critic:
+        summary = refine_to_dir(problems, actor, critic, cfg.refine, out / RECORDS)
+        engines = {"actor": actor.name, "critic": critic.name}
+    print(f"refine: {summary.problems} problems refined, {summary.resumed} already done; "
+          f"{summary.rounds} rounds in {summary.seconds:.1f}s")
+    r = cfg.refine
+    return report(out / RECORDS, out / "report", {
+        "title": title, "problems": str(problems_path), **engines,
+        "critic model": {"hf": cfg.critic.model_path, "openai": cfg.critic.base_url}.get(
+            cfg.critic.kind, cfg.critic.kind),
+        "max rounds": r.max_rounds, "temperatures": list(r.temperatures),
+        "mitigations": f"reject_repeats={r.reject_repeats} (samples {r.revision_samples}), "
+                       f"keep_best={r.keep_best}",
+    })
+
+
+def report(refine_dir: Path, out: Path, context: dict[str, Any]) -> Any:
+    from mmc_ray.eval.report import write_report
+
+    written = write_report(refine_dir, out, context)
+    m, c = written.metrics, written.metrics["critic"]
+    by_round = " -> ".join(f"{a:.1%}" for a in m["accuracy_by_round"])
+    f1 = "n/a" if c["step_f1"] is None else f"{c['step_f1']:.1%}"
+    print(f"eval: {m['problems']} problems; accuracy by round {by_round}; final {m['final_accuracy']:.1%} "
+          f"({m['wrong_to_right']} wrong->right, {m['right_to_wrong']} right->wrong)")
+    print(f"critic: verdict accuracy {c['verdict_accuracy'] or 0:.1%}, parsed {c['parse_rate'] or 0:.1%}, "
+          f"first-wrong-step F1 {f1}")
+    print(f"report: {written.markdown} (+ {written.json.name}, {written.plot.name})")
+    return written
+
+
+def _print_search_summary(summary, out: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from mmc_ray.pipeline.shards import shard_paths
+
+    columns = ["terminal_correct", "terminal_wrong", "root_value"]
+    rows = [r for p in shard_paths(out, "trees") for r in pq.read_table(p, columns=columns).to_pylist()]
+    divergent = sum(bool(r["terminal_correct"] and r["terminal_wrong"]) for r in rows)
+    print(f"search: {summary.trees} trees searched, {summary.resumed} already done, "
+          f"{len(summary.skipped)} skipped; {summary.expansions} expansions, {summary.rollouts} rollouts, "
+          f"{summary.tokens} tokens in {summary.engine_calls} engine calls "
+          f"({summary.expansions_per_s:.1f} expansions/s, {summary.failed_batches} failed batches, "
+          f"{summary.worker_restarts} lost with their worker)")
+    for problem_id, reason in summary.skipped:
+        print(f"  skipped {problem_id}: {reason}")
+    if rows:
+        mean_value = sum(r["root_value"] for r in rows) / len(rows)
+        print(f"trees in {out}: {len(rows)}; with both correct and wrong answers: {divergent}; "
+              f"mean root value {mean_value:.3f}")
+
+
+def print_generate_summaries(summaries: Sequence) -> None:
+    families = sorted({f for s in summaries for f in s.family_samples})
+    header = ["engine", "samples", "accuracy", "errors", "seconds", *families]
+    rows = [[s.engine, str(s.samples), f"{s.accuracy:.3f}", str(s.errors), f"{s.seconds:.1f}",
+             *(f"{s.family_correct.get(f, 0) / s.family_samples[f]:.3f}" if s.family_samples.get(f)
+               else "-" for f in families)]
+            for s in summaries]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+    for s in summaries:
+        print(f"results ({s.engine}): {s.out_path}")

@@ -1,0 +1,1 @@
+"""The critic as a Ray Serve application."""

@@ -1,0 +1,274 @@
+"""The critic service: one Ray Serve deployment with a FastAPI ingress.
+
+    POST /v1/critique          question, image, steps → Critique JSON
+    POST /v1/score_steps       same input → P(step i is sound) per step (a process reward model)
+    POST /v1/chat/completions  OpenAI-compatible (image_url data URIs), so `OpenAIEngine` works
+    GET  /v1/models            the served model and its checkpoint version
+    GET  /healthz
+
+Every generation goes through one `@serve.batch` method, so concurrent requests share engine
+calls. The engine is swapped in `reconfigure` when `user_config.checkpoint` changes: the new one
+is loaded first and then replaces the old, so requests in flight finish on the old engine and no
+request fails during a swap. A request's engine failure is a 500 for that request; the replica
+keeps serving.
+"""
+
+# No `from __future__ import annotations` here: Serve's ingress rebuilds the endpoint signatures
+# and FastAPI must see the request models as real classes to read them from the body.
+import asyncio
+import hmac
+import logging
+import os
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from ray import serve
+
+from mmc_ray.config import EngineConfig, ServeConfig
+from mmc_ray.critique.schema import parse_critique
+from mmc_ray.critique.step_scores import outcome_openings, step_scores
+from mmc_ray.engines.base import GenerationRequest, GenerationResult
+from mmc_ray.serve.protocol import (
+    ChatCompletionRequest,
+    CritiqueRequest,
+    CritiqueResponse,
+    RequestRejected,
+    ScoreStepsResponse,
+    Usage,
+    chat_generation,
+    critique_body,
+    critique_generation,
+)
+
+logger = logging.getLogger(__name__)
+api = FastAPI(title="mmc-ray critic", version="1",
+              description="A multimodal critic: critiques step-by-step solutions of visual questions.")
+
+
+class EngineFailed(RuntimeError):
+    pass
+
+
+@api.exception_handler(RequestRejected)
+async def _rejected(_: Request, err: RequestRejected) -> JSONResponse:
+    return JSONResponse({"error": {"field": err.field, "message": str(err)}}, status_code=err.status)
+
+
+OPEN_PATHS = ("/healthz", "/docs", "/openapi.json")
+# The replica's auth and body limit (one replica per process). Module state set through a module
+# function: Serve ships the deployment class by value but this module by reference, so only code
+# of this module sees the same globals as the middleware.
+_GUARD: dict[str, Any] = {"api_key": None, "max_body_bytes": 0}
+
+
+def configure_guard(api_key: str | None, max_body_bytes: int) -> None:
+    _GUARD.update(api_key=api_key, max_body_bytes=max_body_bytes)
+
+
+@api.middleware("http")
+async def _guard(request: Request, call_next: Any) -> Any:
+    """Bearer auth (constant-time compare) and the body-size limit, before any body is parsed."""
+    token: str | None = _GUARD["api_key"]
+    if token is not None and not request.url.path.endswith(OPEN_PATHS):
+        sent = request.headers.get("authorization", "")
+        if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+            return JSONResponse({"error": {"message": "missing or wrong bearer token"}}, status_code=401,
+                                headers={"WWW-Authenticate": "Bearer"})
+    limit: int = _GUARD["max_body_bytes"]
+    declared = request.headers.get("content-length", "")
+    size = int(declared) if declared.isdigit() else len(await request.body())
+    if limit and size > limit:
+        return JSONResponse({"error": {"field": "body", "message": f"body: {size} bytes, at most {limit}"}},
+                            status_code=413)
+    return await call_next(request)
+
+
+@api.exception_handler(RequestValidationError)
+async def _invalid(_: Request, err: RequestValidationError) -> JSONResponse:
+    first = err.errors()[0] if err.errors() else {"loc": ("body",), "msg": "invalid request"}
+    field = ".".join(str(x) for x in first["loc"] if x != "body") or "body"
+    return JSONResponse({"error": {"field": field, "message": f"{field}: {first['msg']}",
+                                   "details": jsonable_encoder(err.errors())}}, status_code=422)
+
+
+@api.exception_handler(EngineFailed)
+async def _engine_failed(_: Request, err: EngineFailed) -> JSONResponse:
+    return JSONResponse({"error": {"message": str(err)}}, status_code=500)
+
+
+def resolve_api_key(cfg: ServeConfig) -> str | None:
+    """The bearer token clients must send, from the environment or a file; None = no auth."""
+    if token := os.environ.get(cfg.api_key_env, "").strip():
+        return token
+    if cfg.api_key_file and Path(cfg.api_key_file).is_file():
+        return Path(cfg.api_key_file).read_text().strip() or None
+    return None
+
+
+@serve.deployment
+@serve.ingress(api)
+class CriticServer:
+    def __init__(self, serve_cfg: ServeConfig, engine_cfg: EngineConfig, api_key: str | None) -> None:
+        self.cfg = serve_cfg
+        self.engine_cfg = engine_cfg
+        self.api_key = api_key
+        self.engine: Any = None
+        self.checkpoint = ""
+        self.version = 0
+        self.loaded_at = 0.0
+        self._loading = threading.Lock()
+        self._watcher: threading.Thread | None = None
+        configure_guard(api_key, serve_cfg.max_body_bytes)
+        self.generate_batch.set_max_batch_size(serve_cfg.max_batch_size)
+        self.generate_batch.set_batch_wait_timeout_s(serve_cfg.batch_wait_timeout_s)
+        # The checkpoint arrives through `reconfigure` (Serve calls it before the replica is ready).
+
+    def _load(self, checkpoint: str) -> None:
+        from mmc_ray.engines.factory import build_engine
+
+        with self._loading:
+            if checkpoint == self.checkpoint:
+                return
+            engine = build_engine(replace(self.engine_cfg, model_path=checkpoint))
+            self.engine, self.checkpoint = engine, checkpoint  # swap only once the new one is ready
+            self.version += 1
+            self.loaded_at = time.time()
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Serve calls this with the deployment's `user_config`: a new `checkpoint` hot-swaps."""
+        if checkpoint := user_config.get("checkpoint"):
+            self._load(checkpoint)
+        if self._watcher is None:
+            self._watcher = threading.Thread(target=self._watch_registry, daemon=True)
+            self._watcher.start()
+
+    def _watch_registry(self) -> None:
+        """Follow the checkpoint registry (see `mmc_ray.serve.checkpoints`)."""
+        import ray
+
+        from mmc_ray.serve.checkpoints import registry
+
+        app = serve.get_replica_context().app_name
+        while True:
+            time.sleep(self.cfg.checkpoint_poll_s)
+            try:
+                wanted = ray.get(registry().get.remote(app), timeout=30).get("checkpoint")
+                if wanted:
+                    self._load(wanted)
+            except Exception as e:  # a bad checkpoint or a registry hiccup must not kill serving
+                logger.warning("checkpoint watch: %s: %s", type(e).__name__, e)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.02)
+    async def generate_batch(self, requests: list[GenerationRequest]) -> list[GenerationResult | Exception]:
+        engine = self.engine
+        try:
+            # In a thread: the event loop keeps answering health checks while the model runs.
+            return await asyncio.to_thread(engine.generate, requests)
+        except Exception as e:  # one failed batch fails its requests, not the replica
+            return [EngineFailed(f"engine failed: {type(e).__name__}: {e}")] * len(requests)
+
+    async def _generate(self, request: GenerationRequest) -> GenerationResult:
+        result = await self.generate_batch(request)
+        if isinstance(result, Exception):
+            raise result
+        failed = [c.error for c in result.completions if c.finish_reason == "error"]
+        if failed:
+            raise EngineFailed(f"engine failed: {failed[0]}")
+        return result
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict[str, Any]:
+        return {"status": "ok", "model": self.cfg.served_model, "version": self.version, "pid": os.getpid()}
+
+    @api.get("/v1/models")
+    async def models(self) -> dict[str, Any]:
+        return {"object": "list", "data": [{
+            "id": self.cfg.served_model, "object": "model", "owned_by": "mmc-ray",
+            "created": int(self.loaded_at), "version": self.version, "checkpoint": self.checkpoint}]}
+
+    @api.post("/v1/critique", response_model=CritiqueResponse)
+    async def critique(self, body: CritiqueRequest) -> CritiqueResponse:
+        result = await self._generate(critique_generation(body, self.cfg))
+        completion = result.completions[0]
+        parsed = parse_critique(completion.text, num_steps=len(body.steps))
+        return CritiqueResponse(
+            critique=critique_body(parsed.critique), text=completion.text, parse_error=parsed.error,
+            model=self.cfg.served_model, version=self.version,
+            usage=Usage(prompt_tokens=result.prompt_tokens, completion_tokens=completion.completion_tokens,
+                        total_tokens=result.prompt_tokens + completion.completion_tokens))
+
+    @api.post("/v1/score_steps", response_model=ScoreStepsResponse)
+    async def score_steps(self, body: CritiqueRequest) -> ScoreStepsResponse:
+        """The critic as a process reward model: one soundness probability per step."""
+        engine = self.engine
+        if not hasattr(engine, "score"):
+            raise RequestRejected("model", f"engine {engine.name} cannot score continuations", status=501)
+        request = critique_generation(body, self.cfg)
+        openings = outcome_openings(len(body.steps))
+        try:
+            logprobs = await asyncio.to_thread(engine.score, request, openings)
+        except Exception as e:
+            raise EngineFailed(f"engine failed: {type(e).__name__}: {e}") from e
+        scores = step_scores(logprobs)
+        return ScoreStepsResponse(step_sound=list(scores.step_sound), p_correct=scores.p_correct,
+                                  first_wrong_step=list(scores.first_wrong_step),
+                                  model=self.cfg.served_model, version=self.version)
+
+    @api.post("/v1/chat/completions")
+    async def chat_completions(self, body: ChatCompletionRequest) -> dict[str, Any]:
+        result = await self._generate(chat_generation(body, self.cfg))
+        completion_tokens = sum(c.completion_tokens for c in result.completions)
+        return {
+            "id": f"chatcmpl-{time.time_ns():x}", "object": "chat.completion", "created": int(time.time()),
+            "model": self.cfg.served_model,
+            "choices": [{
+                "index": i, "message": {"role": "assistant", "content": c.text},
+                "finish_reason": c.finish_reason,
+                "logprobs": None if c.logprobs is None
+                else {"content": [{"logprob": lp} for lp in c.logprobs]},
+            } for i, c in enumerate(result.completions)],
+            "usage": {"prompt_tokens": result.prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": result.prompt_tokens + completion_tokens},
+        }
+
+
+def build_critic_app(serve_cfg: ServeConfig, engine_cfg: EngineConfig) -> serve.Application:
+    """The application, with replicas, resources, batching and limits from `serve_cfg`."""
+    options: dict[str, Any] = {
+        "ray_actor_options": {"num_cpus": serve_cfg.num_cpus, "num_gpus": serve_cfg.num_gpus},
+        "max_ongoing_requests": serve_cfg.max_ongoing_requests,
+        "user_config": {"checkpoint": serve_cfg.checkpoint},
+    }
+    if serve_cfg.max_replicas > 0:
+        options["autoscaling_config"] = {"min_replicas": serve_cfg.min_replicas,
+                                         "max_replicas": serve_cfg.max_replicas,
+                                         "target_ongoing_requests": serve_cfg.target_ongoing_requests}
+    else:
+        options["num_replicas"] = serve_cfg.num_replicas
+    # The checkpoint lives only in user_config: a new one then changes nothing else, and Serve
+    # reconfigures the running replicas instead of replacing them.
+    return CriticServer.options(**options).bind(replace(serve_cfg, checkpoint=""), engine_cfg,
+                                                resolve_api_key(serve_cfg))
+
+
+def app_builder(args: dict[str, Any]) -> serve.Application:
+    """Entry point for `serve run` / `serve deploy` / a KubeRay RayService:
+    `import_path: mmc_ray.serve.app:app_builder`, `args: {config: path.yaml, overrides: [...]}`."""
+    from mmc_ray.config import load_config
+
+    cfg = load_config(args.get("config"), list(args.get("overrides", [])))
+    return build_critic_app(cfg.serve, cfg.critic)
+
+
+def openapi_spec() -> str:
+    """The service's OpenAPI document as JSON text (checked in as docs/openapi.json)."""
+    import json
+
+    return json.dumps(api.openapi(), indent=2, sort_keys=True) + "\n"

@@ -1,0 +1,43 @@
+"""Which critic checkpoint each served app should run: a small named Ray actor that every replica
+watches. Setting a new checkpoint swaps it on all replicas in place (each loads the new critic,
+then switches; requests in flight finish on the old one), without redeploying the app.
+
+Serve's own `user_config` does the same for `serve deploy` / RayService configs, where a changed
+`user_config` is a lightweight update; a Python `serve.run` instead replaces every replica, so
+`mmc_ray.serve.deploy` goes through this registry when only the checkpoint changes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray
+
+REGISTRY_NAME = "mmc-ray-critic-checkpoints"
+NAMESPACE = "mmc-ray"
+
+
+@ray.remote(num_cpus=0)
+class CheckpointRegistry:
+    def __init__(self) -> None:
+        self._apps: dict[str, dict[str, Any]] = {}
+
+    def set(self, app: str, checkpoint: str, fingerprint: str = "") -> None:
+        entry = self._apps.setdefault(app, {})
+        entry["checkpoint"] = checkpoint
+        if fingerprint:
+            entry["fingerprint"] = fingerprint
+
+    def get(self, app: str) -> dict[str, Any]:
+        return dict(self._apps.get(app, {}))
+
+
+def registry() -> Any:
+    """The cluster's registry actor (created, detached, on first use)."""
+    return CheckpointRegistry.options(name=REGISTRY_NAME, namespace=NAMESPACE, lifetime="detached",
+                                      get_if_exists=True).remote()
+
+
+def swap_checkpoint(app: str, checkpoint: str) -> None:
+    """Point every replica of `app` at `checkpoint` (they pick it up within a second or so)."""
+    ray.get(registry().set.remote(app, checkpoint))

@@ -1,0 +1,40 @@
+"""Start the critic service on the connected Ray cluster, or hot-swap its checkpoint.
+
+Deploying again with only `serve.checkpoint` changed does not redeploy: it points the checkpoint
+registry at the new critic and every replica swaps it in place (`mmc_ray.serve.checkpoints`).
+Any other change redeploys the app (Serve replaces replicas without dropping requests).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from mmc_ray.config import Config
+from mmc_ray.seeding import stable_hash
+
+APP_NAME = "mmc-critic"
+
+
+def deploy(cfg: Config, app_name: str = APP_NAME, route_prefix: str = "/") -> str:
+    """Deploy (or hot-swap) the critic app; returns its base URL (…/v1 is the OpenAI-compatible root)."""
+    import ray
+    from ray import serve
+
+    from mmc_ray.ray_runtime import init_ray
+    from mmc_ray.serve.app import build_critic_app
+    from mmc_ray.serve.checkpoints import registry
+
+    init_ray()
+    url = f"http://{cfg.serve.host}:{cfg.serve.port}{route_prefix.rstrip('/')}"
+    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+    fingerprint = str(stable_hash(dataclasses.replace(cfg.serve, checkpoint=""), cfg.critic, route_prefix))
+    checkpoints = registry()
+    current = ray.get(checkpoints.get.remote(app_name))
+    app = serve.status().applications.get(app_name)
+    if app is not None and app.status == "RUNNING" and current.get("fingerprint") == fingerprint:
+        ray.get(checkpoints.set.remote(app_name, cfg.serve.checkpoint))
+        return url
+    # Set first: replicas of the new deployment must not follow a checkpoint left from an older one.
+    ray.get(checkpoints.set.remote(app_name, cfg.serve.checkpoint, fingerprint))
+    serve.run(build_critic_app(cfg.serve, cfg.critic), name=app_name, route_prefix=route_prefix)
+    return url

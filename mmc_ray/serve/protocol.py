@@ -1,0 +1,199 @@
+"""Request and response models of the critic service, and the checks that turn a request into a
+`GenerationRequest` under the configured limits. No Ray, no torch: testable on its own.
+
+Types and shapes are checked by pydantic (422 naming the field); sizes are checked here against
+`ServeConfig` and raise `RequestRejected` (413 for bytes, 422 otherwise) naming the field too.
+Images come as base64 or a `data:` URI; remote URLs are refused: the server never fetches.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from mmc_ray.config import ServeConfig
+from mmc_ray.critique.prompts import critic_turn
+from mmc_ray.critique.schema import ERROR_TYPES, Critique
+from mmc_ray.engines.base import GenerationRequest
+from mmc_ray.images import ImageRejected, to_png
+
+
+class RequestRejected(ValueError):
+    def __init__(self, field: str, message: str, status: int = 422) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field, self.status = field, status
+
+
+class CritiqueRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    question: str = Field(min_length=1, description="the question the solution answers")
+    steps: list[str] = Field(min_length=1, description="the solution's reasoning steps, in order")
+    answer: str | None = Field(default=None, description="the solution's final answer")
+    image: str | None = Field(default=None, description="base64 PNG/JPEG bytes or a data: URI")
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+
+
+class CritiqueBody(BaseModel):
+    verdict: Literal["correct", "incorrect"]
+    first_wrong_step: int | None = None
+    error_type: Literal[ERROR_TYPES] | None = None  # type: ignore[valid-type]
+    explanation: str
+    correction: str = ""
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class CritiqueResponse(BaseModel):
+    critique: CritiqueBody | None = Field(description="null when the critic's output did not parse")
+    text: str = Field(description="the critic's raw output")
+    parse_error: str = ""
+    model: str
+    version: int
+    usage: Usage
+
+
+class ScoreStepsResponse(BaseModel):
+    step_sound: list[float] = Field(description="P(step i is sound), i = 1..n")
+    p_correct: float = Field(description="P(the solution is correct)")
+    first_wrong_step: list[float] = Field(description="P(the first wrong step is k), k = 1..n")
+    model: str
+    version: int
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ImageURL(BaseModel):
+    url: str
+
+
+class ImagePart(BaseModel):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str | list[ContentPart]
+
+
+class ChatCompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields we do not use
+
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    n: int = Field(default=1, ge=1, le=8)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    logprobs: bool = False
+    stream: bool = False
+
+
+def decode_image(value: str, cfg: ServeConfig, field: str) -> bytes:
+    """base64 or data-URI text → PNG bytes, within the byte and pixel limits."""
+    if value.startswith(("http://", "https://")):
+        raise RequestRejected(field, "remote image URLs are refused (the server fetches nothing); "
+                                     "send base64 or a data: URI")
+    if value.startswith("data:"):
+        header, sep, value = value.partition(",")
+        if not sep or not header.endswith(";base64"):
+            raise RequestRejected(field, "a data: URI must be data:<mime>;base64,<data>")
+    if len(value) > cfg.max_image_bytes * 4 // 3 + 4:
+        raise RequestRejected(field, f"image is larger than {cfg.max_image_bytes} bytes", status=413)
+    try:
+        data = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise RequestRejected(field, "not valid base64") from None
+    try:
+        return to_png(data, cfg.max_image_pixels)
+    except ImageRejected as e:
+        raise RequestRejected(field, str(e)) from None
+
+
+def _max_tokens(requested: int | None, cfg: ServeConfig, field: str) -> int:
+    if requested is None:
+        return cfg.default_max_tokens
+    if requested > cfg.max_tokens:
+        raise RequestRejected(field, f"{requested} is more than this server's limit {cfg.max_tokens}")
+    return requested
+
+
+def _check_text(text: str, limit: int, field: str) -> None:
+    if len(text) > limit:
+        raise RequestRejected(field, f"{len(text)} characters, at most {limit}")
+
+
+def critique_generation(req: CritiqueRequest, cfg: ServeConfig) -> GenerationRequest:
+    _check_text(req.question, cfg.max_question_chars, "question")
+    if len(req.steps) > cfg.max_steps:
+        raise RequestRejected("steps", f"{len(req.steps)} steps, at most {cfg.max_steps}")
+    for i, step in enumerate(req.steps):
+        _check_text(step, cfg.max_step_chars, f"steps[{i}]")
+    _check_text(req.answer or "", cfg.max_step_chars, "answer")
+    images = (decode_image(req.image, cfg, "image"),) if req.image else ()
+    return GenerationRequest(
+        messages=critic_turn(req.question, bool(images), req.steps, req.answer), images=images,
+        temperature=req.temperature, max_new_tokens=_max_tokens(req.max_tokens, cfg, "max_tokens"),
+    )
+
+
+def chat_generation(req: ChatCompletionRequest, cfg: ServeConfig) -> GenerationRequest:
+    if req.stream:
+        raise RequestRejected("stream", "streaming is not supported; send stream=false")
+    messages: list[dict[str, Any]] = []
+    images: list[bytes] = []
+    chars = 0
+    for i, m in enumerate(req.messages):
+        if isinstance(m.content, str):
+            chars += len(m.content)
+            messages.append({"role": m.role, "content": m.content})
+            continue
+        parts: list[dict[str, Any]] = []
+        for j, part in enumerate(m.content):
+            if isinstance(part, TextPart):
+                chars += len(part.text)
+                parts.append({"type": "text", "text": part.text})
+            else:
+                field = f"messages[{i}].content[{j}].image_url.url"
+                images.append(decode_image(part.image_url.url, cfg, field))
+                parts.append({"type": "image"})
+        messages.append({"role": m.role, "content": parts})
+    limit = cfg.max_question_chars + cfg.max_steps * cfg.max_step_chars
+    if chars > limit:
+        raise RequestRejected("messages", f"{chars} characters of text, at most {limit}")
+    prefix = ""
+    if messages[-1]["role"] == "assistant" and isinstance(messages[-1]["content"], str):
+        # A trailing assistant turn is continued, as vLLM's continue_final_message does.
+        prefix = messages.pop()["content"]
+    stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
+    return GenerationRequest(
+        messages=tuple(messages), images=tuple(images), assistant_prefix=prefix, n=req.n,
+        temperature=req.temperature, top_p=req.top_p, stop=stop, seed=req.seed, logprobs=req.logprobs,
+        max_new_tokens=_max_tokens(req.max_completion_tokens or req.max_tokens, cfg, "max_tokens"),
+    )
+
+
+def critique_body(critique: Critique | None) -> CritiqueBody | None:
+    if critique is None:
+        return None
+    return CritiqueBody(verdict=critique.verdict, first_wrong_step=critique.first_wrong_step,
+                        error_type=critique.error_type, explanation=critique.explanation,
+                        correction=critique.correction)

@@ -1,0 +1,221 @@
+"""The critic service on a real local Ray Serve (127.0.0.1 only), with the tiny random-weight critic."""
+
+import base64
+import dataclasses
+import io
+import shutil
+import socket
+import struct
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from PIL import Image
+
+from mmc_ray.config import Config, EngineConfig, RefineConfig, ServeConfig, SimulatorConfig
+from mmc_ray.critique.prompts import critic_messages
+from mmc_ray.engines.base import GenerationRequest
+from mmc_ray.engines.openai import OpenAIEngine
+from mmc_ray.engines.simulated import SimulatedActorEngine
+from mmc_ray.refine.loop import RefinementLoop
+from mmc_ray.tasks.generator import generate_problems
+
+PROBLEM = next(generate_problems(1, seed=4))
+B64_IMAGE = base64.b64encode(PROBLEM.image).decode()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def service(ray_local, tiny_vlm_path, tmp_path_factory):
+    """The app deployed twice: open at /, and with a bearer token at /secure."""
+    from ray import serve
+
+    from mmc_ray.serve.deploy import deploy
+
+    port = free_port()
+    serve_cfg = ServeConfig(checkpoint=str(tiny_vlm_path), port=port, num_cpus=0.25, max_batch_size=8,
+                            max_ongoing_requests=16, max_steps=6, max_tokens=64, default_max_tokens=24,
+                            max_body_bytes=1 << 20, max_image_bytes=200_000, max_image_pixels=512 * 512)
+    cfg = Config(serve=serve_cfg, critic=EngineConfig(kind="hf", device="cpu", dtype="float32",
+                                                      min_pixels=3136, max_pixels=12544))
+    url = deploy(cfg)
+    key_file = tmp_path_factory.mktemp("secret") / "key"
+    key_file.write_text("s3cret\n")
+    secure = dataclasses.replace(cfg, serve=dataclasses.replace(serve_cfg, api_key_file=str(key_file),
+                                                                api_key_env="MMC_TEST_UNSET_KEY"))
+    secure_url = deploy(secure, app_name="secure", route_prefix="/secure")
+    client = httpx.Client(timeout=120)
+    pid = client.get(f"{url}/healthz").json()["pid"]
+    yield {"url": url, "secure": secure_url, "cfg": cfg, "client": client, "pid": pid}
+    serve.shutdown()
+
+
+def critique_body(**overrides):
+    body = {"question": PROBLEM.question, "steps": ["Count the shapes: 3.", "So the answer is 3."],
+            "answer": "3", "image": B64_IMAGE, "max_tokens": 16}
+    return {**body, **overrides}
+
+
+def test_health_models_and_a_critique(service):
+    client, url = service["client"], service["url"]
+    assert client.get(f"{url}/healthz").json()["status"] == "ok"
+    models = client.get(f"{url}/v1/models").json()["data"]
+    assert models[0]["id"] == "mmc-critic" and models[0]["version"] >= 1
+    reply = client.post(f"{url}/v1/critique", json=critique_body(image="data:image/png;base64," + B64_IMAGE))
+    assert reply.status_code == 200, reply.text
+    data = reply.json()
+    assert data["model"] == "mmc-critic" and data["usage"]["completion_tokens"] <= 16
+    # random weights: the text rarely parses; either way the reply says what happened
+    assert (data["critique"] is None) == bool(data["parse_error"])
+    spec = client.get(f"{url}/openapi.json").json()
+    assert {"/v1/critique", "/v1/score_steps", "/v1/chat/completions", "/v1/models", "/healthz"} <= set(spec["paths"])
+
+
+def test_score_steps_gives_a_soundness_probability_per_step(service):
+    reply = service["client"].post(f"{service['url']}/v1/score_steps",
+                                   json=critique_body(steps=["a", "b", "c"]))
+    assert reply.status_code == 200, reply.text
+    data = reply.json()
+    assert len(data["step_sound"]) == len(data["first_wrong_step"]) == 3
+    assert data["p_correct"] + sum(data["first_wrong_step"]) == pytest.approx(1.0)
+    assert data["step_sound"] == sorted(data["step_sound"], reverse=True)
+    assert all(0 < p <= 1 for p in data["step_sound"])
+
+
+def test_openai_engine_talks_to_the_service(service):
+    engine = OpenAIEngine(f"{service['url']}/v1", "mmc-critic")
+    request = GenerationRequest(messages=critic_messages(PROBLEM, ["a", "b"], "3"), images=(PROBLEM.image,),
+                                n=2, max_new_tokens=8, temperature=1.0, seed=1)
+    (result,) = engine.generate([request])
+    assert [c.finish_reason for c in result.completions] in (["length", "length"], ["stop", "length"],
+                                                             ["length", "stop"], ["stop", "stop"])
+    assert all(c.completion_tokens >= 0 for c in result.completions) and result.prompt_tokens > 100
+
+
+def bomb_png(width=30_000, height=30_000) -> str:
+    """A valid PNG header claiming 900 M pixels (the pixels are never sent)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    png += chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    return base64.b64encode(png).decode()
+
+
+def big_png() -> str:
+    buf = io.BytesIO()
+    Image.effect_noise((600, 600), 100).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+@pytest.mark.parametrize(("overrides", "status", "field"), [
+    ({"steps": [f"step {i}" for i in range(7)]}, 422, "steps"),
+    ({"steps": ["x" * 2001]}, 422, "steps[0]"),
+    ({"image": "https://example.com/cat.png"}, 422, "image"),
+    ({"image": "not base64 at all!"}, 422, "image"),
+    ({"image": base64.b64encode(b"GIF89a but not really").decode()}, 422, "image"),
+    ({"image": bomb_png()}, 422, "image"),
+    ({"max_tokens": 65}, 422, "max_tokens"),
+])
+def test_limits_are_4xx_naming_the_field(service, overrides, status, field):
+    reply = service["client"].post(f"{service['url']}/v1/critique", json=critique_body(**overrides))
+    assert reply.status_code == status, reply.text
+    assert reply.json()["error"]["field"] == field
+
+
+def test_schema_errors_and_oversized_bodies_are_4xx(service):
+    client, url = service["client"], service["url"]
+    for body in ({"question": "q"}, {"question": 3, "steps": "abc"}, {"question": "q", "steps": ["a"], "x": 1}):
+        assert client.post(f"{url}/v1/critique", json=body).status_code == 422
+    assert client.post(f"{url}/v1/critique", content=b"{not json", headers={"content-type": "application/json"}
+                       ).status_code == 422
+    assert client.post(f"{url}/v1/critique", json=critique_body(image=big_png() * 3)).status_code == 413
+    chat = {"messages": [{"role": "user", "content": "hi"}], "stream": True}
+    assert client.post(f"{url}/v1/chat/completions", json=chat).json()["error"]["field"] == "stream"
+    assert client.get(f"{url}/healthz").status_code == 200  # the replica is still serving
+
+
+def test_bearer_token_is_required_when_configured(service):
+    client, url = service["client"], service["secure"]
+    assert client.get(f"{url}/healthz").status_code == 200  # probes need no token
+    assert client.get(f"{url}/v1/models").status_code == 401
+    assert client.get(f"{url}/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    ok = client.post(f"{url}/v1/critique", json=critique_body(), headers={"Authorization": "Bearer s3cret"})
+    assert ok.status_code == 200, ok.text
+    assert client.post(f"{url}/v1/critique", json=critique_body()).status_code == 401
+
+
+def test_hot_swap_under_load_fails_no_request(service, tmp_path):
+    from mmc_ray.serve.deploy import deploy
+
+    client, url, cfg = service["client"], service["url"], service["cfg"]
+    before = client.get(f"{url}/v1/models").json()["data"][0]
+    new_checkpoint = shutil.copytree(before["checkpoint"], tmp_path / "critic-v2")
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(client.post, f"{url}/v1/critique", json=critique_body(max_tokens=8))
+                   for _ in range(16)]
+        deploy(dataclasses.replace(cfg, serve=dataclasses.replace(cfg.serve, checkpoint=str(new_checkpoint))))
+        futures += [pool.submit(client.post, f"{url}/v1/critique", json=critique_body(max_tokens=8))
+                    for _ in range(8)]
+        deadline = time.time() + 60
+        while client.get(f"{url}/v1/models").json()["data"][0]["version"] == before["version"]:
+            assert time.time() < deadline, "the replica never swapped"
+            futures.append(pool.submit(client.post, f"{url}/v1/critique", json=critique_body(max_tokens=8)))
+            time.sleep(0.2)
+        statuses = [f.result().status_code for f in futures]
+    assert statuses == [200] * len(statuses)
+    after = client.get(f"{url}/v1/models").json()["data"][0]
+    assert after["checkpoint"] == str(new_checkpoint) and after["version"] == before["version"] + 1
+    assert service["pid"] == client.get(f"{url}/healthz").json()["pid"]  # swapped in place, not restarted
+
+
+def test_refinement_loop_through_the_served_critic(service):
+    problems = list(generate_problems(3, seed=8))
+    critic = OpenAIEngine(f"{service['url']}/v1", "mmc-critic")
+    actor = SimulatedActorEngine(SimulatorConfig())
+    rows = RefinementLoop(actor, critic, RefineConfig(max_rounds=1, critic_max_new_tokens=24)).run(problems)
+    assert {r["problem_id"] for r in rows} == {p.problem_id for p in problems}
+    assert all(r["critic_text"] and not r["critic_parse_error"].startswith("openai") for r in rows)
+    assert sum(r["final"] for r in rows) == 3
+
+
+def fuzz_bodies():
+    from hypothesis import strategies as st
+
+    text = st.text(max_size=50) | st.just("x" * 5000)
+    image = st.one_of(st.none(), text, st.binary(max_size=300).map(lambda b: base64.b64encode(b).decode()),
+                      st.just(bomb_png()), st.just("data:image/png;base64,@@@"), st.just("http://10.0.0.1/a.png"))
+    scalar = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False, allow_infinity=False), text)
+    well_typed = st.fixed_dictionaries({
+        "question": text, "steps": st.lists(text, max_size=8), "image": image,
+        "max_tokens": st.integers(min_value=-5, max_value=4) | st.just(10**9),
+        "temperature": st.floats(allow_nan=False, allow_infinity=False, min_value=-1, max_value=3)})
+    junk = st.dictionaries(st.text(max_size=10), st.recursive(scalar, lambda c: st.lists(c, max_size=3)
+                                                             | st.dictionaries(st.text(max_size=5), c, max_size=3),
+                                                             max_leaves=8), max_size=5)
+    return well_typed | junk | st.lists(scalar, max_size=3)
+
+
+def test_fuzzed_bodies_never_get_a_5xx(service):
+    from hypothesis import HealthCheck, given, settings
+
+    client, url = service["client"], service["url"]
+
+    @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(body=fuzz_bodies())
+    def check(body):
+        for path in ("/v1/critique", "/v1/score_steps"):
+            reply = client.post(f"{url}{path}", json=body)
+            assert reply.status_code < 500, (path, body, reply.text)
+
+    check()
+    chat = client.post(f"{url}/v1/chat/completions", json={"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64," + bomb_png()}}]}]})
+    assert chat.status_code == 422
+    assert client.get(f"{url}/healthz").json()["pid"] == service["pid"]  # same replica, still up
