@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="critic: a dataset folder from `annotate`; actor-sft: a folder of problem files")
     train.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, hf/ export)")
     train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    train.add_argument("--serve-app", metavar="APP",
+                       help="when exported, hot-swap the critic of this running `mmc-ray serve` app")
     _add_config_args(train)
 
     refine = commands.add_parser("refine", help="actor-critic refinement of a problem file, and its report")
@@ -160,7 +162,12 @@ def cmd_annotate(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     cfg = _config(args, [f"train.task={args.task}"] if args.task else [])
-    stages.train(cfg, args.data, args.out, resume=args.resume)
+    summary = stages.train(cfg, args.data, args.out, resume=args.resume)
+    if args.serve_app:
+        from mmc_ray.serve.checkpoints import swap_checkpoint
+
+        swap_checkpoint(args.serve_app, str(summary.exported))
+        print(f"serve: app {args.serve_app} now loads {summary.exported}")
 
 
 def cmd_refine(args: argparse.Namespace) -> None:

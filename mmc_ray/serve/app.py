@@ -195,7 +195,8 @@ class CriticServer:
 
     @api.post("/v1/critique", response_model=CritiqueResponse)
     async def critique(self, body: CritiqueRequest) -> CritiqueResponse:
-        result = await self._generate(critique_generation(body, self.cfg))
+        # Image checks decode pixels: off the event loop, which keeps filling the batch meanwhile.
+        result = await self._generate(await asyncio.to_thread(critique_generation, body, self.cfg))
         completion = result.completions[0]
         parsed = parse_critique(completion.text, num_steps=len(body.steps))
         return CritiqueResponse(
@@ -210,7 +211,7 @@ class CriticServer:
         engine = self.engine
         if not hasattr(engine, "score"):
             raise RequestRejected("model", f"engine {engine.name} cannot score continuations", status=501)
-        request = critique_generation(body, self.cfg)
+        request = await asyncio.to_thread(critique_generation, body, self.cfg)
         openings = outcome_openings(len(body.steps))
         try:
             logprobs = await asyncio.to_thread(engine.score, request, openings)
@@ -223,7 +224,7 @@ class CriticServer:
 
     @api.post("/v1/chat/completions")
     async def chat_completions(self, body: ChatCompletionRequest) -> dict[str, Any]:
-        result = await self._generate(chat_generation(body, self.cfg))
+        result = await self._generate(await asyncio.to_thread(chat_generation, body, self.cfg))
         completion_tokens = sum(c.completion_tokens for c in result.completions)
         return {
             "id": f"chatcmpl-{time.time_ns():x}", "object": "chat.completion", "created": int(time.time()),
