@@ -283,6 +283,7 @@ class PipelineConfig:
     refine_train_problems: bool = True  # refine each round's training problems too; their critiqued
                                         # answers (rule-annotated) join the critic's data next round
     oracle_baseline: bool = True        # also refine with the rule (oracle) critic: the bound to beat
+    streaming: bool = True              # search → annotate → train as one streamed Ray Data graph
 
     def __post_init__(self) -> None:
         _require(self.rounds >= 1, "rounds", "must be >= 1")

@@ -17,3 +17,10 @@ def init_ray() -> None:
     # Local runs (tests, the demo, a laptop) skip token auth; clusters keep their own setting.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(ignore_reinit_error=True)
+
+
+def actor_pool(size: int):
+    """`compute=` for a class-based Ray Data stage: a fixed pool of `size` actors."""
+    import ray.data
+
+    return ray.data.ActorPoolStrategy(size=size)

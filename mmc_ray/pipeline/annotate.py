@@ -27,6 +27,7 @@ from mmc_ray.mcts.pairs import balanced_sample, mine_pairs_from_row
 from mmc_ray.pipeline.dataset_card import SPLITS, write_card
 from mmc_ray.pipeline.search import TREE_SHARD_PREFIX
 from mmc_ray.pipeline.shards import ShardWriter, finished_ids, shard_paths
+from mmc_ray.ray_runtime import actor_pool
 from mmc_ray.schemas import CRITIQUE_SCHEMA, DROP_SCHEMA, PAIR_SCHEMA, PROBLEM_SCHEMA
 from mmc_ray.seeding import stable_unit
 from mmc_ray.tasks.problem import Problem
@@ -185,17 +186,18 @@ def _local_outcomes(trees_dir: Path, cfg: Config, done: frozenset[str],
 
 
 def annotate_dataset(trees: Any, cfg: Config, split_of: Callable[[str], str],
-                     skip: frozenset[str] = frozenset()) -> Any:
+                     skip: frozenset[str] = frozenset(), light_cpus: float = 0.25) -> Any:
     """Tree rows `ray.data.Dataset` → outcome rows `Dataset`, streamed: annotation starts on the
-    first trees while later ones are still being read (or searched)."""
+    first trees while later ones are still being read (or searched). `light_cpus` is what the
+    pure-Python stages (mining, the rule annotator) reserve."""
     res = cfg.annotator.resources
     pairs = trees.map_batches(PairMiningStage, fn_constructor_kwargs={"cfg": cfg.annotate, "skip": skip},
                               batch_size=cfg.annotate.trees_per_batch, batch_format="pyarrow",
-                              concurrency=1, num_cpus=0.25)
+                              compute=actor_pool(1), num_cpus=light_cpus)
     return pairs.map_batches(
         AnnotatorWorker, fn_constructor_kwargs={"cfg": cfg, "split_of": split_of},
-        batch_size=cfg.annotate.trees_per_batch, batch_format="pyarrow", concurrency=res.replicas,
-        num_cpus=res.num_cpus if cfg.annotate.method == "llm" else 0.25,
+        batch_size=cfg.annotate.trees_per_batch, batch_format="pyarrow", compute=actor_pool(res.replicas),
+        num_cpus=res.num_cpus if cfg.annotate.method == "llm" else light_cpus,
         num_gpus=res.num_gpus if cfg.annotate.method == "llm" else 0,
     )
 

@@ -31,6 +31,8 @@ import yaml
 
 from mmc_ray.config import Config, config_to_dict
 from mmc_ray.pipeline import stages
+from mmc_ray.pipeline.search import TREE_SHARD_PREFIX
+from mmc_ray.pipeline.shards import shard_paths
 
 
 def _round_config(cfg: Config, round_index: int, init_model: str, critic_model: Path) -> Config:
@@ -47,7 +49,10 @@ def _train_once(cfg: Config, data: Path, out: Path) -> dict[str, Any]:
     if (out / "hf" / "config.json").exists():
         print(f"train: critic already exported at {out / 'hf'}")
         return {}
-    summary = stages.train(cfg, data, out, resume=latest_checkpoint(out) is not None)
+    return _fit_figures(stages.train(cfg, data, out, resume=latest_checkpoint(out) is not None))
+
+
+def _fit_figures(summary: Any) -> dict[str, Any]:
     return {"steps": summary.metrics.get("step"), "final_loss": summary.history[-1]["loss"]
             if summary.history else None, "seconds": round(summary.seconds, 1)}
 
@@ -82,9 +87,18 @@ def run_pipeline(cfg: Config, run_dir: Path) -> dict[str, Any]:
         rcfg = _round_config(cfg, r, init_model, rdir / "critic" / "hf")
         print(f"\n== round {r}/{pcfg.rounds} ==")
         train_path = _problems(rcfg, rdir / "problems.parquet", rcfg.tasks.n, rcfg.tasks.seed)
-        stages.search(rcfg, train_path, rdir / "trees")
-        stages.annotate(rcfg, rdir / "trees", dataset)
-        trained = _train_once(rcfg, dataset, rdir / "critic")
+        fresh = not shard_paths(rdir / "trees", TREE_SHARD_PREFIX) and not (rdir / "critic").exists()
+        if pcfg.streaming and fresh:
+            from mmc_ray.pipeline.streaming import streamed_round
+
+            print("search → annotate → train, streamed")
+            summary_r = streamed_round(rcfg, train_path, rdir / "trees", dataset, rdir / "critic")
+            stages.print_train_summary(summary_r)
+            trained = _fit_figures(summary_r)
+        else:  # stage by stage; each stage resumes from what is on disk
+            stages.search(rcfg, train_path, rdir / "trees")
+            stages.annotate(rcfg, rdir / "trees", dataset)
+            trained = _train_once(rcfg, dataset, rdir / "critic")
         report = stages.refine(rcfg, eval_path, rdir / "refine", title=f"round {r} critic")
         if pcfg.refine_train_problems and r < pcfg.rounds:
             from mmc_ray.eval.report import read_refine_rows

@@ -26,6 +26,7 @@ from mmc_ray.mcts.tree import Generation, SearchRequest, SearchResult, SearchTre
 from mmc_ray.metrics import StageMetrics
 from mmc_ray.pipeline.dispatch import Dispatcher, WorkerLost
 from mmc_ray.pipeline.shards import ShardWriter, finished_ids
+from mmc_ray.ray_runtime import actor_pool
 from mmc_ray.schemas import TREE_SCHEMA
 from mmc_ray.tasks.problem import Problem, image_error
 from mmc_ray.tasks.prompts import solve_request
@@ -247,7 +248,7 @@ def search_to_dir(problems: Sequence[Problem], dispatcher: Dispatcher, cfg: Sear
 class TreeSearchStage:
     """Ray Data stage: a batch of problem rows in, one tree row per searchable problem out.
 
-    Use with `Dataset.map_batches(TreeSearchStage, fn_constructor_kwargs=..., concurrency=1)`;
+    Use with one actor of `Dataset.map_batches(TreeSearchStage, ...)`;
     the stage only orchestrates, the policy workers do the generation."""
 
     def __init__(self, workers: Sequence[Any], cfg: SearchConfig) -> None:
@@ -264,14 +265,16 @@ class TreeSearchStage:
         return pa.Table.from_pylist(rows, schema=TREE_SCHEMA)
 
 
-def search_dataset(problems: Any, workers: Sequence[Any], cfg: SearchConfig) -> Any:
+def search_dataset(problems: Any, workers: Sequence[Any], cfg: SearchConfig,
+                   batch_size: int | None = None) -> Any:
     """Problems `ray.data.Dataset` → tree rows `Dataset`, streamed: later stages start reading
-    trees while search is still running."""
+    trees while search is still running. Each batch of `batch_size` problems (default
+    `max_active_trees`) is searched together and its trees come out together."""
     return problems.map_batches(
         TreeSearchStage,
         fn_constructor_kwargs={"workers": list(workers), "cfg": cfg},
-        batch_size=cfg.max_active_trees,
+        batch_size=batch_size or cfg.max_active_trees,
         batch_format="pyarrow",
-        concurrency=1,
+        compute=actor_pool(1),
         num_cpus=0,
     )

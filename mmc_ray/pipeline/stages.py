@@ -86,6 +86,11 @@ def train(cfg: Config, data: Path, out: Path, resume: bool = False) -> Any:
     from mmc_ray.train.trainer import train as fit
 
     summary = fit(cfg, data, out, resume=resume)
+    print_train_summary(summary)
+    return summary
+
+
+def print_train_summary(summary: Any) -> None:
     m = summary.metrics
     losses = " -> ".join(f"{h['loss']:.3f}" for h in summary.history)
     print(f"train: {m.get('step')} steps in {summary.seconds:.0f}s; loss {losses}; "
@@ -93,7 +98,6 @@ def train(cfg: Config, data: Path, out: Path, resume: bool = False) -> Any:
           f"trainable {m.get('trainable_params')}/{m.get('total_params')} params; "
           f"{m.get('examples_skipped')} examples skipped, {m.get('images_resized')} images resized")
     print(f"checkpoint: {summary.checkpoint}\nexported critic: {summary.exported}")
-    return summary
 
 
 def refine(cfg: Config, problems_path: Path, out: Path, local: bool = False,

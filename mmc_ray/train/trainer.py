@@ -26,6 +26,7 @@ from mmc_ray.config import Config, TrainConfig
 DS_TAG = "ds"
 STATE_FILE = "trainer_state.json"
 RUN_NAME = "ray-train"
+READ_CPUS = 0.25  # a Parquet read task is light; Ray Data's default of 1 CPU stalls on a small box
 
 
 def freeze_parts(model: Any, parts: tuple[str, ...]) -> tuple[int, int]:
@@ -213,8 +214,10 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool = False) -> TrainSummary:
-    """Fit on `data_dir` (an MMC dataset folder for the critic; a problems folder for actor SFT)."""
+def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool = False,
+          stream: Any = None) -> TrainSummary:
+    """Fit on `data_dir` (an MMC dataset folder for the critic; a problems folder for actor SFT),
+    or on `stream`, a `ray.data.Dataset` of the same rows still being produced upstream."""
     import ray.data
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -225,7 +228,7 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
     tcfg = cfg.train
     files = sorted((data_dir / "data").glob("train-*.parquet")) if tcfg.task == "critic" else \
         sorted(data_dir.glob("*.parquet"))
-    if not files:
+    if not files and stream is None:
         raise FileNotFoundError(f"no training data in {data_dir} (critic: data/train-*.parquet; "
                                 f"actor-sft: problems *.parquet)")
     if not (Path(tcfg.init_model) / "config.json").exists():
@@ -252,7 +255,8 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
         # One run name per fit: a resumed fit is a new run that starts from the old checkpoint.
         run_config=RunConfig(storage_path=str(out_dir), name=f"{RUN_NAME}-{time.strftime('%Y%m%d-%H%M%S')}",
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
-        datasets={"train": ray.data.read_parquet([str(f) for f in files])},
+        datasets={"train": stream if stream is not None else ray.data.read_parquet(
+            [str(f) for f in files], num_cpus=READ_CPUS)},
     )
     start = time.perf_counter()
     result = trainer.fit()
