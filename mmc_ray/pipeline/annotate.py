@@ -141,14 +141,19 @@ def annotate_refinement_to_dir(refine_rows: Iterable[dict[str, Any]], problems: 
     return _write_dataset(out_dir, rule_cfg, outcomes, progress, unit="answer")
 
 
+def finished_pair_ids(out_dir: Path) -> frozenset[str]:
+    """Pairs of a dataset folder that are done: critiqued (any split) or dropped."""
+    return frozenset(set().union(*(finished_ids(out_dir / "data", s, "pair_id") for s in SPLITS),
+                                 finished_ids(out_dir / DROPS_PREFIX, DROPS_PREFIX, "pair_id")))
+
+
 def _write_dataset(out_dir: str | Path, cfg: Config, source: OutcomeSource, progress: bool,
                    unit: str) -> AnnotateSummary:
     """Write the outcome tables of `source` (given the ids already done and the split function)
     into the dataset folder, then refresh its card."""
     out_dir = Path(out_dir)
     acfg = cfg.annotate
-    done = frozenset(set().union(*(finished_ids(out_dir / "data", s, "pair_id") for s in SPLITS),
-                                 finished_ids(out_dir / DROPS_PREFIX, DROPS_PREFIX, "pair_id")))
+    done = finished_pair_ids(out_dir)
     split_of = make_split_of(acfg.split_fractions, acfg.seed)
     writers = {s: ShardWriter(out_dir / "data", s, CRITIQUE_SCHEMA, acfg.shard_size) for s in SPLITS}
     drops = ShardWriter(out_dir / DROPS_PREFIX, DROPS_PREFIX, DROP_SCHEMA, acfg.shard_size)

@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow as pa
 
 from mmc_ray.config import Config
-from mmc_ray.pipeline.annotate import DROPS_PREFIX, annotate_dataset, make_split_of
+from mmc_ray.pipeline.annotate import DROPS_PREFIX, annotate_dataset, finished_pair_ids, make_split_of
 from mmc_ray.pipeline.dataset_card import SPLITS, write_card
 from mmc_ray.pipeline.search import TREE_SHARD_PREFIX, search_dataset
 from mmc_ray.pipeline.shards import ShardWriter, shard_paths
@@ -112,7 +112,8 @@ def streamed_round(cfg: Config, problems_path: Path, trees_dir: Path, dataset_di
         trees = trees.map_batches(TreeSink, fn_constructor_kwargs={"out_dir": str(trees_dir)},
                                   batch_size=None, batch_format="pyarrow", compute=actor_pool(1), num_cpus=0)
         split_of = make_split_of(cfg.annotate.split_fractions, cfg.annotate.seed)
-        outcomes = annotate_dataset(trees, cfg, split_of, light_cpus=LIGHT_CPUS)
+        outcomes = annotate_dataset(trees, cfg, split_of, skip=finished_pair_ids(dataset_dir),
+                                    light_cpus=LIGHT_CPUS)
         new_rows = outcomes.map_batches(
             DatasetSink, fn_constructor_kwargs={"out_dir": str(dataset_dir),
                                                 "shard_size": cfg.annotate.shard_size},
