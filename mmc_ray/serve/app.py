@@ -118,7 +118,6 @@ class CriticServer:
     def __init__(self, serve_cfg: ServeConfig, engine_cfg: EngineConfig, api_key: str | None) -> None:
         self.cfg = serve_cfg
         self.engine_cfg = engine_cfg
-        self.api_key = api_key
         self.engine: Any = None
         self.checkpoint = ""
         self.version = 0

@@ -1,0 +1,68 @@
+"""`ray job submit` against a Ray head this test starts on 127.0.0.1 (and stops): the tiny pipeline
+runs as a job to SUCCEEDED and leaves its outputs."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    ray_bin = Path(sys.executable).parent / "ray"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    dashboard = free_port()
+    head = subprocess.Popen(
+        [str(ray_bin), "start", "--head", "--block", "--num-cpus", "2", "--node-ip-address", "127.0.0.1",
+         "--port", str(free_port()), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
+         "--include-dashboard", "true", "--disable-usage-stats", "--temp-dir", str(tmp_path / "ray")],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{dashboard}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/api/version", timeout=2)
+            break
+        except OSError:
+            assert head.poll() is None and time.time() < deadline, "the Ray head did not come up"
+            time.sleep(1)
+    yield url, ray_bin, env
+    os.killpg(head.pid, signal.SIGTERM)  # --block: the head stops everything it started
+    head.wait(timeout=60)
+
+
+def test_pipeline_job_succeeds_and_writes_its_outputs(ray_head, tmp_path):
+    url, ray_bin, env = ray_head
+    out = tmp_path / "run"
+    job = subprocess.run(
+        [str(ray_bin), "job", "submit", "--address", url, "--submission-id", "tiny-pipeline",
+         "--runtime-env-json", json.dumps({"env_vars": {"RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1",
+                                                        "WANDB_MODE": "offline",
+                                                        "TORCH_EXTENSIONS_DIR": env["TORCH_EXTENSIONS_DIR"]}}),
+         "--", sys.executable, str(ROOT / "jobs" / "pipeline.py"), "--out", str(out), "--tiny-model",
+         "tasks.n=8", "pipeline.eval_problems=4", "train.max_steps=2", "refine.max_rounds=1",
+         "refine.critic_max_new_tokens=24", "pipeline.oracle_baseline=false"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+    status = subprocess.run([str(ray_bin), "job", "status", "--address", url, "tiny-pipeline"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert "SUCCEEDED" in status.stdout + status.stderr
+    summary = json.loads((out / "report.json").read_text())
+    assert summary["rounds"][0]["round"] == 1 and (out / "round-1" / "critic" / "hf" / "config.json").exists()
