@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from mmc_ray.config import AnnotateConfig, Config
 from mmc_ray.mcts.pairs import balanced_sample, mine_pairs_from_row
+from mmc_ray.metrics import StageMetrics
 from mmc_ray.pipeline.dataset_card import SPLITS, write_card
 from mmc_ray.pipeline.search import TREE_SHARD_PREFIX
 from mmc_ray.pipeline.shards import ShardWriter, finished_ids, shard_paths
@@ -141,6 +142,10 @@ def annotate_refinement_to_dir(refine_rows: Iterable[dict[str, Any]], problems: 
     return _write_dataset(out_dir, rule_cfg, outcomes, progress, unit="answer")
 
 
+def annotate_metrics() -> StageMetrics:
+    return StageMetrics("annotate", counters=("critiques", "drops"), gauges=())
+
+
 def finished_pair_ids(out_dir: Path) -> frozenset[str]:
     """Pairs of a dataset folder that are done: critiqued (any split) or dropped."""
     return frozenset(set().union(*(finished_ids(out_dir / "data", s, "pair_id") for s in SPLITS),
@@ -160,9 +165,12 @@ def _write_dataset(out_dir: str | Path, cfg: Config, source: OutcomeSource, prog
     summary = AnnotateSummary(skipped_existing=len(done))
     start = time.perf_counter()
     bar = tqdm(desc="annotate", unit=unit, disable=not progress)
+    metrics = annotate_metrics()
     try:
         for table in source(done, split_of):
             critiques, dropped = split_outcomes(table)
+            metrics.inc("critiques", len(critiques))
+            metrics.inc("drops", len(dropped))
             for row in critiques:
                 writers[row["split"]].add(row)
             for row in dropped:

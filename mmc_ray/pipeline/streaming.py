@@ -19,7 +19,13 @@ from typing import Any
 import pyarrow as pa
 
 from mmc_ray.config import Config
-from mmc_ray.pipeline.annotate import DROPS_PREFIX, annotate_dataset, finished_pair_ids, make_split_of
+from mmc_ray.pipeline.annotate import (
+    DROPS_PREFIX,
+    annotate_dataset,
+    annotate_metrics,
+    finished_pair_ids,
+    make_split_of,
+)
 from mmc_ray.pipeline.dataset_card import SPLITS, write_card
 from mmc_ray.pipeline.search import TREE_SHARD_PREFIX, search_dataset
 from mmc_ray.pipeline.shards import ShardWriter, shard_paths
@@ -52,9 +58,12 @@ class DatasetSink:
         out = Path(out_dir)
         self.writers = {s: ShardWriter(out / "data", s, CRITIQUE_SCHEMA, shard_size) for s in SPLITS}
         self.drops = ShardWriter(out / DROPS_PREFIX, DROPS_PREFIX, DROP_SCHEMA, shard_size)
+        self.metrics = annotate_metrics()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         critiques, drops = split_outcomes(batch)
+        self.metrics.inc("critiques", len(critiques))
+        self.metrics.inc("drops", len(drops))
         for row in critiques:
             self.writers[row["split"]].add(row)
         for row in drops:

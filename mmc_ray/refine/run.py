@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from mmc_ray.config import RefineConfig
 from mmc_ray.engines.base import GenerationEngine
+from mmc_ray.metrics import StageMetrics
 from mmc_ray.pipeline.shards import ShardWriter, finished_ids
 from mmc_ray.refine.loop import RefinementLoop
 from mmc_ray.schemas import REFINE_SCHEMA
@@ -39,13 +40,22 @@ def refine_to_dir(problems: Sequence[Problem], actor: GenerationEngine, critic: 
     writer = ShardWriter(out_dir, SHARD_PREFIX, REFINE_SCHEMA, shard_size=1 << 30)
     rounds = 0
     start = time.perf_counter()
+    metrics = StageMetrics("refine", counters=("problems", "rounds", "wrong_to_right", "right_to_wrong"),
+                           gauges=())
     with tqdm(total=len(todo), desc="refine", unit="problem", disable=not progress) as bar:
         for begin in range(0, len(todo), cfg.problems_per_batch):
             batch = todo[begin:begin + cfg.problems_per_batch]
-            for row in loop.run(batch):
+            rows = loop.run(batch)
+            for row in rows:
                 writer.add(row)
-                rounds += 1
             writer.flush()
+            rounds += len(rows)
+            first = {r["problem_id"]: r["correct"] for r in rows if r["round"] == 0}
+            final = {r["problem_id"]: r["correct"] for r in rows if r["final"]}
+            metrics.inc("problems", len(batch))
+            metrics.inc("rounds", len(rows))
+            metrics.inc("wrong_to_right", sum(final[k] and not first[k] for k in final))
+            metrics.inc("right_to_wrong", sum(first[k] and not final[k] for k in final))
             bar.update(len(batch))
     return RefineSummary(problems=len(todo), resumed=len(problems) - len(todo), rounds=rounds,
                          seconds=time.perf_counter() - start)

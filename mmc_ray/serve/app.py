@@ -16,6 +16,7 @@ keeps serving.
 # No `from __future__ import annotations` here: Serve's ingress rebuilds the endpoint signatures
 # and FastAPI must see the request models as real classes to read them from the body.
 import asyncio
+import functools
 import hmac
 import logging
 import os
@@ -35,6 +36,7 @@ from mmc_ray.config import EngineConfig, ServeConfig
 from mmc_ray.critique.schema import parse_critique
 from mmc_ray.critique.step_scores import outcome_openings, step_scores
 from mmc_ray.engines.base import GenerationRequest, GenerationResult
+from mmc_ray.metrics import StageMetrics
 from mmc_ray.serve.protocol import (
     ChatCompletionRequest,
     CritiqueRequest,
@@ -58,6 +60,7 @@ class EngineFailed(RuntimeError):
 
 @api.exception_handler(RequestRejected)
 async def _rejected(_: Request, err: RequestRejected) -> JSONResponse:
+    serve_metrics().inc("rejected")
     return JSONResponse({"error": {"field": err.field, "message": str(err)}}, status_code=err.status)
 
 
@@ -66,6 +69,13 @@ OPEN_PATHS = ("/healthz", "/docs", "/openapi.json")
 # function: Serve ships the deployment class by value but this module by reference, so only code
 # of this module sees the same globals as the middleware.
 _GUARD: dict[str, Any] = {"api_key": None, "max_body_bytes": 0}
+
+
+@functools.cache
+def serve_metrics() -> StageMetrics:
+    """The replica's dashboard metrics (created in the replica, where Ray is up)."""
+    return StageMetrics("serve", counters=("critiques", "step_scores", "chat_completions", "rejected",
+                                           "engine_failures"), gauges=("batch_size", "model_version"))
 
 
 def configure_guard(api_key: str | None, max_body_bytes: int) -> None:
@@ -92,6 +102,7 @@ async def _guard(request: Request, call_next: Any) -> Any:
 
 @api.exception_handler(RequestValidationError)
 async def _invalid(_: Request, err: RequestValidationError) -> JSONResponse:
+    serve_metrics().inc("rejected")
     first = err.errors()[0] if err.errors() else {"loc": ("body",), "msg": "invalid request"}
     field = ".".join(str(x) for x in first["loc"] if x != "body") or "body"
     return JSONResponse({"error": {"field": field, "message": f"{field}: {first['msg']}",
@@ -100,6 +111,7 @@ async def _invalid(_: Request, err: RequestValidationError) -> JSONResponse:
 
 @api.exception_handler(EngineFailed)
 async def _engine_failed(_: Request, err: EngineFailed) -> JSONResponse:
+    serve_metrics().inc("engine_failures")
     return JSONResponse({"error": {"message": str(err)}}, status_code=500)
 
 
@@ -139,6 +151,7 @@ class CriticServer:
             self.engine, self.checkpoint = engine, checkpoint  # swap only once the new one is ready
             self.version += 1
             self.loaded_at = time.time()
+            serve_metrics().set("model_version", self.version)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Serve calls this with the deployment's `user_config`: a new `checkpoint` hot-swaps."""
@@ -167,6 +180,7 @@ class CriticServer:
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.02)
     async def generate_batch(self, requests: list[GenerationRequest]) -> list[GenerationResult | Exception]:
         engine = self.engine
+        serve_metrics().set("batch_size", len(requests))
         try:
             # In a thread: the event loop keeps answering health checks while the model runs.
             return await asyncio.to_thread(engine.generate, requests)
@@ -195,6 +209,7 @@ class CriticServer:
     @api.post("/v1/critique", response_model=CritiqueResponse)
     async def critique(self, body: CritiqueRequest) -> CritiqueResponse:
         # Image checks decode pixels: off the event loop, which keeps filling the batch meanwhile.
+        serve_metrics().inc("critiques")
         result = await self._generate(await asyncio.to_thread(critique_generation, body, self.cfg))
         completion = result.completions[0]
         parsed = parse_critique(completion.text, num_steps=len(body.steps))
@@ -216,6 +231,7 @@ class CriticServer:
             logprobs = await asyncio.to_thread(engine.score, request, openings)
         except Exception as e:
             raise EngineFailed(f"engine failed: {type(e).__name__}: {e}") from e
+        serve_metrics().inc("step_scores")
         scores = step_scores(logprobs)
         return ScoreStepsResponse(step_sound=list(scores.step_sound), p_correct=scores.p_correct,
                                   first_wrong_step=list(scores.first_wrong_step),
@@ -223,6 +239,7 @@ class CriticServer:
 
     @api.post("/v1/chat/completions")
     async def chat_completions(self, body: ChatCompletionRequest) -> dict[str, Any]:
+        serve_metrics().inc("chat_completions")
         result = await self._generate(await asyncio.to_thread(chat_generation, body, self.cfg))
         completion_tokens = sum(c.completion_tokens for c in result.completions)
         return {

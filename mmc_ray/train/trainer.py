@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mmc_ray.config import Config, TrainConfig
+from mmc_ray.metrics import StageMetrics
 
 DS_TAG = "ds"
 STATE_FILE = "trainer_state.json"
@@ -151,7 +152,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     wait = 0.0
     losses: list[float] = []
     start = time.perf_counter()
+    live = StageMetrics("train", counters=("steps", "tokens"),  # rank 0's view, live in the dashboard
+                        gauges=("loss", "learning_rate", "tokens_per_s", "data_wait_share"))
     while step < cfg.max_steps:
+        tokens_before = tokens
         for _ in range(cfg.grad_accum):
             fetched = time.perf_counter()
             batch, n_tokens = next(stream)
@@ -163,6 +167,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             tokens += n_tokens
             losses.append(loss.item())
         step += 1
+        if rank == 0:
+            elapsed = time.perf_counter() - start
+            live.inc("steps")
+            live.inc("tokens", tokens - tokens_before)
+            for name, value in (("loss", losses[-1]), ("learning_rate", scheduler.get_last_lr()[0]),
+                                ("tokens_per_s", tokens / elapsed), ("data_wait_share", wait / elapsed)):
+                live.set(name, value)
         if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
             elapsed = time.perf_counter() - start
             metrics = {

@@ -1,0 +1,23 @@
+"""The GPU presets load, and each phase's GPU reservations fit the machine they are written for."""
+
+from pathlib import Path
+
+import pytest
+
+from mmc_ray.config import load_config
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+@pytest.mark.parametrize(("name", "gpus"), [("qwen2vl-7b-8xh100.yaml", 8), ("qwen2vl-2b-1gpu.yaml", 1)])
+def test_preset_phases_fit_their_gpus(name, gpus):
+    cfg = load_config(CONFIGS / name)
+    actor = cfg.actor.resources.replicas * cfg.actor.resources.num_gpus
+    critic = cfg.critic.resources.replicas * cfg.critic.resources.num_gpus
+    trainer = cfg.train.num_workers if cfg.train.use_gpu else 0
+    assert cfg.actor.device == "cuda" and cfg.train.use_gpu
+    if cfg.pipeline.streaming:  # search and training run together
+        assert actor + trainer <= gpus
+    else:
+        assert max(actor, trainer) <= gpus
+    assert actor + critic <= gpus  # refinement
