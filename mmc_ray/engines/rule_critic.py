@@ -11,11 +11,10 @@ from mmc_ray.critique.prompts import solution_in_critic_prompt
 from mmc_ray.critique.rule_annotator import rule_critique
 from mmc_ray.critique.schema import Critique
 from mmc_ray.engines.base import Completion, GenerationRequest, GenerationResult, message_text
+from mmc_ray.engines.simulated import approx_tokens
 from mmc_ray.tasks.generator import problem_from_id
 from mmc_ray.tasks.problem import Problem
 from mmc_ray.tasks.scoring import answers_match
-
-CHARS_PER_TOKEN = 4
 
 
 class RuleCriticEngine:
@@ -44,5 +43,4 @@ class RuleCriticEngine:
                 critique = Critique("incorrect", f"The steps do not end in the right answer: {critique}.",
                                     max(1, len(steps)), "incomplete" if answer is None else "reasoning")
         text = critique.to_text()
-        tokens = -(-len(text) // CHARS_PER_TOKEN)
-        return GenerationResult((Completion(text, "stop", tokens),) * req.n, 0)
+        return GenerationResult((Completion(text, "stop", approx_tokens(text)),) * req.n, 0)

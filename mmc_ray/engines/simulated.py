@@ -42,6 +42,11 @@ DIGIT_CONFUSIONS = {"0": "8", "1": "7", "3": "8", "5": "6", "6": "5", "7": "1", 
 _FLAGGED_STEP = re.compile(r"\bstep\s*#?\s*(\d+)", re.IGNORECASE)
 
 
+def approx_tokens(text: str) -> int:
+    """A token count for engines without a tokenizer (the simulator, the rule critic)."""
+    return -(-len(text) // CHARS_PER_TOKEN)
+
+
 def _perturb_observation(op: str, value: str, rng: random.Random) -> str:
     """A plausible misreading that always differs from `value`."""
     x = float(value)
@@ -115,7 +120,7 @@ class SimulatedActorEngine:
             limit = req.max_new_tokens * CHARS_PER_TOKEN
             finish = "stop" if stopped or len(text) <= limit else "length"
             text = text[:limit]
-            completions.append(Completion(text, finish, -(-len(text) // CHARS_PER_TOKEN)))
+            completions.append(Completion(text, finish, approx_tokens(text)))
         prompt_chars = sum(len(message_text(m)) for m in req.messages) + len(req.assistant_prefix)
         return GenerationResult(tuple(completions), -(-prompt_chars // CHARS_PER_TOKEN))
 

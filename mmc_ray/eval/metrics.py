@@ -53,10 +53,11 @@ def group_by_problem(rows: Iterable[Row]) -> dict[str, list[Row]]:
 def _answer_metrics(problems: Sequence[list[Row]], max_round: int) -> dict[str, Any]:
     n = len(problems)
     first = [rounds[0]["correct"] for rounds in problems]
-    final = [next(r for r in rounds if r["final"])["correct"] for rounds in problems]
+    final_rows = [next(r for r in rounds if r["final"]) for rounds in problems]
+    final = [row["correct"] for row in final_rows]
     by_round = [
-        _ratio(sum((rounds[k] if k < len(rounds) else next(r for r in rounds if r["final"]))["correct"]
-                   for rounds in problems), n)
+        _ratio(sum((rounds[k] if k < len(rounds) else final_row)["correct"]
+                   for rounds, final_row in zip(problems, final_rows, strict=True)), n)
         for k in range(max_round + 1)
     ]
     return {

@@ -30,7 +30,7 @@ from mmc_ray.engines.base import Completion, GenerationEngine, GenerationRequest
 from mmc_ray.seeding import stable_seed
 from mmc_ray.tasks.problem import Problem
 from mmc_ray.tasks.prompts import solve_request
-from mmc_ray.tasks.scoring import answers_match, score_text
+from mmc_ray.tasks.scoring import ScoreResult, answers_match, score_text
 from mmc_ray.tasks.solution import parse_reasoning
 
 STOP_CORRECT = "critic verdict correct"
@@ -124,7 +124,7 @@ class RefinementLoop:
             last = s.attempts[-1]
             requests.append(GenerationRequest(
                 messages=refine_messages(s.problem, last.text, last.critique.to_text()),
-                images=(s.problem.image,) if s.problem.image is not None else (),
+                images=s.problem.images,
                 n=cfg.revision_samples if cfg.reject_repeats else 1,
                 temperature=temperature, max_new_tokens=cfg.actor_max_new_tokens, seed=seed,
                 metadata={"problem_id": s.problem.problem_id},
@@ -134,19 +134,21 @@ class RefinementLoop:
             if not usable:
                 s.stop_reason = f"{STOP_ACTOR_ERROR}: {result.completions[0].error or 'no completion'}"
                 if not s.attempts:  # keep a row for the problem: an error is a result, not a loss
-                    s.attempts.append(self._attempt(s.problem, 0, result.completions[0], temperature,
-                                                    repeated=False, tokens=0))
+                    failed = result.completions[0]
+                    s.attempts.append(self._attempt(s.problem, 0, failed, score_text(failed.text, s.problem),
+                                                    temperature, repeated=False, tokens=0))
                 continue
-            chosen = next((c for c in usable if not s.tried(score_text(c.text, s.problem).extracted)), None)
-            s.attempts.append(self._attempt(s.problem, round_index, chosen or usable[0], temperature,
+            scored = [(c, score_text(c.text, s.problem)) for c in usable]
+            chosen = next(((c, score) for c, score in scored if not s.tried(score.extracted)), None)
+            completion, score = chosen or scored[0]
+            s.attempts.append(self._attempt(s.problem, round_index, completion, score, temperature,
                                             repeated=round_index > 0 and chosen is None,
                                             tokens=sum(c.completion_tokens for c in result.completions)))
 
     @staticmethod
-    def _attempt(problem: Problem, round_index: int, completion: Completion, temperature: float,
-                 repeated: bool, tokens: int) -> _Attempt:
+    def _attempt(problem: Problem, round_index: int, completion: Completion, score: ScoreResult,
+                 temperature: float, repeated: bool, tokens: int) -> _Attempt:
         parsed = parse_reasoning(completion.text)
-        score = score_text(completion.text, problem)
         error = locate_first_error(problem.steps, parsed.steps) if problem.steps else None
         true_step = error.index + 1 if error is not None else None
         return _Attempt(round_index, completion.text, parsed.steps, score.extracted, score.correct,
@@ -157,7 +159,7 @@ class RefinementLoop:
         requests = [
             GenerationRequest(
                 messages=critic_messages(s.problem, a.steps, a.answer),
-                images=(s.problem.image,) if s.problem.image is not None else (),
+                images=s.problem.images,
                 temperature=cfg.critic_temperature, max_new_tokens=cfg.critic_max_new_tokens,
                 seed=round_seed(cfg.seed, s.problem.problem_id, round_index, "critic"),
                 metadata={"problem_id": s.problem.problem_id},

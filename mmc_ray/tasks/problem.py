@@ -47,6 +47,11 @@ class Problem:
             raise ValueError(f"problem {self.problem_id}: answer {self.answer!r} not among choices")
 
     @property
+    def images(self) -> tuple[bytes, ...]:
+        """The images a request about this problem carries (one image part per entry)."""
+        return (self.image,) if self.image is not None else ()
+
+    @property
     def reference_solution(self) -> str:
         """Ground-truth step-by-step reasoning text (synthetic problems only)."""
         if not self.steps:

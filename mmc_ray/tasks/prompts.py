@@ -31,7 +31,7 @@ def solve_request(problem: Problem, *, n: int, temperature: float, top_p: float,
     problem id travels in metadata for tracing and for the simulated actor."""
     return GenerationRequest(
         messages=solve_messages(problem),
-        images=(problem.image,) if problem.image is not None else (),
+        images=problem.images,
         assistant_prefix=assistant_prefix,
         n=n,
         temperature=temperature,

@@ -60,7 +60,7 @@ class LLMAnnotator:
             if not pending:
                 break
             requests = [GenerationRequest(messages=tuple(conversations[i]),
-                                          images=(items[i][0].image,) if items[i][0].image else (),
+                                          images=items[i][0].images,
                                           temperature=self.cfg.temperature,
                                           max_new_tokens=self.cfg.max_new_tokens,
                                           seed=self.cfg.seed + attempt,
