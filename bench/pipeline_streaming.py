@@ -66,7 +66,7 @@ def main(argv: list[str]) -> None:
             results[name] = {"seconds": round(time.perf_counter() - start, 1),
                              "train_seconds": round(summary.seconds, 1),
                              "steps": summary.metrics.get("step"),
-                             "final_loss": round(summary.history[-1]["loss"], 4) if summary.history else None}
+                             "final_loss": round(summary.metrics["loss"], 4)}
     results["ratio"] = round(results["streamed"]["seconds"] / results["stage_by_stage"]["seconds"], 3)
     print(f"{'mode':<15} {'wall s':>8} {'train s':>8} {'steps':>6} {'loss':>8}")
     for name in ("stage_by_stage", "streamed"):

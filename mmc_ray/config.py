@@ -232,6 +232,9 @@ class TrainConfig:
     max_pixels: int = 112 * 112
     freeze: tuple[str, ...] = ()        # any of: vision, projector, language
     checkpoint_every: int = 20
+    max_failures: int = 0               # worker failures Ray Train recovers from (newest checkpoint)
+    wandb_project: str = "mmc-ray"      # "" turns wandb off; offline unless WANDB_API_KEY/WANDB_MODE say so
+    peak_tflops: float = 0.0            # one worker's peak TFLOP/s (H100 bf16 dense: 989); 0: no MFU
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -243,6 +246,8 @@ class TrainConfig:
         _require(set(self.freeze) <= {"vision", "projector", "language"}, "freeze",
                  "allowed parts: vision, projector, language")
         _require(0 < self.min_pixels <= self.max_pixels, "min_pixels", "must be > 0 and <= max_pixels")
+        _require(self.max_failures >= 0, "max_failures", "must be >= 0")
+        _require(self.peak_tflops >= 0, "peak_tflops", "must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -75,7 +75,8 @@ def _sound(row: Row) -> bool:
     return bool(row["correct"]) and row["true_first_wrong_step"] is None
 
 
-def _critic_metrics(rows: Sequence[Row]) -> dict[str, Any]:
+def critic_metrics(rows: Sequence[Row]) -> dict[str, Any]:
+    """The critic as a judge and a step-error detector (module docstring), over critiqued rows."""
     judged = [r for r in rows if r["critic_text"] or r["critic_parse_error"]]
     parsed = [r for r in judged if r["critic_verdict"] is not None]
     verdict_right = sum(r["critic_verdict"] == ("correct" if _sound(r) else "incorrect") for r in parsed)
@@ -105,14 +106,14 @@ def evaluate(rows: Iterable[Row]) -> dict[str, Any]:
         families[rounds[0]["family"]].append(rounds)
     return {
         **_answer_metrics(list(problems.values()), max_round),
-        "critic": _critic_metrics(rows),
+        "critic": critic_metrics(rows),
         "stop_reasons": dict(Counter(r[-1]["stop_reason"] for r in problems.values()).most_common()),
         "repeated_answers": sum(bool(r["answer_repeated"]) for r in rows),
         "actor_tokens": sum(r["actor_tokens"] or 0 for r in rows),
         "critic_tokens": sum(r["critic_tokens"] or 0 for r in rows),
         "families": {
             family: {**_answer_metrics(group, max_round),
-                     "critic": _critic_metrics([r for rounds in group for r in rounds])}
+                     "critic": critic_metrics([r for rounds in group for r in rounds])}
             for family, group in sorted(families.items())
         },
     }

@@ -53,8 +53,8 @@ def _train_once(cfg: Config, data: Path, out: Path) -> dict[str, Any]:
 
 
 def _fit_figures(summary: Any) -> dict[str, Any]:
-    return {"steps": summary.metrics.get("step"), "final_loss": summary.history[-1]["loss"]
-            if summary.history else None, "seconds": round(summary.seconds, 1)}
+    return {"steps": summary.metrics.get("step"), "final_loss": summary.metrics.get("loss"),
+            "seconds": round(summary.seconds, 1)}
 
 
 def _problems(cfg: Config, path: Path, n: int, seed: int) -> Path:

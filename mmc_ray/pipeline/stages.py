@@ -91,13 +91,17 @@ def train(cfg: Config, data: Path, out: Path, resume: bool = False) -> Any:
 
 
 def print_train_summary(summary: Any) -> None:
-    m = summary.metrics
-    losses = " -> ".join(f"{h['loss']:.3f}" for h in summary.history)
-    print(f"train: {m.get('step')} steps in {summary.seconds:.0f}s; loss {losses}; "
-          f"{m.get('tokens_per_s', 0):.0f} tokens/s/worker, data wait {m.get('data_wait_share', 0):.0%}; "
+    m, losses = summary.metrics, summary.losses
+    marks = sorted({round(i * (len(losses) - 1) / 4) for i in range(5)}) if losses else []
+    curve = " -> ".join(f"{losses[i]:.3f} (step {i + 1})" for i in marks)
+    print(f"train: {m.get('step')} steps in {summary.seconds:.0f}s; loss {curve}; "
+          f"per worker {m.get('tokens_per_s', 0):.0f} tokens/s, {m.get('samples_per_s', 0):.1f} samples/s, "
+          f"data wait {m.get('data_wait_share', 0):.0%}, peak memory {m.get('peak_memory_mb', 0):.0f} MiB; "
           f"trainable {m.get('trainable_params')}/{m.get('total_params')} params; "
           f"{m.get('examples_skipped')} examples skipped, {m.get('images_resized')} images resized")
     print(f"checkpoint: {summary.checkpoint}\nexported critic: {summary.exported}")
+    if m.get("wandb_run_dir"):
+        print(f"wandb run: {m['wandb_run_dir']} (offline runs upload with `wandb sync <dir>`)")
 
 
 def refine(cfg: Config, problems_path: Path, out: Path, local: bool = False,

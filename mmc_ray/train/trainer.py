@@ -4,12 +4,15 @@ DeepSpeed ZeRO (stage 2 or 3; fp32 over gloo on CPU, bf16 on GPU).
 Each worker builds examples from its shard (`ExampleBuilder`: loss on the critique only), groups them
 by a token budget (packed, or length-bucketed padding) and trains. Every `checkpoint_every` steps and
 at the end, each rank saves its DeepSpeed state and rank 0 the trainer state (step, RNG) into one Ray
-checkpoint; `resume` continues from the newest. `export_hf` gathers the (ZeRO-3 partitioned) weights
-into a Hugging Face folder that `HFEngine` loads by path.
+checkpoint, marked complete once every rank has uploaded its part. `resume` (or Ray Train's own
+recovery, `train.max_failures`) continues from the newest complete checkpoint at the same data
+position, so the loss curve goes on as if never stopped. `export_hf` gathers the (ZeRO-3
+partitioned) weights into a Hugging Face folder that `HFEngine` loads by path.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -22,10 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from mmc_ray.config import Config, TrainConfig
-from mmc_ray.metrics import StageMetrics
+from mmc_ray.train.run_log import StepLog, model_flops_per_token
 
 DS_TAG = "ds"
 STATE_FILE = "trainer_state.json"
+COMPLETE_MARKER = "COMPLETE"  # written after every rank's part of a checkpoint is uploaded
 RUN_NAME = "ray-train"
 READ_CPUS = 0.25  # a Parquet read task is light; Ray Data's default of 1 CPU stalls on a small box
 
@@ -50,8 +54,9 @@ def _examples_from_rows(builder: Any, rows: list[dict[str, Any]], task: str) -> 
 
 
 def micro_batches(shard: Any, builder: Any, cfg: TrainConfig, model: Any,
-                  image_token_id: int, pad_token_id: int) -> Iterator[tuple[dict[str, Any], int]]:
-    """Endless (epoch after epoch) stream of (model inputs, real tokens) under the token budget.
+                  image_token_id: int, pad_token_id: int) -> Iterator[tuple[dict[str, Any], int, int]]:
+    """Endless (epoch after epoch) stream of (model inputs, real tokens, samples) under the token
+    budget.
 
     The shard is read once and its Arrow tables replayed for later epochs: Ray Data's split shards
     advance epochs in step across workers, and workers here finish epochs at different times."""
@@ -80,7 +85,7 @@ def micro_batches(shard: Any, builder: Any, cfg: TrainConfig, model: Any,
                 batch = (collate_packed(chosen, model, image_token_id) if cfg.pack
                          else collate_padded(chosen, pad_token_id, image_token_id))
                 produced = True
-                yield batch, sum(lengths[i] for i in group)
+                yield batch, sum(lengths[i] for i in group), len(group)
         if not produced:
             raise RuntimeError(
                 f"no trainable examples in this worker's data (skips: {builder.stats.skipped})")
@@ -131,6 +136,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "steps_per_print": 10**9,
         })
     step = 0
+    curve: list[float] = []  # global (all-rank mean) loss of every step since step 1, across resumes
     # A restart within this run (Ray Train's own recovery) wins over the --resume checkpoint.
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None and config["resume_from"]:
@@ -140,6 +146,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             engine.load_checkpoint(folder, tag=DS_TAG)
             state = json.loads(Path(folder, STATE_FILE).read_text())
             step = state["step"]
+            curve = state["losses"][:step]
             torch.set_rng_state(torch.tensor(state["torch_rng"][rank], dtype=torch.uint8))
 
     resumed_from = step
@@ -148,71 +155,97 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                            vlm.tokenizer.pad_token_id)
     for _ in range(step * cfg.grad_accum):  # data position: skip what the resumed steps consumed
         next(stream)
-    tokens = 0
+    world = ctx.get_world_size()
+    flops_per_token = model_flops_per_token(total, trainable)
+    log = StepLog(rank == 0, cfg.wandb_project, config["wandb_dir"],
+                  {**dataclasses.asdict(cfg), "world_size": world, "resumed_from_step": resumed_from})
+    tokens = samples = 0
     wait = 0.0
-    losses: list[float] = []
     start = time.perf_counter()
-    live = StageMetrics("train", counters=("steps", "tokens"),  # rank 0's view, live in the dashboard
-                        gauges=("loss", "learning_rate", "tokens_per_s", "data_wait_share"))
     while step < cfg.max_steps:
-        tokens_before = tokens
+        micro_losses = []
+        step_tokens = 0
         for _ in range(cfg.grad_accum):
             fetched = time.perf_counter()
-            batch, n_tokens = next(stream)
+            batch, n_tokens, n_samples = next(stream)
             wait += time.perf_counter() - fetched
             batch = {k: v.to(engine.device) if hasattr(v, "to") else v for k, v in batch.items()}
             loss = engine(**batch).loss
             engine.backward(loss)
             engine.step()
-            tokens += n_tokens
-            losses.append(loss.item())
+            step_tokens += n_tokens
+            samples += n_samples
+            micro_losses.append(loss.detach().float())
+        tokens += step_tokens
         step += 1
-        if rank == 0:
-            elapsed = time.perf_counter() - start
-            live.inc("steps")
-            live.inc("tokens", tokens - tokens_before)
-            for name, value in (("loss", losses[-1]), ("learning_rate", scheduler.get_last_lr()[0]),
-                                ("tokens_per_s", tokens / elapsed), ("data_wait_share", wait / elapsed)):
-                live.set(name, value)
+        step_loss = torch.stack(micro_losses).mean()
+        torch.distributed.all_reduce(step_loss)
+        curve.append(step_loss.item() / world)
+        elapsed = time.perf_counter() - start
+        values = {"loss": curve[-1], "learning_rate": scheduler.get_last_lr()[0],
+                  "tokens_per_s": tokens / elapsed, "samples_per_s": samples / elapsed,
+                  "data_wait_share": wait / elapsed}
+        if cfg.peak_tflops > 0:
+            values["mfu"] = flops_per_token * tokens / elapsed / (cfg.peak_tflops * 1e12)
+        log.log(step, step_tokens, values)
         if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
-            elapsed = time.perf_counter() - start
             metrics = {
+                **values,
                 "step": step,
                 "resumed_from_step": resumed_from,
-                "loss": float(np.mean(losses[-cfg.grad_accum * 5:])),
-                "learning_rate": scheduler.get_last_lr()[0],
-                "tokens_per_s": tokens / elapsed,
-                "data_wait_share": wait / elapsed,
-                "model_tflops_per_s": 6 * trainable * tokens / elapsed / 1e12,  # 6·N·tokens/s
+                "loss": float(np.mean(curve[-cfg.checkpoint_every:])),
+                "model_tflops_per_s": flops_per_token * tokens / elapsed / 1e12,
                 "trainable_params": trainable,
                 "total_params": total,
                 "examples_built": builder.stats.built,
                 "examples_skipped": sum(builder.stats.skipped.values()),
                 "images_resized": builder.stats.resized_images,
+                "wandb_run_dir": log.wandb_run_dir,
             }
-            _save_and_report(engine, step, metrics, rank, ctx.get_world_size())
+            _save_and_report(engine, step, curve, metrics, rank, world)
+    log.finish()
 
 
-def _save_and_report(engine: Any, step: int, metrics: dict[str, Any], rank: int, world: int) -> None:
+def _peak_memory_mb() -> float:
+    import resource
+
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _save_and_report(engine: Any, step: int, curve: list[float], metrics: dict[str, Any], rank: int,
+                     world: int) -> None:
     import ray.train
     import torch
     import torch.distributed as dist
 
-    rng = torch.get_rng_state().tolist()
     states: list[Any] = [None] * world
-    dist.all_gather_object(states, rng)
+    dist.all_gather_object(states, (torch.get_rng_state().tolist(), _peak_memory_mb()))
+    metrics = {**metrics, "peak_memory_mb": max(memory for _, memory in states)}
+    name = f"checkpoint_{step:07d}"
     with tempfile.TemporaryDirectory() as folder:
         engine.save_checkpoint(folder, tag=DS_TAG)
         if rank == 0:
-            Path(folder, STATE_FILE).write_text(json.dumps({"step": step, "torch_rng": states,
-                                                            "metrics": metrics}))
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+            Path(folder, STATE_FILE).write_text(json.dumps(
+                {"step": step, "torch_rng": [rng for rng, _ in states], "losses": curve,
+                 "metrics": metrics}))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder),
+                         checkpoint_dir_name=name)
+    dist.barrier()  # every rank's upload has returned: the checkpoint is whole
+    if rank == 0:
+        storage = ray.train.get_context().get_storage()
+        marker = f"{storage.experiment_fs_path}/{name}/{COMPLETE_MARKER}"
+        with storage.storage_filesystem.open_output_stream(marker) as out:
+            out.write(b"")
 
 
 @dataclass
 class TrainSummary:
-    metrics: dict[str, Any]
-    history: list[dict[str, Any]]  # metrics at every checkpoint of this fit
+    metrics: dict[str, Any]        # of the final step
+    losses: list[float]            # the loss of every step from step 1, across resumes
     checkpoint: Path
     exported: Path
     seconds: float
@@ -221,7 +254,7 @@ class TrainSummary:
 def latest_checkpoint(out_dir: Path) -> Path | None:
     """The newest complete checkpoint of a run in `out_dir` (by trainer step)."""
     found = [(json.loads((p / STATE_FILE).read_text())["step"], p)
-             for p in out_dir.glob(f"{RUN_NAME}-*/checkpoint_*") if (p / STATE_FILE).exists()]
+             for p in out_dir.glob(f"{RUN_NAME}-*/checkpoint_*") if (p / COMPLETE_MARKER).exists()]
     return max(found)[1] if found else None
 
 
@@ -230,7 +263,7 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
     """Fit on `data_dir` (an MMC dataset folder for the critic; a problems folder for actor SFT),
     or on `stream`, a `ray.data.Dataset` of the same rows still being produced upstream."""
     import ray.data
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from mmc_ray.ray_runtime import init_ray
@@ -260,12 +293,14 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"train": replace(tcfg, init_model=str(Path(tcfg.init_model).resolve())),
-                           "resume_from": None if resume_from is None else str(resume_from)},
+                           "resume_from": None if resume_from is None else str(resume_from),
+                           "wandb_dir": str(out_dir)},
         scaling_config=ScalingConfig(num_workers=tcfg.num_workers, use_gpu=tcfg.use_gpu,
                                      resources_per_worker={"CPU": tcfg.cpus_per_worker}),
         # One run name per fit: a resumed fit is a new run that starts from the old checkpoint.
         run_config=RunConfig(storage_path=str(out_dir), name=f"{RUN_NAME}-{time.strftime('%Y%m%d-%H%M%S')}",
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             failure_config=FailureConfig(max_failures=tcfg.max_failures)),
         datasets={"train": stream if stream is not None else ray.data.read_parquet(
             [str(f) for f in files], num_cpus=READ_CPUS)},
     )
@@ -273,9 +308,9 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
     result = trainer.fit()
     checkpoint = Path(result.checkpoint.path)
     exported = export_hf(checkpoint, tcfg, out_dir / "hf")
-    history = result.metrics_dataframe.to_dict("records") if result.metrics_dataframe is not None else []
+    losses = json.loads((checkpoint / STATE_FILE).read_text())["losses"]
     seconds = time.perf_counter() - start
-    return TrainSummary(dict(result.metrics or {}), history, checkpoint, exported, seconds)
+    return TrainSummary(dict(result.metrics or {}), losses, checkpoint, exported, seconds)
 
 
 def export_hf(checkpoint: Path, tcfg: TrainConfig, out: Path) -> Path:

@@ -1,8 +1,16 @@
 """Critic training on a real local Ray: 2 CPU workers running DeepSpeed ZeRO over gloo."""
 
 import dataclasses
+import json
+import os
+import signal
+import struct
+import threading
+import time
+from pathlib import Path
 
 import pytest
+import ray.train
 
 from mmc_ray.config import Config, SearchConfig, SimulatorConfig
 from mmc_ray.engines.base import GenerationRequest
@@ -12,7 +20,7 @@ from mmc_ray.pipeline.annotate import annotate_to_dir
 from mmc_ray.pipeline.dispatch import LocalDispatcher
 from mmc_ray.pipeline.search import search_to_dir
 from mmc_ray.tasks.generator import generate_problems
-from mmc_ray.train.trainer import latest_checkpoint, train
+from mmc_ray.train.trainer import STATE_FILE, latest_checkpoint, train
 
 pytestmark = pytest.mark.slow
 
@@ -31,32 +39,133 @@ def small_dataset(tmp_path_factory):
 
 def train_cfg(model, **changes):
     cfg = Config()
-    base = dict(init_model=str(model), num_workers=2, cpus_per_worker=0.5, max_steps=16, checkpoint_every=8,
-                learning_rate=5e-3, warmup_steps=2, tokens_per_step=2048, max_seq_len=2048)
+    base = dict(init_model=str(model), num_workers=2, cpus_per_worker=0.5, max_steps=16, checkpoint_every=4,
+                learning_rate=5e-3, warmup_steps=2, tokens_per_step=2048, max_seq_len=2048, wandb_project="")
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **{**base, **changes}))
 
 
-def test_zero2_training_lowers_the_loss_and_exports_a_working_model(ray_local, tiny_vlm_path, small_dataset, tmp_path):
-    summary = train(train_cfg(tiny_vlm_path), small_dataset, tmp_path / "run")
-    losses = [h["loss"] for h in summary.history]
-    assert [h["step"] for h in summary.history] == [8, 16]
-    assert losses[-1] < losses[0] - 0.5, losses  # overfitting a small set: the loss falls clearly
+@pytest.fixture(scope="module")
+def straight_fit(ray_local, tiny_vlm_path, small_dataset, tmp_path_factory):
+    """16 steps without a stop, logged to an offline wandb run."""
+    return train(train_cfg(tiny_vlm_path, wandb_project="mmc-ray-test"), small_dataset,
+                 tmp_path_factory.mktemp("straight") / "run")
+
+
+def test_zero2_training_lowers_the_loss_and_exports_a_working_model(straight_fit):
+    summary = straight_fit
+    assert summary.metrics["step"] == 16 and len(summary.losses) == 16
+    assert summary.losses[-1] < summary.losses[0] - 0.5, summary.losses  # overfitting a small set
     assert summary.metrics["examples_skipped"] == 0 and summary.metrics["trainable_params"] > 0
+    assert summary.metrics["samples_per_s"] > 0 and summary.metrics["peak_memory_mb"] > 100
     engine = HFEngine.from_path(summary.exported, device="cpu", dtype="float32")
     messages = ({"role": "user", "content": "Check this solution."},)
     [result] = engine.generate([GenerationRequest(messages=messages, max_new_tokens=8, temperature=0.0)])
     assert result.completions[0].completion_tokens > 0
 
 
-def test_resume_continues_from_the_newest_checkpoint(ray_local, tiny_vlm_path, small_dataset, tmp_path):
+def wandb_history(run_file: Path) -> list[dict]:
+    """The history rows of an offline wandb run file: LevelDB-log framed `Record` protobufs."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, block, pos = run_file.read_bytes(), 32768, 7  # 7: the file's own header
+    records, pending = [], b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind in (1, 2):  # full, first
+            pending = chunk
+        else:  # middle, last
+            pending += chunk
+        if kind in (1, 4):
+            records.append(pending)
+    rows = []
+    for raw in records:
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(raw)
+        if record.WhichOneof("record_type") == "history":
+            rows.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item})
+    return rows
+
+
+def test_every_step_is_logged_to_an_offline_wandb_run(straight_fit):
+    run_dir = Path(straight_fit.metrics["wandb_run_dir"])
+    assert run_dir.name.startswith("offline-run-") and run_dir.is_relative_to(straight_fit.checkpoint.parents[1])
+    [run_file] = run_dir.glob("run-*.wandb")
+    history = wandb_history(run_file)
+    assert [row["_step"] for row in history] == list(range(1, 17))
+    assert [row["loss"] for row in history] == pytest.approx(straight_fit.losses)
+    assert all({"learning_rate", "tokens_per_s", "samples_per_s", "data_wait_share"} <= set(row) for row in history)
+
+
+def train_worker_pids() -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(b"ray::RayTrainWorker"):
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def registered_step(out: Path) -> int:
+    """The step of the newest checkpoint that both our marker and Ray Train's controller count: the
+    controller takes reports when it polls (every 2 s), so a worker killed sooner loses its report."""
+    newest = latest_checkpoint(out)
+    snapshots = list(out.glob("ray-train-*/checkpoint_manager_snapshot.json"))
+    if newest is None or not snapshots:
+        return 0
+    latest = json.loads(snapshots[0].read_text()).get("latest_checkpoint_result") or {}
+    return min(json.loads((newest / STATE_FILE).read_text())["step"], latest.get("metrics", {}).get("step", 0))
+
+
+def kill_a_worker_after(out: Path, step: int) -> list[int]:
+    """Once a checkpoint at `step` is registered, SIGKILL one training worker (from a thread while the
+    fit runs); returns the list the killed pid is put in."""
+    killed: list[int] = []
+
+    def watch() -> None:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            try:
+                reached = registered_step(out) >= step
+            except (OSError, ValueError):  # a file caught mid-write
+                reached = False
+            if reached:
+                pid = train_worker_pids()[0]
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                return
+            time.sleep(0.02)
+
+    threading.Thread(target=watch, daemon=True).start()
+    return killed
+
+
+def test_a_killed_run_resumed_continues_the_same_loss_curve(straight_fit, tiny_vlm_path, small_dataset, tmp_path):
     out = tmp_path / "run"
-    first = train(train_cfg(tiny_vlm_path, max_steps=8, checkpoint_every=4), small_dataset, out)
-    assert first.metrics["step"] == 8
-    assert latest_checkpoint(out) is not None
-    resumed = train(train_cfg(tiny_vlm_path, max_steps=12, checkpoint_every=4), small_dataset, out, resume=True)
-    assert first.metrics["resumed_from_step"] == 0
-    assert resumed.metrics["step"] == 12 and resumed.metrics["resumed_from_step"] == 8  # not from scratch
-    assert resumed.metrics["loss"] < first.history[0]["loss"]
+    killed = kill_a_worker_after(out, step=4)
+    with pytest.raises(ray.train.TrainingFailedError):
+        train(train_cfg(tiny_vlm_path), small_dataset, out)
+    assert killed
+    stopped_at = json.loads((latest_checkpoint(out) / STATE_FILE).read_text())["step"]
+    assert 4 <= stopped_at < 16
+    resumed = train(train_cfg(tiny_vlm_path), small_dataset, out, resume=True)
+    assert resumed.metrics["resumed_from_step"] == stopped_at and resumed.metrics["step"] == 16
+    assert resumed.losses == pytest.approx(straight_fit.losses, rel=1e-4)  # steps before and after the kill
+
+
+def test_ray_train_recovers_a_killed_worker_on_the_same_loss_curve(straight_fit, tiny_vlm_path, small_dataset,
+                                                                   tmp_path):
+    out = tmp_path / "run"
+    killed = kill_a_worker_after(out, step=4)
+    summary = train(train_cfg(tiny_vlm_path, max_failures=1), small_dataset, out)
+    assert killed and summary.metrics["step"] == 16
+    assert 4 <= summary.metrics["resumed_from_step"] < 16  # the last attempt started from a checkpoint
+    assert summary.losses == pytest.approx(straight_fit.losses, rel=1e-4)
 
 
 def test_zero3_with_a_frozen_vision_tower_exports(ray_local, tiny_vlm_path, small_dataset, tmp_path):

@@ -9,7 +9,8 @@ from mmc_ray.config import load_config
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
-@pytest.mark.parametrize(("name", "gpus"), [("qwen2vl-7b-8xh100.yaml", 8), ("qwen2vl-2b-1gpu.yaml", 1)])
+@pytest.mark.parametrize(("name", "gpus"), [("qwen2vl-7b-8xh100.yaml", 8), ("qwen2vl-2b-1gpu.yaml", 1),
+                                           ("qwen2vl-2b-critic-8xh100.yaml", 8)])
 def test_preset_phases_fit_their_gpus(name, gpus):
     cfg = load_config(CONFIGS / name)
     actor = cfg.actor.resources.replicas * cfg.actor.resources.num_gpus
