@@ -58,9 +58,10 @@ def build_dataset(cfg: Config, n_problems: int, out: Path) -> dict[str, list[dic
 
 def critique_rows(engine: HFEngine, rows: list[dict], max_new_tokens: int) -> list[dict]:
     """Greedy critiques of `rows` as eval-metric rows (the fields `critic_metrics` reads)."""
-    requests = [GenerationRequest(
-        messages=critic_messages(Problem.from_row(r), r["path_steps"], r["path_answer"]),
-        max_new_tokens=max_new_tokens, temperature=0.0) for r in rows]
+    problems = [Problem.from_row(r) for r in rows]
+    requests = [GenerationRequest(messages=critic_messages(p, r["path_steps"], r["path_answer"]),
+                                  images=p.images, max_new_tokens=max_new_tokens, temperature=0.0)
+                for p, r in zip(problems, rows, strict=True)]
     scored = []
     for row, result in zip(rows, engine.generate(requests), strict=True):
         text = result.completions[0].text
@@ -93,12 +94,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer problems and steps (a smoke run)")
-    parser.add_argument("--problems", type=int, help="synthetic problems to search (default 1200; quick 160)")
-    parser.add_argument("--steps", type=int, help="optimizer steps (default 1500; quick 60)")
+    parser.add_argument("--problems", type=int, help="synthetic problems to search (default 2000; quick 160)")
+    parser.add_argument("--steps", type=int, help="optimizer steps (default 800; quick 60)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    n_problems = args.problems or (160 if args.quick else 1200)
-    steps = args.steps or (60 if args.quick else 1500)
+    n_problems = args.problems or (160 if args.quick else 2000)
+    steps = args.steps or (60 if args.quick else 800)
 
     from mmc_ray.train.trainer import train
 

@@ -1,4 +1,5 @@
-"""Rank 0's per-step training log: live gauges in the Ray dashboard and a wandb run.
+"""Rank 0's per-step training log: live gauges in the Ray dashboard, a wandb run, and the driver's
+progress bar (rank 0 posts each step to a small `StepBoard` actor that the driver polls).
 
 wandb never needs a network by default: `WANDB_MODE` wins when set; otherwise the run is online
 only when `WANDB_API_KEY` is set, and offline (`wandb sync <dir>` uploads it later) when not.
@@ -10,8 +11,10 @@ so this slightly under-counts long sequences.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +31,59 @@ def model_flops_per_token(total_params: int, trainable_params: int) -> int:
     return 2 * total_params + 4 * trainable_params
 
 
+class StepBoard:
+    """The latest step rank 0 reported (a Ray actor the driver reads)."""
+
+    def __init__(self) -> None:
+        self.latest: dict[str, float] = {}
+
+    def post(self, values: dict[str, float]) -> None:
+        self.latest = values
+
+    def read(self) -> dict[str, float]:
+        return self.latest
+
+
+@contextlib.contextmanager
+def driver_progress(total_steps: int, enabled: bool = True, poll_s: float = 1.0) -> Iterator[Any]:
+    """A `StepBoard` actor handle for the workers (None when disabled) while a tqdm bar on the driver
+    follows it: steps done, loss, tokens/s."""
+    if not enabled:
+        yield None
+        return
+    import ray
+    from tqdm import tqdm
+
+    board = ray.remote(num_cpus=0)(StepBoard).remote()
+    done = threading.Event()
+
+    def follow() -> None:
+        with tqdm(total=total_steps, desc="train", unit="step") as bar:
+            while True:
+                finished = done.wait(poll_s)
+                latest = ray.get(board.read.remote())
+                if latest and int(latest["step"]) != bar.n:
+                    bar.n = int(latest["step"])
+                    bar.set_postfix(loss=f"{latest['loss']:.3f}", tok_s=f"{latest['tokens_per_s']:.0f}")
+                if finished:
+                    return
+
+    follower = threading.Thread(target=follow, name="train-progress", daemon=True)
+    follower.start()
+    try:
+        yield board
+    finally:
+        done.set()
+        follower.join()
+        ray.kill(board)
+
+
 class StepLog:
     """What rank 0 logs every optimizer step; other ranks pass `enabled=False`."""
 
     def __init__(self, enabled: bool, wandb_project: str, wandb_dir: str | None,
-                 run_config: dict[str, Any]) -> None:
+                 run_config: dict[str, Any], board: Any = None) -> None:
+        self.board = board if enabled else None
         self.live = StageMetrics("train", counters=("steps", "tokens"), gauges=(
             "loss", "learning_rate", "tokens_per_s", "samples_per_s", "data_wait_share", "mfu")) \
             if enabled else None
@@ -55,6 +106,8 @@ class StepLog:
             self.live.inc("tokens", tokens)
             for name, value in values.items():  # names without a gauge are ignored
                 self.live.set(name, value)
+        if self.board is not None:
+            self.board.post.remote({"step": step, **values})  # fire and forget
         if self.wandb_run is not None:
             self.wandb_run.log(values, step=step)
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from mmc_ray.config import Config, TrainConfig
-from mmc_ray.train.run_log import StepLog, model_flops_per_token
+from mmc_ray.train.run_log import StepLog, driver_progress, model_flops_per_token
 
 DS_TAG = "ds"
 STATE_FILE = "trainer_state.json"
@@ -158,7 +158,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     world = ctx.get_world_size()
     flops_per_token = model_flops_per_token(total, trainable)
     log = StepLog(rank == 0, cfg.wandb_project, config["wandb_dir"],
-                  {**dataclasses.asdict(cfg), "world_size": world, "resumed_from_step": resumed_from})
+                  {**dataclasses.asdict(cfg), "world_size": world, "resumed_from_step": resumed_from},
+                  board=config["board"])
     tokens = samples = 0
     wait = 0.0
     start = time.perf_counter()
@@ -259,13 +260,9 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
 
 
 def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool = False,
-          stream: Any = None) -> TrainSummary:
+          stream: Any = None, progress: bool = True) -> TrainSummary:
     """Fit on `data_dir` (an MMC dataset folder for the critic; a problems folder for actor SFT),
     or on `stream`, a `ray.data.Dataset` of the same rows still being produced upstream."""
-    import ray.data
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     from mmc_ray.ray_runtime import init_ray
 
     data_dir, out_dir = Path(data_dir).resolve(), Path(out_dir).resolve()
@@ -290,11 +287,26 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
         raise RuntimeError(
             f"train: {tcfg.num_workers} workers x {tcfg.cpus_per_worker:g} CPU take all {cpus:g} CPUs of the "
             f"cluster, leaving none for Ray Data to read the dataset; lower train.cpus_per_worker")
+    start = time.perf_counter()
+    with driver_progress(tcfg.max_steps, progress) as board:
+        result = _fit(tcfg, out_dir, resume_from, board, stream, files)
+    checkpoint = Path(result.checkpoint.path)
+    exported = export_hf(checkpoint, tcfg, out_dir / "hf")
+    losses = json.loads((checkpoint / STATE_FILE).read_text())["losses"]
+    return TrainSummary(dict(result.metrics or {}), losses, checkpoint, exported, time.perf_counter() - start)
+
+
+def _fit(tcfg: TrainConfig, out_dir: Path, resume_from: Path | None, board: Any, stream: Any,
+         files: list[Path]) -> Any:
+    import ray.data
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"train": replace(tcfg, init_model=str(Path(tcfg.init_model).resolve())),
                            "resume_from": None if resume_from is None else str(resume_from),
-                           "wandb_dir": str(out_dir)},
+                           "wandb_dir": str(out_dir), "board": board},
         scaling_config=ScalingConfig(num_workers=tcfg.num_workers, use_gpu=tcfg.use_gpu,
                                      resources_per_worker={"CPU": tcfg.cpus_per_worker}),
         # One run name per fit: a resumed fit is a new run that starts from the old checkpoint.
@@ -304,13 +316,7 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
         datasets={"train": stream if stream is not None else ray.data.read_parquet(
             [str(f) for f in files], num_cpus=READ_CPUS)},
     )
-    start = time.perf_counter()
-    result = trainer.fit()
-    checkpoint = Path(result.checkpoint.path)
-    exported = export_hf(checkpoint, tcfg, out_dir / "hf")
-    losses = json.loads((checkpoint / STATE_FILE).read_text())["losses"]
-    seconds = time.perf_counter() - start
-    return TrainSummary(dict(result.metrics or {}), losses, checkpoint, exported, seconds)
+    return trainer.fit()
 
 
 def export_hf(checkpoint: Path, tcfg: TrainConfig, out: Path) -> Path:

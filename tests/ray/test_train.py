@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import ray
 import ray.train
 
 from mmc_ray.config import Config, SearchConfig, SimulatorConfig
@@ -179,3 +180,16 @@ def test_zero3_with_a_frozen_vision_tower_exports(ray_local, tiny_vlm_path, smal
 def test_reserving_every_cpu_is_refused(ray_local, tiny_vlm_path, small_dataset, tmp_path):
     with pytest.raises(RuntimeError, match="leaving none for Ray Data"):
         train(train_cfg(tiny_vlm_path, cpus_per_worker=1.0), small_dataset, tmp_path / "run")
+
+
+def test_the_driver_progress_bar_follows_the_steps_rank_0_posts(ray_local, capsys):
+    from mmc_ray.train.run_log import StepLog, driver_progress
+
+    with driver_progress(total_steps=3, poll_s=0.05) as board:
+        log = StepLog(True, "", None, {}, board=board)
+        for step in (1, 2, 3):
+            log.log(step, 100, {"loss": 2.0 / step, "tokens_per_s": 50.0})
+        latest = ray.get(board.read.remote())  # posts are ordered: the last one is what stays
+    assert latest["step"] == 3
+    err = capsys.readouterr().err
+    assert "train: 100%" in err and "3/3" in err and "loss=0.667" in err
