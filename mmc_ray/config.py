@@ -79,11 +79,15 @@ class SimulatorConfig:
     operation_error_rate: float = 0.05
     revise_success_rate: float = 0.7
     seed: int = 0
+    # Wall time each generate call waits, idle, before answering: stands in for a policy on another
+    # device (a GPU takes about as long for a batch as for one request) in benchmarks. 0 = none.
+    call_latency_s: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("observe_error_rate", "arithmetic_error_rate", "operation_error_rate",
                      "revise_success_rate"):
             _require(0.0 <= getattr(self, name) <= 1.0, name, "must be in [0, 1]")
+        _require(self.call_latency_s >= 0, "call_latency_s", "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -104,7 +108,7 @@ class ResourcesConfig:
         _require(self.placement_timeout_s > 0, "placement_timeout_s", "must be > 0")
 
 
-EngineKind = Literal["hf", "simulated", "rule", "openai"]
+EngineKind = Literal["hf", "simulated", "rule", "openai", "vllm"]
 Device = Literal["auto", "cpu", "cuda"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 
@@ -128,9 +132,25 @@ class EngineConfig:
     api_key_env: str = "MMC_API_KEY"    # bearer token read from this environment variable, if set
     request_timeout_s: float = 120.0
     max_concurrency: int = 8            # requests in flight to the server
+    # kind=vllm (the `gpu` extra; CUDA only)
+    tensor_parallel_size: int = 1       # GPUs per replica; > 1 needs resources.num_gpus equal to it
+    gpu_memory_utilization: float = 0.85  # share of each GPU vLLM takes (weights + KV cache)
+    max_model_len: int = 8192           # prompt + completion tokens, image tokens included
+    enable_prefix_caching: bool = True  # MCTS siblings and rollouts share their path's KV blocks
+    max_images_per_prompt: int = 4      # vLLM's limit_mm_per_prompt; memory is profiled for it
 
     def __post_init__(self) -> None:
         _require(self.max_batch_size > 0, "max_batch_size", "must be > 0")
+        _require(self.tensor_parallel_size >= 1, "tensor_parallel_size", "must be >= 1")
+        _require(0 < self.gpu_memory_utilization <= 1, "gpu_memory_utilization", "must be in (0, 1]")
+        _require(self.max_model_len >= 1, "max_model_len", "must be >= 1")
+        _require(self.max_images_per_prompt >= 0, "max_images_per_prompt", "must be >= 0")
+        _require(self.kind != "vllm" or self.device != "cpu", "device",
+                 "kind=vllm runs on CUDA only; use kind=hf on CPU")
+        _require(self.kind != "vllm" or self.tensor_parallel_size == 1
+                 or self.resources.num_gpus == self.tensor_parallel_size, "tensor_parallel_size",
+                 "kind=vllm with tensor_parallel_size > 1 needs resources.num_gpus == tensor_parallel_size "
+                 "(one bundle, one node, holds all GPUs of a replica)")
         _require(self.kind != "openai" or self.base_url.startswith(("http://", "https://")), "base_url",
                  "kind=openai needs base_url=http(s)://host:port/v1")
         _require(self.request_timeout_s > 0 and self.max_concurrency >= 1, "max_concurrency",

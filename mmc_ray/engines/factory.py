@@ -20,6 +20,10 @@ def build_engine(cfg: EngineConfig) -> GenerationEngine:
         from mmc_ray.engines.rule_critic import RuleCriticEngine
 
         return RuleCriticEngine()
+    if cfg.kind == "vllm":
+        from mmc_ray.engines.vllm import VLLMEngine
+
+        return VLLMEngine.from_config(cfg)
     if cfg.kind == "openai":
         from mmc_ray.engines.openai import OpenAIEngine
 

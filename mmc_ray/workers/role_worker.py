@@ -56,8 +56,16 @@ class RoleWorker:
 
     @ray.method(concurrency_group="control")
     def reload(self, model_path: str) -> int:
-        """Load a new model folder and switch to it; batches in flight finish on the old engine."""
+        """Load a new model folder and switch to it; batches in flight finish on the old engine.
+        An engine with its own `reload` (vLLM: two copies would not fit on the GPU) swaps in place
+        after its batch in flight, and new batches wait for the new model."""
         cfg = replace(self.cfg, model_path=model_path)
+        if hasattr(self.engine, "reload"):
+            self.engine.reload(model_path)
+            with self._swap:
+                self.cfg = cfg
+                self.version += 1
+            return self.version
         engine = build_engine(cfg)
         with self._swap:
             self.cfg, self.engine = cfg, engine

@@ -33,7 +33,7 @@ def test_config_is_frozen():
     [
         (["tasks.nn=1"], "unknown key tasks.nn; allowed keys here: ['n',"),
         (["bogus.x=1"], "unknown key bogus"),
-        (["actor.kind=vllmx"], "actor.kind: 'vllmx' is not allowed; choose one of ['hf', 'simulated', 'rule', 'openai']"),
+        (["actor.kind=vllmx"], "actor.kind: 'vllmx' is not allowed; choose one of ['hf', 'simulated', 'rule', 'openai', 'vllm']"),
         (["actor.device=tpu"], "actor.device: 'tpu' is not allowed"),
         (["generate.n=abc"], "generate.n: expected int, got 'abc'"),
         (["generate.n=0"], "generate.n: must be >= 1"),
@@ -46,12 +46,26 @@ def test_config_is_frozen():
         (["novalue"], "is not of the form dotted.key=value"),
         (["annotate.mining.low_value=0.9"], "annotate.mining: need 0 <= low_value < high_value <= 1"),
         (["generate.n.x=1"], "generate.n is not a section"),
+        (["actor.kind=vllm", "actor.device=cpu"], "actor.device: kind=vllm runs on CUDA only"),
+        (["actor.kind=vllm", "actor.device=cuda", "actor.tensor_parallel_size=2"],
+         "actor.tensor_parallel_size: kind=vllm with tensor_parallel_size > 1 needs resources.num_gpus"),
+        (["critic.gpu_memory_utilization=1.5"], "critic.gpu_memory_utilization: must be in (0, 1]"),
+        (["critic.tensor_parallel_size=0"], "critic.tensor_parallel_size: must be >= 1"),
     ],
 )
 def test_bad_config_names_the_key(overrides, message):
     with pytest.raises(ConfigError) as err:
         load_config(overrides=overrides)
     assert message in str(err.value)
+
+
+def test_vllm_engine_fields_load():
+    cfg = load_config(overrides=["actor.kind=vllm", "actor.device=cuda", "actor.tensor_parallel_size=2",
+                                 "actor.resources.num_gpus=2", "actor.gpu_memory_utilization=0.5",
+                                 "actor.max_model_len=4096", "actor.enable_prefix_caching=false"])
+    assert cfg.actor.kind == "vllm" and cfg.actor.tensor_parallel_size == 2
+    assert cfg.actor.gpu_memory_utilization == 0.5 and cfg.actor.max_model_len == 4096
+    assert cfg.actor.enable_prefix_caching is False
 
 
 def test_missing_and_malformed_files(tmp_path: Path):

@@ -27,6 +27,7 @@ PURE_MODULES = [
     "mmc_ray.engines.factory",
     "mmc_ray.engines.simulated",
     "mmc_ray.engines.rule_critic",
+    "mmc_ray.engines.vllm",
     "mmc_ray.refine.loop",
     "mmc_ray.refine.run",
     "mmc_ray.eval.metrics",
