@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 import re
+import time
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 
@@ -89,6 +90,8 @@ class SimulatedActorEngine:
         self._problem = lru_cache(maxsize=4096)(problem_lookup)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        if self.cfg.call_latency_s:
+            time.sleep(self.cfg.call_latency_s)
         return [self._generate_one(req) for req in requests]
 
     def _generate_one(self, req: GenerationRequest) -> GenerationResult:

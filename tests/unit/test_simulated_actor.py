@@ -134,3 +134,14 @@ def test_max_new_tokens_truncates():
 ])
 def test_flagged_step(text, step):
     assert flagged_step(text) == step
+
+
+def test_call_latency_waits_once_per_generate_call_and_changes_no_output(monkeypatch):
+    import mmc_ray.engines.simulated as simulated
+
+    waits = []
+    monkeypatch.setattr(simulated.time, "sleep", waits.append)
+    slow, fast = engine(call_latency_s=0.25, seed=3), engine(seed=3)
+    assert [c.text for c in solve(slow, 4)] == [c.text for c in solve(fast, 4)]
+    solve(slow, 2)
+    assert waits == [0.25, 0.25]
