@@ -109,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--checkpoint", help="shortcut for serve.checkpoint (a critic hf/ folder)")
     serve_cmd.add_argument("--host", help="shortcut for serve.host (default 127.0.0.1)")
     serve_cmd.add_argument("--port", type=int, help="shortcut for serve.port")
+    serve_cmd.add_argument("--backend", choices=("hf", "vllm"),
+                           help="shortcut for serve.backend: hf (our engine, CPU) or vllm (Ray Serve LLM)")
     serve_cmd.add_argument("--write-openapi", type=Path, metavar="PATH",
                            help="write the API's OpenAPI spec to PATH and exit")
     serve_cmd.add_argument("--detach", action="store_true", help="deploy and return (the cluster serves on)")
@@ -196,13 +198,14 @@ def cmd_serve(args: argparse.Namespace) -> None:
         args.write_openapi.write_text(openapi_spec())
         print(f"wrote {args.write_openapi}")
         return
-    extra = [f"serve.{key}={value}" for key in ("checkpoint", "host", "port")
+    extra = [f"serve.{key}={value}" for key in ("checkpoint", "host", "port", "backend")
              if (value := getattr(args, key)) is not None]
     cfg = _config(args, extra)
     if not (Path(cfg.serve.checkpoint) / "config.json").exists():
         raise FileNotFoundError(f"no critic at {cfg.serve.checkpoint} (serve.checkpoint / --checkpoint)")
     url = deploy(cfg)
-    print(f"critic {cfg.serve.served_model} ({cfg.serve.checkpoint}) serving at {url}\n"
+    print(f"critic {cfg.serve.served_model} ({cfg.serve.checkpoint}, backend {cfg.serve.backend}) "
+          f"serving at {url}\n"
           f"  OpenAI-compatible: {url}/v1/chat/completions   structured: {url}/v1/critique   "
           f"docs: {url}/docs")
     if args.detach:

@@ -318,8 +318,13 @@ class PipelineConfig:
 @dataclass(frozen=True)
 class ServeConfig:
     """`mmc-ray serve`: the critic behind Ray Serve. The engine settings (device, dtype, pixel
-    budget) come from the `critic` section; `checkpoint` overrides its model_path."""
+    budget; with backend=vllm also tensor_parallel_size, gpu_memory_utilization, max_model_len,
+    enable_prefix_caching, max_images_per_prompt) come from the `critic` section; `checkpoint`
+    overrides its model_path."""
 
+    # hf: our HFEngine inside the ingress replicas (CPU, or small GPUs); vllm: a Ray Serve LLM
+    # deployment (vLLM, GPU only) that the same ingress calls through a deployment handle.
+    backend: Literal["hf", "vllm"] = "hf"
     checkpoint: str = "runs/critic/hf"
     served_model: str = "mmc-critic"
     host: str = "127.0.0.1"             # bind address; 0.0.0.0 only on purpose (clusters)
@@ -329,8 +334,12 @@ class ServeConfig:
     max_replicas: int = 0
     target_ongoing_requests: float = 8.0
     num_cpus: float = 1.0
-    num_gpus: float = 0.0
-    max_batch_size: int = 16            # @serve.batch
+    num_gpus: float = 0.0               # per ingress replica; 0 with backend=vllm (the LLM deployment
+                                        # takes critic.tensor_parallel_size GPUs per replica)
+    accelerator_type: str = ""          # backend=vllm: Ray Serve LLM accelerator_type (e.g. H100); "" = any
+    graceful_shutdown_timeout_s: float = 300.0  # backend=vllm: how long a replaced replica finishes its
+                                        # in-flight requests during a checkpoint rollout
+    max_batch_size: int = 16            # @serve.batch (backend=hf; vLLM batches continuously)
     batch_wait_timeout_s: float = 0.02
     max_ongoing_requests: int = 64      # per replica; must be >= max_batch_size or batches stay small
     api_key_env: str = "MMC_SERVE_API_KEY"  # bearer token required when this variable is set...
@@ -359,6 +368,10 @@ class ServeConfig:
         for name in ("max_body_bytes", "max_image_bytes", "max_image_pixels", "max_steps", "max_step_chars",
                      "max_question_chars"):
             _require(getattr(self, name) >= 1, name, "must be >= 1")
+        _require(self.backend != "vllm" or self.num_gpus == 0, "num_gpus",
+                 "must be 0 with backend=vllm: the ingress holds no model; the LLM deployment takes "
+                 "critic.tensor_parallel_size GPUs per replica")
+        _require(self.graceful_shutdown_timeout_s > 0, "graceful_shutdown_timeout_s", "must be > 0")
 
 
 @dataclass(frozen=True)
@@ -377,6 +390,10 @@ class Config:
     refine: RefineConfig = field(default_factory=RefineConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+
+    def __post_init__(self) -> None:
+        _require(self.serve.backend != "vllm" or self.critic.device != "cpu", "serve.backend",
+                 "vllm runs on CUDA only (critic.device is cpu); use serve.backend=hf on CPU")
 
 
 def _require(ok: bool, key: str, message: str) -> None:

@@ -6,11 +6,14 @@
     GET  /v1/models            the served model and its checkpoint version
     GET  /healthz
 
-Every generation goes through one `@serve.batch` method, so concurrent requests share engine
-calls. The engine is swapped in `reconfigure` when `user_config.checkpoint` changes: the new one
-is loaded first and then replaces the old, so requests in flight finish on the old engine and no
-request fails during a swap. A request's engine failure is a 500 for that request; the replica
-keeps serving.
+Two backends (`serve.backend`) behind the same endpoints, auth and limits:
+- hf (CPU; the default): every generation goes through one `@serve.batch` method, so concurrent
+  requests share engine calls. The engine is swapped in `reconfigure` when `user_config.checkpoint`
+  changes: the new one is loaded first and then replaces the old, so requests in flight finish on
+  the old engine and no request fails during a swap.
+- vllm (GPU): the replica holds no model; it sends the same requests as chat completions to a Ray
+  Serve LLM deployment through its handle (`mmc_ray.serve.llm`), which batches, scales and swaps.
+A request's engine failure is a 500 for that request; the replica keeps serving.
 """
 
 # No `from __future__ import annotations` here: Serve's ingress rebuilds the endpoint signatures
@@ -37,6 +40,7 @@ from mmc_ray.critique.schema import parse_critique
 from mmc_ray.critique.step_scores import outcome_openings, step_scores
 from mmc_ray.engines.base import GenerationRequest, GenerationResult
 from mmc_ray.metrics import StageMetrics
+from mmc_ray.serve.llm import LLMCallFailed, LLMDeploymentClient
 from mmc_ray.serve.protocol import (
     ChatCompletionRequest,
     CritiqueRequest,
@@ -127,10 +131,14 @@ def resolve_api_key(cfg: ServeConfig) -> str | None:
 @serve.deployment
 @serve.ingress(api)
 class CriticServer:
-    def __init__(self, serve_cfg: ServeConfig, engine_cfg: EngineConfig, api_key: str | None) -> None:
+    def __init__(self, serve_cfg: ServeConfig, engine_cfg: EngineConfig, api_key: str | None,
+                 llm: Any = None) -> None:
+        """`llm`: a handle to the Ray Serve LLM deployment (backend=vllm); None runs our engine here."""
         self.cfg = serve_cfg
         self.engine_cfg = engine_cfg
         self.engine: Any = None
+        self.llm = None if llm is None else LLMDeploymentClient(
+            llm, serve_cfg.served_model, serve.get_replica_context().app_name)
         self.checkpoint = ""
         self.version = 0
         self.loaded_at = 0.0
@@ -155,6 +163,8 @@ class CriticServer:
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Serve calls this with the deployment's `user_config`: a new `checkpoint` hot-swaps."""
+        if self.llm is not None:  # the LLM deployment holds the model (and is swapped by a redeploy)
+            return
         if checkpoint := user_config.get("checkpoint"):
             self._load(checkpoint)
         if self._watcher is None:
@@ -188,23 +198,52 @@ class CriticServer:
             return [EngineFailed(f"engine failed: {type(e).__name__}: {e}")] * len(requests)
 
     async def _generate(self, request: GenerationRequest) -> GenerationResult:
-        result = await self.generate_batch(request)
-        if isinstance(result, Exception):
-            raise result
+        if self.llm is not None:
+            result = await self._via_llm(self.llm.generate(request))
+        else:
+            result = await self.generate_batch(request)
+            if isinstance(result, Exception):
+                raise result
         failed = [c.error for c in result.completions if c.finish_reason == "error"]
         if failed:
             raise EngineFailed(f"engine failed: {failed[0]}")
         return result
 
+    async def _via_llm(self, call: Any) -> Any:
+        """Await a call to the LLM deployment: its 4xx answers are the client's, anything else a 500."""
+        try:
+            return await call
+        except LLMCallFailed as e:
+            if 400 <= e.status < 500:
+                raise RequestRejected("body", str(e), status=e.status) from None
+            raise EngineFailed(f"engine failed: {e}") from e
+        except Exception as e:  # the deployment is unreachable, a replica died mid-request, ...
+            raise EngineFailed(f"engine failed: {type(e).__name__}: {e}") from e
+
+    async def _served(self, max_age_s: float | None = None) -> tuple[str, int, float]:
+        """(checkpoint, version, since) of the model that answers; backend=vllm asks the LLM
+        deployment at most every `max_age_s` (None: the last answer; 0: now)."""
+        if self.llm is None:
+            return self.checkpoint, self.version, self.loaded_at
+        if max_age_s is not None:
+            try:
+                await self.llm.refresh(max_age_s)
+            except Exception as e:  # a version lookup must not fail the request it labels
+                logger.warning("LLM deployment state: %s: %s", type(e).__name__, e)
+        served = self.llm.served
+        return served.checkpoint, served.version, served.since
+
     @api.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
-        return {"status": "ok", "model": self.cfg.served_model, "version": self.version, "pid": os.getpid()}
+        _, version, _ = await self._served()
+        return {"status": "ok", "model": self.cfg.served_model, "version": version, "pid": os.getpid()}
 
     @api.get("/v1/models")
     async def models(self) -> dict[str, Any]:
+        checkpoint, version, since = await self._served(max_age_s=0)
         return {"object": "list", "data": [{
             "id": self.cfg.served_model, "object": "model", "owned_by": "mmc-ray",
-            "created": int(self.loaded_at), "version": self.version, "checkpoint": self.checkpoint}]}
+            "created": int(since), "version": version, "checkpoint": checkpoint}]}
 
     @api.post("/v1/critique", response_model=CritiqueResponse)
     async def critique(self, body: CritiqueRequest) -> CritiqueResponse:
@@ -213,9 +252,10 @@ class CriticServer:
         result = await self._generate(await asyncio.to_thread(critique_generation, body, self.cfg))
         completion = result.completions[0]
         parsed = parse_critique(completion.text, num_steps=len(body.steps))
+        _, version, _ = await self._served(max_age_s=self.cfg.checkpoint_poll_s)
         return CritiqueResponse(
             critique=critique_body(parsed.critique), text=completion.text, parse_error=parsed.error,
-            model=self.cfg.served_model, version=self.version,
+            model=self.cfg.served_model, version=version,
             usage=Usage(prompt_tokens=result.prompt_tokens, completion_tokens=completion.completion_tokens,
                         total_tokens=result.prompt_tokens + completion.completion_tokens))
 
@@ -223,19 +263,23 @@ class CriticServer:
     async def score_steps(self, body: CritiqueRequest) -> ScoreStepsResponse:
         """The critic as a process reward model: one soundness probability per step."""
         engine = self.engine
-        if not hasattr(engine, "score"):
+        if self.llm is None and not hasattr(engine, "score"):
             raise RequestRejected("model", f"engine {engine.name} cannot score continuations", status=501)
         request = await asyncio.to_thread(critique_generation, body, self.cfg)
         openings = outcome_openings(len(body.steps))
-        try:
-            logprobs = await asyncio.to_thread(engine.score, request, openings)
-        except Exception as e:
-            raise EngineFailed(f"engine failed: {type(e).__name__}: {e}") from e
+        if self.llm is not None:  # prompt logprobs of each opening from the LLM deployment
+            logprobs = await self._via_llm(self.llm.score(request, openings))
+        else:
+            try:
+                logprobs = await asyncio.to_thread(engine.score, request, openings)
+            except Exception as e:
+                raise EngineFailed(f"engine failed: {type(e).__name__}: {e}") from e
         serve_metrics().inc("step_scores")
         scores = step_scores(logprobs)
+        _, version, _ = await self._served(max_age_s=self.cfg.checkpoint_poll_s)
         return ScoreStepsResponse(step_sound=list(scores.step_sound), p_correct=scores.p_correct,
                                   first_wrong_step=list(scores.first_wrong_step),
-                                  model=self.cfg.served_model, version=self.version)
+                                  model=self.cfg.served_model, version=version)
 
     @api.post("/v1/chat/completions")
     async def chat_completions(self, body: ChatCompletionRequest) -> dict[str, Any]:
@@ -257,7 +301,8 @@ class CriticServer:
 
 
 def build_critic_app(serve_cfg: ServeConfig, engine_cfg: EngineConfig) -> serve.Application:
-    """The application, with replicas, resources, batching and limits from `serve_cfg`."""
+    """The application, with replicas, resources, batching and limits from `serve_cfg`; with
+    backend=vllm also the Ray Serve LLM deployment the ingress calls (needs vLLM: GPU machines)."""
     options: dict[str, Any] = {
         "ray_actor_options": {"num_cpus": serve_cfg.num_cpus, "num_gpus": serve_cfg.num_gpus},
         "max_ongoing_requests": serve_cfg.max_ongoing_requests,
@@ -269,10 +314,19 @@ def build_critic_app(serve_cfg: ServeConfig, engine_cfg: EngineConfig) -> serve.
                                          "target_ongoing_requests": serve_cfg.target_ongoing_requests}
     else:
         options["num_replicas"] = serve_cfg.num_replicas
+    api_key = resolve_api_key(serve_cfg)
+    if serve_cfg.backend == "vllm":
+        from mmc_ray.serve.llm import build_llm_deployment
+
+        # The checkpoint is the LLM deployment's model_source; the ingress holds no model, and it
+        # drains as long as the LLM deployment does, while requests wait for a new LLM replica.
+        del options["user_config"]
+        options["graceful_shutdown_timeout_s"] = serve_cfg.graceful_shutdown_timeout_s
+        return CriticServer.options(**options).bind(replace(serve_cfg, checkpoint=""), engine_cfg, api_key,
+                                                    build_llm_deployment(serve_cfg, engine_cfg))
     # The checkpoint lives only in user_config: a new one then changes nothing else, and Serve
     # reconfigures the running replicas instead of replacing them.
-    return CriticServer.options(**options).bind(replace(serve_cfg, checkpoint=""), engine_cfg,
-                                                resolve_api_key(serve_cfg))
+    return CriticServer.options(**options).bind(replace(serve_cfg, checkpoint=""), engine_cfg, api_key)
 
 
 def app_builder(args: dict[str, Any]) -> serve.Application:

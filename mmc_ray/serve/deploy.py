@@ -1,8 +1,12 @@
 """Start the critic service on the connected Ray cluster, or hot-swap its checkpoint.
 
-Deploying again with only `serve.checkpoint` changed does not redeploy: it points the checkpoint
-registry at the new critic and every replica swaps it in place (`mmc_ray.serve.checkpoints`).
-Any other change redeploys the app (Serve replaces replicas without dropping requests).
+Backend hf: deploying again with only `serve.checkpoint` changed does not redeploy: it points the
+checkpoint registry at the new critic and every replica swaps it in place
+(`mmc_ray.serve.checkpoints`). Any other change redeploys the app (Serve replaces replicas without
+dropping requests).
+
+Backend vllm: the checkpoint is the Ray Serve LLM deployment's model_source, so every deploy
+redeploys the app and Serve rolls the new critic out replica by replica (`mmc_ray.serve.llm`).
 """
 
 from __future__ import annotations
@@ -31,10 +35,11 @@ def deploy(cfg: Config, app_name: str = APP_NAME, route_prefix: str = "/") -> st
     checkpoints = registry()
     current = ray.get(checkpoints.get.remote(app_name))
     app = serve.status().applications.get(app_name)
-    if app is not None and app.status == "RUNNING" and current.get("fingerprint") == fingerprint:
+    same_app = app is not None and app.status == "RUNNING" and current.get("fingerprint") == fingerprint
+    if cfg.serve.backend == "hf" and same_app:
         ray.get(checkpoints.set.remote(app_name, cfg.serve.checkpoint))
         return url
     # Set first: replicas of the new deployment must not follow a checkpoint left from an older one.
-    ray.get(checkpoints.set.remote(app_name, cfg.serve.checkpoint, fingerprint))
+    ray.get(checkpoints.set.remote(app_name, cfg.serve.checkpoint, fingerprint, cfg.serve.backend))
     serve.run(build_critic_app(cfg.serve, cfg.critic), name=app_name, route_prefix=route_prefix)
     return url

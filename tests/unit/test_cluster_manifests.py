@@ -22,13 +22,35 @@ def check_serve_config(config: dict) -> None:
     module, _, attr = app["import_path"].partition(":")
     assert callable(getattr(importlib.import_module(module), attr))
     cfg = load_config(ROOT / app["args"]["config"], app["args"]["overrides"])  # valid keys and values
-    (deployment,) = app["deployments"]
-    assert deployment["name"] == "CriticServer"
-    assert deployment["user_config"]["checkpoint"] == cfg.serve.checkpoint
+    if cfg.serve.backend == "hf":
+        (deployment,) = app["deployments"]
+        assert deployment["name"] == "CriticServer"
+        assert deployment["user_config"]["checkpoint"] == cfg.serve.checkpoint
+        return
+    # vllm: the checkpoint is the LLM deployment's model_source, set through args; no user_config,
+    # which the ingress ignores on this backend and Ray Serve LLM's LLMServer has no reconfigure for.
+    assert all("user_config" not in d for d in app.get("deployments", []))
+    from mmc_ray.serve.llm import llm_config_dict
+
+    llm = llm_config_dict(cfg.serve, cfg.critic)
+    assert llm["model_loading_config"] == {"model_id": cfg.serve.served_model, "model_source": cfg.serve.checkpoint}
+    assert cfg.critic.device == "cuda" and llm["engine_kwargs"]["limit_mm_per_prompt"]["image"] >= 1
 
 
-def test_serve_config_is_deployable():
-    check_serve_config(yaml.safe_load((ROOT / "cluster" / "serve-critic.yaml").read_text()))
+SERVE_CONFIGS = sorted((ROOT / "cluster").glob("serve-*.yaml"))
+
+
+def test_serve_configs_cover_both_backends():
+    backends = set()
+    for path in SERVE_CONFIGS:
+        (app,) = yaml.safe_load(path.read_text())["applications"]
+        backends.add(load_config(ROOT / app["args"]["config"], app["args"]["overrides"]).serve.backend)
+    assert backends == {"hf", "vllm"}
+
+
+@pytest.mark.parametrize("path", SERVE_CONFIGS, ids=lambda p: p.name)
+def test_serve_config_is_deployable(path):
+    check_serve_config(yaml.safe_load(path.read_text()))
 
 
 def test_rayservice_embeds_a_deployable_serve_config():

@@ -23,6 +23,7 @@ PURE_MODULES = [
     "mmc_ray.seeding",
     "mmc_ray.images",
     "mmc_ray.serve.protocol",
+    "mmc_ray.serve.llm",
     "mmc_ray.engines.base",
     "mmc_ray.engines.factory",
     "mmc_ray.engines.simulated",
