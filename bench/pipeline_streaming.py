@@ -4,6 +4,15 @@ Same config, same problems, fresh output folders, one local Ray. Stage by stage 
 commands do (each writes everything, the next reads it); streamed is `pipeline.streaming=true`
 (one Ray Data graph feeding the trainer). Reported: wall time of each and their ratio.
 
+Two settings. "local": every stage shares this machine's CPUs, so streaming can only hide the
+(short) search and annotation behind training, and both compete for the same cores. "remote actor":
+each policy call also waits `--call-latency` seconds idle (`actor.simulator.call_latency_s`), as a
+policy on its own GPU would; this is the deployment streaming is for, emulated on one machine.
+The fit makes about one pass over the round's new critiques, as a round does: streaming overlaps
+training with search only during the first pass, since later passes need the whole set. A quarter
+of the problems are searched at a time (`search.max_active_trees`), a new tree opening as one
+finishes: trees then finish steadily, where all-at-once search finishes them together at the end.
+
     .venv/bin/python bench/pipeline_streaming.py --quick --json bench/results/pipeline_streaming_quick.json
 """
 
@@ -37,44 +46,60 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--actor", choices=["simulated", "hf"], default="simulated")
+    parser.add_argument("--call-latency", type=float, default=1.0,
+                        help="seconds each policy call waits in the remote-actor setting (0: skip it)")
     args = parser.parse_args(argv)
-    n, steps = (64, 40) if args.quick else (128, 120)
+    n, steps = (192, 16) if args.quick else (512, 48)  # about one pass over the round's critiques
     from mmc_ray.ray_runtime import init_ray
 
     init_ray()
-    results: dict = {"config": {"problems": n, "train_steps": steps, "actor": args.actor}}
+    results: dict = {"config": {"problems": n, "train_steps": steps, "actor": args.actor,
+                                "call_latency_s": args.call_latency}}
+    settings = {"local": 0.0} | ({"remote_actor": args.call_latency} if args.call_latency > 0 else {})
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         model = build_tiny_vlm(load_config().tiny_model, root / "tiny-vlm")
-        cfg = load_config(overrides=[f"tasks.n={n}", f"train.max_steps={steps}",
-                                     f"train.checkpoint_every={steps}", f"train.init_model={model}",
-                                     f"actor.kind={args.actor}", f"actor.model_path={model}"])
-        problems = root / "problems.parquet"
-        with contextlib.redirect_stdout(io.StringIO()):
-            stages.write_tasks(cfg.tasks, problems)
+        for setting, latency in settings.items():
+            cfg = load_config(overrides=[f"tasks.n={n}", f"train.max_steps={steps}",
+                                         f"train.checkpoint_every={steps}", "train.tokens_per_step=2048",
+                                         f"search.max_active_trees={n // 4}",
+                                         f"train.init_model={model}",
+                                         f"actor.kind={args.actor}", f"actor.model_path={model}",
+                                         f"actor.simulator.call_latency_s={latency}"])
+            results[setting] = compare(cfg, root / setting)
+    results["ratio"] = results["local"]["ratio"]
+    print(f"{'setting':<13} {'mode':<15} {'wall s':>8} {'train s':>8} {'steps':>6} {'loss':>8}")
+    for setting in settings:
         for name in ("stage_by_stage", "streamed"):
-            out = root / name
-            start = time.perf_counter()
-            with contextlib.redirect_stdout(io.StringIO()):
-                if name == "streamed":
-                    summary = streamed_round(cfg, problems, out / "trees", out / "mmc-dataset",
-                                             out / "critic")
-                else:
-                    stages.search(cfg, problems, out / "trees")
-                    stages.annotate(cfg, out / "trees", out / "mmc-dataset")
-                    summary = stages.train(cfg, out / "mmc-dataset", out / "critic")
-            results[name] = {"seconds": round(time.perf_counter() - start, 1),
-                             "train_seconds": round(summary.seconds, 1),
-                             "steps": summary.metrics.get("step"),
-                             "final_loss": round(summary.metrics["loss"], 4)}
-    results["ratio"] = round(results["streamed"]["seconds"] / results["stage_by_stage"]["seconds"], 3)
-    print(f"{'mode':<15} {'wall s':>8} {'train s':>8} {'steps':>6} {'loss':>8}")
-    for name in ("stage_by_stage", "streamed"):
-        r = results[name]
-        print(f"{name:<15} {r['seconds']:>8} {r['train_seconds']:>8} {r['steps']:>6} {r['final_loss']:>8}")
-    print(f"streamed / stage-by-stage wall time: {results['ratio']}")
+            r = results[setting][name]
+            print(f"{setting:<13} {name:<15} {r['seconds']:>8} {r['train_seconds']:>8} {r['steps']:>6} "
+                  f"{r['final_loss']:>8}")
+        print(f"{setting}: streamed / stage-by-stage wall time {results[setting]['ratio']}")
     write_results(results, args.json)
 
+
+def compare(cfg, root: Path) -> dict:
+    """One round stage by stage, then streamed, from the same problems into fresh folders."""
+    problems = root / "problems.parquet"
+    with contextlib.redirect_stdout(io.StringIO()):
+        stages.write_tasks(cfg.tasks, problems)
+    results = {}
+    for name in ("stage_by_stage", "streamed"):
+        out = root / name
+        start = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()):
+            if name == "streamed":
+                summary = streamed_round(cfg, problems, out / "trees", out / "mmc-dataset", out / "critic")
+            else:
+                stages.search(cfg, problems, out / "trees")
+                stages.annotate(cfg, out / "trees", out / "mmc-dataset")
+                summary = stages.train(cfg, out / "mmc-dataset", out / "critic")
+        results[name] = {"seconds": round(time.perf_counter() - start, 1),
+                         "train_seconds": round(summary.seconds, 1),
+                         "steps": summary.metrics.get("step"),
+                         "final_loss": round(summary.metrics["loss"], 4)}
+    results["ratio"] = round(results["streamed"]["seconds"] / results["stage_by_stage"]["seconds"], 3)
+    return results
 
 if __name__ == "__main__":
     main(sys.argv[1:])

@@ -10,9 +10,11 @@ worker; requests that fail three times become failed generations, counted in the
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -248,32 +250,57 @@ def search_to_dir(problems: Sequence[Problem], dispatcher: Dispatcher, cfg: Sear
 class TreeSearchStage:
     """Ray Data stage: a batch of problem rows in, one tree row per searchable problem out.
 
-    Use with one actor of `Dataset.map_batches(TreeSearchStage, ...)`;
-    the stage only orchestrates, the policy workers do the generation."""
+    The whole batch is searched together (up to `max_active_trees` open at once, so requests batch
+    well), and finished trees leave in groups of `emit_every` while the rest are still searched, so
+    the stages after it start early. Use with one actor of `Dataset.map_batches(TreeSearchStage,
+    ...)`; the stage only orchestrates, the policy workers do the generation."""
 
-    def __init__(self, workers: Sequence[Any], cfg: SearchConfig) -> None:
+    def __init__(self, workers: Sequence[Any], cfg: SearchConfig, emit_every: int) -> None:
         from mmc_ray.pipeline.dispatch import RayDispatcher
 
         self.dispatcher = RayDispatcher(workers)
         self.cfg = cfg
+        self.emit_every = emit_every
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        rows: list[dict[str, Any]] = []
+    def __call__(self, batch: pa.Table) -> Iterator[pa.Table]:
         problems = [Problem.from_row(r) for r in batch.to_pylist()]
-        run_search(problems, self.dispatcher, self.cfg, lambda p, t: rows.append(tree_row(p, t)),
-                   progress=False)
-        return pa.Table.from_pylist(rows, schema=TREE_SCHEMA)
+        finished: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        failure: list[BaseException] = []
+
+        def search() -> None:
+            try:
+                run_search(problems, self.dispatcher, self.cfg,
+                           lambda p, t: finished.put(tree_row(p, t)), progress=False)
+            except BaseException as e:  # re-raised below, in the stage's own thread
+                failure.append(e)
+            finally:
+                finished.put(None)
+
+        searcher = threading.Thread(target=search, name="tree-search", daemon=True)
+        searcher.start()
+        ready: list[dict[str, Any]] = []
+        while (row := finished.get()) is not None:
+            ready.append(row)
+            if len(ready) >= self.emit_every:
+                yield pa.Table.from_pylist(ready, schema=TREE_SCHEMA)
+                ready = []
+        searcher.join()
+        if failure:
+            raise failure[0]
+        yield pa.Table.from_pylist(ready, schema=TREE_SCHEMA)
 
 
 def search_dataset(problems: Any, workers: Sequence[Any], cfg: SearchConfig,
-                   batch_size: int | None = None) -> Any:
+                   batch_size: int | None = None, emit_every: int = 16) -> Any:
     """Problems `ray.data.Dataset` → tree rows `Dataset`, streamed: later stages start reading
-    trees while search is still running. Each batch of `batch_size` problems (default
-    `max_active_trees`) is searched together and its trees come out together."""
+    trees while search is still running. Each batch of `batch_size` problems (default 4 ×
+    `max_active_trees`) is searched with `max_active_trees` open at once, a new tree opening as one
+    finishes, so trees finish steadily rather than all at the end; they come out `emit_every` at a
+    time."""
     return problems.map_batches(
         TreeSearchStage,
-        fn_constructor_kwargs={"workers": list(workers), "cfg": cfg},
-        batch_size=batch_size or cfg.max_active_trees,
+        fn_constructor_kwargs={"workers": list(workers), "cfg": cfg, "emit_every": emit_every},
+        batch_size=batch_size or 4 * cfg.max_active_trees,
         batch_format="pyarrow",
         compute=actor_pool(1),
         num_cpus=0,

@@ -33,8 +33,9 @@ from mmc_ray.ray_runtime import actor_pool
 from mmc_ray.schemas import CRITIQUE_SCHEMA, DROP_SCHEMA, TREE_SCHEMA
 from mmc_ray.workers.annotator import split_outcomes
 
-TREES_PER_BATCH = 16  # trees per search batch: small enough that annotation starts early
+TREES_EMITTED_TOGETHER = 16  # finished trees passed on as one block: annotation starts early
 LIGHT_CPUS = 0.1     # mining and rule annotation run beside the policy and training workers
+STREAM_BLOCK_BYTES = 1 << 17  # 128 KiB: a few trees, or a few dozen critiques, per block
 
 
 class TreeSink:
@@ -74,19 +75,24 @@ class DatasetSink:
 
 
 def _read(paths: str | list[str]) -> Any:
-    """`read_parquet` whose tasks reserve little CPU. The datasource-v2 reader lists files in a
-    task that always asks for a whole CPU, which a box this full does not have; a dataset keeps
-    the context it was made with, so the switch stays local to these reads."""
+    """`read_parquet` whose tasks reserve little CPU, in a graph whose blocks close small.
+
+    The datasource-v2 reader lists files in a task that always asks for a whole CPU, which a box
+    this full does not have. Ray Data merges what a stage yields into blocks of up to 128 MiB, so
+    the trees a search task finishes would only move on when the whole task ends; at
+    `STREAM_BLOCK_BYTES` they move on a few at a time. A dataset (and every one derived from it)
+    keeps the context it was made with, so both switches stay local to this graph."""
     import ray.data
 
     from mmc_ray.train.trainer import READ_CPUS
 
     context = ray.data.DataContext.get_current()
-    previous, context.use_datasource_v2 = context.use_datasource_v2, False
+    previous = context.use_datasource_v2, context.target_max_block_size
+    context.use_datasource_v2, context.target_max_block_size = False, STREAM_BLOCK_BYTES
     try:
         return ray.data.read_parquet(paths, num_cpus=READ_CPUS)
     finally:
-        context.use_datasource_v2 = previous
+        context.use_datasource_v2, context.target_max_block_size = previous
 
 
 def _check_room(cfg: Config, cpus: float) -> None:
@@ -117,7 +123,7 @@ def streamed_round(cfg: Config, problems_path: Path, trees_dir: Path, dataset_di
     group = create_worker_group(PolicyWorker, cfg.actor)
     try:
         problems = _read(str(problems_path))
-        trees = search_dataset(problems, group.workers, cfg.search, batch_size=TREES_PER_BATCH)
+        trees = search_dataset(problems, group.workers, cfg.search, emit_every=TREES_EMITTED_TOGETHER)
         trees = trees.map_batches(TreeSink, fn_constructor_kwargs={"out_dir": str(trees_dir)},
                                   batch_size=None, batch_format="pyarrow", compute=actor_pool(1), num_cpus=0)
         split_of = make_split_of(cfg.annotate.split_fractions, cfg.annotate.seed)

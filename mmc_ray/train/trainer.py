@@ -18,8 +18,9 @@ import math
 import os
 import random
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -53,29 +54,61 @@ def _examples_from_rows(builder: Any, rows: list[dict[str, Any]], task: str) -> 
     return builder.build_all([Problem.from_row(r) for r in rows], "actor-sft")
 
 
-def micro_batches(shard: Any, builder: Any, cfg: TrainConfig, model: Any,
-                  image_token_id: int, pad_token_id: int) -> Iterator[tuple[dict[str, Any], int, int]]:
-    """Endless (epoch after epoch) stream of (model inputs, real tokens, samples) under the token
-    budget.
+class ShardTables:
+    """The Arrow tables of a worker's dataset shard, read by a background thread from the moment
+    this is made, and kept for later epochs.
 
-    The shard is read once and its Arrow tables replayed for later epochs: Ray Data's split shards
-    advance epochs in step across workers, and workers here finish epochs at different times."""
+    Reading starts before the model loads, so a streamed upstream (search, annotation) runs
+    meanwhile instead of waiting for the first training step to ask. The tables are replayed for
+    later epochs: Ray Data's split shards advance epochs in step across workers, and workers here
+    finish epochs at different times."""
+
+    def __init__(self, shard: Any, rows_per_table: int = 64) -> None:
+        self._tables: list[Any] = []
+        self._done = False
+        self._error: BaseException | None = None
+        self._changed = threading.Condition()
+        threading.Thread(target=self._read, args=(shard, rows_per_table), name="shard-reader",
+                         daemon=True).start()
+
+    def _read(self, shard: Any, rows_per_table: int) -> None:
+        try:
+            for table in shard.iter_batches(batch_size=rows_per_table, batch_format="pyarrow"):
+                with self._changed:
+                    self._tables.append(table)
+                    self._changed.notify_all()
+        except BaseException as e:  # raised to the training loop when it gets there
+            self._error = e
+        finally:
+            with self._changed:
+                self._done = True
+                self._changed.notify_all()
+
+    def __iter__(self) -> Iterator[Any]:
+        """One epoch: every table, waiting for those still being read."""
+        index = 0
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda i=index: i < len(self._tables) or self._done)
+                if index == len(self._tables):
+                    if self._error is not None:
+                        raise self._error
+                    return
+                table = self._tables[index]
+            yield table
+            index += 1
+
+
+def micro_batches(tables: Iterable[Any], builder: Any, cfg: TrainConfig, model: Any,
+                  image_token_id: int, pad_token_id: int) -> Iterator[tuple[dict[str, Any], int, int]]:
+    """Endless (epoch after epoch over `tables`) stream of (model inputs, real tokens, samples)
+    under the token budget."""
     from mmc_ray.train.collate import collate_packed, collate_padded
     from mmc_ray.train.packing import plan_packs, token_budget_batches
 
-    cached: list[Any] = []
-
-    def tables() -> Iterator[Any]:
-        if cached:
-            yield from cached
-            return
-        for table in shard.iter_batches(batch_size=64, batch_format="pyarrow"):
-            cached.append(table)
-            yield table
-
     while True:
         produced = False
-        for table in tables():
+        for table in tables:
             examples = _examples_from_rows(builder, table.to_pylist(), cfg.task)
             lengths = [len(ex) for ex in examples]
             groups = (plan_packs(lengths, cfg.tokens_per_step) if cfg.pack
@@ -111,6 +144,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from mmc_ray.train.packed_attention import use_packed_attention
 
     cfg: TrainConfig = config["train"]
+    tables = ShardTables(ray.train.get_dataset_shard("train"))  # the upstream runs while the model loads
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     random.seed(cfg.seed + rank)
@@ -151,8 +185,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     resumed_from = step
     builder = ExampleBuilder(vlm, cfg.max_seq_len)
-    stream = micro_batches(ray.train.get_dataset_shard("train"), builder, cfg, model, vlm.image_token_id,
-                           vlm.tokenizer.pad_token_id)
+    stream = micro_batches(tables, builder, cfg, model, vlm.image_token_id, vlm.tokenizer.pad_token_id)
     for _ in range(step * cfg.grad_accum):  # data position: skip what the resumed steps consumed
         next(stream)
     world = ctx.get_world_size()

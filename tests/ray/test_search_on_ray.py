@@ -9,7 +9,7 @@ import pytest
 
 from mmc_ray.config import EngineConfig, ResourcesConfig, SearchConfig, SimulatorConfig, TinyModelConfig
 from mmc_ray.pipeline.dispatch import RayDispatcher
-from mmc_ray.pipeline.search import search_dataset, search_to_dir
+from mmc_ray.pipeline.search import TreeSearchStage, search_dataset, search_to_dir
 from mmc_ray.pipeline.shards import shard_paths
 from mmc_ray.tasks.generator import generate_problems
 from mmc_ray.workers.group import create_worker_group
@@ -102,6 +102,19 @@ def test_search_as_a_ray_data_stage(ray_local):
         group.shutdown()
     assert sorted(t["problem_id"] for t in trees) == sorted(p.problem_id for p in problems)
     assert all(len(t["nodes"]) == t["num_nodes"] > 1 for t in trees)
+
+
+def test_the_search_stage_passes_finished_trees_on_in_groups(ray_local):
+    problems = list(generate_problems(10, seed=5))
+    table = pa.Table.from_pylist([p.to_row() for p in problems])
+    group = create_worker_group(PolicyWorker, SIMULATED)
+    try:
+        stage = TreeSearchStage(group.workers, dataclasses.replace(SEARCH, max_active_trees=4), emit_every=3)
+        blocks = list(stage(table))
+    finally:
+        group.shutdown()
+    assert [b.num_rows for b in blocks] == [3, 3, 3, 1]
+    assert sorted(r["problem_id"] for b in blocks for r in b.to_pylist()) == sorted(p.problem_id for p in problems)
 
 
 def test_control_methods_answer_while_generating_and_reload_swaps(ray_local):
