@@ -15,6 +15,9 @@ from mmc_ray.seeding import stable_seed
 
 Unit = tuple[int, int]  # (request index, sample index)
 VISION_CACHE_SIZE = 512  # preprocessed image sets; MCTS sends each problem's image many times
+# Logits divided by a temperature this small overflow into NaN probabilities; vLLM treats any
+# temperature below 1e-5 as greedy, and so do we.
+GREEDY_BELOW_TEMPERATURE = 1e-5
 
 
 def _chunk_seed(requests: Sequence[GenerationRequest], units: Sequence[Unit]) -> int | None:
@@ -119,7 +122,7 @@ class HFEngine:
         sampling = (
             # top_k=0: no hidden top-k from generation_config, as with vLLM and OpenAI APIs.
             {"do_sample": True, "temperature": first.temperature, "top_p": first.top_p, "top_k": 0}
-            if first.temperature > 0 else {"do_sample": False}
+            if first.temperature >= GREEDY_BELOW_TEMPERATURE else {"do_sample": False}
         )
         stop_kwargs = {"stop_strings": list(first.stop), "tokenizer": tokenizer} if first.stop else {}
         output = self.vlm.model.generate(

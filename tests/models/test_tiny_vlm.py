@@ -100,6 +100,13 @@ def test_hf_engine_is_reproducible_for_a_seed_and_greedy_is_deterministic(hf_eng
     assert hf_engine.generate([greedy])[0].completions == hf_engine.generate([greedy])[0].completions
 
 
+def test_a_vanishing_temperature_is_greedy_not_a_nan_crash(hf_engine):
+    # Found by the serve fuzzer: 1e-300 passed validation and made sampling divide by ~0.
+    greedy = hf_engine.generate([image_request(temperature=0.0, max_new_tokens=10)])[0].completions
+    for tiny in (1e-300, 5e-324, 9e-6):
+        assert hf_engine.generate([image_request(temperature=tiny, max_new_tokens=10)])[0].completions == greedy
+
+
 def test_hf_engine_stop_strings_and_length(hf_engine):
     # Greedy text of the tiny model, then ask again stopping at one of its characters.
     greedy = image_request(temperature=0.0, max_new_tokens=24)
