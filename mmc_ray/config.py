@@ -373,6 +373,14 @@ class ServeConfig:
                  "critic.tensor_parallel_size GPUs per replica")
         _require(self.graceful_shutdown_timeout_s > 0, "graceful_shutdown_timeout_s", "must be > 0")
 
+    def replica_scaling(self) -> dict[str, Any]:
+        """Serve deployment options for the replica count: autoscaling when `max_replicas` > 0."""
+        if self.max_replicas > 0:
+            return {"autoscaling_config": {"min_replicas": self.min_replicas,
+                                           "max_replicas": self.max_replicas,
+                                           "target_ongoing_requests": self.target_ongoing_requests}}
+        return {"num_replicas": self.num_replicas}
+
 
 @dataclass(frozen=True)
 class Config:

@@ -307,13 +307,8 @@ def build_critic_app(serve_cfg: ServeConfig, engine_cfg: EngineConfig) -> serve.
         "ray_actor_options": {"num_cpus": serve_cfg.num_cpus, "num_gpus": serve_cfg.num_gpus},
         "max_ongoing_requests": serve_cfg.max_ongoing_requests,
         "user_config": {"checkpoint": serve_cfg.checkpoint},
+        **serve_cfg.replica_scaling(),
     }
-    if serve_cfg.max_replicas > 0:
-        options["autoscaling_config"] = {"min_replicas": serve_cfg.min_replicas,
-                                         "max_replicas": serve_cfg.max_replicas,
-                                         "target_ongoing_requests": serve_cfg.target_ongoing_requests}
-    else:
-        options["num_replicas"] = serve_cfg.num_replicas
     api_key = resolve_api_key(serve_cfg)
     if serve_cfg.backend == "vllm":
         from mmc_ray.serve.llm import build_llm_deployment

@@ -61,13 +61,8 @@ def llm_config_dict(serve_cfg: ServeConfig, engine_cfg: EngineConfig) -> dict[st
     queueing are the `serve` section's."""
     engine_kwargs = {k: v for k, v in llm_kwargs(engine_cfg).items() if k != "distributed_executor_backend"}
     deployment: dict[str, Any] = {"max_ongoing_requests": serve_cfg.max_ongoing_requests,
-                                  "graceful_shutdown_timeout_s": serve_cfg.graceful_shutdown_timeout_s}
-    if serve_cfg.max_replicas > 0:
-        deployment["autoscaling_config"] = {"min_replicas": serve_cfg.min_replicas,
-                                            "max_replicas": serve_cfg.max_replicas,
-                                            "target_ongoing_requests": serve_cfg.target_ongoing_requests}
-    else:
-        deployment["num_replicas"] = serve_cfg.num_replicas
+                                  "graceful_shutdown_timeout_s": serve_cfg.graceful_shutdown_timeout_s,
+                                  **serve_cfg.replica_scaling()}
     config: dict[str, Any] = {
         "model_loading_config": {"model_id": serve_cfg.served_model, "model_source": serve_cfg.checkpoint},
         "engine_kwargs": engine_kwargs,
