@@ -26,6 +26,7 @@ from mmc_ray.engines.vllm import (
     to_completion,
     to_result,
 )
+from mmc_ray.models.loading import decode_image
 
 
 @dataclass
@@ -59,14 +60,6 @@ def png() -> bytes:
     out = io.BytesIO()
     Image.new("RGB", (32, 32), "red").save(out, format="PNG")
     return out.getvalue()
-
-
-def decode(data: bytes) -> Image.Image:
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            return img.convert("RGB")
-    except Exception as e:
-        raise ValueError(f"image bytes could not be decoded: {e}") from None
 
 
 IMAGE_MESSAGES = ({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How many?"}]},)
@@ -134,7 +127,7 @@ def test_prepare_decodes_images_once_and_fails_only_the_broken_request(tokenizer
 
     def counting_decode(data):
         calls.append(data)
-        return decode(data)
+        return decode_image(data)
 
     image = png()
     requests = [
@@ -162,7 +155,7 @@ def test_prepare_fails_only_the_request_whose_sampling_parameters_vllm_refuses(t
         return kwargs
 
     batch = prepare([GenerationRequest(TEXT_MESSAGES, top_p=0.0), GenerationRequest(TEXT_MESSAGES)],
-                    tokenizer, decode, make_params=strict_params)
+                    tokenizer, decode_image, make_params=strict_params)
     assert batch.index == [1] and "top_p" in batch.errors[0]
 
 
