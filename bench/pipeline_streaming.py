@@ -2,11 +2,12 @@
 
 Same config, same problems, fresh output folders, one local Ray. Stage by stage is what the single
 commands do (each writes everything, the next reads it); streamed is `pipeline.streaming=true`
-(one Ray Data graph feeding the trainer). Reported: wall time of each and their ratio.
+(the driver runs search → annotate as one Ray Data graph from the start, and the trainer reads the
+dataset folder as it grows). Reported: wall time of each and their ratio.
 
-Two settings. "local": every stage shares this machine's CPUs, so streaming can only hide the
-(short) search and annotation behind training, and both compete for the same cores. "remote actor":
-each policy call also waits `--call-latency` seconds idle (`actor.simulator.call_latency_s`), as a
+Settings. "local": every stage shares this machine's CPUs, so streaming can only hide the
+(short) search and annotation behind training, and both compete for the same cores. "remote actor"
+(one setting per `--call-latency` value): each policy call also waits that many seconds idle (`actor.simulator.call_latency_s`), as a
 policy on its own GPU would; this is the deployment streaming is for, emulated on one machine.
 The fit makes about one pass over the round's new critiques, as a round does: streaming overlaps
 training with search only during the first pass, since later passes need the whole set. A quarter
@@ -46,8 +47,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--actor", choices=["simulated", "hf"], default="simulated")
-    parser.add_argument("--call-latency", type=float, default=1.0,
-                        help="seconds each policy call waits in the remote-actor setting (0: skip it)")
+    parser.add_argument("--call-latency", type=float, nargs="*", default=[0.5, 1.0],
+                        help="seconds each policy call waits, one remote-actor setting per value")
     args = parser.parse_args(argv)
     n, steps = (192, 16) if args.quick else (512, 48)  # about one pass over the round's critiques
     from mmc_ray.ray_runtime import init_ray
@@ -55,7 +56,7 @@ def main(argv: list[str]) -> None:
     init_ray()
     results: dict = {"config": {"problems": n, "train_steps": steps, "actor": args.actor,
                                 "call_latency_s": args.call_latency}}
-    settings = {"local": 0.0} | ({"remote_actor": args.call_latency} if args.call_latency > 0 else {})
+    settings = {"local": 0.0} | {f"remote_actor_{s:g}s": s for s in args.call_latency if s > 0}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         model = build_tiny_vlm(load_config().tiny_model, root / "tiny-vlm")
@@ -67,12 +68,12 @@ def main(argv: list[str]) -> None:
                                          f"actor.kind={args.actor}", f"actor.model_path={model}",
                                          f"actor.simulator.call_latency_s={latency}"])
             results[setting] = compare(cfg, root / setting)
-    results["ratio"] = results["local"]["ratio"]
-    print(f"{'setting':<13} {'mode':<15} {'wall s':>8} {'train s':>8} {'steps':>6} {'loss':>8}")
+    results["ratio"] = {setting: results[setting]["ratio"] for setting in settings}
+    print(f"{'setting':<18} {'mode':<15} {'wall s':>8} {'train s':>8} {'steps':>6} {'loss':>8}")
     for setting in settings:
         for name in ("stage_by_stage", "streamed"):
             r = results[setting][name]
-            print(f"{setting:<13} {name:<15} {r['seconds']:>8} {r['train_seconds']:>8} {r['steps']:>6} "
+            print(f"{setting:<18} {name:<15} {r['seconds']:>8} {r['train_seconds']:>8} {r['steps']:>6} "
                   f"{r['final_loss']:>8}")
         print(f"{setting}: streamed / stage-by-stage wall time {results[setting]['ratio']}")
     write_results(results, args.json)

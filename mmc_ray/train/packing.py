@@ -8,7 +8,10 @@ small batch instead of an out-of-memory one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TypeVar
+
+Item = TypeVar("Item")
 
 
 def plan_packs(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
@@ -44,3 +47,28 @@ def token_budget_batches(lengths: Sequence[int], max_tokens: int) -> list[list[i
         batches.append(current)
     return batches
 
+
+
+def pooled_groups(chunks: Iterable[Sequence[Item]], length: Callable[[Item], int],
+                  plan: Callable[[list[int]], list[list[int]]], pool_tokens: int) -> Iterator[list[Item]]:
+    """Groups of the items of `chunks` (each item once, all of them), planned by `plan` (lengths in,
+    index groups out) over a pool of at least `pool_tokens` tokens rather than chunk by chunk.
+
+    Once the pool holds `pool_tokens`, every group but the least full one is given out; that one
+    stays in the pool for the next chunk to fill. So chunks of a few items (rows as a streamed
+    upstream writes them) still make full groups. What is left at the end is planned as it is."""
+    pool: list[Item] = []
+    for chunk in chunks:
+        pool.extend(chunk)
+        lengths = [length(item) for item in pool]
+        if not pool or sum(lengths) < pool_tokens:
+            continue
+        groups = plan(lengths)
+        kept = min(groups, key=lambda group: sum(lengths[i] for i in group))
+        for group in groups:
+            if group is not kept:
+                yield [pool[i] for i in group]
+        pool = [pool[i] for i in kept]
+    if pool:
+        for group in plan([length(item) for item in pool]):
+            yield [pool[i] for i in group]

@@ -33,6 +33,7 @@ STATE_FILE = "trainer_state.json"
 COMPLETE_MARKER = "COMPLETE"  # written after every rank's part of a checkpoint is uploaded
 RUN_NAME = "ray-train"
 READ_CPUS = 0.25  # a Parquet read task is light; Ray Data's default of 1 CPU stalls on a small box
+POOL_STEPS = 4  # examples are grouped into steps over a pool of about this many steps' tokens
 
 
 def freeze_parts(model: Any, parts: tuple[str, ...]) -> tuple[int, int]:
@@ -73,10 +74,12 @@ class ShardTables:
 
     def _read(self, shard: Any, rows_per_table: int) -> None:
         try:
-            for table in shard.iter_batches(batch_size=rows_per_table, batch_format="pyarrow"):
-                with self._changed:
-                    self._tables.append(table)
-                    self._changed.notify_all()
+            # Blocks as they come (a streamed upstream sends a few rows at a time), cut to size.
+            for block in shard.iter_batches(batch_size=None, batch_format="pyarrow"):
+                for start in range(0, block.num_rows, rows_per_table):
+                    with self._changed:
+                        self._tables.append(block.slice(start, rows_per_table))
+                        self._changed.notify_all()
         except BaseException as e:  # raised to the training loop when it gets there
             self._error = e
         finally:
@@ -102,23 +105,21 @@ class ShardTables:
 def micro_batches(tables: Iterable[Any], builder: Any, cfg: TrainConfig, model: Any,
                   image_token_id: int, pad_token_id: int) -> Iterator[tuple[dict[str, Any], int, int]]:
     """Endless (epoch after epoch over `tables`) stream of (model inputs, real tokens, samples)
-    under the token budget."""
+    under the token budget, grouped across tables (`pooled_groups`), so the few rows at a time of a
+    streamed upstream still make full steps."""
     from mmc_ray.train.collate import collate_packed, collate_padded
-    from mmc_ray.train.packing import plan_packs, token_budget_batches
+    from mmc_ray.train.packing import plan_packs, pooled_groups, token_budget_batches
 
+    plan = plan_packs if cfg.pack else token_budget_batches
     while True:
         produced = False
-        for table in tables:
-            examples = _examples_from_rows(builder, table.to_pylist(), cfg.task)
-            lengths = [len(ex) for ex in examples]
-            groups = (plan_packs(lengths, cfg.tokens_per_step) if cfg.pack
-                      else token_budget_batches(lengths, cfg.tokens_per_step))
-            for group in groups:
-                chosen = [examples[i] for i in group]
-                batch = (collate_packed(chosen, model, image_token_id) if cfg.pack
-                         else collate_padded(chosen, pad_token_id, image_token_id))
-                produced = True
-                yield batch, sum(lengths[i] for i in group), len(group)
+        examples = (_examples_from_rows(builder, table.to_pylist(), cfg.task) for table in tables)
+        for chosen in pooled_groups(examples, len, lambda lengths: plan(lengths, cfg.tokens_per_step),
+                                    POOL_STEPS * cfg.tokens_per_step):
+            batch = (collate_packed(chosen, model, image_token_id) if cfg.pack
+                     else collate_padded(chosen, pad_token_id, image_token_id))
+            produced = True
+            yield batch, sum(len(ex) for ex in chosen), len(chosen)
         if not produced:
             raise RuntimeError(
                 f"no trainable examples in this worker's data (skips: {builder.stats.skipped})")

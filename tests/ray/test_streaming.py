@@ -2,14 +2,16 @@
 what the stage-by-stage commands write, and trains on it."""
 
 import dataclasses
+import json
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from mmc_ray.config import Config, ResourcesConfig, SimulatorConfig
 from mmc_ray.pipeline import stages
 from mmc_ray.pipeline.dataset_card import card_stats
-from mmc_ray.pipeline.streaming import streamed_round
+from mmc_ray.pipeline.streaming import UPSTREAM_DONE, streamed_round
 
 pytestmark = pytest.mark.slow
 
@@ -49,3 +51,15 @@ def test_a_streamed_round_that_cannot_fit_says_so(ray_local, tiny_vlm_path, tmp_
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, cpus_per_worker=0.9))
     with pytest.raises(RuntimeError, match=r"pipeline\.streaming=false"):
         streamed_round(cfg, tmp_path / "p.parquet", tmp_path / "t", tmp_path / "d", tmp_path / "c")
+
+
+def test_an_upstream_failure_fails_the_round_with_its_cause(ray_local, tiny_vlm_path, tmp_path):
+    """The search fails (problem rows without their columns) while the trainer waits on the dataset
+    folder: the trainer is told through the done file instead of waiting forever, and the round
+    raises the search's error as the cause."""
+    problems = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"problem_id": ["a", "b"]}), problems)
+    with pytest.raises(RuntimeError, match="search/annotation failed") as failure:
+        streamed_round(round_cfg(tiny_vlm_path), problems, tmp_path / "t", tmp_path / "d", tmp_path / "c")
+    assert "family" in str(failure.value.__cause__)
+    assert "family" in json.loads((tmp_path / "c" / UPSTREAM_DONE).read_text())["error"]

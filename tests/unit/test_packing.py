@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mmc_ray.train.packing import plan_packs, token_budget_batches
+from mmc_ray.train.packing import plan_packs, pooled_groups, token_budget_batches
 
 
 @given(st.lists(st.integers(1, 100), max_size=60), st.integers(100, 300))
@@ -33,3 +33,25 @@ def test_token_budget_batches(lengths, budget):
     for b in batches:
         padded = len(b) * max(lengths[i] for i in b)
         assert padded <= budget or len(b) == 1  # an over-budget sample rides alone
+
+
+def pack_at(budget):
+    return lambda lengths: plan_packs(lengths, budget)
+
+
+@given(st.lists(st.lists(st.integers(1, 100), max_size=8), max_size=30), st.integers(100, 300),
+       st.integers(0, 4))
+def test_pooled_groups_give_every_item_once_within_budget(chunks, budget, pool_steps):
+    items = [(c, i, n) for c, chunk in enumerate(chunks) for i, n in enumerate(chunk)]
+    chunked = [[item for item in items if item[0] == c] for c in range(len(chunks))]
+    groups = list(pooled_groups(chunked, lambda item: item[2], pack_at(budget), pool_steps * budget))
+    assert sorted(item for g in groups for item in g) == sorted(items)
+    assert all(sum(item[2] for item in g) <= budget for g in groups)
+
+
+def test_pooled_groups_fill_steps_from_small_chunks():
+    chunks = [[60, 60]] * 20  # 2 items per chunk; 8 fit in a group of 500
+    groups = list(pooled_groups(chunks, lambda n: n, pack_at(500), 1000))
+    chunk_by_chunk = [g for c in chunks for g in pack_at(500)(c)]
+    assert len(groups) == 5 and len(chunk_by_chunk) == 20  # chunk by chunk takes 4x the steps
+    assert [sum(g) for g in groups] == [480] * 5
