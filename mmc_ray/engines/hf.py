@@ -10,6 +10,7 @@ import torch
 
 from mmc_ray.config import EngineConfig
 from mmc_ray.engines.base import Completion, GenerationRequest, GenerationResult, apply_stop
+from mmc_ray.engines.hf_decode import StopCheck, decode
 from mmc_ray.models.loading import LoadedVLM, VisionInputs, decode_image, load_vlm
 from mmc_ray.seeding import stable_seed
 
@@ -39,6 +40,10 @@ class HFEngine:
         self.vlm = vlm
         self.max_batch_size = max_batch_size
         self._vision_cache: OrderedDict[tuple[bytes, ...], VisionInputs | None] = OrderedDict()
+        self._stop_checks: dict[tuple[str, ...], StopCheck] = {}
+        eos = vlm.model.generation_config.eos_token_id
+        eos = eos if isinstance(eos, list) else [eos]
+        self._eos_ids = sorted({vlm.tokenizer.eos_token_id, *eos} - {None})
 
     @classmethod
     def from_path(cls, model_path: str | Path, device: str = "auto", dtype: str = "auto",
@@ -112,44 +117,38 @@ class HFEngine:
     def _generate_chunk(self, requests: Sequence[GenerationRequest], vision: dict, chunk: Sequence[Unit],
                         out: dict[Unit, Completion]) -> list[int]:
         first = requests[chunk[0][0]]
+        prompt_of = {r: i for i, r in enumerate(dict.fromkeys(r for r, _ in chunk))}  # each prompt once
         prompts = [self.vlm.chat_prompt(requests[r].messages, requests[r].assistant_prefix)
-                   for r, _ in chunk]
-        inputs = self.vlm.encode(prompts, [vision[r] for r, _ in chunk])
+                   for r in prompt_of]
+        inputs = self.vlm.encode(prompts, [vision[r] for r in prompt_of])
         seed = _chunk_seed(requests, chunk)
         if seed is not None:
             torch.manual_seed(seed)
         tokenizer = self.vlm.tokenizer
-        sampling = (
-            # top_k=0: no hidden top-k from generation_config, as with vLLM and OpenAI APIs.
-            {"do_sample": True, "temperature": first.temperature, "top_p": first.top_p, "top_k": 0}
-            if first.temperature >= GREEDY_BELOW_TEMPERATURE else {"do_sample": False}
-        )
-        stop_kwargs = {"stop_strings": list(first.stop), "tokenizer": tokenizer} if first.stop else {}
-        output = self.vlm.model.generate(
-            **inputs, **sampling, **stop_kwargs,
-            max_new_tokens=first.max_new_tokens,
-            pad_token_id=tokenizer.pad_token_id,
-            return_dict_in_generate=True,
-            output_logits=first.logprobs,
-        )
-        prompt_len = inputs["input_ids"].shape[1]
-        new_tokens = output.sequences[:, prompt_len:]
-        logprobs = None
-        if first.logprobs:
-            logits = torch.stack(output.logits, dim=1).float()
-            logprobs = torch.log_softmax(logits, dim=-1).gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
-        ends = {tokenizer.eos_token_id, tokenizer.pad_token_id}
+        decoded = decode(
+            self.vlm.model, inputs, [prompt_of[r] for r, _ in chunk],
+            max_new_tokens=first.max_new_tokens, temperature=first.temperature, top_p=first.top_p,
+            greedy=first.temperature < GREEDY_BELOW_TEMPERATURE, eos_ids=self._eos_ids,
+            stop_check=self._stop_check(first.stop), logprobs=first.logprobs)
         for row, unit in enumerate(chunk):
-            ids = new_tokens[row].tolist()
-            end = next((i for i, t in enumerate(ids) if t in ends), None)
-            count = len(ids) if end is None else end + (ids[end] == tokenizer.eos_token_id)
-            text, stopped = apply_stop(tokenizer.decode(ids[:count], skip_special_tokens=True),
-                                       first.stop)
-            hit_eos = end is not None and ids[end] == tokenizer.eos_token_id
+            ids = decoded.token_ids[row]
+            text, stopped = apply_stop(tokenizer.decode(ids, skip_special_tokens=True), first.stop)
             out[unit] = Completion(
                 text=text,
-                finish_reason="stop" if stopped or hit_eos else "length",
-                completion_tokens=count,
-                logprobs=tuple(logprobs[row, :count].tolist()) if logprobs is not None else None,
+                finish_reason="stop" if stopped or decoded.hit_eos[row] else "length",
+                completion_tokens=len(ids),
+                logprobs=tuple(decoded.logprobs[row]) if decoded.logprobs is not None else None,
             )
-        return inputs["attention_mask"].sum(dim=1).tolist()
+        prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
+        return [prompt_tokens[prompt_of[r]] for r, _ in chunk]
+
+    def _stop_check(self, stop: tuple[str, ...]) -> StopCheck | None:
+        """Whether each row's generated ids end in one of the stop strings (tokens may split them)."""
+        if not stop:
+            return None
+        if stop not in self._stop_checks:
+            from transformers import StopStringCriteria
+
+            criteria = StopStringCriteria(self.vlm.tokenizer, list(stop))
+            self._stop_checks[stop] = lambda ids: criteria(ids, None)
+        return self._stop_checks[stop]
