@@ -7,12 +7,13 @@ dataset folder as it grows). Reported: wall time of each and their ratio.
 
 Settings. "local": every stage shares this machine's CPUs, so streaming can only hide the
 (short) search and annotation behind training, and both compete for the same cores. "remote actor"
-(one setting per `--call-latency` value): each policy call also waits that many seconds idle (`actor.simulator.call_latency_s`), as a
-policy on its own GPU would; this is the deployment streaming is for, emulated on one machine.
-The fit makes about one pass over the round's new critiques, as a round does: streaming overlaps
-training with search only during the first pass, since later passes need the whole set. A quarter
-of the problems are searched at a time (`search.max_active_trees`), a new tree opening as one
-finishes: trees then finish steadily, where all-at-once search finishes them together at the end.
+(one setting per `--call-latency` value): each policy call also waits that many seconds idle
+(`actor.simulator.call_latency_s`), as a policy on its own GPU would; this is the deployment
+streaming is for, emulated on one machine. The fit makes about one pass over the round's new
+critiques, as a round does: streaming overlaps training with search only during the first pass,
+since later passes need the whole set. A quarter of the problems are searched at a time
+(`search.max_active_trees`), a new tree opening as one finishes: trees then finish steadily, where
+all-at-once search finishes them together at the end.
 
     .venv/bin/python bench/pipeline_streaming.py --quick --json bench/results/pipeline_streaming_quick.json
 """
