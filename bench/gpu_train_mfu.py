@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import inspect
 import os
 import shutil
@@ -53,7 +52,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(__file__).resolve().parents[1] / ".torch_extensions"))
 
-from _results import write_results
+from _results import missing_for_gpu_run, write_results
 
 from mmc_ray.config import Config, TinyModelConfig, TrainConfig
 
@@ -445,19 +444,6 @@ def summarize(m: dict[str, Any], tcfg: TrainConfig, steps: int, fit_seconds: flo
     return results
 
 
-def missing_for_gpu_run() -> str | None:
-    """Why this machine cannot run the fit (None when it can)."""
-    missing = [m for m in ("torch", "ray", "deepspeed") if importlib.util.find_spec(m) is None]
-    if missing:
-        return (f"missing Python packages: {', '.join(missing)} (on a lent device machine, carry them as "
-                f"wheels: see bench/gpu_run.sh)")
-    import torch
-
-    if not torch.cuda.is_available():
-        return "needs a CUDA GPU and torch sees none"
-    return None
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -491,7 +477,8 @@ def main() -> int:
     cfg = dataclasses.replace(cfg, train=tcfg)
     if args.dry_run:
         return dry_run(args, cfg, tcfg, steps)
-    why = missing_for_gpu_run()
+    why = missing_for_gpu_run(["torch", "ray", "deepspeed"],
+                              "on a lent device machine, carry them as wheels: see bench/gpu_run.sh")
     if why:
         print(f"gpu_train_mfu: {why}; `--dry-run` checks the plan on CPU", file=sys.stderr)
         return 2

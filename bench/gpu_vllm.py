@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import math
 import os
 import sys
@@ -36,7 +35,7 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from _results import write_results
+from _results import missing_for_gpu_run, write_results
 
 from mmc_ray.config import EngineConfig, SearchConfig, TinyModelConfig
 from mmc_ray.engines.base import GenerationRequest
@@ -234,18 +233,6 @@ def tree_overhead(engine: Any, vllm: Any, plan: Plan) -> dict[str, Any]:
             "meets_target": overhead <= TARGET_TREE_OVERHEAD}
 
 
-def missing_for_gpu_run() -> str | None:
-    """Why this machine cannot run the benchmark (None when it can)."""
-    if importlib.util.find_spec("vllm") is None:
-        return ("vLLM is not installed (the `gpu` extra, or the docker/Dockerfile.cuda image; vLLM pins its "
-                "own CUDA torch)")
-    import torch
-
-    if not torch.cuda.is_available():
-        return "needs a CUDA GPU and torch sees none"
-    return None
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -258,7 +245,8 @@ def main() -> int:
     plan = make_plan(args.quick)
     if args.dry_run:
         return dry_run(args, plan)
-    why = missing_for_gpu_run()
+    why = missing_for_gpu_run(["vllm"], "the `gpu` extra, or the docker/Dockerfile.cuda image; vLLM pins "
+                              "its own CUDA torch")
     if why:
         print(f"gpu_vllm: {why}; `--dry-run` checks the plan on CPU", file=sys.stderr)
         return 2

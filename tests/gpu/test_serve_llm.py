@@ -6,10 +6,8 @@ critiques rarely parse, so the checks are on the protocol (status codes, shapes,
 what the critic says.
 """
 
-import base64
 import dataclasses
 import shutil
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -24,21 +22,12 @@ if not torch.cuda.is_available():
 pytest.importorskip("ray.serve.llm", reason="Ray Serve LLM does not import here (ray[llm] and vLLM versions)")
 
 import httpx  # noqa: E402
+from serve_payloads import PROBLEM, critique_body, free_port  # noqa: E402
 
 from mmc_ray.config import Config, EngineConfig, ServeConfig  # noqa: E402
 from mmc_ray.critique.prompts import critic_messages  # noqa: E402
 from mmc_ray.engines.base import GenerationRequest  # noqa: E402
 from mmc_ray.engines.openai import OpenAIEngine  # noqa: E402
-from mmc_ray.tasks.generator import generate_problems  # noqa: E402
-
-PROBLEM = next(generate_problems(1, seed=4))
-B64_IMAGE = base64.b64encode(PROBLEM.image).decode()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -60,12 +49,6 @@ def service(tiny_vlm_path):
     yield {"url": url, "cfg": cfg, "client": client}
     serve.shutdown()
     ray.shutdown()
-
-
-def critique_body(**overrides):
-    body = {"question": PROBLEM.question, "steps": ["Count the shapes: 3.", "So the answer is 3."],
-            "answer": "3", "image": B64_IMAGE, "max_tokens": 16}
-    return {**body, **overrides}
 
 
 def test_models_health_and_a_critique(service):

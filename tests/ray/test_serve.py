@@ -4,7 +4,6 @@ import base64
 import dataclasses
 import io
 import shutil
-import socket
 import struct
 import time
 import zlib
@@ -13,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 from PIL import Image
+from serve_payloads import B64_IMAGE, PROBLEM, critique_body, free_port
 
 from mmc_ray.config import Config, EngineConfig, RefineConfig, ServeConfig, SimulatorConfig
 from mmc_ray.critique.prompts import critic_messages
@@ -21,15 +21,6 @@ from mmc_ray.engines.openai import OpenAIEngine
 from mmc_ray.engines.simulated import SimulatedActorEngine
 from mmc_ray.refine.loop import RefinementLoop
 from mmc_ray.tasks.generator import generate_problems
-
-PROBLEM = next(generate_problems(1, seed=4))
-B64_IMAGE = base64.b64encode(PROBLEM.image).decode()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -55,12 +46,6 @@ def service(ray_local, tiny_vlm_path, tmp_path_factory):
     pid = client.get(f"{url}/healthz").json()["pid"]
     yield {"url": url, "secure": secure_url, "cfg": cfg, "client": client, "pid": pid}
     serve.shutdown()
-
-
-def critique_body(**overrides):
-    body = {"question": PROBLEM.question, "steps": ["Count the shapes: 3.", "So the answer is 3."],
-            "answer": "3", "image": B64_IMAGE, "max_tokens": 16}
-    return {**body, **overrides}
 
 
 def test_health_models_and_a_critique(service):

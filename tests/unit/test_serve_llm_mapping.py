@@ -9,6 +9,7 @@ import copy
 from types import SimpleNamespace
 
 import pytest
+from serve_payloads import B64_IMAGE, PROBLEM
 
 from mmc_ray.config import Config, ConfigError, EngineConfig, ResourcesConfig, ServeConfig, load_config
 from mmc_ray.critique.prompts import critic_turn
@@ -24,10 +25,7 @@ from mmc_ray.serve.llm import (
     score_bodies,
 )
 from mmc_ray.serve.protocol import CritiqueRequest, RequestRejected, critique_body, critique_generation
-from mmc_ray.tasks.generator import generate_problems
 
-PROBLEM = next(generate_problems(1, seed=4))
-B64_IMAGE = base64.b64encode(PROBLEM.image).decode()
 GPU_CRITIC = EngineConfig(kind="vllm", device="cuda", dtype="auto", tensor_parallel_size=2, gpu_memory_utilization=0.8,
                           max_model_len=4096, enable_prefix_caching=True, max_images_per_prompt=1,
                           min_pixels=3136, max_pixels=200704, resources=ResourcesConfig(num_gpus=2))
