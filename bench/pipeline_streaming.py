@@ -50,13 +50,15 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--actor", choices=["simulated", "hf"], default="simulated")
     parser.add_argument("--call-latency", type=float, nargs="*", default=[0.5, 1.0],
                         help="seconds each policy call waits, one remote-actor setting per value")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="runs of each mode per setting, alternating; the ratio is of the medians")
     args = parser.parse_args(argv)
     n, steps = (192, 16) if args.quick else (512, 48)  # about one pass over the round's critiques
     from mmc_ray.ray_runtime import init_ray
 
     init_ray()
     results: dict = {"config": {"problems": n, "train_steps": steps, "actor": args.actor,
-                                "call_latency_s": args.call_latency}}
+                                "call_latency_s": args.call_latency, "repeats": args.repeats}}
     settings = {"local": 0.0} | {f"remote_actor_{s:g}s": s for s in args.call_latency if s > 0}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -68,40 +70,48 @@ def main(argv: list[str]) -> None:
                                          f"train.init_model={model}",
                                          f"actor.kind={args.actor}", f"actor.model_path={model}",
                                          f"actor.simulator.call_latency_s={latency}"])
-            results[setting] = compare(cfg, root / setting)
+            results[setting] = compare(cfg, root / setting, args.repeats)
     results["ratio"] = {setting: results[setting]["ratio"] for setting in settings}
     print(f"{'setting':<18} {'mode':<15} {'wall s':>8} {'train s':>8} {'steps':>6} {'loss':>8}")
     for setting in settings:
         for name in ("stage_by_stage", "streamed"):
             r = results[setting][name]
             print(f"{setting:<18} {name:<15} {r['seconds']:>8} {r['train_seconds']:>8} {r['steps']:>6} "
-                  f"{r['final_loss']:>8}")
+                  f"{r['final_loss']:>8}  runs: {r['runs_seconds']}")
         print(f"{setting}: streamed / stage-by-stage wall time {results[setting]['ratio']}")
     write_results(results, args.json)
 
 
-def compare(cfg, root: Path) -> dict:
-    """One round stage by stage, then streamed, from the same problems into fresh folders."""
+def compare(cfg, root: Path, repeats: int) -> dict:
+    """One round stage by stage, then streamed, `repeats` times, from the same problems into fresh
+    folders; each mode's figures are those of its median run."""
     problems = root / "problems.parquet"
     with contextlib.redirect_stdout(io.StringIO()):
         stages.write_tasks(cfg.tasks, problems)
+    runs: dict[str, list[dict]] = {"stage_by_stage": [], "streamed": []}
+    for repeat in range(repeats):
+        for name in runs:
+            out = root / f"{name}-{repeat}"
+            start = time.perf_counter()
+            with contextlib.redirect_stdout(io.StringIO()):
+                if name == "streamed":
+                    summary = streamed_round(cfg, problems, out / "trees", out / "mmc-dataset",
+                                             out / "critic")
+                else:
+                    stages.search(cfg, problems, out / "trees")
+                    stages.annotate(cfg, out / "trees", out / "mmc-dataset")
+                    summary = stages.train(cfg, out / "mmc-dataset", out / "critic")
+            runs[name].append({"seconds": round(time.perf_counter() - start, 1),
+                               "train_seconds": round(summary.seconds, 1),
+                               "steps": summary.metrics.get("step"),
+                               "final_loss": round(summary.metrics["loss"], 4)})
     results = {}
-    for name in ("stage_by_stage", "streamed"):
-        out = root / name
-        start = time.perf_counter()
-        with contextlib.redirect_stdout(io.StringIO()):
-            if name == "streamed":
-                summary = streamed_round(cfg, problems, out / "trees", out / "mmc-dataset", out / "critic")
-            else:
-                stages.search(cfg, problems, out / "trees")
-                stages.annotate(cfg, out / "trees", out / "mmc-dataset")
-                summary = stages.train(cfg, out / "mmc-dataset", out / "critic")
-        results[name] = {"seconds": round(time.perf_counter() - start, 1),
-                         "train_seconds": round(summary.seconds, 1),
-                         "steps": summary.metrics.get("step"),
-                         "final_loss": round(summary.metrics["loss"], 4)}
+    for name, done in runs.items():
+        median = sorted(done, key=lambda r: r["seconds"])[(len(done) - 1) // 2]
+        results[name] = {**median, "runs_seconds": [r["seconds"] for r in done]}
     results["ratio"] = round(results["streamed"]["seconds"] / results["stage_by_stage"]["seconds"], 3)
     return results
+
 
 if __name__ == "__main__":
     main(sys.argv[1:])
