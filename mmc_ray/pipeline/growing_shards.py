@@ -19,6 +19,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mmc_ray.io import write_text_atomic
 from mmc_ray.pipeline.shards import shard_paths
 
 POLL_SECONDS = 0.5
@@ -31,11 +32,7 @@ class UpstreamFailed(RuntimeError):
 
 def mark_done(done_file: str | Path, error: str | None = None) -> None:
     """Tell readers that no shard follows (`error`: the upstream failed, and why)."""
-    path = Path(done_file)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"error": error}))
-    tmp.rename(path)
+    write_text_atomic(json.dumps({"error": error}), done_file)
 
 
 def tail_shards(folder: str | Path, prefix: str, done_file: str | Path,

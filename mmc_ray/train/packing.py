@@ -48,7 +48,6 @@ def token_budget_batches(lengths: Sequence[int], max_tokens: int) -> list[list[i
     return batches
 
 
-
 def pooled_groups(chunks: Iterable[Sequence[Item]], length: Callable[[Item], int],
                   plan: Callable[[list[int]], list[list[int]]], pool_tokens: int) -> Iterator[list[Item]]:
     """Groups of the items of `chunks` (each item once, all of them), planned by `plan` (lengths in,
@@ -58,9 +57,10 @@ def pooled_groups(chunks: Iterable[Sequence[Item]], length: Callable[[Item], int
     stays in the pool for the next chunk to fill. So chunks of a few items (rows as a streamed
     upstream writes them) still make full groups. What is left at the end is planned as it is."""
     pool: list[Item] = []
+    lengths: list[int] = []  # of the pool's items
     for chunk in chunks:
         pool.extend(chunk)
-        lengths = [length(item) for item in pool]
+        lengths.extend(length(item) for item in chunk)
         if not pool or sum(lengths) < pool_tokens:
             continue
         groups = plan(lengths)
@@ -68,7 +68,7 @@ def pooled_groups(chunks: Iterable[Sequence[Item]], length: Callable[[Item], int
         for group in groups:
             if group is not kept:
                 yield [pool[i] for i in group]
-        pool = [pool[i] for i in kept]
+        pool, lengths = [pool[i] for i in kept], [lengths[i] for i in kept]
     if pool:
-        for group in plan([length(item) for item in pool]):
+        for group in plan(lengths):
             yield [pool[i] for i in group]
