@@ -8,8 +8,6 @@ what the critic says.
 
 import dataclasses
 import shutil
-import time
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -22,7 +20,7 @@ if not torch.cuda.is_available():
 pytest.importorskip("ray.serve.llm", reason="Ray Serve LLM does not import here (ray[llm] and vLLM versions)")
 
 import httpx  # noqa: E402
-from serve_payloads import PROBLEM, critique_body, free_port  # noqa: E402
+from serve_payloads import PROBLEM, critique_body, free_port, statuses_across_redeploy  # noqa: E402
 
 from mmc_ray.config import Config, EngineConfig, ServeConfig  # noqa: E402
 from mmc_ray.critique.prompts import critic_messages  # noqa: E402
@@ -97,16 +95,12 @@ def test_hot_swap_by_redeploy_fails_no_request(service, tmp_path):
     client, url, cfg = service["client"], service["url"], service["cfg"]
     before = client.get(f"{url}/v1/models").json()["data"][0]
     new_checkpoint = str(shutil.copytree(before["checkpoint"], tmp_path / "critic-v2"))
-    with ThreadPoolExecutor(4) as pool:
-        futures = [pool.submit(client.post, f"{url}/v1/critique", json=critique_body(max_tokens=8))
-                   for _ in range(16)]
-        deploy(dataclasses.replace(cfg, serve=dataclasses.replace(cfg.serve, checkpoint=new_checkpoint)))
-        deadline = time.time() + 300
-        while client.get(f"{url}/v1/models").json()["data"][0]["checkpoint"] != new_checkpoint:
-            assert time.time() < deadline, "the LLM deployment never rolled out the new checkpoint"
-            futures.append(pool.submit(client.post, f"{url}/v1/critique", json=critique_body(max_tokens=8)))
-            time.sleep(1)
-        statuses = [f.result().status_code for f in futures]
+    statuses = statuses_across_redeploy(
+        client, url,
+        redeploy=lambda: deploy(dataclasses.replace(cfg, serve=dataclasses.replace(cfg.serve,
+                                                                                  checkpoint=new_checkpoint))),
+        swapped=lambda: client.get(f"{url}/v1/models").json()["data"][0]["checkpoint"] == new_checkpoint,
+        timeout_s=300, every_s=1, never="the LLM deployment never rolled out the new checkpoint")
     assert statuses == [200] * len(statuses)
     after = client.get(f"{url}/v1/models").json()["data"][0]
     assert after["version"] == before["version"] + 1

@@ -5,14 +5,12 @@ import dataclasses
 import io
 import shutil
 import struct
-import time
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 from PIL import Image
-from serve_payloads import B64_IMAGE, PROBLEM, critique_body, free_port
+from serve_payloads import B64_IMAGE, PROBLEM, critique_body, free_port, statuses_across_redeploy
 
 from mmc_ray.config import Config, EngineConfig, RefineConfig, ServeConfig, SimulatorConfig
 from mmc_ray.critique.prompts import critic_messages
@@ -142,18 +140,12 @@ def test_hot_swap_under_load_fails_no_request(service, tmp_path):
     client, url, cfg = service["client"], service["url"], service["cfg"]
     before = client.get(f"{url}/v1/models").json()["data"][0]
     new_checkpoint = shutil.copytree(before["checkpoint"], tmp_path / "critic-v2")
-    with ThreadPoolExecutor(4) as pool:
-        futures = [pool.submit(client.post, f"{url}/v1/critique", json=critique_body(max_tokens=8))
-                   for _ in range(16)]
-        deploy(dataclasses.replace(cfg, serve=dataclasses.replace(cfg.serve, checkpoint=str(new_checkpoint))))
-        futures += [pool.submit(client.post, f"{url}/v1/critique", json=critique_body(max_tokens=8))
-                    for _ in range(8)]
-        deadline = time.time() + 60
-        while client.get(f"{url}/v1/models").json()["data"][0]["version"] == before["version"]:
-            assert time.time() < deadline, "the replica never swapped"
-            futures.append(pool.submit(client.post, f"{url}/v1/critique", json=critique_body(max_tokens=8)))
-            time.sleep(0.2)
-        statuses = [f.result().status_code for f in futures]
+    statuses = statuses_across_redeploy(
+        client, url,
+        redeploy=lambda: deploy(dataclasses.replace(cfg, serve=dataclasses.replace(cfg.serve,
+                                                                                  checkpoint=str(new_checkpoint)))),
+        swapped=lambda: client.get(f"{url}/v1/models").json()["data"][0]["version"] != before["version"],
+        timeout_s=60, every_s=0.2, never="the replica never swapped", sent_after=8)
     assert statuses == [200] * len(statuses)
     after = client.get(f"{url}/v1/models").json()["data"][0]
     assert after["checkpoint"] == str(new_checkpoint) and after["version"] == before["version"] + 1
