@@ -43,6 +43,17 @@ from mmc_ray.tasks.generator import generate_problems
 from mmc_ray.tasks.problem import Problem
 
 
+def dataset_config() -> Config:
+    """The default config with the problems (all difficulties, 224 px images) and the search (12
+    simulations, 2 rollouts per node) that make the benchmark's MMC dataset."""
+    base = Config()
+    return dataclasses.replace(
+        base,
+        tasks=dataclasses.replace(base.tasks, difficulties=(1, 2, 3, 4), image_size=224),
+        search=dataclasses.replace(base.search, num_simulations=12, rollouts_per_node=2, max_depth=12),
+    )
+
+
 def build_dataset(cfg: Config, n_problems: int, out: Path) -> dict[str, list[dict]]:
     import pyarrow.parquet as pq
 
@@ -103,12 +114,7 @@ def main() -> int:
 
     from mmc_ray.train.trainer import train
 
-    base = Config()
-    cfg = dataclasses.replace(
-        base,
-        tasks=dataclasses.replace(base.tasks, difficulties=(1, 2, 3, 4), image_size=224),
-        search=dataclasses.replace(base.search, num_simulations=12, rollouts_per_node=2, max_depth=12),
-    )
+    cfg = dataset_config()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         start = time.perf_counter()

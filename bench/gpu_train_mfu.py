@@ -462,12 +462,9 @@ def main() -> int:
     args = parser.parse_args()
     steps = args.steps or (24 if args.quick else 40)
 
-    base = Config()
-    cfg = dataclasses.replace(
-        base,
-        tasks=dataclasses.replace(base.tasks, difficulties=(1, 2, 3, 4), image_size=224),
-        search=dataclasses.replace(base.search, num_simulations=12, rollouts_per_node=2, max_depth=12),
-    )
+    from critic_fidelity import dataset_config
+
+    cfg = dataset_config()
     tcfg = TrainConfig(num_workers=args.workers, use_gpu=True, cpus_per_worker=2, zero_stage=2,
                        learning_rate=1e-5, warmup_steps=2, max_steps=steps, grad_accum=args.grad_accum,
                        max_seq_len=args.max_seq_len,
