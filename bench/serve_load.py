@@ -1,10 +1,12 @@
 """Critic service under load: dynamic batching vs one request at a time.
 
-The tiny random-weight critic behind a local Ray Serve (127.0.0.1), one replica. The same fixed
-number of `/v1/critique` requests is sent by concurrent clients, once with `max_batch_size=16`
-(`--batch-wait-s`, default 0.1) and once with `max_batch_size=1`; a single client alone against the
-unbatched app gives the unloaded latency. Reported: throughput
-(requests/s), p50/p99 latency, and p99 relative to the single-request latency.
+The tiny random-weight critic behind a local Ray Serve (127.0.0.1), one replica. For each
+concurrency level (`--clients`), that many closed-loop clients send a fixed number of `/v1/critique`
+requests, once to an app with `@serve.batch` of `max_batch_size` = the concurrency (a full batch
+never waits out `--batch-wait-s`) and once to an app with `max_batch_size=1`; a single client alone
+against the unbatched app gives the unloaded latency. Reported per level: throughput (requests/s),
+p50/p99 latency, the throughput speedup and p99 relative to the single-request latency (target:
+>=5x at <=2x), and the best speedup among the levels that keep p99 within 2x.
 
     .venv/bin/python bench/serve_load.py --quick --json bench/results/serve_load_quick.json
 """
@@ -32,6 +34,8 @@ from _results import write_results
 from mmc_ray.config import Config, EngineConfig, ServeConfig, TinyModelConfig
 from mmc_ray.models.tiny import build_tiny_vlm
 from mmc_ray.tasks.generator import generate_problems
+
+TARGET_SPEEDUP, TARGET_P99_RATIO = 5.0, 2.0
 
 
 def free_port() -> int:
@@ -73,10 +77,13 @@ def main(argv: list[str]) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--batch-wait-s", type=float, default=0.1, help="serve.batch_wait_timeout_s")
+    parser.add_argument("--clients", type=lambda s: [int(c) for c in s.split(",")],
+                        help="concurrency levels, comma-separated (default 4,8,12,16; full run 4,8,16,32)")
+    parser.add_argument("--batch-wait-s", type=float, default=0.05, help="serve.batch_wait_timeout_s")
     args = parser.parse_args(argv)
     # Critiques run 60-120 tokens (the trained tiny critic writes ~80): decoding, not the prompt, dominates.
-    n, clients, max_tokens = (64, 16, 96) if args.quick else (192, 32, 96)
+    n, levels, max_tokens = (96, [4, 8, 12, 16], 96) if args.quick else (192, [4, 8, 16, 32], 96)
+    levels = args.clients or levels
 
     import ray
     from ray import serve
@@ -89,31 +96,54 @@ def main(argv: list[str]) -> None:
         base = Config(critic=EngineConfig(kind="hf", device="cpu", dtype="float32", min_pixels=3136,
                                           max_pixels=12544),
                       serve=ServeConfig(checkpoint=str(model), port=free_port(), num_cpus=1,
-                                        max_ongoing_requests=64, max_tokens=128, default_max_tokens=64))
+                                        max_ongoing_requests=64, max_tokens=128, default_max_tokens=64,
+                                        batch_wait_timeout_s=args.batch_wait_s))
         requests = bodies(n, max_tokens)
-        results: dict = {"config": {"requests": n, "clients": clients, "max_tokens": max_tokens,
-                                    "replicas": 1}}
-        for name, batch in (("batched", 16), ("unbatched", 1)):
-            cfg = dataclasses.replace(base, serve=dataclasses.replace(base.serve, max_batch_size=batch,
-                                                                      batch_wait_timeout_s=args.batch_wait_s))
-            url = deploy(cfg, app_name=f"bench-{name}", route_prefix=f"/{name}")
-            load(url, requests[:4], 4)  # warm-up
-            if name == "unbatched":  # the unloaded latency, with no batching wait in it
-                results["single"] = load(url, requests[: max(8, n // 8)], 1)
-            results[name] = load(url, requests, clients)
-            serve.delete(f"bench-{name}")
+
+        def deployed(max_batch_size: int) -> str:
+            serve_cfg = dataclasses.replace(base.serve, max_batch_size=max_batch_size)
+            cfg = dataclasses.replace(base, serve=serve_cfg)
+            url = deploy(cfg, app_name=f"bench-{max_batch_size}", route_prefix=f"/b{max_batch_size}")
+            load(url, requests[:8], 4)  # warm-up
+            return url
+
+        url = deployed(1)
+        single = load(url, requests[:16], 1)  # the unloaded latency, with no batching wait in it
+        unbatched = {c: load(url, requests[: n // 2], c) for c in levels}  # one at a time: ~flat in c
+        serve.delete("bench-1")
+        batched = {}
+        for c in levels:  # max_batch_size = the concurrency, so a full batch never waits for the timeout
+            url = deployed(c)
+            batched[c] = load(url, requests, c)
+            serve.delete(f"bench-{c}")
         serve.shutdown()
     ray.shutdown()
-    single = results["single"]["p50_s"]
-    batched, unbatched = results["batched"], results["unbatched"]
-    results["speedup"] = round(batched["throughput_rps"] / unbatched["throughput_rps"], 2)
-    results["batched_p99_vs_single_ratio"] = round(results["batched"]["p99_s"] / single, 2)
-    print(f"{'mode':<10} {'clients':>7} {'req/s':>8} {'p50 s':>7} {'p99 s':>7}")
-    for name in ("single", "unbatched", "batched"):
-        r = results[name]
-        print(f"{name:<10} {r['clients']:>7} {r['throughput_rps']:>8} {r['p50_s']:>7} {r['p99_s']:>7}")
-    print(f"throughput speedup (batched / unbatched): {results['speedup']}x; "
-          f"batched p99 / single-request latency: {results['batched_p99_vs_single_ratio']}x")
+
+    rows = []
+    for c in levels:
+        speedup = round(batched[c]["throughput_rps"] / unbatched[c]["throughput_rps"], 2)
+        p99_ratio = round(batched[c]["p99_s"] / single["p50_s"], 2)
+        rows.append({"clients": c, "max_batch_size": c, "batched": batched[c], "unbatched": unbatched[c],
+                     "speedup": speedup, "p99_vs_single": p99_ratio,
+                     "meets_target": speedup >= TARGET_SPEEDUP and p99_ratio <= TARGET_P99_RATIO})
+    within = [r for r in rows if r["p99_vs_single"] <= TARGET_P99_RATIO]
+    best = max(within, key=lambda r: r["speedup"]) if within else None
+    results = {"config": {"requests": n, "max_tokens": max_tokens, "replicas": 1,
+                          "batch_wait_timeout_s": args.batch_wait_s},
+               "single": single, "levels": rows,
+               "best_within_p99_target": best and {k: best[k] for k in ("clients", "speedup",
+                                                                         "p99_vs_single")}}
+    print(f"single client: {single['throughput_rps']} req/s, p50 {single['p50_s']} s, "
+          f"p99 {single['p99_s']} s")
+    print(f"{'clients':>7} {'unbatched req/s':>15} {'batched req/s':>13} {'speedup':>7} {'p50 s':>6} "
+          f"{'p99 s':>6} {'p99/single':>10} {'target':>6}")
+    for r in rows:
+        b = r["batched"]
+        print(f"{r['clients']:>7} {r['unbatched']['throughput_rps']:>15} {b['throughput_rps']:>13} "
+              f"{r['speedup']:>6}x {b['p50_s']:>6} {b['p99_s']:>6} {r['p99_vs_single']:>9}x "
+              f"{'met' if r['meets_target'] else 'missed':>6}")
+    print(f"best speedup with p99 <= {TARGET_P99_RATIO}x single: "
+          + (f"{best['speedup']}x at {best['clients']} clients" if best else "none"))
     write_results(results, args.json)
 
 
