@@ -309,10 +309,16 @@ class PipelineConfig:
                                         # answers (rule-annotated) join the critic's data next round
     oracle_baseline: bool = True        # also refine with the rule (oracle) critic: the bound to beat
     streaming: bool = True              # search → annotate → train as one streamed Ray Data graph
+    retrain_actor: bool = False         # after each round but the last, fine-tune the actor (hf/vllm) on
+                                        # its own correct MCTS paths; the next round searches with it
+    actor_paths_per_problem: int = 2    # distinct correct paths per problem in the actor's data
+    actor_max_steps: int = 20           # optimizer steps of each actor fit (the rest comes from `train`)
 
     def __post_init__(self) -> None:
         _require(self.rounds >= 1, "rounds", "must be >= 1")
         _require(self.eval_problems >= 1, "eval_problems", "must be >= 1")
+        _require(self.actor_paths_per_problem >= 1, "actor_paths_per_problem", "must be >= 1")
+        _require(self.actor_max_steps >= 1, "actor_max_steps", "must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -402,6 +408,9 @@ class Config:
     def __post_init__(self) -> None:
         _require(self.serve.backend != "vllm" or self.critic.device != "cpu", "serve.backend",
                  "vllm runs on CUDA only (critic.device is cpu); use serve.backend=hf on CPU")
+        _require(not self.pipeline.retrain_actor or self.actor.kind in ("hf", "vllm"),
+                 "pipeline.retrain_actor",
+                 f"fine-tunes the actor's local model: needs actor.kind hf or vllm, not {self.actor.kind}")
 
 
 def _require(ok: bool, key: str, message: str) -> None:

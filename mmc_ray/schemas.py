@@ -30,6 +30,11 @@ PROBLEM_SCHEMA = pa.schema(
     ]
 )
 
+# Actor SFT on the actor's own reasoning (the flywheel's `pipeline.retrain_actor`): a problem row and
+# the solution text to imitate, one of its correct MCTS paths. A null `solution` means the problem's
+# reference solution, so a plain problems file trains the same way.
+ACTOR_SFT_SCHEMA = PROBLEM_SCHEMA.append(pa.field("solution", pa.string()))
+
 # One row per sampled answer of `mmc-ray generate`.
 GENERATION_SCHEMA = pa.schema(
     [

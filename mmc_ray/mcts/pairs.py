@@ -215,6 +215,22 @@ def mine_pairs_from_row(row: Mapping[str, Any], cfg: PairMiningConfig, seed: int
     return mine_pairs(row["problem_id"], nodes_from_rows(row["nodes"]), cfg, seed)
 
 
+def correct_paths(nodes: Sequence[Node], limit: int) -> list[MinedPath]:
+    """Up to `limit` distinct correct, answered paths of a tree (terminals before rollouts, well
+    visited, short first): the actor's own reasoning that ended right, for it to imitate."""
+    miner = _Miner(nodes)
+    seen: set[str] = set()
+    found: list[MinedPath] = []
+    for candidate in sorted(miner.candidates(0), key=_Candidate.rank):
+        path = candidate.path
+        if len(found) == limit:
+            break
+        if path.correct and path.answer is not None and (key := _normalised(path)) not in seen:
+            seen.add(key)
+            found.append(path)
+    return found
+
+
 def balanced_sample(items: Sequence[T], key: Callable[[T], Hashable], limit: int | None) -> list[T]:
     """Round-robin over the groups of `key` (groups in sorted key order, by `str(key)` when keys do
     not compare; items in input order within a group), so any prefix of the result is spread evenly

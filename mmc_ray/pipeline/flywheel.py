@@ -9,13 +9,16 @@
         problems.parquet          this round's new training problems
         trees/                    MCTS over them
         critic/                   the critic trained this round (hf/ is the export)
+        actor-sft/, actor/        with pipeline.retrain_actor: the actor's correct paths, and the
+                                  actor fine-tuned on them (hf/ searches and refines next round)
         refine-train/             the critic at work on the training problems (next round's data)
         refine/                   the critic at work on the held-out problems: records/, report/
       report.md, report.json      every round side by side
 
 Round r: search new problems → annotate into the dataset → train the critic (from round r-1's
 critic) → refine the held-out problems with it and evaluate → refine this round's training problems
-and critique the actor's answers into the dataset for round r+1. Every stage resumes from what is
+and critique the actor's answers into the dataset for round r+1 → optionally fine-tune the actor on
+its own correct search paths (STaR-style) for round r+1. Every stage resumes from what is
 already on disk, so rerunning the command after a crash continues where it stopped.
 """
 
@@ -35,11 +38,36 @@ from mmc_ray.pipeline.search import TREE_SHARD_PREFIX
 from mmc_ray.pipeline.shards import shard_paths
 
 
-def _round_config(cfg: Config, round_index: int, init_model: str, critic_model: Path) -> Config:
+def _round_config(cfg: Config, round_index: int, init_model: str, critic_model: Path,
+                  actor_model: str) -> Config:
     tasks = dataclasses.replace(cfg.tasks, seed=cfg.tasks.seed + round_index - 1)
     return dataclasses.replace(
         cfg, tasks=tasks, train=dataclasses.replace(cfg.train, init_model=init_model),
-        critic=dataclasses.replace(cfg.critic, kind="hf", model_path=str(critic_model)))
+        critic=dataclasses.replace(cfg.critic, kind="hf", model_path=str(critic_model)),
+        actor=dataclasses.replace(cfg.actor, model_path=actor_model))
+
+
+def _retrain_actor(cfg: Config, rdir: Path, problems: list[Any]) -> tuple[str, dict[str, Any]]:
+    """Fine-tune this round's actor on its correct search paths; returns the actor for the next
+    round (this one, unchanged, when the trees hold no correct path) and the figures."""
+    from mmc_ray.pipeline.actor_data import write_actor_data
+    from mmc_ray.train.trainer import latest_checkpoint
+
+    out = rdir / "actor"
+    data = write_actor_data(rdir / "trees", problems, rdir / "actor-sft",
+                            cfg.pipeline.actor_paths_per_problem)
+    figures: dict[str, Any] = {"solutions": data.rows, "problems": data.problems}
+    print(f"actor data: {data.rows} correct paths of {data.problems} problems in {data.path}")
+    if data.rows == 0:
+        print("actor: no correct path in this round's trees; the next round keeps this actor")
+        return cfg.actor.model_path, figures
+    if (out / "hf" / "config.json").exists():
+        print(f"actor: already fine-tuned at {out / 'hf'}")
+        return str(out / "hf"), figures
+    acfg = dataclasses.replace(cfg, train=dataclasses.replace(
+        cfg.train, task="actor-sft", init_model=cfg.actor.model_path, max_steps=cfg.pipeline.actor_max_steps))
+    summary = stages.train(acfg, data.path.parent, out, resume=latest_checkpoint(out) is not None)
+    return str(out / "hf"), {**figures, **_fit_figures(summary)}
 
 
 def _train_once(cfg: Config, data: Path, out: Path) -> dict[str, Any]:
@@ -81,10 +109,10 @@ def run_pipeline(cfg: Config, run_dir: Path) -> dict[str, Any]:
         print("\n== oracle baseline: refinement with the rule critic (ground truth) ==")
         report = stages.refine(oracle, eval_path, run_dir / "refine-oracle", title="oracle (rule) critic")
         summary["oracle"] = _round_metrics(report.metrics)
-    init_model = cfg.train.init_model
+    init_model, actor_model = cfg.train.init_model, cfg.actor.model_path
     for r in range(1, pcfg.rounds + 1):
         rdir = run_dir / f"round-{r}"
-        rcfg = _round_config(cfg, r, init_model, rdir / "critic" / "hf")
+        rcfg = _round_config(cfg, r, init_model, rdir / "critic" / "hf", actor_model)
         print(f"\n== round {r}/{pcfg.rounds} ==")
         train_path = _problems(rcfg, rdir / "problems.parquet", rcfg.tasks.n, rcfg.tasks.seed)
         fresh = not shard_paths(rdir / "trees", TREE_SHARD_PREFIX) and not (rdir / "critic").exists()
@@ -108,8 +136,11 @@ def run_pipeline(cfg: Config, run_dir: Path) -> dict[str, Any]:
             added = annotate_refinement_to_dir(read_refine_rows(train_refine / stages.RECORDS),
                                                read_problems(train_path), dataset, rcfg)
             print(f"annotate: {added.critiques} critiques of refinement answers added to {dataset}")
+        actor: dict[str, Any] = {"model": actor_model}
+        if pcfg.retrain_actor and r < pcfg.rounds:
+            actor_model, actor["fine_tuned"] = _retrain_actor(rcfg, rdir, read_problems(train_path))
         summary["rounds"].append({"round": r, "dataset_rows": card_stats(dataset)["rows"],
-                                  "train": trained, **_round_metrics(report.metrics),
+                                  "train": trained, "actor": actor, **_round_metrics(report.metrics),
                                   "report": str(report.markdown)})
         init_model = str(rdir / "critic" / "hf")
     summary["seconds"] = round(time.perf_counter() - start, 1)
@@ -149,7 +180,7 @@ def _write_summary(summary: dict[str, Any], run_dir: Path) -> None:
         f"# mmc-ray pipeline: {summary['run']}", "",
         "Held-out problems refined by the actor with each round's trained critic, and with the oracle "
         "critic (ground truth) as the bound.", "", header, *lines, "",
-        *(f"- round {r['round']}: {r['report']}" for r in summary["rounds"]),
+        *(f"- round {r['round']}: {r['report']}; actor {r['actor']['model']}" for r in summary["rounds"]),
         f"- {summary['seconds']:.0f}s in all", "",
     ])
     (run_dir / "report.md").write_text(text)

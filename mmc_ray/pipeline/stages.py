@@ -99,7 +99,7 @@ def print_train_summary(summary: Any) -> None:
           f"data wait {m.get('data_wait_share', 0):.0%}, peak memory {m.get('peak_memory_mb', 0):.0f} MiB; "
           f"trainable {m.get('trainable_params')}/{m.get('total_params')} params; "
           f"{m.get('examples_skipped')} examples skipped, {m.get('images_resized')} images resized")
-    print(f"checkpoint: {summary.checkpoint}\nexported critic: {summary.exported}")
+    print(f"checkpoint: {summary.checkpoint}\nexported model (HF format): {summary.exported}")
     if m.get("wandb_run_dir"):
         print(f"wandb run: {m['wandb_run_dir']} (offline runs upload with `wandb sync <dir>`)")
 

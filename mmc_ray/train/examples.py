@@ -60,14 +60,18 @@ class ExampleBuilder:
         messages = critic_messages(problem, row["path_steps"], row["path_answer"])
         return self._build(row["pair_id"], problem, messages, row["critique_text"])
 
-    def actor_sft(self, problem: Problem) -> TrainExample | None:
-        """A synthetic problem → actor example answering with the reference solution."""
-        if not problem.steps:
+    def actor_sft(self, row: Mapping[str, Any]) -> TrainExample | None:
+        """A problem row (`PROBLEM_SCHEMA`, or `ACTOR_SFT_SCHEMA` with its `solution` text) → actor
+        example answering with that solution, else with the problem's reference solution."""
+        problem = Problem.from_row(dict(row))
+        solution = row.get("solution")
+        if solution is None and not problem.steps:
             self.stats.skipped["no reference solution"] += 1
             return None
-        return self._build(problem.problem_id, problem, solve_messages(problem), problem.reference_solution)
+        return self._build(problem.problem_id, problem, solve_messages(problem),
+                           problem.reference_solution if solution is None else solution)
 
-    def build_all(self, rows: Iterable[Any], task: str) -> list[TrainExample]:
+    def build_all(self, rows: Iterable[Mapping[str, Any]], task: str) -> list[TrainExample]:
         make = self.critic if task == "critic" else self.actor_sft
         return [ex for row in rows if (ex := make(row)) is not None]
 

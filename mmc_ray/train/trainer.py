@@ -47,14 +47,6 @@ def freeze_parts(model: Any, parts: tuple[str, ...]) -> tuple[int, int]:
     return sum(p.numel() for p in model.parameters() if p.requires_grad), total
 
 
-def _examples_from_rows(builder: Any, rows: list[dict[str, Any]], task: str) -> list[Any]:
-    if task == "critic":
-        return builder.build_all(rows, "critic")
-    from mmc_ray.tasks.problem import Problem
-
-    return builder.build_all([Problem.from_row(r) for r in rows], "actor-sft")
-
-
 class ShardTables:
     """The Arrow tables of a worker's dataset shard, read by a background thread from the moment
     this is made, and kept for later epochs.
@@ -113,7 +105,7 @@ def micro_batches(tables: Iterable[Any], builder: Any, cfg: TrainConfig, model: 
     plan = plan_packs if cfg.pack else token_budget_batches
     while True:
         produced = False
-        examples = (_examples_from_rows(builder, table.to_pylist(), cfg.task) for table in tables)
+        examples = (builder.build_all(table.to_pylist(), cfg.task) for table in tables)
         for chosen in pooled_groups(examples, len, lambda lengths: plan(lengths, cfg.tokens_per_step),
                                     POOL_STEPS * cfg.tokens_per_step):
             batch = (collate_packed(chosen, model, image_token_id) if cfg.pack

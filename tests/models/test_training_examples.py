@@ -68,12 +68,28 @@ def test_pixel_budget_resizes_and_counts(tiny_vlm_path):
     assert sum(t == small.image_token_id for t in ex.input_ids) == 4
 
 
+def sft_target(vlm, ex) -> str:
+    return vlm.tokenizer.decode([t for t, lab in zip(ex.input_ids, ex.labels, strict=True) if lab != IGNORE_INDEX])
+
+
 def test_actor_sft_examples_target_the_reference_solution(vlm):
     problems = list(generate_problems(2, seed=5))
     builder = ExampleBuilder(vlm, max_seq_len=2048)
-    for ex, p in zip(builder.build_all(problems, "actor-sft"), problems, strict=True):
-        target = [t for t, lab in zip(ex.input_ids, ex.labels, strict=True) if lab != IGNORE_INDEX]
-        assert vlm.tokenizer.decode(target).startswith(p.reference_solution)
+    for ex, p in zip(builder.build_all([p.to_row() for p in problems], "actor-sft"), problems, strict=True):
+        assert sft_target(vlm, ex).startswith(p.reference_solution)
+
+
+def test_actor_sft_examples_target_a_given_solution_when_the_row_has_one(vlm):
+    """Flywheel rows (ACTOR_SFT_SCHEMA) carry the actor's own correct path; benchmark rows without
+    reference steps and without a solution are skipped and counted."""
+    with_steps, without_steps = (p.to_row() for p in generate_problems(2, seed=6))
+    without_steps["steps"] = []
+    own = "Step 1: I count 3 circles.\nAnswer: 3"
+    builder = ExampleBuilder(vlm, max_seq_len=2048)
+    examples = builder.build_all([{**with_steps, "solution": own}, {**without_steps, "solution": None},
+                                  {**without_steps, "solution": own}], "actor-sft")
+    assert [sft_target(vlm, ex).startswith(own) for ex in examples] == [True, True]
+    assert builder.stats.skipped == {"no reference solution": 1}
 
 
 def per_sample_losses(logits, labels, spans):

@@ -51,6 +51,9 @@ def test_config_is_frozen():
          "actor.tensor_parallel_size: kind=vllm with tensor_parallel_size > 1 needs resources.num_gpus"),
         (["critic.gpu_memory_utilization=1.5"], "critic.gpu_memory_utilization: must be in (0, 1]"),
         (["critic.tensor_parallel_size=0"], "critic.tensor_parallel_size: must be >= 1"),
+        (["pipeline.retrain_actor=true"],  # the default actor is the simulated solver
+         "pipeline.retrain_actor: fine-tunes the actor's local model: needs actor.kind hf or vllm, not simulated"),
+        (["pipeline.actor_max_steps=0"], "pipeline.actor_max_steps: must be >= 1"),
     ],
 )
 def test_bad_config_names_the_key(overrides, message):

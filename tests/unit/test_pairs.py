@@ -7,7 +7,14 @@ import pytest
 
 from mmc_ray.config import SearchConfig, SimulatorConfig
 from mmc_ray.engines.simulated import SimulatedActorEngine
-from mmc_ray.mcts.pairs import MinedPath, PairMiningConfig, balanced_sample, mine_pairs, mine_pairs_from_row
+from mmc_ray.mcts.pairs import (
+    MinedPath,
+    PairMiningConfig,
+    balanced_sample,
+    correct_paths,
+    mine_pairs,
+    mine_pairs_from_row,
+)
 from mmc_ray.mcts.tree import Generation, Node, Rollout, SearchResult, SearchTree, Verdict
 from mmc_ray.pipeline.dispatch import LocalDispatcher
 from mmc_ray.pipeline.search import run_search, tree_row
@@ -250,6 +257,21 @@ def test_no_error_sampling_is_seeded_and_capped():
     assert mine_pairs("p", nodes, PairMiningConfig(no_error_per_problem=0)) == []
     wrong_only = tree(branch(0, "Step 1: a", 0.0, [BAD]))
     assert mine_pairs("p", wrong_only, cfg) == []
+
+
+def test_correct_paths_are_distinct_answered_and_best_ranked_first():
+    nodes = tree(
+        branch(0, "Step 1: count 3", 1.0, [(" \nStep 2: add 3 + 2 = 5\nAnswer: 5", "5", True)] * 3
+               + [("Step 2: so it is 5", None, True)]),  # correct but unanswered: no solution to imitate
+        branch(0, "Step 1: count 4", 0.0, [BAD]),
+        branch(0, "Step 1: see 5", 1.0, [], visits=2),
+        leaf(3, "5", True, visits=2),
+    )
+    assert correct_paths(nodes, 5) == [MinedPath(("see 5",), "5", True),  # a terminal node first
+                                       MinedPath(("count 3", "add 3 + 2 = 5"), "5", True)]
+    assert correct_paths(nodes, 1) == [MinedPath(("see 5",), "5", True)]
+    assert correct_paths(nodes, 0) == []
+    assert correct_paths(tree(branch(0, "Step 1: a", 0.0, [BAD])), 3) == []
 
 
 # -- stored rows and scripted searches ------------------------------------------------------------
