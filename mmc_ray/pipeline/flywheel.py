@@ -36,6 +36,7 @@ from mmc_ray.config import Config, config_to_dict
 from mmc_ray.pipeline import stages
 from mmc_ray.pipeline.search import TREE_SHARD_PREFIX
 from mmc_ray.pipeline.shards import shard_paths
+from mmc_ray.tasks.problem import Problem, read_problems
 
 
 def _round_config(cfg: Config, round_index: int, init_model: str, critic_model: Path,
@@ -47,7 +48,7 @@ def _round_config(cfg: Config, round_index: int, init_model: str, critic_model: 
         actor=dataclasses.replace(cfg.actor, model_path=actor_model))
 
 
-def _retrain_actor(cfg: Config, rdir: Path, problems: list[Any]) -> tuple[str, dict[str, Any]]:
+def _retrain_actor(cfg: Config, rdir: Path, problems: list[Problem]) -> tuple[str, dict[str, Any]]:
     """Fine-tune this round's actor on its correct search paths; returns the actor for the next
     round (this one, unchanged, when the trees hold no correct path) and the figures."""
     from mmc_ray.pipeline.actor_data import write_actor_data
@@ -95,7 +96,6 @@ def run_pipeline(cfg: Config, run_dir: Path) -> dict[str, Any]:
     """Run (or continue) every round of the pipeline in `run_dir`; returns the summary it writes."""
     from mmc_ray.pipeline.annotate import annotate_refinement_to_dir
     from mmc_ray.pipeline.dataset_card import card_stats
-    from mmc_ray.tasks.problem import read_problems
 
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
