@@ -81,9 +81,7 @@ def decode(model: object, inputs: dict[str, torch.Tensor], rows: Sequence[int], 
         if token_logprobs is not None:
             token_logprobs[live, t] = torch.log_softmax(logits, dim=-1).gather(-1, tokens[:, None])[:, 0]
         is_eos = torch.isin(tokens, eos)
-        finished = is_eos.clone()
-        if stop_check is not None:
-            finished |= stop_check(generated[live, :t + 1])
+        finished = is_eos if stop_check is None else is_eos | stop_check(generated[live, :t + 1])
         for row in finished.nonzero().view(-1).tolist():
             lengths[live[row]] = t + 1
             ended_by_eos[live[row]] = bool(is_eos[row])

@@ -188,10 +188,7 @@ def mine_pairs(problem_id: str, nodes: Sequence[Node], cfg: PairMiningConfig,
                                       right.path, wrong.path))
     pairs = _cap_spread(found, cfg)
 
-    distinct: dict[str, _Candidate] = {}
-    for c in sorted((c for c in miner.candidates(0) if c.path.correct), key=_Candidate.rank):
-        distinct.setdefault(_normalised(c.path), c)
-    chosen = list(distinct.values())
+    chosen = _distinct_correct(miner)
     random.Random(f"{seed}:{problem_id}").shuffle(chosen)
     pairs += [PathPair(f"{problem_id}:ok:{c.key}", problem_id, "no_error", -1, -1, c.path, None)
               for c in chosen[: cfg.no_error_per_problem]]
@@ -215,20 +212,19 @@ def mine_pairs_from_row(row: Mapping[str, Any], cfg: PairMiningConfig, seed: int
     return mine_pairs(row["problem_id"], nodes_from_rows(row["nodes"]), cfg, seed)
 
 
+def _distinct_correct(miner: _Miner) -> list[_Candidate]:
+    """The tree's correct finished paths, one per normalised text, best ranked first."""
+    distinct: dict[str, _Candidate] = {}
+    for c in sorted((c for c in miner.candidates(0) if c.path.correct), key=_Candidate.rank):
+        distinct.setdefault(_normalised(c.path), c)
+    return list(distinct.values())
+
+
 def correct_paths(nodes: Sequence[Node], limit: int) -> list[MinedPath]:
     """Up to `limit` distinct correct, answered paths of a tree (terminals before rollouts, well
     visited, short first): the actor's own reasoning that ended right, for it to imitate."""
-    miner = _Miner(nodes)
-    seen: set[str] = set()
-    found: list[MinedPath] = []
-    for candidate in sorted(miner.candidates(0), key=_Candidate.rank):
-        path = candidate.path
-        if len(found) == limit:
-            break
-        if path.correct and path.answer is not None and (key := _normalised(path)) not in seen:
-            seen.add(key)
-            found.append(path)
-    return found
+    answered = [c.path for c in _distinct_correct(_Miner(nodes)) if c.path.answer is not None]
+    return answered[:limit]
 
 
 def balanced_sample(items: Sequence[T], key: Callable[[T], Hashable], limit: int | None) -> list[T]:

@@ -52,7 +52,6 @@ def _retrain_actor(cfg: Config, rdir: Path, problems: list[Problem]) -> tuple[st
     """Fine-tune this round's actor on its correct search paths; returns the actor for the next
     round (this one, unchanged, when the trees hold no correct path) and the figures."""
     from mmc_ray.pipeline.actor_data import write_actor_data
-    from mmc_ray.train.trainer import latest_checkpoint
 
     out = rdir / "actor"
     data = write_actor_data(rdir / "trees", problems, rdir / "actor-sft",
@@ -62,21 +61,17 @@ def _retrain_actor(cfg: Config, rdir: Path, problems: list[Problem]) -> tuple[st
     if data.rows == 0:
         print("actor: no correct path in this round's trees; the next round keeps this actor")
         return cfg.actor.model_path, figures
-    if (out / "hf" / "config.json").exists():
-        print(f"actor: already fine-tuned at {out / 'hf'}")
-        return str(out / "hf"), figures
     acfg = dataclasses.replace(cfg, train=dataclasses.replace(
         cfg.train, task="actor-sft", init_model=cfg.actor.model_path, max_steps=cfg.pipeline.actor_max_steps))
-    summary = stages.train(acfg, data.path.parent, out, resume=latest_checkpoint(out) is not None)
-    return str(out / "hf"), {**figures, **_fit_figures(summary)}
+    return str(out / "hf"), {**figures, **_train_once(acfg, data.path.parent, out, model="actor")}
 
 
-def _train_once(cfg: Config, data: Path, out: Path) -> dict[str, Any]:
-    """Train unless this round's critic is already exported; resume a half-finished fit."""
+def _train_once(cfg: Config, data: Path, out: Path, model: str = "critic") -> dict[str, Any]:
+    """Train unless this round's `model` is already exported; resume a half-finished fit."""
     from mmc_ray.train.trainer import latest_checkpoint
 
     if (out / "hf" / "config.json").exists():
-        print(f"train: critic already exported at {out / 'hf'}")
+        print(f"train: {model} already exported at {out / 'hf'}")
         return {}
     return _fit_figures(stages.train(cfg, data, out, resume=latest_checkpoint(out) is not None))
 

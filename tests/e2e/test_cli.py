@@ -211,4 +211,4 @@ def test_pipeline_retrains_the_actor_on_its_correct_paths(tmp_path):
     assert f"actor {run / 'round-1' / 'actor' / 'hf'}" in (run / "report.md").read_text()
     again = mmc_ray(*args, cwd=tmp_path, timeout=600)
     assert again.returncode == 0, again.stderr
-    assert "actor: already fine-tuned" in again.stdout
+    assert f"train: actor already exported at {run / 'round-1' / 'actor' / 'hf'}" in again.stdout
