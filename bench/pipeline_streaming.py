@@ -2,8 +2,8 @@
 
 Same config, same problems, fresh output folders, one local Ray. Stage by stage is what the single
 commands do (each writes everything, the next reads it); streamed is `pipeline.streaming=true`
-(the driver runs search → annotate as one Ray Data graph from the start, and the trainer reads the
-dataset folder as it grows). Reported: wall time of each and their ratio.
+(the driver searches from the start, annotation reads the trees folder as it grows, and the trainer
+the dataset folder). Reported: wall time of each and their ratio.
 
 Settings. "local": every stage shares this machine's CPUs, so streaming can only hide the
 (short) search and annotation behind training, and both compete for the same cores. "remote actor"

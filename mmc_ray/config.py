@@ -308,7 +308,7 @@ class PipelineConfig:
     refine_train_problems: bool = True  # refine each round's training problems too; their critiqued
                                         # answers (rule-annotated) join the critic's data next round
     oracle_baseline: bool = True        # also refine with the rule (oracle) critic: the bound to beat
-    streaming: bool = True              # search → annotate → train as one streamed Ray Data graph
+    streaming: bool = True              # search, annotate and train at once (pipeline/streaming.py)
     retrain_actor: bool = False         # after each round but the last, fine-tune the actor (hf/vllm) on
                                         # its own correct MCTS paths; the next round searches with it
     actor_paths_per_problem: int = 2    # distinct correct paths per problem in the actor's data

@@ -39,6 +39,10 @@ MAX_BATCH_ATTEMPTS = 3
 TREE_SHARD_PREFIX = "trees"
 
 
+class SearchStopped(RuntimeError):
+    """The caller asked a running search to stop (its finished trees are kept)."""
+
+
 def search_judge(problem: Problem) -> Callable[[str], Verdict]:
     """Verdicts on finished reasoning: only an explicit answer counts (see `explicit_only`)."""
     def judge(text: str) -> Verdict:
@@ -109,8 +113,10 @@ class _Driver:
     """State of one `run_search` call; see the module docstring."""
 
     def __init__(self, problems: Iterable[Problem], dispatcher: Dispatcher, cfg: SearchConfig,
-                 on_tree_done: Callable[[Problem, SearchTree], None], bar: tqdm) -> None:
+                 on_tree_done: Callable[[Problem, SearchTree], None], bar: tqdm,
+                 stop: threading.Event | None) -> None:
         self.problems = iter(problems)
+        self.stop = stop
         self.dispatcher = dispatcher
         self.cfg = cfg
         self.on_tree_done = on_tree_done
@@ -128,6 +134,8 @@ class _Driver:
     def run(self) -> SearchSummary:
         start = time.perf_counter()
         while True:
+            if self.stop is not None and self.stop.is_set():
+                raise SearchStopped(f"search stopped with {len(self.active)} trees open")
             self._admit()
             self._poll()
             self._dispatch()
@@ -226,21 +234,24 @@ class _Driver:
 
 def run_search(problems: Sequence[Problem] | Iterable[Problem], dispatcher: Dispatcher, cfg: SearchConfig,
                on_tree_done: Callable[[Problem, SearchTree], None], progress: bool = True,
-               total: int | None = None) -> SearchSummary:
-    """Search every problem; `on_tree_done(problem, tree)` is called as each tree finishes."""
+               total: int | None = None, stop: threading.Event | None = None) -> SearchSummary:
+    """Search every problem; `on_tree_done(problem, tree)` is called as each tree finishes. Setting
+    `stop` raises `SearchStopped` once the batches in flight come back."""
     total = len(problems) if total is None and isinstance(problems, Sequence) else total
     with tqdm(total=total, desc="search", unit="tree", disable=not progress) as bar:
-        return _Driver(problems, dispatcher, cfg, on_tree_done, bar).run()
+        return _Driver(problems, dispatcher, cfg, on_tree_done, bar, stop).run()
 
 
 def search_to_dir(problems: Sequence[Problem], dispatcher: Dispatcher, cfg: SearchConfig,
-                  out_dir: str | Path, progress: bool = True) -> SearchSummary:
+                  out_dir: str | Path, progress: bool = True,
+                  stop: threading.Event | None = None) -> SearchSummary:
     """Search into `out_dir/trees-NNNNN.parquet`, skipping problems already there (resume)."""
     done = finished_ids(out_dir, TREE_SHARD_PREFIX, "problem_id")
     todo = [p for p in problems if p.problem_id not in done]
     writer = ShardWriter(out_dir, TREE_SHARD_PREFIX, TREE_SCHEMA, cfg.shard_size)
     try:
-        summary = run_search(todo, dispatcher, cfg, lambda p, t: writer.add(tree_row(p, t)), progress)
+        summary = run_search(todo, dispatcher, cfg, lambda p, t: writer.add(tree_row(p, t)), progress,
+                             stop=stop)
     finally:
         writer.flush()  # keep every finished tree, even when the run is interrupted
     summary.resumed = len(problems) - len(todo)

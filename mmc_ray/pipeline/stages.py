@@ -60,7 +60,7 @@ def search(cfg: Config, problems_path: Path, out: Path, local: bool = False) -> 
             summary = search_to_dir(problems, RayDispatcher(group.workers), cfg.search, out)
         finally:
             group.shutdown()
-    _print_search_summary(summary, out)
+    print_search_summary(summary, out)
     return summary
 
 
@@ -145,7 +145,7 @@ def report(refine_dir: Path, out: Path, context: dict[str, Any]) -> Any:
     return written
 
 
-def _print_search_summary(summary, out: Path) -> None:
+def print_search_summary(summary, out: Path) -> None:
     import pyarrow.parquet as pq
 
     from mmc_ray.pipeline.shards import shard_paths

@@ -1,23 +1,24 @@
 """One pipeline round, streamed: search → annotate → train run at the same time.
 
-    driver thread:  problems ─ TreeSearchStage ─ TreeSink ─ pair mining ─ AnnotatorWorker ─ DatasetSink
-                               (policy workers)  trees/                                    mmc-dataset/
+    driver thread:  problems ─ search (policy workers) ──► trees/  (a shard every 16 trees)
+    driver thread:  trees/ as it grows ─ pair mining ─ AnnotatorWorker ─ DatasetSink ──► mmc-dataset/
     TorchTrainer:   mmc-dataset/data/train-* as it grows (earlier rounds' rows first) ──► training workers
 
-The upstream is one Ray Data graph the driver runs from the first second; the trainer reads the
-dataset folder as the graph writes it (`growing_shards`), so annotation starts on the first
-finished trees and training on the first critiques, while the training workers (tens of seconds to
-start) come up beside the search instead of in front of it. The sinks write the same shard folders
-the stage-by-stage commands write (trees and the dataset with its card), so later rounds,
-`mmc-ray annotate` and a rerun see ordinary folders. A round that crashed part-way is finished stage
-by stage (those resume by id).
+Each stage writes the folder the stage-by-stage commands write, and the next one reads that folder
+as it grows (`growing_shards`, a Ray Data source), so annotation starts on the first finished trees
+and training on the first critiques, while the training workers (tens of seconds to start) come up
+beside the search instead of in front of it. The search runs on the driver from the first second,
+with the same code as `mmc-ray search`; only annotation and training wait for actors to start.
+Later rounds, `mmc-ray annotate` and a rerun see ordinary folders; a round that crashed part-way is
+finished stage by stage (those resume by id).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,29 +34,17 @@ from mmc_ray.pipeline.annotate import (
 )
 from mmc_ray.pipeline.dataset_card import SPLITS, write_card
 from mmc_ray.pipeline.growing_shards import TAIL_CPUS, mark_done, read_growing_shards
-from mmc_ray.pipeline.search import TREE_SHARD_PREFIX, search_dataset
+from mmc_ray.pipeline.search import TREE_SHARD_PREFIX, search_to_dir
 from mmc_ray.pipeline.shards import ShardWriter
 from mmc_ray.ray_runtime import actor_pool
 from mmc_ray.schemas import CRITIQUE_SCHEMA, DROP_SCHEMA, TREE_SCHEMA
 from mmc_ray.workers.annotator import split_outcomes
 
-TREES_EMITTED_TOGETHER = 16  # finished trees passed on as one block: annotation starts early
+TREES_PER_SHARD = 16  # finished trees written (and so passed on) together: annotation starts early
 LIGHT_CPUS = 0.1     # mining and rule annotation run beside the policy and training workers
+SEARCH_DONE = "search-done.json"      # in the critic folder: the trees folder stops growing
 UPSTREAM_DONE = "upstream-done.json"  # in the critic folder: the dataset folder stops growing
 STREAM_BLOCK_BYTES = 1 << 17  # 128 KiB: a few trees, or a few dozen critiques, per block
-
-
-class TreeSink:
-    """Pass-through stage that writes every batch of tree rows as one shard."""
-
-    def __init__(self, out_dir: str) -> None:
-        self.writer = ShardWriter(out_dir, TREE_SHARD_PREFIX, TREE_SCHEMA, shard_size=1 << 30)
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        for row in batch.to_pylist():
-            self.writer.add(row)
-        self.writer.flush()
-        return batch
 
 
 class DatasetSink:
@@ -85,9 +74,9 @@ def _small_blocks() -> Iterator[None]:
     """Datasets made inside read with little CPU and close their blocks small.
 
     The datasource-v2 reader lists files in a task that always asks for a whole CPU, which a box
-    this full does not have. Ray Data merges what a stage yields into blocks of up to 128 MiB, so
-    the trees a search task finishes (or the shards the trainer's tail reads) would only move on
-    when the whole task ends; at `STREAM_BLOCK_BYTES` they move on a few at a time. A dataset (and
+    this full does not have. Ray Data merges what a read yields into blocks of up to 128 MiB, so
+    the shards a growing folder's reader yields would only move on when the whole read ends; at
+    `STREAM_BLOCK_BYTES` they move on a few at a time. A dataset (and
     every one derived from it) keeps the context it was made with, so both switches stay local."""
     import ray.data
 
@@ -102,11 +91,9 @@ def _small_blocks() -> Iterator[None]:
 
 def _check_room(cfg: Config, cpus: float) -> None:
     """Everything of a streamed round runs at once; Ray would wait forever for a missing CPU."""
-    from mmc_ray.train.trainer import READ_CPUS
-
     policy = cfg.actor.resources.replicas * cfg.actor.resources.num_cpus
     training = cfg.train.num_workers * cfg.train.cpus_per_worker
-    light = 2 * LIGHT_CPUS + READ_CPUS + TAIL_CPUS  # mining, rule annotation, problems read, dataset tail
+    light = 2 * LIGHT_CPUS + 2 * TAIL_CPUS  # mining, rule annotation, the trees' and the dataset's readers
     if policy + training + light > cpus:
         raise RuntimeError(
             f"streamed round: policy workers ({policy:g} CPU) + training workers ({training:g}) + data "
@@ -114,17 +101,10 @@ def _check_room(cfg: Config, cpus: float) -> None:
             f"or train.cpus_per_worker, or set pipeline.streaming=false")
 
 
-def _upstream(cfg: Config, problems_path: Path, trees_dir: Path, dataset_dir: Path, workers: list) -> Any:
-    """search → annotate → the dataset folder, as one Ray Data graph (not yet running)."""
-    import ray.data
-
-    from mmc_ray.train.trainer import READ_CPUS
-
+def _annotate_graph(cfg: Config, trees_dir: Path, search_done: Path, dataset_dir: Path) -> Any:
+    """trees/ as it grows → annotate → the dataset folder, as one Ray Data graph (not yet running)."""
     with _small_blocks():
-        problems = ray.data.read_parquet(str(problems_path), num_cpus=READ_CPUS)
-    trees = search_dataset(problems, workers, cfg.search, emit_every=TREES_EMITTED_TOGETHER)
-    trees = trees.map_batches(TreeSink, fn_constructor_kwargs={"out_dir": str(trees_dir)},
-                              batch_size=None, batch_format="pyarrow", compute=actor_pool(1), num_cpus=0)
+        trees = read_growing_shards(trees_dir, TREE_SHARD_PREFIX, search_done, TREE_SCHEMA)
     split_of = make_split_of(cfg.annotate.split_fractions, cfg.annotate.seed)
     outcomes = annotate_dataset(trees, cfg, split_of, skip=finished_pair_ids(dataset_dir),
                                 light_cpus=LIGHT_CPUS)
@@ -134,63 +114,89 @@ def _upstream(cfg: Config, problems_path: Path, trees_dir: Path, dataset_dir: Pa
         batch_format="pyarrow", compute=actor_pool(1), num_cpus=0)
 
 
-class _UpstreamRun:
-    """Runs the upstream graph on a driver thread; marks the dataset folder done (or failed) at the end."""
+def _count_outcomes(graph: Any) -> dict[str, int]:
+    counts = {"critiques": 0, "drops": 0}
+    for row in graph.iter_rows():
+        for key in counts:
+            counts[key] += row[key]
+    return counts
 
-    def __init__(self, graph: Any, done_file: Path) -> None:
-        self.counts = {"critiques": 0, "drops": 0}
+
+class _Background:
+    """Runs `work` on a driver thread; when it ends, `done_file` tells the folder's readers whether
+    it failed and why, so none of them waits forever."""
+
+    def __init__(self, name: str, work: Callable[[], Any], done_file: Path) -> None:
+        self.name = name
+        self.result: Any = None
         self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(graph, done_file), name="upstream",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(work, done_file), name=name, daemon=True)
         self._thread.start()
 
-    def _run(self, graph: Any, done_file: Path) -> None:
+    def _run(self, work: Callable[[], Any], done_file: Path) -> None:
         try:
-            for counts in graph.iter_rows():
-                for key in self.counts:
-                    self.counts[key] += counts[key]
-        except BaseException as e:  # the trainer's reader raises it too; the driver re-raises it here
+            self.result = work()
+        except BaseException as e:  # the folder's readers raise it too; join re-raises it on the driver
             self.error = e
             mark_done(done_file, error=f"{type(e).__name__}: {e}")
         else:
             mark_done(done_file)
 
-    def join(self) -> None:
+    def wait(self) -> None:
         self._thread.join()
+
+    def join(self) -> Any:
+        self.wait()
         if self.error is not None:
-            raise RuntimeError("streamed round: search/annotation failed") from self.error
+            raise RuntimeError(f"streamed round: {self.name} failed") from self.error
+        return self.result
 
 
 def streamed_round(cfg: Config, problems_path: Path, trees_dir: Path, dataset_dir: Path,
                    critic_dir: Path) -> Any:
-    """Search and annotate into `dataset_dir` while the critic trains on it; returns the trainer's
-    `TrainSummary`."""
+    """Search into `trees_dir` and annotate into `dataset_dir` while the critic trains on it;
+    returns the trainer's `TrainSummary`."""
     import ray
 
+    from mmc_ray.pipeline.dispatch import RayDispatcher
+    from mmc_ray.pipeline.stages import print_search_summary
     from mmc_ray.ray_runtime import init_ray
+    from mmc_ray.tasks.benchmark import load_problem_file
     from mmc_ray.train.trainer import train
     from mmc_ray.workers.group import create_worker_group
     from mmc_ray.workers.role_worker import PolicyWorker
 
     init_ray()
     _check_room(cfg, ray.cluster_resources().get("CPU", 0.0))
-    done_file = critic_dir / UPSTREAM_DONE
-    done_file.unlink(missing_ok=True)
+    problems = load_problem_file(problems_path)
+    search_done, upstream_done = critic_dir / SEARCH_DONE, critic_dir / UPSTREAM_DONE
+    for done_file in (search_done, upstream_done):
+        done_file.unlink(missing_ok=True)
+    search_cfg = dataclasses.replace(cfg.search, shard_size=min(cfg.search.shard_size, TREES_PER_SHARD))
+    stop = threading.Event()
     group = create_worker_group(PolicyWorker, cfg.actor)
     try:
-        graph = _upstream(cfg, problems_path, trees_dir, dataset_dir, group.workers)
-        upstream = _UpstreamRun(graph, done_file)
+        search = _Background("search", lambda: search_to_dir(
+            problems, RayDispatcher(group.workers), search_cfg, trees_dir, progress=False, stop=stop),
+            search_done)
+        graph = _annotate_graph(cfg, trees_dir, search_done, dataset_dir)
+        annotation = _Background("annotation", lambda: _count_outcomes(graph), upstream_done)
         with _small_blocks():
-            rows = read_growing_shards(dataset_dir / "data", "train", done_file, CRITIQUE_SCHEMA)
+            rows = read_growing_shards(dataset_dir / "data", "train", upstream_done, CRITIQUE_SCHEMA)
         try:
             summary = train(cfg, dataset_dir, critic_dir, stream=rows)
         except BaseException:
-            if upstream.error is not None:  # the root cause, not the trainer's echo of it
-                upstream.join()
+            causes = [stage for stage in (search, annotation) if stage.error is not None]
+            stop.set()  # the search stops at its next batch, annotation when its trees folder is done
+            for stage in (search, annotation):
+                stage.wait()  # finished trees and critiques are written (a rerun resumes from them)
+            if causes:  # the root cause, not the trainer's echo of it
+                causes[0].join()
             raise
     finally:
-        group.shutdown()  # a failed fit ends the search too: its policy workers are gone
-    upstream.join()
-    print(f"annotate: {upstream.counts['critiques']} critiques, {upstream.counts['drops']} drops (streamed)")
+        group.shutdown()
+    print_search_summary(search.join(), trees_dir)
+    counts = annotation.join()
+    print(f"annotate: {counts['critiques']} critiques, {counts['drops']} drops (streamed)")
     write_card(dataset_dir, cfg)
     return summary

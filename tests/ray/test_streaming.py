@@ -1,5 +1,5 @@
-"""A streamed round (search → annotate → train as one Ray Data graph) on a real local Ray writes
-what the stage-by-stage commands write, and trains on it."""
+"""A streamed round (search → annotate → train at once, each reading the folder the one before writes)
+on a real local Ray writes what the stage-by-stage commands write, and trains on it."""
 
 import dataclasses
 import json
@@ -11,7 +11,9 @@ import pytest
 from mmc_ray.config import Config, ResourcesConfig, SimulatorConfig
 from mmc_ray.pipeline import stages
 from mmc_ray.pipeline.dataset_card import card_stats
-from mmc_ray.pipeline.streaming import UPSTREAM_DONE, streamed_round
+from mmc_ray.pipeline.search import TREE_SHARD_PREFIX
+from mmc_ray.pipeline.shards import finished_ids
+from mmc_ray.pipeline.streaming import SEARCH_DONE, UPSTREAM_DONE, streamed_round
 
 pytestmark = pytest.mark.slow
 
@@ -53,13 +55,39 @@ def test_a_streamed_round_that_cannot_fit_says_so(ray_local, tiny_vlm_path, tmp_
         streamed_round(cfg, tmp_path / "p.parquet", tmp_path / "t", tmp_path / "d", tmp_path / "c")
 
 
-def test_an_upstream_failure_fails_the_round_with_its_cause(ray_local, tiny_vlm_path, tmp_path):
-    """The search fails (problem rows without their columns) while the trainer waits on the dataset
-    folder: the trainer is told through the done file instead of waiting forever, and the round
-    raises the search's error as the cause."""
+def test_a_search_failure_fails_the_round_with_its_cause(ray_local, tiny_vlm_path, tmp_path):
+    """The search fails (a problem id appears twice) while annotation waits on the trees folder and
+    the trainer on the dataset folder: both are told through the done files instead of waiting
+    forever, and the round raises the search's error as the cause."""
+    cfg = round_cfg(tiny_vlm_path)
     problems = tmp_path / "p.parquet"
-    pq.write_table(pa.table({"problem_id": ["a", "b"]}), problems)
-    with pytest.raises(RuntimeError, match="search/annotation failed") as failure:
-        streamed_round(round_cfg(tiny_vlm_path), problems, tmp_path / "t", tmp_path / "d", tmp_path / "c")
-    assert "family" in str(failure.value.__cause__)
-    assert "family" in json.loads((tmp_path / "c" / UPSTREAM_DONE).read_text())["error"]
+    stages.write_tasks(cfg.tasks, problems)
+    table = pq.read_table(problems)
+    pq.write_table(pa.concat_tables([table, table.slice(0, 1)]), problems)
+    with pytest.raises(RuntimeError, match="streamed round: search failed") as failure:
+        streamed_round(cfg, problems, tmp_path / "t", tmp_path / "d", tmp_path / "c")
+    assert "appears twice" in str(failure.value.__cause__)
+    for done_file in (SEARCH_DONE, UPSTREAM_DONE):
+        assert "appears twice" in json.loads((tmp_path / "c" / done_file).read_text())["error"]
+
+
+def test_a_failed_fit_stops_the_search_and_keeps_its_finished_trees(ray_local, tiny_vlm_path, tmp_path):
+    """The trainer fails (its model does not load) while the search still runs, each policy call
+    taking 3 s: the round raises the trainer's error, and the search stops at its next batch, its
+    finished trees written, instead of running on behind the failed round; a rerun resumes them."""
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text(json.dumps({"model_type": "no-such-model"}))
+    cfg = round_cfg(tiny_vlm_path)
+    cfg = dataclasses.replace(
+        cfg, actor=dataclasses.replace(cfg.actor, simulator=SimulatorConfig(call_latency_s=3.0)),
+        train=dataclasses.replace(cfg.train, init_model=str(broken), max_failures=0))
+    problems = tmp_path / "p.parquet"
+    stages.write_tasks(cfg.tasks, problems)
+    with pytest.raises(Exception, match="Training failed") as failure:
+        streamed_round(cfg, problems, tmp_path / "t", tmp_path / "d", tmp_path / "c")
+    assert "search failed" not in str(failure.value)
+    assert "SearchStopped" in json.loads((tmp_path / "c" / SEARCH_DONE).read_text())["error"]
+    kept = finished_ids(tmp_path / "t", TREE_SHARD_PREFIX, "problem_id")
+    assert len(kept) < cfg.tasks.n
+    assert stages.search(round_cfg(tiny_vlm_path), problems, tmp_path / "t").resumed == len(kept)

@@ -2,6 +2,7 @@
 
 import dataclasses
 import io
+import threading
 
 import pyarrow.parquet as pq
 import pytest
@@ -11,7 +12,7 @@ from mmc_ray.engines.base import Completion, GenerationResult
 from mmc_ray.engines.simulated import SimulatedActorEngine
 from mmc_ray.mcts.tree import nodes_from_rows
 from mmc_ray.pipeline.dispatch import LocalDispatcher
-from mmc_ray.pipeline.search import run_search, search_to_dir
+from mmc_ray.pipeline.search import SearchStopped, run_search, search_to_dir
 from mmc_ray.pipeline.shards import shard_paths
 from mmc_ray.tasks.generator import generate_problems
 
@@ -123,6 +124,27 @@ def test_interrupted_run_resumes_to_the_same_rows(tmp_path):
     assert resumed == straight  # deterministic search: identical rows, not just the same ids
     again = search_to_dir(probs, LocalDispatcher(SimulatedActorEngine(SIM)), CFG, out, progress=False)
     assert again.trees == 0 and again.resumed == 24
+
+
+def test_a_stopped_search_keeps_its_finished_trees_and_resumes(tmp_path):
+    """`stop` is how a streamed round ends its search when the trainer fails: the search stops at
+    its next batch, keeps every tree it finished, and a rerun searches only the rest."""
+    stop = threading.Event()
+
+    class StopAfterFirstShard(LocalDispatcher):
+        def wait(self):
+            if shard_paths(tmp_path, "trees"):
+                stop.set()
+            return super().wait()
+
+    probs = problems(24)
+    with pytest.raises(SearchStopped, match="trees open"):
+        search_to_dir(probs, StopAfterFirstShard(SimulatedActorEngine(SIM)), CFG, tmp_path, progress=False,
+                      stop=stop)
+    kept = rows_by_id(tmp_path)
+    assert CFG.shard_size <= len(kept) < 24
+    summary = search_to_dir(probs, LocalDispatcher(SimulatedActorEngine(SIM)), CFG, tmp_path, progress=False)
+    assert summary.resumed == len(kept) and summary.trees == 24 - len(kept)
 
 
 def rows_by_id_after(summary, out_dir):
