@@ -71,22 +71,21 @@ class DatasetSink:
 
 @contextlib.contextmanager
 def _small_blocks() -> Iterator[None]:
-    """Datasets made inside read with little CPU and close their blocks small.
+    """Datasets made inside close their blocks small.
 
-    The datasource-v2 reader lists files in a task that always asks for a whole CPU, which a box
-    this full does not have. Ray Data merges what a read yields into blocks of up to 128 MiB, so
-    the shards a growing folder's reader yields would only move on when the whole read ends; at
-    `STREAM_BLOCK_BYTES` they move on a few at a time. A dataset (and
-    every one derived from it) keeps the context it was made with, so both switches stay local."""
+    Ray Data merges what a read yields into blocks of up to 128 MiB, so the shards a growing
+    folder's reader yields would only move on when the whole read ends; at `STREAM_BLOCK_BYTES`
+    they move on a few at a time. A dataset (and every one derived from it) keeps the context it
+    was made with, so the switch stays local."""
     import ray.data
 
     context = ray.data.DataContext.get_current()
-    previous = context.use_datasource_v2, context.target_max_block_size
-    context.use_datasource_v2, context.target_max_block_size = False, STREAM_BLOCK_BYTES
+    previous = context.target_max_block_size
+    context.target_max_block_size = STREAM_BLOCK_BYTES
     try:
         yield
     finally:
-        context.use_datasource_v2, context.target_max_block_size = previous
+        context.target_max_block_size = previous
 
 
 def _check_room(cfg: Config, cpus: float) -> None:
