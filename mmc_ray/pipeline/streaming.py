@@ -192,10 +192,12 @@ def streamed_round(cfg: Config, problems_path: Path, trees_dir: Path, dataset_di
             if causes:  # the root cause, not the trainer's echo of it
                 causes[0].join()
             raise
+        # A fit that reached max_steps early leaves the search running: it finishes with its workers.
+        searched, counts = search.join(), annotation.join()
     finally:
+        stop.set()  # a search still running (the round failed before training) stops before its workers go
         group.shutdown()
-    print_search_summary(search.join(), trees_dir)
-    counts = annotation.join()
+    print_search_summary(searched, trees_dir)
     print(f"annotate: {counts['critiques']} critiques, {counts['drops']} drops (streamed)")
     write_card(dataset_dir, cfg)
     return summary

@@ -91,3 +91,29 @@ def test_a_failed_fit_stops_the_search_and_keeps_its_finished_trees(ray_local, t
     kept = finished_ids(tmp_path / "t", TREE_SHARD_PREFIX, "problem_id")
     assert len(kept) < cfg.tasks.n
     assert stages.search(round_cfg(tiny_vlm_path), problems, tmp_path / "t").resumed == len(kept)
+
+
+def test_a_fit_that_ends_early_waits_for_the_search(ray_local, tiny_vlm_path, tmp_path):
+    """Round 2 of a flywheel: the dataset already holds round 1's critiques, so a one-step fit ends
+    long before a search whose policy calls take 3 s. The round waits for the search (its workers
+    stay up) instead of ending it: every tree is searched whole, none with failed generations.
+    One training worker: Ray Train's equal split holds a block back from two until more come."""
+    cfg = round_cfg(tiny_vlm_path)
+    earlier = tmp_path / "round-1-problems.parquet"
+    stages.write_tasks(dataclasses.replace(cfg.tasks, n=48, seed=99), earlier)  # a few steps' worth
+    stages.search(cfg, earlier, tmp_path / "round-1-trees")
+    stages.annotate(cfg, tmp_path / "round-1-trees", tmp_path / "ds")
+    rows_before = card_stats(tmp_path / "ds")["rows"]
+    cfg = dataclasses.replace(
+        cfg, actor=dataclasses.replace(cfg.actor, simulator=SimulatorConfig(observe_error_rate=0.3, call_latency_s=3.0)),
+        train=dataclasses.replace(cfg.train, max_steps=1, checkpoint_every=1, num_workers=1))
+    problems = tmp_path / "p.parquet"
+    stages.write_tasks(cfg.tasks, problems)
+    summary = streamed_round(cfg, problems, tmp_path / "t", tmp_path / "ds", tmp_path / "c")
+    assert summary.metrics["step"] == 1
+    search_ended = (tmp_path / "c" / SEARCH_DONE).stat().st_mtime
+    assert (tmp_path / "c" / "hf" / "config.json").stat().st_mtime < search_ended  # the fit did end first
+    assert json.loads((tmp_path / "c" / SEARCH_DONE).read_text())["error"] is None
+    trees = pq.read_table(tmp_path / "t", columns=["problem_id", "failed_generations"]).to_pylist()
+    assert len(trees) == cfg.tasks.n and sum(t["failed_generations"] for t in trees) == 0
+    assert card_stats(tmp_path / "ds")["rows"] > rows_before
