@@ -5,15 +5,14 @@ it starts, and the trainer reads the dataset folder as it grows: every complete
 `<prefix>-NNNNN.parquet` already there, then each new one as its writer renames it in, until the
 writer's done file appears. Shards are only ever renamed in whole (`ShardWriter`), so a shard seen
 is a shard complete. The done file says whether the upstream finished or failed; a failure is raised
-in the reading task, which fails the training run instead of leaving it waiting. Each training
-worker can read its own part of the rows (`part`), so no worker waits on another's share.
+in the reading task, which fails the training run instead of leaving it waiting.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,20 +55,8 @@ def tail_shards(folder: str | Path, prefix: str, done_file: str | Path,
         time.sleep(poll_seconds)
 
 
-def rows_of_part(tables: Iterable[pa.Table], part: int, parts: int) -> Iterator[pa.Table]:
-    """The rows of `tables` whose running index is `part` modulo `parts`: every row in exactly one
-    part, the parts within one row of each other in size at any time."""
-    seen = 0
-    for table in tables:
-        mine = [i for i in range(table.num_rows) if (seen + i) % parts == part]
-        yield table.take(pa.array(mine, pa.int64()))
-        seen += table.num_rows
-
-
-def read_growing_shards(folder: str | Path, prefix: str, done_file: str | Path, schema: pa.Schema,
-                        part: int = 0, parts: int = 1) -> Any:
-    """A `ray.data.Dataset` of the shard folder's rows (of its `part` of `parts`, see
-    `rows_of_part`), streamed as shards appear (one read task)."""
+def read_growing_shards(folder: str | Path, prefix: str, done_file: str | Path, schema: pa.Schema) -> Any:
+    """A `ray.data.Dataset` of the shard folder's rows, streamed as shards appear (one read task)."""
     import ray.data
     from ray.data.block import BlockMetadata
     from ray.data.datasource import Datasource, ReadTask
@@ -77,8 +64,8 @@ def read_growing_shards(folder: str | Path, prefix: str, done_file: str | Path, 
     folder, done_file = str(folder), str(done_file)
 
     def read() -> Iterator[pa.Table]:
-        tables = (pq.read_table(path, schema=schema) for path in tail_shards(folder, prefix, done_file))
-        yield from rows_of_part(tables, part, parts)
+        for path in tail_shards(folder, prefix, done_file):
+            yield pq.read_table(path, schema=schema)
 
     class GrowingShards(Datasource):
         def estimate_inmemory_data_size(self) -> int | None:

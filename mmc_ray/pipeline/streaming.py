@@ -92,8 +92,7 @@ def _check_room(cfg: Config, cpus: float) -> None:
     """Everything of a streamed round runs at once; Ray would wait forever for a missing CPU."""
     policy = cfg.actor.resources.replicas * cfg.actor.resources.num_cpus
     training = cfg.train.num_workers * cfg.train.cpus_per_worker
-    # mining, rule annotation, the trees' reader and each training worker's reader of the dataset
-    light = 2 * LIGHT_CPUS + (1 + cfg.train.num_workers) * TAIL_CPUS
+    light = 2 * LIGHT_CPUS + 2 * TAIL_CPUS  # mining, rule annotation, the trees' and the dataset's readers
     if policy + training + light > cpus:
         raise RuntimeError(
             f"streamed round: policy workers ({policy:g} CPU) + training workers ({training:g}) + data "
@@ -181,10 +180,8 @@ def streamed_round(cfg: Config, problems_path: Path, trees_dir: Path, dataset_di
             search_done)
         graph = _annotate_graph(cfg, trees_dir, search_done, dataset_dir)
         annotation = _Background("annotation", lambda: _count_outcomes(graph), upstream_done)
-        workers = cfg.train.num_workers
         with _small_blocks():
-            rows = [read_growing_shards(dataset_dir / "data", "train", upstream_done, CRITIQUE_SCHEMA,
-                                        part=rank, parts=workers) for rank in range(workers)]
+            rows = read_growing_shards(dataset_dir / "data", "train", upstream_done, CRITIQUE_SCHEMA)
         try:
             summary = train(cfg, dataset_dir, critic_dir, stream=rows)
         except BaseException:

@@ -137,10 +137,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from mmc_ray.train.packed_attention import use_packed_attention
 
     cfg: TrainConfig = config["train"]
+    tables = ShardTables(ray.train.get_dataset_shard("train"))  # the upstream runs while the model loads
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
-    dataset = f"train-{rank}" if config["per_worker_data"] else "train"
-    tables = ShardTables(ray.train.get_dataset_shard(dataset))  # the upstream runs while the model loads
     random.seed(cfg.seed + rank)
     np.random.seed(cfg.seed + rank)
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
@@ -289,17 +288,13 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
 def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool = False,
           stream: Any = None, progress: bool = True) -> TrainSummary:
     """Fit on `data_dir` (an MMC dataset folder for the critic; a problems folder for actor SFT),
-    or on `stream`, the same rows still being produced upstream: one `ray.data.Dataset` per training
-    worker (worker r reads `stream[r]`; Ray Train's equal split would hold rows back from a worker
-    until more arrive)."""
+    or on `stream`, a `ray.data.Dataset` of the same rows still being produced upstream."""
     from mmc_ray.ray_runtime import init_ray
 
     data_dir, out_dir = Path(data_dir).resolve(), Path(out_dir).resolve()
     tcfg = cfg.train
     files = sorted((data_dir / "data").glob("train-*.parquet")) if tcfg.task == "critic" else \
         sorted(data_dir.glob("*.parquet"))
-    if stream is not None and len(stream) != tcfg.num_workers:
-        raise ValueError(f"train: {len(stream)} streamed datasets for {tcfg.num_workers} workers (one each)")
     if not files and stream is None:
         raise FileNotFoundError(f"no training data in {data_dir} (critic: data/train-*.parquet; "
                                 f"actor-sft: problems *.parquet)")
@@ -330,23 +325,22 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
 def _fit(tcfg: TrainConfig, out_dir: Path, resume_from: Path | None, board: Any, stream: Any,
          files: list[Path]) -> Any:
     import ray.data
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"train": replace(tcfg, init_model=str(Path(tcfg.init_model).resolve())),
                            "resume_from": None if resume_from is None else str(resume_from),
-                           "wandb_dir": str(out_dir), "board": board, "per_worker_data": stream is not None},
+                           "wandb_dir": str(out_dir), "board": board},
         scaling_config=ScalingConfig(num_workers=tcfg.num_workers, use_gpu=tcfg.use_gpu,
                                      resources_per_worker={"CPU": tcfg.cpus_per_worker}),
         # One run name per fit: a resumed fit is a new run that starts from the old checkpoint.
         run_config=RunConfig(storage_path=str(out_dir), name=f"{RUN_NAME}-{time.strftime('%Y%m%d-%H%M%S')}",
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
                              failure_config=FailureConfig(max_failures=tcfg.max_failures)),
-        datasets=({"train": ray.data.read_parquet([str(f) for f in files], num_cpus=READ_CPUS)}
-                  if stream is None else {f"train-{rank}": part for rank, part in enumerate(stream)}),
-        dataset_config=DataConfig(datasets_to_split="all" if stream is None else []),
+        datasets={"train": stream if stream is not None else ray.data.read_parquet(
+            [str(f) for f in files], num_cpus=READ_CPUS)},
     )
     return trainer.fit()
 

@@ -6,7 +6,7 @@ import time
 import pyarrow as pa
 import pytest
 
-from mmc_ray.pipeline.growing_shards import UpstreamFailed, mark_done, rows_of_part, tail_shards
+from mmc_ray.pipeline.growing_shards import UpstreamFailed, mark_done, tail_shards
 from mmc_ray.pipeline.shards import ShardWriter
 
 SCHEMA = pa.schema([("id", pa.string())])
@@ -45,11 +45,3 @@ def test_temporary_files_are_not_shards(tmp_path):
     (tmp_path / ".train-00000.parquet.tmp").write_bytes(b"half")
     mark_done(tmp_path / "done.json")
     assert list(tail_shards(tmp_path, "train", tmp_path / "done.json")) == []
-
-
-def test_parts_split_every_row_once_and_evenly():
-    tables = [pa.table({"id": [f"r{i}" for i in range(start, start + size)]})
-              for start, size in ((0, 3), (3, 1), (4, 5), (9, 0), (9, 2))]
-    parts = [[r for t in rows_of_part(tables, part, 3) for r in t.column("id").to_pylist()] for part in range(3)]
-    assert sorted(r for rows in parts for r in rows) == sorted(f"r{i}" for i in range(11))
-    assert parts[0] == ["r0", "r3", "r6", "r9"] and [len(p) for p in parts] == [4, 4, 3]
