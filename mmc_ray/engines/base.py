@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 FinishReason = Literal["stop", "length", "error"]
+# Logits divided by a temperature this small overflow into NaN probabilities, and vLLM 0.29 raises any
+# temperature below 0.01 to 0.01 and samples: every engine decodes greedily below this one instead.
+GREEDY_BELOW_TEMPERATURE = 1e-5
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,11 @@ class GenerationEngine(Protocol):
     name: str
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]: ...
+
+
+def sampling_temperature(temperature: float) -> float:
+    """The temperature an engine samples at: 0 (greedy) below `GREEDY_BELOW_TEMPERATURE`."""
+    return 0.0 if temperature < GREEDY_BELOW_TEMPERATURE else temperature
 
 
 def apply_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:

@@ -9,16 +9,19 @@ from pathlib import Path
 import torch
 
 from mmc_ray.config import EngineConfig
-from mmc_ray.engines.base import Completion, GenerationRequest, GenerationResult, apply_stop
+from mmc_ray.engines.base import (
+    Completion,
+    GenerationRequest,
+    GenerationResult,
+    apply_stop,
+    sampling_temperature,
+)
 from mmc_ray.engines.hf_decode import StopCheck, decode
 from mmc_ray.models.loading import LoadedVLM, VisionInputs, decode_image, load_vlm
 from mmc_ray.seeding import stable_seed
 
 Unit = tuple[int, int]  # (request index, sample index)
 VISION_CACHE_SIZE = 512  # preprocessed image sets; MCTS sends each problem's image many times
-# Logits divided by a temperature this small overflow into NaN probabilities; vLLM treats any
-# temperature below 1e-5 as greedy, and so do we.
-GREEDY_BELOW_TEMPERATURE = 1e-5
 
 
 def _chunk_seed(requests: Sequence[GenerationRequest], units: Sequence[Unit]) -> int | None:
@@ -128,7 +131,7 @@ class HFEngine:
         decoded = decode(
             self.vlm.model, inputs, [prompt_of[r] for r, _ in chunk],
             max_new_tokens=first.max_new_tokens, temperature=first.temperature, top_p=first.top_p,
-            greedy=first.temperature < GREEDY_BELOW_TEMPERATURE, eos_ids=self._eos_ids,
+            greedy=sampling_temperature(first.temperature) == 0.0, eos_ids=self._eos_ids,
             stop_check=self._stop_check(first.stop), logprobs=first.logprobs)
         for row, unit in enumerate(chunk):
             ids = decoded.token_ids[row]

@@ -59,6 +59,7 @@ designed from vLLM's API and documentation, not yet verified.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -66,7 +67,14 @@ from pathlib import Path
 from typing import Any
 
 from mmc_ray.config import EngineConfig
-from mmc_ray.engines.base import Completion, FinishReason, GenerationRequest, GenerationResult, apply_stop
+from mmc_ray.engines.base import (
+    Completion,
+    FinishReason,
+    GenerationRequest,
+    GenerationResult,
+    apply_stop,
+    sampling_temperature,
+)
 
 # vLLM's finish reasons we keep; anything else ("abort", None) becomes an error completion.
 FINISH_REASONS: dict[str, FinishReason] = {"stop": "stop", "length": "length"}
@@ -91,7 +99,7 @@ def sampling_kwargs(req: GenerationRequest, stop_token_ids: Sequence[int] = ()) 
     """`vllm.SamplingParams` keyword arguments of one request."""
     kwargs: dict[str, Any] = {
         "n": req.n,
-        "temperature": req.temperature,  # 0 = greedy
+        "temperature": sampling_temperature(req.temperature),  # 0 = greedy
         "top_p": req.top_p,
         "max_tokens": req.max_new_tokens,
         "stop": list(req.stop),  # excluded from the text (include_stop_str_in_output=False)
@@ -226,8 +234,9 @@ def _import_vllm() -> Any:
     try:
         import vllm
     except ImportError as e:
-        raise ImportError(f"engine kind 'vllm' needs vLLM on a CUDA machine: pip install 'mmc-ray[gpu]' "
-                          f"(or use the docker/Dockerfile.cuda image); on CPU use kind=hf ({e})") from e
+        raise ImportError(f"engine kind 'vllm' needs vLLM: pip install 'mmc-ray[gpu]' on a CUDA machine "
+                          f"(or use the docker/Dockerfile.cuda image); on CPU, vLLM's CPU build in its own "
+                          f"venv (make setup-vllm), or kind=hf ({e})") from e
     return vllm
 
 
@@ -238,6 +247,10 @@ class VLLMEngine:
 
     def __init__(self, cfg: EngineConfig, **engine_kwargs: Any) -> None:
         """`engine_kwargs` go to `vllm.LLM` on top of the config's (e.g. `enforce_eager=True`)."""
+        if cfg.device == "cpu":
+            # vLLM's CPU build sizes its KV cache from this variable only (its engine-core process
+            # inherits it); without it vLLM refuses to start on a shared host.
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.cpu_kv_cache_gib)
         self._vllm = _import_vllm()
         self._llm_kwargs = {**llm_kwargs(cfg), **engine_kwargs}
         self._lock = threading.Lock()

@@ -46,7 +46,9 @@ def test_config_is_frozen():
         (["novalue"], "is not of the form dotted.key=value"),
         (["annotate.mining.low_value=0.9"], "annotate.mining: need 0 <= low_value < high_value <= 1"),
         (["generate.n.x=1"], "generate.n is not a section"),
-        (["actor.kind=vllm", "actor.device=cpu"], "actor.device: kind=vllm runs on CUDA only"),
+        (["actor.kind=vllm", "actor.device=cpu", "actor.tensor_parallel_size=2"],
+         "actor.tensor_parallel_size: kind=vllm on device=cpu runs one process per replica"),
+        (["critic.cpu_kv_cache_gib=0"], "critic.cpu_kv_cache_gib: must be >= 1"),
         (["actor.kind=vllm", "actor.device=cuda", "actor.tensor_parallel_size=2"],
          "actor.tensor_parallel_size: kind=vllm with tensor_parallel_size > 1 needs resources.num_gpus"),
         (["critic.gpu_memory_utilization=1.5"], "critic.gpu_memory_utilization: must be in (0, 1]"),
@@ -60,6 +62,11 @@ def test_bad_config_names_the_key(overrides, message):
     with pytest.raises(ConfigError) as err:
         load_config(overrides=overrides)
     assert message in str(err.value)
+
+
+def test_vllm_runs_on_cpu_when_told():
+    cfg = load_config(overrides=["actor.kind=vllm", "actor.device=cpu", "actor.cpu_kv_cache_gib=1"])
+    assert (cfg.actor.kind, cfg.actor.device, cfg.actor.cpu_kv_cache_gib) == ("vllm", "cpu", 1)
 
 
 def test_vllm_engine_fields_load():
