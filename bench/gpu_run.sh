@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one prepared GPU run of issue #10: the GPU tests, then bench/gpu_vllm.py and
+# The one prepared GPU run of issue #10: the vLLM tests (on CUDA), then bench/gpu_vllm.py and
 # bench/gpu_train_mfu.py (--quick), each under a timeout, all of it within ~9 minutes. A failing
 # step does not stop the next; the end lists every step's status. Outputs go to "$OUT" (the device
 # machine's folder that comes back; ./out/gpu elsewhere): gpu_run.log, gpu_run_status.txt,
@@ -142,7 +142,7 @@ export PY SITE
 export -f install_wheels environment
 step setup 120 bash -c install_wheels
 step environment 60 bash -c environment
-step pytest-gpu 120 "$PY" -m pytest -q -m gpu tests/gpu -rs -p no:cacheprovider
+step pytest-vllm 120 "$PY" -m pytest -q -m vllm tests/engines tests/vllm_tier -rs -p no:cacheprovider
 step gpu-vllm 150 "$PY" bench/gpu_vllm.py --quick --json "$OUT/gpu_vllm.json"
 step gpu-train-mfu $((DEADLINE - SECONDS - 15)) "$PY" bench/gpu_train_mfu.py --quick --json "$OUT/gpu_train_mfu.json"
 "$PY" -m ray.scripts.scripts stop --force >/dev/null 2>&1 || true  # a timed-out fit leaves Ray behind

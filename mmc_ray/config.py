@@ -408,11 +408,28 @@ class Config:
     serve: ServeConfig = field(default_factory=ServeConfig)
 
     def __post_init__(self) -> None:
-        _require(self.serve.backend != "vllm" or self.critic.device != "cpu", "serve.backend",
-                 "vllm runs on CUDA only (critic.device is cpu); use serve.backend=hf on CPU")
+        for role in self._streamed_with_training():
+            engine = getattr(self, role)
+            _require(engine.resources.num_gpus == 0 or engine.resources.num_gpus >= 1,
+                     f"{role}.resources.num_gpus",
+                     f"kind=vllm with a fraction of a GPU ({engine.resources.num_gpus}) while Ray Train uses "
+                     f"GPUs (train.use_gpu, pipeline.streaming): Ray may place a training worker on the same "
+                     f"GPU, where vLLM has reserved {engine.gpu_memory_utilization:.0%} of the memory; give "
+                     f"each vLLM replica whole GPUs (num_gpus >= 1)")
+        cpu_llm = self.serve.backend == "vllm" and self.critic.device == "cpu"
+        _require(not (cpu_llm and self.serve.accelerator_type), "serve.accelerator_type",
+                 "must be empty with backend=vllm on critic.device=cpu")
         _require(not self.pipeline.retrain_actor or self.actor.kind in ("hf", "vllm"),
                  "pipeline.retrain_actor",
                  f"fine-tunes the actor's local model: needs actor.kind hf or vllm, not {self.actor.kind}")
+
+    def _streamed_with_training(self) -> list[str]:
+        """The vLLM roles that generate while Ray Train's GPU workers train (a streamed round: the
+        actor searching, the LLM annotator annotating)."""
+        if not (self.pipeline.streaming and self.train.use_gpu):
+            return []
+        roles = ["actor"] + (["annotator"] if self.annotate.method == "llm" else [])
+        return [r for r in roles if getattr(self, r).kind == "vllm"]
 
 
 def _require(ok: bool, key: str, message: str) -> None:

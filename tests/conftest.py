@@ -67,3 +67,14 @@ def vllm_engine(tiny_vlm_path):
     engine = VLLMEngine.from_config(cfg, enforce_eager=True)  # no CUDA-graph capture: faster start
     yield engine
     engine.close()
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A real local Ray with 2 CPUs, shared by the Ray tests."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1"}})
+    yield ray
+    ray.shutdown()

@@ -1,6 +1,6 @@
 """What the critic-service tests send: one synthetic problem with its image, a /v1/critique body, and
-a free local port, and critiques sent across a redeploy (tests/ray/test_serve.py on CPU, tests/gpu/test_serve_llm.py with vLLM,
-tests/unit/test_serve_llm_mapping.py)."""
+a free local port, and critiques sent across a redeploy (tests/ray/test_serve.py on the hf backend,
+tests/vllm_tier/test_serve_llm.py on vLLM, tests/unit/test_serve_llm_mapping.py)."""
 
 import base64
 import socket

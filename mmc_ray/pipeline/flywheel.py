@@ -39,12 +39,18 @@ from mmc_ray.pipeline.shards import shard_paths
 from mmc_ray.tasks.problem import Problem, read_problems
 
 
+def trained_critic_kind(cfg: Config) -> str:
+    """The engine that runs the critic a round trains: the config's when it loads a local model (hf,
+    vllm), else hf (a rule or served critic in the config is not the one being trained)."""
+    return cfg.critic.kind if cfg.critic.kind in ("hf", "vllm") else "hf"
+
+
 def _round_config(cfg: Config, round_index: int, init_model: str, critic_model: Path,
                   actor_model: str) -> Config:
     tasks = dataclasses.replace(cfg.tasks, seed=cfg.tasks.seed + round_index - 1)
     return dataclasses.replace(
         cfg, tasks=tasks, train=dataclasses.replace(cfg.train, init_model=init_model),
-        critic=dataclasses.replace(cfg.critic, kind="hf", model_path=str(critic_model)),
+        critic=dataclasses.replace(cfg.critic, kind=trained_critic_kind(cfg), model_path=str(critic_model)),
         actor=dataclasses.replace(cfg.actor, model_path=actor_model))
 
 

@@ -122,8 +122,8 @@ def refine(cfg: Config, problems_path: Path, out: Path, local: bool = False,
     r = cfg.refine
     return report(out / RECORDS, out / "report", {
         "title": title, "problems": str(problems_path), **engines,
-        "critic model": {"hf": cfg.critic.model_path, "openai": cfg.critic.base_url}.get(
-            cfg.critic.kind, cfg.critic.kind),
+        "critic model": {"hf": cfg.critic.model_path, "vllm": cfg.critic.model_path,
+                         "openai": cfg.critic.base_url}.get(cfg.critic.kind, cfg.critic.kind),
         "max rounds": r.max_rounds, "temperatures": list(r.temperatures),
         "mitigations": f"reject_repeats={r.reject_repeats} (samples {r.revision_samples}), "
                        f"keep_best={r.keep_best}",

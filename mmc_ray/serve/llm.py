@@ -27,9 +27,11 @@ in the handle's queue, so no request fails; on a single GPU the new replica star
 is gone. `/v1/models` asks the LLM deployment which checkpoint it runs (`LLMServer.llm_config`) and
 numbers checkpoints per app in the checkpoint registry (`mmc_ray.serve.checkpoints`).
 
-The pure functions here (`llm_config_dict`, `score_bodies`, `continuation_logprobs`, `reply_data`) are
-tested on CPU. Importing `ray.serve.llm` needs vLLM, so it is imported only where a deployment is
-built or called, on GPU machines.
+On CPU (`critic.device: cpu`, vLLM's CPU build) the LLM deployment runs with a CPU accelerator config
+and the critic's `resources.num_cpus`; the vLLM tier (tests/vllm_tier/test_serve_llm.py) runs every
+endpoint that way. The pure functions here (`llm_config_dict`, `score_bodies`, `continuation_logprobs`,
+`reply_data`) are tested without vLLM. Importing `ray.serve.llm` needs vLLM, so it is imported only
+where a deployment is built or called.
 """
 
 from __future__ import annotations
@@ -70,6 +72,14 @@ def llm_config_dict(serve_cfg: ServeConfig, engine_cfg: EngineConfig) -> dict[st
     }
     if serve_cfg.accelerator_type:
         config["accelerator_type"] = serve_cfg.accelerator_type
+    if engine_cfg.device == "cpu":
+        # vLLM's CPU build: without an accelerator config the replica asks for a GPU and never starts.
+        # The replica's CPUs are the critic's resources.num_cpus, all in its one bundle (the replica
+        # actor itself reserves none, else Ray Serve LLM adds one CPU to the bundle).
+        config["accelerator_config"] = {"kind": "cpu"}
+        config["placement_group_config"] = {"bundles": [{"CPU": engine_cfg.resources.num_cpus}]}
+        deployment["ray_actor_options"] = {"num_cpus": 0}
+        config["runtime_env"] = {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": str(engine_cfg.cpu_kv_cache_gib)}}
     return config
 
 
@@ -79,9 +89,9 @@ def build_llm_deployment(serve_cfg: ServeConfig, engine_cfg: EngineConfig) -> An
         from ray.serve.llm import LLMConfig
         from ray.serve.llm import build_llm_deployment as build
     except ImportError as e:
-        raise ImportError(f"serve.backend=vllm needs Ray Serve LLM with vLLM on a CUDA machine (pip install "
-                          f"'mmc-ray[gpu]', or the docker/Dockerfile.cuda image); on CPU use "
-                          f"serve.backend=hf ({e})") from e
+        raise ImportError(f"serve.backend=vllm needs Ray Serve LLM with vLLM (pip install 'mmc-ray[gpu]' on "
+                          f"a CUDA machine, or the docker/Dockerfile.cuda image; vLLM's CPU build: make "
+                          f"setup-vllm), or serve.backend=hf ({e})") from e
     return build(LLMConfig(**llm_config_dict(serve_cfg, engine_cfg)))
 
 

@@ -6,6 +6,7 @@ one sends back is vLLM's response models, dumped to the JSON these stand-ins wri
 import asyncio
 import base64
 import copy
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
@@ -60,19 +61,34 @@ def test_llm_config_dict_autoscales_and_names_the_accelerator_when_asked():
     assert "num_replicas" not in config["deployment_config"] and config["accelerator_type"] == "H100"
 
 
+def test_on_cpu_the_llm_deployment_takes_the_critics_cpus_and_its_kv_cache_size():
+    cpu_critic = dataclasses.replace(GPU_CRITIC, device="cpu", tensor_parallel_size=1, cpu_kv_cache_gib=3,
+                                     resources=ResourcesConfig(num_cpus=1.5))
+    config = llm_config_dict(ServeConfig(backend="vllm"), cpu_critic)
+    assert config["accelerator_config"] == {"kind": "cpu"}
+    assert config["placement_group_config"] == {"bundles": [{"CPU": 1.5}]}
+    assert config["deployment_config"]["ray_actor_options"] == {"num_cpus": 0}
+    assert config["runtime_env"] == {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "3"}}
+    assert "accelerator_config" not in llm_config_dict(ServeConfig(backend="vllm"), GPU_CRITIC)
+
+
 def test_ray_serve_llm_accepts_the_llm_config_dict():
     """Ray's own `LLMConfig` model (its config module imports without vLLM) validates the dict; the
     public `ray.serve.llm.LLMConfig` is this class, but importing `ray.serve.llm` needs vLLM."""
     llm_config = pytest.importorskip("ray.llm._internal.serve.core.configs.llm_config")
-    for serve_cfg in (ServeConfig(backend="vllm", num_replicas=2),
-                      ServeConfig(backend="vllm", min_replicas=0, max_replicas=3, accelerator_type="H100")):
-        config = llm_config.LLMConfig(**llm_config_dict(serve_cfg, GPU_CRITIC))
+    cpu_critic = dataclasses.replace(GPU_CRITIC, device="cpu", tensor_parallel_size=1)
+    for serve_cfg, critic in ((ServeConfig(backend="vllm", num_replicas=2), GPU_CRITIC),
+                              (ServeConfig(backend="vllm", min_replicas=0, max_replicas=3,
+                                           accelerator_type="H100"), GPU_CRITIC),
+                              (ServeConfig(backend="vllm"), cpu_critic)):
+        config = llm_config.LLMConfig(**llm_config_dict(serve_cfg, critic))
         assert config.model_id == serve_cfg.served_model
-        assert config.max_request_context_length == GPU_CRITIC.max_model_len
+        assert config.max_request_context_length == critic.max_model_len
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
-    (["serve.backend=vllm"], "serve.backend: vllm runs on CUDA only"),  # tiny-cpu.yaml: critic.device=cpu
+    (["serve.backend=vllm", "serve.accelerator_type=L4"],  # tiny-cpu.yaml: critic.device=cpu
+     "serve.accelerator_type: must be empty with backend=vllm on critic.device=cpu"),
     (["serve.backend=vllm", "critic.device=cuda", "serve.num_gpus=1"], "serve.num_gpus: must be 0 with backend=vllm"),
     (["serve.backend=sglang"], "serve.backend: 'sglang' is not allowed; choose one of ['hf', 'vllm']"),
 ])

@@ -1,6 +1,7 @@
 """The vLLM engine's pure parts on CPU: requests → prompts and sampling kwargs, config → engine
 arguments, vLLM-shaped outputs → our results. Stand-ins have the fields of vLLM's `RequestOutput`,
-`CompletionOutput` and `Logprob` that the engine reads; the engine itself is tested in tests/gpu."""
+`CompletionOutput` and `Logprob` that the engine reads; the engine itself is tested in the vLLM tier
+(tests/engines, tests/vllm_tier)."""
 
 import importlib.util
 import io

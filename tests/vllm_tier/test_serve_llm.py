@@ -1,52 +1,60 @@
-"""The critic service with serve.backend=vllm on a CUDA device: our ingress composed with a Ray Serve LLM
-(vLLM) deployment of the tiny random-weight Qwen2-VL, on a local Ray Serve bound to 127.0.0.1.
+"""The critic service with serve.backend=vllm: our ingress composed with a Ray Serve LLM (vLLM)
+deployment of the tiny random-weight Qwen2-VL, on the local test Ray bound to 127.0.0.1; on vLLM's CPU
+build in the vLLM tier (critic.device=cpu), on CUDA where one is visible.
 
-Skipped, with the reason shown, where vLLM (with Ray Serve LLM) or CUDA is missing. Random weights:
-critiques rarely parse, so the checks are on the protocol (status codes, shapes, versions), not on
-what the critic says.
+The app requires a bearer token (every request here sends it, one test checks what happens without).
+Random weights: critiques rarely parse, so the checks are on the protocol (status codes, shapes,
+versions), not on what the critic says. The LLM replica takes 0.75 CPU and the ingress 0.5, so a
+redeploy's new replica fits beside the old one on the 2-CPU test Ray.
 """
 
 import dataclasses
 import shutil
 
+import httpx
 import pytest
+import torch
+from serve_payloads import PROBLEM, critique_body, free_port, statuses_across_redeploy
 
-pytestmark = [pytest.mark.gpu, pytest.mark.slow]
+from mmc_ray.config import Config, EngineConfig, ResourcesConfig, ServeConfig
+from mmc_ray.critique.prompts import critic_messages
+from mmc_ray.engines.base import GenerationRequest
+from mmc_ray.engines.openai import OpenAIEngine
 
-pytest.importorskip("vllm", reason="vLLM is not installed (pip install 'mmc-ray[gpu]' on a CUDA machine)")
-torch = pytest.importorskip("torch")
-if not torch.cuda.is_available():
-    pytest.skip("vLLM needs a CUDA device; none is visible", allow_module_level=True)
-pytest.importorskip("ray.serve.llm", reason="Ray Serve LLM does not import here (ray[llm] and vLLM versions)")
-
-import httpx  # noqa: E402
-from serve_payloads import PROBLEM, critique_body, free_port, statuses_across_redeploy  # noqa: E402
-
-from mmc_ray.config import Config, EngineConfig, ServeConfig  # noqa: E402
-from mmc_ray.critique.prompts import critic_messages  # noqa: E402
-from mmc_ray.engines.base import GenerationRequest  # noqa: E402
-from mmc_ray.engines.openai import OpenAIEngine  # noqa: E402
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+TOKEN = "s3cret"
 
 
 @pytest.fixture(scope="module")
-def service(tiny_vlm_path):
-    import ray
+def service(ray_local, tiny_vlm_path, tmp_path_factory):
     from ray import serve
 
     from mmc_ray.serve.deploy import deploy
 
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"}})
+    key_file = tmp_path_factory.mktemp("secret") / "key"
+    key_file.write_text(TOKEN + "\n")
     serve_cfg = ServeConfig(backend="vllm", checkpoint=str(tiny_vlm_path), port=free_port(), num_cpus=0.5,
-                            max_steps=6, max_tokens=64, default_max_tokens=24, graceful_shutdown_timeout_s=120)
-    critic = EngineConfig(kind="vllm", device="cuda", dtype="float32", gpu_memory_utilization=0.3,
-                          max_model_len=2048, max_images_per_prompt=1, min_pixels=3136, max_pixels=12544)
+                            max_steps=6, max_tokens=64, default_max_tokens=24, graceful_shutdown_timeout_s=120,
+                            api_key_file=str(key_file), api_key_env="MMC_TEST_UNSET_KEY")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    critic = EngineConfig(kind="vllm", device=device, dtype="float32", gpu_memory_utilization=0.3,
+                          cpu_kv_cache_gib=1, max_model_len=2048, max_images_per_prompt=1, min_pixels=3136,
+                          max_pixels=12544, resources=ResourcesConfig(num_cpus=0.75))
     cfg = Config(serve=serve_cfg, critic=critic)
     url = deploy(cfg)
-    client = httpx.Client(timeout=300)
+    client = httpx.Client(timeout=300, headers={"Authorization": f"Bearer {TOKEN}"})
     yield {"url": url, "cfg": cfg, "client": client}
     serve.shutdown()
-    ray.shutdown()
+
+
+def test_the_bearer_token_is_required(service):
+    url = service["url"]
+    with httpx.Client(timeout=60) as anonymous:
+        assert anonymous.get(f"{url}/healthz").status_code == 200  # probes need no token
+        assert anonymous.get(f"{url}/v1/models").status_code == 401
+        assert anonymous.post(f"{url}/v1/critique", json=critique_body()).status_code == 401
+        wrong = anonymous.post(f"{url}/v1/critique", json=critique_body(), headers={"Authorization": "Bearer x"})
+        assert wrong.status_code == 401
 
 
 def test_models_health_and_a_critique(service):
@@ -63,7 +71,7 @@ def test_models_health_and_a_critique(service):
 
 
 def test_chat_completions_through_the_openai_engine(service):
-    engine = OpenAIEngine(f"{service['url']}/v1", "mmc-critic")
+    engine = OpenAIEngine(f"{service['url']}/v1", "mmc-critic", api_key=TOKEN)
     request = GenerationRequest(messages=critic_messages(PROBLEM, ["a", "b"], "3"), images=(PROBLEM.image,),
                                 n=2, max_new_tokens=8, temperature=1.0, seed=1, logprobs=True)
     (result,) = engine.generate([request])

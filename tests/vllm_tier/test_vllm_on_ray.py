@@ -1,0 +1,137 @@
+"""vLLM in every role on a real local Ray: policy workers under MCTS (a worker killed mid-search),
+the LLM annotator, the refinement critic, and a critic reloaded after training."""
+
+import dataclasses
+import time
+
+import pyarrow.parquet as pq
+import pytest
+
+from mmc_ray.config import (
+    Config,
+    EngineConfig,
+    ResourcesConfig,
+    SearchConfig,
+    SimulatorConfig,
+    TinyModelConfig,
+)
+from mmc_ray.engines.base import GenerationRequest
+from mmc_ray.engines.simulated import SimulatedActorEngine
+from mmc_ray.pipeline.dispatch import LocalDispatcher, RayDispatcher
+from mmc_ray.pipeline.search import search_to_dir
+from mmc_ray.pipeline.shards import shard_paths
+from mmc_ray.tasks.generator import generate_problems
+from mmc_ray.workers.group import create_worker_group
+from mmc_ray.workers.role_worker import CriticWorker, PolicyWorker
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
+
+def vllm_cfg(model_path, replicas=1, **kwargs) -> EngineConfig:
+    return EngineConfig(kind="vllm", model_path=str(model_path), device="cpu", dtype="float32",
+                        cpu_kv_cache_gib=1, max_model_len=2048, max_images_per_prompt=1,
+                        max_pixels=56 * 56, max_batch_size=16,
+                        resources=ResourcesConfig(replicas=replicas, num_cpus=0.5, max_restarts=3), **kwargs)
+
+
+def written_rows(out_dir):
+    rows = [r for p in shard_paths(out_dir, "trees") for r in pq.read_table(p).to_pylist()]
+    ids = [r["problem_id"] for r in rows]
+    assert len(ids) == len(set(ids)), "duplicated trees"
+    return rows
+
+
+def test_search_on_vllm_policy_workers_survives_a_killed_worker(ray_local, tiny_vlm_path, tmp_path):
+    search = SearchConfig(num_simulations=2, expansion_width=3, rollouts_per_node=2, step_max_tokens=8,
+                          rollout_max_tokens=16, max_active_trees=8, requests_per_call=8, shard_size=4)
+    group = create_worker_group(PolicyWorker, vllm_cfg(tiny_vlm_path, replicas=2))
+    assert {h["engine"] for h in group.health(timeout_s=300)} == {"vllm"}  # two engine starts
+    victim = group.workers[0]
+    pid_before = group.health()[0]["pid"]
+
+    class KillingDispatcher(RayDispatcher):
+        submitted = 0
+
+        def submit(self, batch):
+            ticket = super().submit(batch)
+            KillingDispatcher.submitted += 1
+            if KillingDispatcher.submitted == 3:
+                ray_local.kill(victim, no_restart=False)  # mid-batch: it holds work right now
+            return ticket
+
+    problems = list(generate_problems(12, seed=4))
+    try:
+        summary = search_to_dir(problems, KillingDispatcher(group.workers), search, tmp_path / "trees",
+                                progress=False)
+        deadline = time.time() + 120
+        while True:  # the restarted actor answers again, as a new process with a new vLLM engine
+            try:
+                pid_after = ray_local.get(victim.health.remote(), timeout=30)["pid"]
+                break
+            except ray_local.exceptions.RayError:
+                assert time.time() < deadline, "killed worker never came back"
+        served = sum(h["requests_served"] for h in group.health())
+    finally:
+        group.shutdown()
+    assert summary.worker_restarts >= 1 and pid_after != pid_before
+    rows = written_rows(tmp_path / "trees")
+    assert sorted(r["problem_id"] for r in rows) == sorted(p.problem_id for p in problems)
+    assert summary.trees == 12 and summary.expansions > 0 and served > 0
+
+
+def test_llm_annotator_on_vllm_workers_accounts_for_every_pair(ray_local, tiny_vlm_path, tmp_path):
+    from mmc_ray.pipeline.annotate import annotate_to_dir, mine_tree_rows
+    from mmc_ray.pipeline.dataset_card import card_stats
+
+    trees = tmp_path / "trees"
+    search_to_dir(list(generate_problems(6, seed=21)),
+                  LocalDispatcher(SimulatedActorEngine(SimulatorConfig(observe_error_rate=0.3))),
+                  SearchConfig(num_simulations=6, rollouts_per_node=3), trees, progress=False)
+    cfg = Config()
+    cfg = dataclasses.replace(cfg, annotator=vllm_cfg(tiny_vlm_path), annotate=dataclasses.replace(
+        cfg.annotate, method="llm", max_new_tokens=24, max_repair_attempts=1))
+    summary = annotate_to_dir(trees, tmp_path / "ds", cfg, progress=False)
+    tree_rows = [r for p in shard_paths(trees, "trees") for r in pq.read_table(p).to_pylist()]
+    expected = {r["pair_id"] for r in mine_tree_rows(tree_rows, cfg.annotate)}
+    # a random-weight model writes no parseable critique: each pair is a row or a counted drop
+    assert expected and summary.critiques + summary.drops == len(expected)
+    stats = card_stats(tmp_path / "ds")
+    assert stats["rows"] + stats["drops"] == len(expected)
+    assert all(reason.startswith("unparseable after 2 attempt(s)") for reason in stats["drop_reason"])
+
+
+def test_refinement_with_a_vllm_critic_on_ray(ray_local, tiny_vlm_path, tmp_path):
+    from mmc_ray.pipeline import stages
+
+    cfg = Config()
+    cfg = dataclasses.replace(
+        cfg, actor=EngineConfig(kind="simulated", resources=ResourcesConfig(num_cpus=0.25)),
+        critic=vllm_cfg(tiny_vlm_path),
+        refine=dataclasses.replace(cfg.refine, max_rounds=2, critic_max_new_tokens=24))
+    problems = tmp_path / "problems.parquet"
+    stages.write_tasks(dataclasses.replace(cfg.tasks, n=8, seed=3), problems)
+    report = stages.refine(cfg, problems, tmp_path / "refine")
+    m = report.metrics
+    assert m["problems"] == 8 and m["critic"]["critiques"] > 0
+    assert "critic[vllm]" in report.markdown.read_text()
+
+
+def test_a_vllm_critic_worker_reloads_a_newly_trained_model(ray_local, tiny_vlm_path, tmp_path):
+    from mmc_ray.models.tiny import build_tiny_vlm
+
+    other = build_tiny_vlm(TinyModelConfig(seed=1), tmp_path / "retrained")
+    group = create_worker_group(CriticWorker, vllm_cfg(tiny_vlm_path))
+    worker = group.workers[0]
+    probe = [GenerationRequest(({"role": "user", "content": "Is step 2 right?"},), temperature=0.0,
+                               max_new_tokens=6, logprobs=True)]
+    try:
+        before = ray_local.get(worker.generate.remote(probe))[0].completions[0]
+        pending = worker.generate.remote(probe * 8)  # a batch in flight finishes on the old weights
+        assert ray_local.get(worker.reload.remote(str(other)), timeout=180) == 1
+        assert len(ray_local.get(pending)) == 8
+        after = ray_local.get(worker.generate.remote(probe))[0].completions[0]
+        health = ray_local.get(worker.health.remote())
+    finally:
+        group.shutdown()
+    assert health["model_path"] == str(other) and health["version"] == 1
+    assert after.logprobs != pytest.approx(before.logprobs, abs=1e-4)
