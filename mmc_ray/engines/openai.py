@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 from mmc_ray.config import EngineConfig
-from mmc_ray.engines.base import Completion, GenerationRequest, GenerationResult
+from mmc_ray.engines.base import Completion, GenerationRequest, GenerationResult, sampling_temperature
 
 FINISH_REASONS = {"stop": "stop", "length": "length"}
 
@@ -45,7 +45,8 @@ def to_openai_messages(req: GenerationRequest) -> list[dict[str, Any]]:
 def request_body(req: GenerationRequest, model: str) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": model, "messages": to_openai_messages(req), "n": req.n,
-        "temperature": req.temperature, "top_p": req.top_p, "max_tokens": req.max_new_tokens,
+        "temperature": sampling_temperature(req.temperature), "top_p": req.top_p,
+        "max_tokens": req.max_new_tokens,
     }
     if req.stop:
         body["stop"] = list(req.stop)

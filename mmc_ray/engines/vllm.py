@@ -62,7 +62,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +124,10 @@ def llm_kwargs(cfg: EngineConfig) -> dict[str, Any]:
         "dtype": "bfloat16" if cfg.dtype == "auto" else cfg.dtype,
         "limit_mm_per_prompt": {"image": cfg.max_images_per_prompt},
     }
+    if cfg.device == "cpu":
+        # vLLM 0.29's CPU build kills its engine core ("CPU Generator does not use offset") when a
+        # seeded request's prefill is split across scheduler steps; MCTS batches are seeded and large.
+        kwargs["enable_chunked_prefill"] = False
     if cfg.min_pixels is not None and cfg.max_pixels is not None:
         kwargs["mm_processor_kwargs"] = {"min_pixels": cfg.min_pixels, "max_pixels": cfg.max_pixels}
     return kwargs
@@ -247,6 +251,10 @@ class VLLMEngine:
 
     def __init__(self, cfg: EngineConfig, **engine_kwargs: Any) -> None:
         """`engine_kwargs` go to `vllm.LLM` on top of the config's (e.g. `enforce_eager=True`)."""
+        if cfg.device == "auto":
+            import torch
+
+            cfg = replace(cfg, device="cuda" if torch.cuda.is_available() else "cpu")
         if cfg.device == "cpu":
             # vLLM's CPU build sizes its KV cache from this variable only (its engine-core process
             # inherits it); without it vLLM refuses to start on a shared host.

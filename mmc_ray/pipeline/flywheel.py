@@ -128,12 +128,18 @@ def run_pipeline(cfg: Config, run_dir: Path) -> dict[str, Any]:
             stages.search(rcfg, train_path, rdir / "trees")
             stages.annotate(rcfg, rdir / "trees", dataset)
             trained = _train_once(rcfg, dataset, rdir / "critic")
-        report = stages.refine(rcfg, eval_path, rdir / "refine", title=f"round {r} critic")
-        if pcfg.refine_train_problems and r < pcfg.rounds:
+        # The critic just trained (hf or vllm, as the config names) refines both problem sets on one
+        # set of workers; they go before the next round's search and fit need the GPUs.
+        refine_train, train_refine = pcfg.refine_train_problems and r < pcfg.rounds, rdir / "refine-train"
+        with stages.refine_engines(rcfg) as engines:
+            report = stages.refine(rcfg, eval_path, rdir / "refine", title=f"round {r} critic",
+                                   engines=engines)
+            if refine_train:
+                stages.refine(rcfg, train_path, train_refine, title=f"round {r} critic on training problems",
+                              engines=engines)
+        if refine_train:
             from mmc_ray.eval.report import read_refine_rows
 
-            train_refine = rdir / "refine-train"
-            stages.refine(rcfg, train_path, train_refine, title=f"round {r} critic on training problems")
             added = annotate_refinement_to_dir(read_refine_rows(train_refine / stages.RECORDS),
                                                read_problems(train_path), dataset, rcfg)
             print(f"annotate: {added.critiques} critiques of refinement answers added to {dataset}")

@@ -5,7 +5,8 @@ Heavy imports (torch, Ray, the engines) happen inside the functions, so importin
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -104,24 +105,34 @@ def print_train_summary(summary: Any) -> None:
         print(f"wandb run: {m['wandb_run_dir']} (offline runs upload with `wandb sync <dir>`)")
 
 
-def refine(cfg: Config, problems_path: Path, out: Path, local: bool = False,
-           title: str = "refinement") -> Any:
-    """Refine and evaluate; returns the evaluation `Report`."""
-    from mmc_ray.refine.run import refine_to_dir
-    from mmc_ray.tasks.benchmark import load_problem_file
+@contextmanager
+def refine_engines(cfg: Config, local: bool = False) -> Iterator[tuple[Any, Any]]:
+    """The actor and critic engines refinement runs on (Ray worker pools unless `local`), for one or
+    more `refine` calls: each vLLM or HF engine start is paid once."""
     from mmc_ray.workers.pool import role_engine
     from mmc_ray.workers.role_worker import CriticWorker, PolicyWorker
 
-    problems = load_problem_file(problems_path)
     with role_engine(PolicyWorker, cfg.actor, local) as actor, \
             role_engine(CriticWorker, cfg.critic, local) as critic:
+        yield actor, critic
+
+
+def refine(cfg: Config, problems_path: Path, out: Path, local: bool = False,
+           title: str = "refinement", engines: tuple[Any, Any] | None = None) -> Any:
+    """Refine and evaluate (on `engines` from `refine_engines`, or on engines of its own); returns
+    the evaluation `Report`."""
+    from mmc_ray.refine.run import refine_to_dir
+    from mmc_ray.tasks.benchmark import load_problem_file
+
+    problems = load_problem_file(problems_path)
+    with nullcontext(engines) if engines is not None else refine_engines(cfg, local) as (actor, critic):
         summary = refine_to_dir(problems, actor, critic, cfg.refine, out / RECORDS)
-        engines = {"actor": actor.name, "critic": critic.name}
+        names = {"actor": actor.name, "critic": critic.name}
     print(f"refine: {summary.problems} problems refined, {summary.resumed} already done; "
           f"{summary.rounds} rounds in {summary.seconds:.1f}s")
     r = cfg.refine
     return report(out / RECORDS, out / "report", {
-        "title": title, "problems": str(problems_path), **engines,
+        "title": title, "problems": str(problems_path), **names,
         "critic model": {"hf": cfg.critic.model_path, "vllm": cfg.critic.model_path,
                          "openai": cfg.critic.base_url}.get(cfg.critic.kind, cfg.critic.kind),
         "max rounds": r.max_rounds, "temperatures": list(r.temperatures),

@@ -6,6 +6,7 @@ own samples from a seed (see `engines/vllm.py`).
 """
 
 import io
+import random
 
 from PIL import Image
 
@@ -54,6 +55,19 @@ def test_a_mixed_batch_gives_one_result_per_request_in_order(engine):
     mixed = engine.generate([req(IMAGE, max_new_tokens=3), req(temperature=0.0, max_new_tokens=6)])[1]
     assert mixed.completions == greedy_alone.completions
     assert alone.prompt_tokens == results[0].prompt_tokens
+
+
+def test_a_seeded_batch_larger_than_one_scheduler_step_completes(engine):
+    """Found by bench/tree_overhead.py: vLLM's CPU build lost its engine when a seeded request's
+    prefill was split across steps (64 distinct prompts of ~700 tokens: more than one step takes)."""
+    rng = random.Random(0)
+    words = ["count", "the", "circles", "then", "add", "three", "to", "the", "bars", "and", "read"]
+    requests = [req(({"role": "user", "content": " ".join(rng.choice(words) for _ in range(400))},),
+                    seed=i, max_new_tokens=3) for i in range(64)]
+    results = engine.generate(requests)
+    assert len(results) == 64
+    assert all(c.finish_reason in ("stop", "length") for r in results for c in r.completions)
+    assert sum(r.prompt_tokens for r in results) > 64 * 400
 
 
 def test_n_samples_each_carry_one_logprob_per_token(engine):

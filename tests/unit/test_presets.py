@@ -17,6 +17,8 @@ def test_preset_phases_fit_their_gpus(name, gpus):
     critic = cfg.critic.resources.replicas * cfg.critic.resources.num_gpus
     trainer = cfg.train.num_workers if cfg.train.use_gpu else 0
     assert cfg.actor.device == "cuda" and cfg.train.use_gpu
+    # every role that generates does it with vLLM on GPUs
+    assert {cfg.actor.kind, cfg.critic.kind, cfg.annotator.kind, cfg.serve.backend} == {"vllm"}
     if cfg.pipeline.streaming:  # search and training run together
         assert actor + trainer <= gpus
     else:

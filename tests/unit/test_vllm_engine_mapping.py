@@ -121,6 +121,8 @@ def test_engine_arguments_from_the_config():
     one = llm_kwargs(EngineConfig(kind="vllm", dtype="float32", enable_prefix_caching=False))
     assert one["distributed_executor_backend"] == "uni" and one["dtype"] == "float32"
     assert one["enable_prefix_caching"] is False
+    assert "enable_chunked_prefill" not in one
+    assert llm_kwargs(EngineConfig(kind="vllm", device="cpu"))["enable_chunked_prefill"] is False
 
 
 def test_prepare_decodes_images_once_and_fails_only_the_broken_request(tokenizer):
