@@ -50,15 +50,15 @@ full engine start (weights, memory profiling, CUDA graphs: tens of seconds for a
 In-place weight sync (OpenRLHF's `collective_rpc` into the workers) would be faster but needs the
 trainer and the engine in one process group; a reload needs only the exported folder.
 
-What was tested: on CPU only, the pure functions above (tests/unit/test_vllm_engine_mapping.py).
-tests/gpu/test_vllm_engine.py checks the engine itself on a GPU (n samples, stop strings, seeds,
-logprobs, images, a broken image, reload, greedy agreement with `HFEngine`); it has not run yet, so
-the vLLM calls (`LLM(...)`, `SamplingParams`, `engine_core.shutdown`, the TP and reload design) are
-designed from vLLM's API and documentation, not yet verified.
+What is tested: the pure functions above without vLLM (tests/unit/test_vllm_engine_mapping.py), and
+the engine itself on vLLM's CPU build in the vLLM tier (`make test-vllm`): the engine contract it
+shares with `HFEngine` (tests/engines), greedy agreement with `HFEngine`, seeds, reload
+(tests/vllm_tier). The TP (`mp` executor) path and CUDA memory release have not run yet: no GPU.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -234,6 +234,21 @@ def check_model_dir(path: str | Path) -> Path:
     return path
 
 
+CPU_MIN_HEAD_DIM = 32  # vLLM 0.29's CPU attention: "Unsupported CPU attention configuration: head_dim=16"
+
+
+def check_cpu_head_dim(path: Path) -> None:
+    """Refuse, before vLLM starts, a model its CPU attention would reject at the first generate."""
+    config = json.loads((path / "config.json").read_text())
+    text = config.get("text_config") or config
+    heads = text.get("num_attention_heads")
+    head_dim = text.get("head_dim") or (text["hidden_size"] // heads if heads else None)
+    if head_dim is not None and head_dim < CPU_MIN_HEAD_DIM:
+        raise ValueError(f"{path}: attention head_dim {head_dim} < {CPU_MIN_HEAD_DIM}, which vLLM's CPU "
+                         f"build cannot run; use kind=hf, or a model with fewer, wider heads (the tiny "
+                         f"VLM: tiny_model.num_heads=2 at hidden_size 64)")
+
+
 def _import_vllm() -> Any:
     try:
         import vllm
@@ -259,6 +274,7 @@ class VLLMEngine:
             # vLLM's CPU build sizes its KV cache from this variable only (its engine-core process
             # inherits it); without it vLLM refuses to start on a shared host.
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.cpu_kv_cache_gib)
+        self._device = cfg.device
         self._vllm = _import_vllm()
         self._llm_kwargs = {**llm_kwargs(cfg), **engine_kwargs}
         self._lock = threading.Lock()
@@ -297,6 +313,9 @@ class VLLMEngine:
 
     def _load(self, path: Path) -> None:
         from transformers import AutoTokenizer
+
+        if self._device == "cpu":
+            check_cpu_head_dim(path)
 
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         self.llm = self._vllm.LLM(model=str(path), **self._llm_kwargs)

@@ -5,6 +5,7 @@ arguments, vLLM-shaped outputs → our results. Stand-ins have the fields of vLL
 
 import importlib.util
 import io
+import json
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -237,3 +238,14 @@ def test_role_worker_reloads_an_engine_with_its_own_reload_in_place():
     assert RoleWorker.reload(worker, "runs/critic-v2") == 1
     assert worker.engine is engine and engine.paths == ["runs/critic-v2"]  # no second copy on the GPU
     assert worker.cfg.model_path == "runs/critic-v2"
+
+
+def test_a_model_vllms_cpu_attention_would_reject_is_refused_before_vllm_starts(tmp_path):
+    from mmc_ray.engines.vllm import check_cpu_head_dim
+
+    (tmp_path / "config.json").write_text(json.dumps({"text_config": {"hidden_size": 64,
+                                                                      "num_attention_heads": 4}}))
+    with pytest.raises(ValueError, match="head_dim 16 < 32, which vLLM's CPU build cannot run"):
+        check_cpu_head_dim(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 64, "num_attention_heads": 2}))
+    check_cpu_head_dim(tmp_path)  # head_dim 32
