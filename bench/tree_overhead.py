@@ -33,9 +33,9 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from _results import write_results
-from gpu_vllm import PIXELS, Plan, engine_overhead, flat_requests, tree_overhead
+from gpu_vllm import PIXELS, Plan, engine_overhead, flat_requests, make_plan, tree_overhead
 
-from mmc_ray.config import EngineConfig, SearchConfig, TinyModelConfig
+from mmc_ray.config import EngineConfig, TinyModelConfig
 
 TARGET_ENGINE_OVERHEAD = 0.10
 SMALL = TinyModelConfig(hidden_size=256, intermediate_size=768, num_layers=4, num_heads=4, num_kv_heads=2,
@@ -43,11 +43,12 @@ SMALL = TinyModelConfig(hidden_size=256, intermediate_size=768, num_layers=4, nu
 
 
 def cpu_plan(quick: bool) -> Plan:
-    search = SearchConfig(num_simulations=4 if quick else 8, expansion_width=3, rollouts_per_node=2,
-                          step_max_tokens=32, rollout_max_tokens=96, max_depth=8,
-                          max_active_trees=256, requests_per_call=256)
-    return Plan(prompts=32 if quick else 96, samples=4, max_tokens=64 if quick else 128, temperature=1.0,
-                repeats=2 if quick else 3, search_problems=24 if quick else 64, search=search)
+    """gpu_vllm's plan, sized for a CPU: fewer prompts and trees, shorter steps and rollouts."""
+    plan = make_plan(quick)
+    search = dataclasses.replace(plan.search, step_max_tokens=32, rollout_max_tokens=96, max_active_trees=256,
+                                 requests_per_call=256)
+    return dataclasses.replace(plan, prompts=32 if quick else 96, max_tokens=64 if quick else 128,
+                               search_problems=24 if quick else 64, search=search)
 
 
 def build_model(spec: str, tmp: Path) -> Path:

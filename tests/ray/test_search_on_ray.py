@@ -1,11 +1,11 @@
 """Search on a real local Ray: policy worker actors, the kill-a-worker test, the Ray Data stage."""
 
 import dataclasses
-import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from worker_faults import search_killing_a_worker
 
 from mmc_ray.config import EngineConfig, ResourcesConfig, SearchConfig, SimulatorConfig, TinyModelConfig
 from mmc_ray.pipeline.dispatch import RayDispatcher
@@ -59,30 +59,10 @@ def test_killing_a_worker_mid_search_loses_and_duplicates_nothing(ray_local, tmp
     search = dataclasses.replace(SEARCH, num_simulations=2, step_max_tokens=8, rollout_max_tokens=16,
                                  max_active_trees=8, requests_per_call=8)
     group = create_worker_group(PolicyWorker, cfg)
-    victim = group.workers[0]
-    pid_before = group.health()[0]["pid"]
-
-    class KillingDispatcher(RayDispatcher):
-        submitted = 0
-
-        def submit(self, batch):
-            ticket = super().submit(batch)
-            KillingDispatcher.submitted += 1
-            if KillingDispatcher.submitted == 3:
-                ray_local.kill(victim, no_restart=False)  # mid-batch: it holds work right now
-            return ticket
-
     problems = list(generate_problems(12, seed=4))
     try:
-        summary = search_to_dir(problems, KillingDispatcher(group.workers), search, tmp_path / "trees",
-                                progress=False)
-        deadline = time.time() + 60
-        while True:  # the restarted actor answers again, as a new process
-            try:
-                pid_after = ray_local.get(victim.health.remote(), timeout=10)["pid"]
-                break
-            except ray_local.exceptions.RayError:
-                assert time.time() < deadline, "killed worker never came back"
+        summary, pid_before, pid_after = search_killing_a_worker(ray_local, group, problems, search,
+                                                                 tmp_path / "trees", 60)
     finally:
         group.shutdown()
     assert summary.failed_batches >= 1 and summary.worker_restarts >= 1

@@ -2,10 +2,10 @@
 the LLM annotator, the refinement critic, and a critic reloaded after training."""
 
 import dataclasses
-import time
 
 import pyarrow.parquet as pq
 import pytest
+from worker_faults import search_killing_a_worker
 
 from mmc_ray.config import (
     Config,
@@ -17,7 +17,7 @@ from mmc_ray.config import (
 )
 from mmc_ray.engines.base import GenerationRequest
 from mmc_ray.engines.simulated import SimulatedActorEngine
-from mmc_ray.pipeline.dispatch import LocalDispatcher, RayDispatcher
+from mmc_ray.pipeline.dispatch import LocalDispatcher
 from mmc_ray.pipeline.search import search_to_dir
 from mmc_ray.pipeline.shards import shard_paths
 from mmc_ray.tasks.generator import generate_problems
@@ -46,30 +46,10 @@ def test_search_on_vllm_policy_workers_survives_a_killed_worker(ray_local, tiny_
                           rollout_max_tokens=16, max_active_trees=8, requests_per_call=8, shard_size=4)
     group = create_worker_group(PolicyWorker, vllm_cfg(tiny_vlm_path, replicas=2))
     assert {h["engine"] for h in group.health(timeout_s=300)} == {"vllm"}  # two engine starts
-    victim = group.workers[0]
-    pid_before = group.health()[0]["pid"]
-
-    class KillingDispatcher(RayDispatcher):
-        submitted = 0
-
-        def submit(self, batch):
-            ticket = super().submit(batch)
-            KillingDispatcher.submitted += 1
-            if KillingDispatcher.submitted == 3:
-                ray_local.kill(victim, no_restart=False)  # mid-batch: it holds work right now
-            return ticket
-
     problems = list(generate_problems(12, seed=4))
     try:
-        summary = search_to_dir(problems, KillingDispatcher(group.workers), search, tmp_path / "trees",
-                                progress=False)
-        deadline = time.time() + 120
-        while True:  # the restarted actor answers again, as a new process with a new vLLM engine
-            try:
-                pid_after = ray_local.get(victim.health.remote(), timeout=30)["pid"]
-                break
-            except ray_local.exceptions.RayError:
-                assert time.time() < deadline, "killed worker never came back"
+        summary, pid_before, pid_after = search_killing_a_worker(ray_local, group, problems, search,
+                                                                 tmp_path / "trees", 120, call_timeout_s=30)
         served = sum(h["requests_served"] for h in group.health())
     finally:
         group.shutdown()
