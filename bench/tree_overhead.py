@@ -43,12 +43,14 @@ SMALL = TinyModelConfig(hidden_size=256, intermediate_size=768, num_layers=4, nu
 
 
 def cpu_plan(quick: bool) -> Plan:
-    """gpu_vllm's plan, sized for a CPU: fewer prompts and trees, shorter steps and rollouts."""
+    """gpu_vllm's plan, sized for a CPU: fewer prompts and trees, shorter steps and rollouts. Enough
+    trees that their requests fill vLLM's CPU batch (`max_num_seqs` 256), in batches small enough that
+    a tree never waits for a call's slowest rollout."""
     plan = make_plan(quick)
     search = dataclasses.replace(plan.search, step_max_tokens=32, rollout_max_tokens=96, max_active_trees=256,
-                                 requests_per_call=256)
+                                 requests_per_call=32)
     return dataclasses.replace(plan, prompts=32 if quick else 96, max_tokens=64 if quick else 128,
-                               search_problems=24 if quick else 64, search=search)
+                               search_problems=48 if quick else 96, search=search, batches_in_flight=8)
 
 
 def build_model(spec: str, tmp: Path) -> Path:

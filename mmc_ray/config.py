@@ -139,6 +139,8 @@ class EngineConfig:
     enable_prefix_caching: bool = True  # MCTS siblings and rollouts share their path's KV blocks
     max_images_per_prompt: int = 4      # vLLM's limit_mm_per_prompt; memory is profiled for it
     cpu_kv_cache_gib: int = 2           # device=cpu: host memory vLLM reserves for its KV cache
+    concurrent_batches: int = 1         # batches a worker generates at once; vLLM runs them as one
+                                        # continuous batch, so a batch's slowest sequence never idles it
 
     def __post_init__(self) -> None:
         _require(self.max_batch_size > 0, "max_batch_size", "must be > 0")
@@ -147,6 +149,10 @@ class EngineConfig:
         _require(self.max_model_len >= 1, "max_model_len", "must be >= 1")
         _require(self.max_images_per_prompt >= 0, "max_images_per_prompt", "must be >= 0")
         _require(self.cpu_kv_cache_gib >= 1, "cpu_kv_cache_gib", "must be >= 1")
+        _require(self.concurrent_batches >= 1, "concurrent_batches", "must be >= 1")
+        _require(self.kind == "vllm" or self.concurrent_batches == 1, "concurrent_batches",
+                 f"> 1 needs kind=vllm (its concurrent calls share one batch); kind={self.kind} generates "
+                 f"one batch at a time")
         _require(self.kind != "vllm" or self.device != "cpu" or self.tensor_parallel_size == 1,
                  "tensor_parallel_size", "kind=vllm on device=cpu runs one process per replica: must be 1")
         _require(self.kind != "vllm" or self.tensor_parallel_size == 1

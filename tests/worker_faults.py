@@ -7,19 +7,20 @@ from mmc_ray.pipeline.dispatch import RayDispatcher
 
 
 def search_killing_a_worker(ray, group, problems, search, out, restart_timeout_s: float,
-                            call_timeout_s: float = 10):
+                            call_timeout_s: float = 10, inflight_per_worker: int = 2):
     """Search `problems` on `group`'s workers, killing the first one mid-search; returns the search
     summary and the victim's pid before and after its restart."""
     from mmc_ray.pipeline.search import search_to_dir
 
     victim = group.workers[0]
     pid_before = group.health()[0]["pid"]
-    summary = search_to_dir(problems, killing_dispatcher(ray, group.workers, victim), search, out,
+    summary = search_to_dir(problems, killing_dispatcher(ray, group.workers, victim, inflight_per_worker=inflight_per_worker),
+                            search, out,
                             progress=False)
     return summary, pid_before, restarted_pid(ray, victim, restart_timeout_s, call_timeout_s)
 
 
-def killing_dispatcher(ray, workers, victim, at_submit: int = 3) -> RayDispatcher:
+def killing_dispatcher(ray, workers, victim, at_submit: int = 3, inflight_per_worker: int = 2) -> RayDispatcher:
     """A dispatcher that kills `victim` (restartable) right after its `at_submit`-th batch goes out,
     so the worker holds work when it dies."""
 
@@ -33,7 +34,7 @@ def killing_dispatcher(ray, workers, victim, at_submit: int = 3) -> RayDispatche
                 ray.kill(victim, no_restart=False)
             return ticket
 
-    return KillingDispatcher(workers)
+    return KillingDispatcher(workers, inflight_per_worker)
 
 
 def restarted_pid(ray, worker, timeout_s: float, call_timeout_s: float = 10) -> int:

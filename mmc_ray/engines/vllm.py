@@ -2,8 +2,9 @@
 
 vLLM is imported only when an engine is constructed, so `import mmc_ray.engines.vllm` needs neither
 vLLM nor torch. Everything between our requests and vLLM's objects is a pure function here
-(`chat_prompt`, `sampling_kwargs`, `llm_kwargs`, `prepare`, `run_batch`, `to_result`, `assemble`),
-tested on CPU with stand-ins shaped like vLLM's `RequestOutput`/`CompletionOutput`.
+(`chat_prompt`, `sampling_kwargs`, `llm_kwargs`, `prepare`, `to_result`, `assemble`) or plain Python
+(`SharedSteps`, `CallGate`), tested on CPU with stand-ins shaped like vLLM's `LLMEngine` and
+`RequestOutput`/`CompletionOutput`.
 
 Semantics are `HFEngine`'s:
 - the prompt is the model's own chat template (`tokenizer.apply_chat_template(...,
@@ -26,10 +27,14 @@ One difference: `seed` seeds its request alone (vLLM gives sample i the seed + i
 request is reproducible whatever batch it is in, where HF derives one seed per batch; the two
 engines draw different samples from the same seed.
 
-Scheduling is vLLM's: one `LLM.generate` call per `generate` (continuous batching, all `n` samples
-of a request share its prompt's KV). `enable_prefix_caching` (on by default) keeps KV blocks of
-earlier prompts: MCTS expands siblings from one path and rolls out each new node several times, so
-most of a batch's prompt tokens (question, image tokens, the path so far) are computed once.
+Scheduling is vLLM's continuous batching (all `n` samples of a request share its prompt's KV), and
+it spans calls: `generate` enqueues its prompts and steps the engine until they are done, and calls
+made at once from several threads (a Ray worker holding several batches, `LocalDispatcher` with
+`concurrency` > 1) step one shared engine (`SharedSteps`). So the MCTS driver's batches, each as long
+as its slowest rollout, overlap instead of leaving the engine idle at every batch's tail.
+`enable_prefix_caching` (on by default) keeps KV blocks of earlier prompts: MCTS expands siblings
+from one path and rolls out each new node several times, so most of a batch's prompt tokens
+(question, image tokens, the path so far) are computed once.
 
 Tensor parallelism inside our Ray worker. `create_worker_group` gives each replica one placement-
 group bundle, and the config requires `resources.num_gpus == tensor_parallel_size`; a bundle lies on
@@ -41,8 +46,8 @@ try to place one worker per bundle whose GPU this actor already holds. OpenRLHF 
 other way round: one bundle per GPU, the Ray executor, and `VLLM_RAY_BUNDLE_INDICES` to pin each
 worker to its bundle. That is needed only for a replica larger than a node, which we do not support.
 
-Reload. `reload(path)` picks up newly exported weights: it checks the folder, waits for the batch in
-flight (one lock serialises generation and reload; new batches wait for the new model), shuts the
+Reload. `reload(path)` picks up newly exported weights: it checks the folder, waits for the batches in
+flight (new batches wait for the new model: `CallGate`), shuts the
 engine core down (its processes end, which frees their GPU memory), tears down vLLM's distributed
 state, collects garbage and empties the CUDA cache, then builds a new `LLM` from the folder. The
 prefix cache starts empty (KV computed with the old weights must not be reused). A reload costs a
@@ -61,7 +66,8 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -170,23 +176,102 @@ def prepare(requests: Sequence[GenerationRequest], tokenizer: Any, decode: Calla
     return batch
 
 
-def run_batch(generate: Callable[[list, list], Sequence[Any]], prompts: list, params: list) -> list[Any]:
-    """One output per prompt from `generate(prompts, params)`. When vLLM rejects an input (it raises
-    ValueError for the whole call), the prompts run one by one and each rejected one gets its
-    ValueError in place of an output; any other exception is an engine failure and propagates."""
-    if not prompts:
-        return []
-    try:
-        return list(generate(prompts, params))
-    except ValueError:
-        pass
-    outputs: list[Any] = []
-    for prompt, param in zip(prompts, params, strict=True):
+@dataclass
+class _Call:
+    """One `SharedSteps.run` call: its prompts, what vLLM holds of them, what came back."""
+
+    prompts: Sequence[Any]
+    params: Sequence[Any]
+    ids: list[str | ValueError] = field(default_factory=list)
+    waiting: set[str] = field(default_factory=set)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    error: BaseException | None = None
+    enqueued: bool = False
+
+    @property
+    def done(self) -> bool:
+        return self.error is not None or (self.enqueued and not self.waiting)
+
+
+class SharedSteps:
+    """Generate calls from several threads share one vLLM engine as one continuous batch.
+
+    A call hands its prompts in and waits. Whichever waiting call finds nobody stepping becomes the
+    stepper: it enqueues every call's new prompts (`enqueue(prompt, params)` → id; a ValueError
+    rejects that prompt alone: sampling parameters vLLM refuses, a prompt longer than
+    `max_model_len`), runs one engine step, hands the finished outputs to their calls and wakes them;
+    a call returns as soon as its last output is in. So new work joins the batch at the next step
+    whoever steps, only one thread ever touches the engine, and a batch that waits on its slowest
+    sequence no longer leaves the engine idle: the other calls' sequences fill it. `step()` returns
+    finished `RequestOutput`s only (vLLM's `FINAL_ONLY`, which `LLM.enqueue` sets). An exception
+    from it is an engine failure: every call in flight raises it, and their requests are aborted."""
+
+    def __init__(self, enqueue: Callable[[Any, Any], str], step: Callable[[], Sequence[Any]],
+                 has_unfinished: Callable[[], bool], abort: Callable[[list[str]], None]) -> None:
+        self._enqueue, self._step, self._has_unfinished, self._abort = enqueue, step, has_unfinished, abort
+        self._cv = threading.Condition()
+        self._stepping = False
+        self._incoming: list[_Call] = []
+        self._owner: dict[str, _Call] = {}  # request id in vLLM -> its call
+
+    def run(self, prompts: Sequence[Any], params: Sequence[Any]) -> list[Any]:
+        """One output per prompt, or the ValueError that rejected it."""
+        call = _Call(prompts, params)
+        with self._cv:
+            self._incoming.append(call)
+            while not call.done:
+                if self._stepping:
+                    self._cv.wait()
+                else:
+                    self._step_once()
+        if call.error is not None:
+            raise call.error
+        return [i if isinstance(i, ValueError) else call.outputs[i] for i in call.ids]
+
+    def _step_once(self) -> None:
+        """Called holding the condition's lock; releases it while touching the engine."""
+        self._stepping = True
+        incoming, self._incoming = self._incoming, []
+        self._cv.release()
         try:
-            outputs.append(generate([prompt], [param])[0])
-        except ValueError as e:
-            outputs.append(e)
-    return outputs
+            try:
+                for c in incoming:
+                    self._enqueue_call(c)
+                outputs = self._step() if self._has_unfinished() else ()
+            finally:
+                self._cv.acquire()
+                self._stepping = False
+                self._cv.notify_all()
+        except BaseException as e:
+            self._fail_all(incoming, e)
+            return
+        for output in outputs:
+            call = self._owner.pop(output.request_id)
+            call.waiting.discard(output.request_id)
+            call.outputs[output.request_id] = output
+        if self._owner and not self._has_unfinished():
+            self._fail_all([], RuntimeError(f"vLLM has no unfinished requests, yet {len(self._owner)} "
+                                            f"of ours never finished"))
+
+    def _enqueue_call(self, call: _Call) -> None:
+        for prompt, param in zip(call.prompts, call.params, strict=True):
+            try:
+                request_id = self._enqueue(prompt, param)
+            except ValueError as e:
+                call.ids.append(e)
+                continue
+            call.ids.append(request_id)
+            call.waiting.add(request_id)
+            self._owner[request_id] = call
+        call.enqueued = True
+
+    def _fail_all(self, incoming: list[_Call], error: BaseException) -> None:
+        calls = {id(c): c for c in [*incoming, *self._owner.values()]}.values()
+        lost = list(self._owner)
+        self._owner.clear()
+        for c in calls:
+            c.error = error
+        self._abort(lost)
 
 
 def to_completion(output: Any, stop: Sequence[str]) -> Completion:
@@ -217,7 +302,8 @@ def error_result(n: int, reason: str) -> GenerationResult:
 
 def assemble(requests: Sequence[GenerationRequest], batch: PreparedBatch,
              outputs: Sequence[Any]) -> list[GenerationResult]:
-    """One result per request, in request order, from `run_batch`'s outputs (or errors)."""
+    """One result per request, in request order, from `SharedSteps.run`'s outputs (or the
+    ValueErrors that rejected them)."""
     results: dict[int, GenerationResult] = {r: error_result(requests[r].n, reason)
                                             for r, reason in batch.errors.items()}
     for r, output in zip(batch.index, outputs, strict=True):
@@ -259,8 +345,50 @@ def _import_vllm() -> Any:
     return vllm
 
 
+class CallGate:
+    """Generate calls share the engine; reload and close wait for them, and hold new ones back."""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._calls = 0
+        self._exclusive = False
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cv:
+            self._cv.wait_for(lambda: not self._exclusive)
+            self._calls += 1
+        try:
+            yield
+        finally:
+            with self._cv:
+                self._calls -= 1
+                self._cv.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cv:
+            self._cv.wait_for(lambda: not self._exclusive)
+            self._exclusive = True
+            self._cv.wait_for(lambda: self._calls == 0)
+        try:
+            yield
+        finally:
+            with self._cv:
+                self._exclusive = False
+                self._cv.notify_all()
+
+
+def external_id(request_id: str) -> str:
+    """The id vLLM's outputs carry for a request `LLM.enqueue` returned as `request_id`: enqueue gives
+    the internal id (the LLM's counter, a decimal, plus `-` and a random suffix unless vLLM's
+    randomisation is off), outputs the counter alone."""
+    return request_id.rsplit("-", 1)[0]
+
+
 class VLLMEngine:
-    """A local HF-format VLM served by vLLM. `reload(path)` swaps in newly exported weights."""
+    """A local HF-format VLM served by vLLM. `reload(path)` swaps in newly exported weights;
+    concurrent `generate` calls run as one continuous batch (`SharedSteps`)."""
 
     name = "vllm"
 
@@ -277,7 +405,7 @@ class VLLMEngine:
         self._device = cfg.device
         self._vllm = _import_vllm()
         self._llm_kwargs = {**llm_kwargs(cfg), **engine_kwargs}
-        self._lock = threading.Lock()
+        self._gate = CallGate()
         self.llm: Any = None
         self.tokenizer: Any = None
         self.model_path = ""
@@ -288,27 +416,26 @@ class VLLMEngine:
         return cls(cfg, **engine_kwargs)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        """Thread-safe; calls made at once share the engine's batch."""
         from mmc_ray.models.loading import decode_image
 
-        with self._lock:
+        with self._gate.shared():
             if self.llm is None:
                 raise RuntimeError("the vLLM engine is closed (or its last reload failed)")
             batch = prepare(requests, self.tokenizer, decode_image, self._stop_token_ids,
                             self._vllm.SamplingParams)
-            outputs = run_batch(lambda p, s: self.llm.generate(p, s, use_tqdm=False), batch.prompts,
-                                batch.params)
-            return assemble(requests, batch, outputs)
+            return assemble(requests, batch, self._steps.run(batch.prompts, batch.params))
 
     def reload(self, model_path: str | Path) -> None:
         """Replace the model with the one in `model_path` (see the module docstring)."""
         path = check_model_dir(model_path)
-        with self._lock:
+        with self._gate.exclusive():
             self._shutdown()
             self._load(path)
 
     def close(self) -> None:
         """Stop the engine and free its GPU memory."""
-        with self._lock:
+        with self._gate.exclusive():
             self._shutdown()
 
     def _load(self, path: Path) -> None:
@@ -318,8 +445,12 @@ class VLLMEngine:
             check_cpu_head_dim(path)
 
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        self.llm = self._vllm.LLM(model=str(path), **self._llm_kwargs)
-        self.tokenizer, self.model_path = tokenizer, str(path)
+        llm = self._vllm.LLM(model=str(path), **self._llm_kwargs)
+        engine = llm.llm_engine
+        self._steps = SharedSteps(
+            enqueue=lambda prompt, params: external_id(llm.enqueue([prompt], [params], use_tqdm=False)[0]),
+            step=engine.step, has_unfinished=engine.has_unfinished_requests, abort=engine.abort_request)
+        self.llm, self.tokenizer, self.model_path = llm, tokenizer, str(path)
         self._stop_token_ids = end_token_ids(tokenizer)
 
     def _shutdown(self) -> None:
@@ -329,7 +460,7 @@ class VLLMEngine:
         engine_core = getattr(llm.llm_engine, "engine_core", None)
         if engine_core is not None:
             engine_core.shutdown()  # ends the engine-core (and TP worker) processes holding the GPU
-        del llm
+        del llm, self._steps
         from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 
         cleanup_dist_env_and_memory()  # model-parallel groups, gc, CUDA cache

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from typing import Any, Protocol
 
 from mmc_ray.engines.base import GenerationEngine, GenerationRequest, GenerationResult
@@ -30,28 +32,41 @@ class Dispatcher(Protocol):
 
 
 class LocalDispatcher:
-    """Runs each batch on an engine in this process, when waited for."""
+    """Runs batches on an engine in this process: one at a time when waited for, or with
+    `concurrency` > 1 up to that many at once on threads, for an engine whose concurrent calls share
+    one batch (`VLLMEngine`). An engine failure propagates from `wait`, as from the engine."""
 
-    capacity = 1
-
-    def __init__(self, engine: GenerationEngine) -> None:
+    def __init__(self, engine: GenerationEngine, concurrency: int = 1) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         self.engine = engine
+        self.capacity = concurrency
         self._tickets = itertools.count()
         self._pending: list[tuple[int, Sequence[GenerationRequest]]] = []
+        self._threads = ThreadPoolExecutor(concurrency, thread_name_prefix="local-dispatch") \
+            if concurrency > 1 else None
+        self._running: dict[Future[list[GenerationResult]], int] = {}
 
     def submit(self, batch: Sequence[GenerationRequest]) -> int:
         ticket = next(self._tickets)
-        self._pending.append((ticket, batch))
+        if self._threads is None:
+            self._pending.append((ticket, batch))
+        else:
+            self._running[self._threads.submit(self.engine.generate, batch)] = ticket
         return ticket
 
     def wait(self) -> list[tuple[int, Outcome]]:
-        done, self._pending = self._pending, []
-        return [(ticket, self.engine.generate(batch)) for ticket, batch in done]
+        if self._threads is None:
+            done, self._pending = self._pending, []
+            return [(ticket, self.engine.generate(batch)) for ticket, batch in done]
+        finished, _ = futures_wait(self._running, return_when=FIRST_COMPLETED)
+        return [(self._running.pop(future), future.result()) for future in finished]
 
 
 class RayDispatcher:
     """Sends each batch to the least-loaded worker actor; a worker can hold `inflight_per_worker`
-    batches so it never idles between one result and the next request. A failed batch (worker
+    batches so it never idles between one result and the next request (its engine's
+    `concurrent_batches` + 1: that many generating, one waiting). A failed batch (worker
     died, engine raised) comes back as its exception for the driver to retry."""
 
     def __init__(self, workers: Sequence[Any], inflight_per_worker: int = 2) -> None:

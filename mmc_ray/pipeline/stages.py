@@ -48,7 +48,8 @@ def search(cfg: Config, problems_path: Path, out: Path, local: bool = False) -> 
         from mmc_ray.engines.factory import build_engine
         from mmc_ray.pipeline.dispatch import LocalDispatcher
 
-        summary = search_to_dir(problems, LocalDispatcher(build_engine(cfg.actor)), cfg.search, out)
+        dispatcher = LocalDispatcher(build_engine(cfg.actor), cfg.actor.concurrent_batches)
+        summary = search_to_dir(problems, dispatcher, cfg.search, out)
     else:
         from mmc_ray.pipeline.dispatch import RayDispatcher
         from mmc_ray.ray_runtime import init_ray
@@ -58,7 +59,8 @@ def search(cfg: Config, problems_path: Path, out: Path, local: bool = False) -> 
         init_ray()
         group = create_worker_group(PolicyWorker, cfg.actor)
         try:
-            summary = search_to_dir(problems, RayDispatcher(group.workers), cfg.search, out)
+            dispatcher = RayDispatcher(group.workers, inflight_per_worker=cfg.actor.concurrent_batches + 1)
+            summary = search_to_dir(problems, dispatcher, cfg.search, out)
         finally:
             group.shutdown()
     print_search_summary(summary, out)

@@ -175,9 +175,9 @@ def streamed_round(cfg: Config, problems_path: Path, trees_dir: Path, dataset_di
     stop = threading.Event()
     group = create_worker_group(PolicyWorker, cfg.actor)
     try:
+        dispatcher = RayDispatcher(group.workers, inflight_per_worker=cfg.actor.concurrent_batches + 1)
         search = _Background("search", lambda: search_to_dir(
-            problems, RayDispatcher(group.workers), search_cfg, trees_dir, progress=False, stop=stop),
-            search_done)
+            problems, dispatcher, search_cfg, trees_dir, progress=False, stop=stop), search_done)
         graph = _annotate_graph(cfg, trees_dir, search_done, dataset_dir)
         annotation = _Background("annotation", lambda: _count_outcomes(graph), upstream_done)
         with _small_blocks():

@@ -11,7 +11,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from mmc_ray.config import EngineConfig
-from mmc_ray.workers.role_worker import CONCURRENCY_GROUPS, RoleWorker
+from mmc_ray.workers.role_worker import RoleWorker, concurrency_groups
 
 
 @dataclass
@@ -53,7 +53,7 @@ def create_worker_group(worker_cls: type[RoleWorker], cfg: EngineConfig) -> Work
             f"{role}: could not place {res.replicas} x {bundle} ({res.placement_strategy}) within "
             f"{res.placement_timeout_s:g}s; check free resources in the Ray dashboard"
         ) from None
-    actor_cls = ray.remote(concurrency_groups=CONCURRENCY_GROUPS)(worker_cls)
+    actor_cls = ray.remote(concurrency_groups=concurrency_groups(cfg))(worker_cls)
     workers = [
         actor_cls.options(
             num_cpus=res.num_cpus,

@@ -1,7 +1,8 @@
 """One Ray actor class per role, all sharing `RoleWorker`: an engine plus control methods.
 
 Generation and control run in separate concurrency groups, so `health()` answers and `reload()`
-can be called while a long batch is generating (weight sync never queues behind generation).
+can be called while a long batch is generating (weight sync never queues behind generation). The
+generation group runs `concurrent_batches` batches at once (vLLM steps them as one batch).
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from mmc_ray.config import EngineConfig
 from mmc_ray.engines.base import GenerationRequest, GenerationResult
 from mmc_ray.engines.factory import build_engine
 
-CONCURRENCY_GROUPS = {"generate": 1, "control": 1}
+
+def concurrency_groups(cfg: EngineConfig) -> dict[str, int]:
+    return {"generate": cfg.concurrent_batches, "control": 1}
 
 
 class RoleWorker:
@@ -31,13 +34,21 @@ class RoleWorker:
         self.version = 0
         self.started_at = time.time()
         self.requests_served = 0
+        self._batches = 0
+        self.peak_batches = 0  # most batches generating at once (up to cfg.concurrent_batches)
         self._swap = threading.Lock()
 
     @ray.method(concurrency_group="generate")
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         with self._swap:
             engine = self.engine
-        results = engine.generate(requests)
+            self._batches += 1
+            self.peak_batches = max(self.peak_batches, self._batches)
+        try:
+            results = engine.generate(requests)
+        finally:
+            with self._swap:
+                self._batches -= 1
         self.requests_served += len(requests)
         return results
 
@@ -52,6 +63,7 @@ class RoleWorker:
             "node_id": ray.get_runtime_context().get_node_id(),
             "uptime_s": time.time() - self.started_at,
             "requests_served": self.requests_served,
+            "peak_batches": self.peak_batches,
         }
 
     @ray.method(concurrency_group="control")

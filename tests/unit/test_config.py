@@ -49,6 +49,8 @@ def test_config_is_frozen():
         (["actor.kind=vllm", "actor.device=cpu", "actor.tensor_parallel_size=2"],
          "actor.tensor_parallel_size: kind=vllm on device=cpu runs one process per replica"),
         (["critic.cpu_kv_cache_gib=0"], "critic.cpu_kv_cache_gib: must be >= 1"),
+        (["actor.kind=hf", "actor.concurrent_batches=2"], "actor.concurrent_batches: > 1 needs kind=vllm"),
+        (["actor.kind=vllm", "actor.concurrent_batches=0"], "actor.concurrent_batches: must be >= 1"),
         (["actor.kind=vllm", "actor.device=cuda", "actor.resources.num_gpus=0.5", "train.use_gpu=true",
           "pipeline.streaming=true"],
          "actor.resources.num_gpus: kind=vllm with a fraction of a GPU (0.5) while Ray Train uses GPUs"),

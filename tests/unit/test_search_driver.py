@@ -3,6 +3,7 @@
 import dataclasses
 import io
 import threading
+import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -50,6 +51,44 @@ def test_requests_from_many_trees_share_engine_calls():
     assert summary.engine_calls < summary.expansions / 4
     both = sum(t.stats()["terminal_correct"] > 0 and t.stats()["terminal_wrong"] > 0 for t in done)
     assert both > 0  # divergent paths exist: what critique mining needs
+
+
+class SlowSimulatedEngine(SimulatedActorEngine):
+    """Thread-safe like `VLLMEngine`; records how many calls overlap."""
+
+    def __init__(self, sim):
+        super().__init__(sim)
+        self.lock, self.running, self.peak = threading.Lock(), 0, 0
+
+    def generate(self, requests):
+        with self.lock:
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+        time.sleep(0.002)
+        try:
+            return super().generate(requests)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def test_batches_in_flight_at_once_search_the_same_trees():
+    """`LocalDispatcher(concurrency=4)` keeps up to 4 small batches on the engine at once; the trees
+    come out as with one batch at a time (each tree waits for its own requests only)."""
+    cfg = dataclasses.replace(CFG, requests_per_call=4)
+    one, four = {}, {}
+    run_search(problems(), LocalDispatcher(SimulatedActorEngine(SIM)), cfg,
+               lambda p, t: one.setdefault(p.problem_id, t.stats()), progress=False)
+    engine = SlowSimulatedEngine(SIM)
+    summary = run_search(problems(), LocalDispatcher(engine, concurrency=4), cfg,
+                         lambda p, t: four.setdefault(p.problem_id, t.stats()), progress=False)
+    assert summary.trees == 24 and four == one
+    assert 1 < engine.peak <= 4
+
+
+def test_local_dispatcher_refuses_no_concurrency():
+    with pytest.raises(ValueError, match="concurrency"):
+        LocalDispatcher(SimulatedActorEngine(SIM), concurrency=0)
 
 
 def test_broken_images_are_skipped_and_counted():

@@ -5,10 +5,14 @@ arguments, vLLM-shaped outputs → our results. Stand-ins have the fields of vLL
 
 import importlib.util
 import io
+import itertools
 import json
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -17,13 +21,14 @@ from PIL import Image
 from mmc_ray.config import EngineConfig, ResourcesConfig
 from mmc_ray.engines.base import GenerationRequest
 from mmc_ray.engines.vllm import (
+    CallGate,
     PreparedBatch,
+    SharedSteps,
     assemble,
     chat_prompt,
     end_token_ids,
     llm_kwargs,
     prepare,
-    run_batch,
     sampling_kwargs,
     to_completion,
     to_result,
@@ -163,23 +168,141 @@ def test_prepare_fails_only_the_request_whose_sampling_parameters_vllm_refuses(t
     assert batch.index == [1] and "top_p" in batch.errors[0]
 
 
-def test_run_batch_isolates_a_rejected_input():
-    def generate(prompts, params):
-        if any(p == "too long" for p in prompts):
+class SteppedEngine:
+    """Shaped like vLLM's `LLMEngine` as `SharedSteps` uses it: a prompt "p:<k>" finishes after k
+    steps; `step` returns the outputs that finished in it. Records every step's running requests."""
+
+    def __init__(self, step_seconds: float = 0.0, fail_at_step: int | None = None) -> None:
+        self.left: dict[str, int] = {}
+        self.steps: list[set[str]] = []
+        self.aborted: list[str] = []
+        self.step_seconds, self.fail_at_step = step_seconds, fail_at_step
+        self.first_step = threading.Event()
+        self._ids = itertools.count()
+
+    def enqueue(self, prompt: str, params: Any) -> str:
+        if prompt == "too long":
             raise ValueError("prompt is longer than max_model_len")
-        return [f"out:{p}" for p in prompts]
+        request_id = str(next(self._ids))
+        self.left[request_id] = int(prompt.split(":")[1])
+        return request_id
 
-    assert run_batch(generate, ["a", "b"], [{}, {}]) == ["out:a", "out:b"]
-    outputs = run_batch(generate, ["a", "too long", "b"], [{}, {}, {}])
-    assert outputs[0] == "out:a" and outputs[2] == "out:b"
-    assert isinstance(outputs[1], ValueError)
-    assert run_batch(generate, [], []) == []
+    def has_unfinished(self) -> bool:
+        return bool(self.left)
 
-    def dead(prompts, params):
-        raise RuntimeError("engine core died")
+    def step(self) -> list[Any]:
+        if self.fail_at_step is not None and len(self.steps) == self.fail_at_step:
+            raise RuntimeError("engine core died")
+        self.steps.append(set(self.left))
+        self.first_step.set()
+        time.sleep(self.step_seconds)
+        done = []
+        for request_id in list(self.left):
+            self.left[request_id] -= 1
+            if self.left[request_id] == 0:
+                del self.left[request_id]
+                done.append(SimpleNamespace(request_id=request_id, steps=len(self.steps)))
+        return done
 
-    with pytest.raises(RuntimeError, match="engine core died"):
-        run_batch(dead, ["a"], [{}])  # an engine failure is not the request's fault: it propagates
+    def abort(self, request_ids: list[str]) -> None:
+        self.aborted += request_ids
+        for request_id in request_ids:
+            self.left.pop(request_id, None)
+
+    def shared_steps(self) -> SharedSteps:
+        return SharedSteps(self.enqueue, self.step, self.has_unfinished, self.abort)
+
+
+def test_shared_steps_returns_outputs_in_order_and_isolates_a_rejected_prompt():
+    engine = SteppedEngine()
+    outputs = engine.shared_steps().run(["p:3", "too long", "p:1"], [{}, {}, {}])
+    assert [o.steps for o in (outputs[0], outputs[2])] == [3, 1]
+    assert isinstance(outputs[1], ValueError) and "max_model_len" in str(outputs[1])
+    assert len(engine.steps) == 3 and not engine.left
+
+
+def test_concurrent_calls_share_the_engines_steps():
+    """A short call made while a long one runs is stepped with it and returns first; the long one
+    takes no more steps than it would alone (the engine was never idle at a call's tail)."""
+
+    class HeldEngine(SteppedEngine):
+        """After its first step, makes no progress until the short call's prompt is in (idle steps,
+        not counted), however slow the box."""
+
+        short_in = threading.Event()
+
+        def enqueue(self, prompt, params):
+            request_id = super().enqueue(prompt, params)
+            if prompt == "p:3":
+                self.short_in.set()
+            return request_id
+
+        def step(self):
+            if self.steps and not self.short_in.is_set():
+                time.sleep(0.001)
+                return []
+            return super().step()
+
+    engine = HeldEngine(step_seconds=0.002)
+    steps = engine.shared_steps()
+    finished: list[str] = []
+    long = threading.Thread(target=lambda: (steps.run(["p:40", "p:2"], [{}, {}]), finished.append("long")))
+    long.start()
+    engine.first_step.wait(5)
+    short = steps.run(["p:3"], [{}])
+    finished.append("short")
+    long.join(5)
+    assert finished == ["short", "long"]
+    assert len(engine.steps) == 40
+    assert any(len(running) == 2 and short[0].request_id in running for running in engine.steps)
+
+
+def test_an_engine_failure_reaches_every_caller_and_aborts_their_requests():
+    engine = SteppedEngine(step_seconds=0.002, fail_at_step=5)
+    steps = engine.shared_steps()
+    errors: list[BaseException] = []
+
+    def call(prompts: list[str]) -> None:
+        try:
+            steps.run(prompts, [{}] * len(prompts))
+        except RuntimeError as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=call, args=(["p:20", "p:30"],)), threading.Thread(target=call, args=(["p:9"],))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    assert len(errors) == 2 and all("engine core died" in str(e) for e in errors)
+    assert not engine.left and sorted(engine.aborted) == ["0", "1", "2"]
+
+
+def test_call_gate_holds_exclusive_work_until_calls_leave_and_new_calls_until_it_ends():
+    gate, order = CallGate(), []
+    entered = threading.Event()
+
+    def call() -> None:
+        with gate.shared():
+            entered.set()
+            time.sleep(0.05)
+            order.append("call")
+
+    def reload() -> None:
+        with gate.exclusive():
+            order.append("reload")
+            time.sleep(0.05)
+
+    first = threading.Thread(target=call)
+    first.start()
+    entered.wait(5)
+    swapper = threading.Thread(target=reload)
+    swapper.start()
+    time.sleep(0.01)
+    late = threading.Thread(target=call)  # arrives while the reload waits: runs after it
+    late.start()
+    for t in (first, swapper, late):
+        t.join(5)
+    assert order == ["call", "reload", "call"]
 
 
 def test_completion_cuts_stop_strings_and_maps_finish_reasons():

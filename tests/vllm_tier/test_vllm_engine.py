@@ -8,6 +8,8 @@ float noise), which would show as a mismatch after an agreeing first logprob.
 """
 
 import io
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -68,6 +70,30 @@ def test_seeded_requests_are_reproducible_in_any_batch(vllm_engine):
     assert draw(7, req(seed=99, max_new_tokens=8)) == first
     assert draw(8) != first
     assert first[0] != first[1]  # the n samples of a seeded request differ (sample i gets seed + i)
+
+
+def test_concurrent_calls_share_one_batch_and_keep_their_seeded_results(vllm_engine):
+    """Calls from several threads run as one continuous batch (a short call made while a long one
+    generates returns first) and each gets what it would alone: seeds are per request."""
+    long_call = [req(n=2, temperature=1.0, seed=s, max_new_tokens=256) for s in range(4)]
+    short_call = [req(images=(png(),), messages=IMAGE, temperature=1.0, seed=11, max_new_tokens=4)]
+    alone = {"long": vllm_engine.generate(long_call), "short": vllm_engine.generate(short_call)}
+    together: dict[str, list] = {}
+    finished: list[str] = []
+
+    def run(name, requests):
+        together[name] = vllm_engine.generate(requests)
+        finished.append(name)
+
+    with ThreadPoolExecutor(2) as pool:
+        pool.submit(run, "long", long_call)
+        while not vllm_engine.llm.llm_engine.has_unfinished_requests():  # the long call is generating
+            time.sleep(0.01)
+        pool.submit(run, "short", short_call).result(timeout=120)
+    assert finished == ["short", "long"]
+    for name in ("long", "short"):
+        assert [[c.text for c in r.completions] for r in together[name]] == \
+            [[c.text for c in r.completions] for r in alone[name]]
 
 
 def test_greedy_output_matches_hf(vllm_engine, hf):
