@@ -44,12 +44,14 @@ class RoleWorker:
             engine = self.engine
             self._batches += 1
             self.peak_batches = max(self.peak_batches, self._batches)
+        served = 0
         try:
             results = engine.generate(requests)
+            served = len(requests)
         finally:
-            with self._swap:
+            with self._swap:  # concurrent batches update these from several threads
                 self._batches -= 1
-        self.requests_served += len(requests)
+                self.requests_served += served
         return results
 
     @ray.method(concurrency_group="control")
