@@ -70,7 +70,7 @@ class Plan:
 def make_plan(quick: bool) -> Plan:
     search = SearchConfig(num_simulations=4 if quick else 8, expansion_width=3, rollouts_per_node=2,
                           step_max_tokens=48, rollout_max_tokens=192, max_depth=8,
-                          max_active_trees=1024, requests_per_call=512)
+                          max_active_trees=1024, parallel_simulations=3, requests_per_call=512)
     return Plan(prompts=128 if quick else 512, samples=4, max_tokens=128 if quick else 256, temperature=1.0,
                 repeats=2 if quick else 3, search_problems=64 if quick else 256, search=search,
                 batches_in_flight=8)
@@ -157,10 +157,10 @@ def dry_run(args: argparse.Namespace, plan: Plan) -> int:
           f"{plan.repeats} runs of each side")
     print(f"    SamplingParams of the first: {batch.params[0]}")
     s = plan.search
-    print(f"(b) MCTS tree overhead: {plan.search_problems} problems, {s.num_simulations} simulations/tree, "
-          f"width {s.expansion_width}, {s.rollouts_per_node} rollouts/node, steps ≤{s.step_max_tokens} "
-          f"tokens, rollouts ≤{s.rollout_max_tokens}, {s.requests_per_call} requests/call; the flat raw "
-          f"batch matches the search's generated tokens")
+    print(f"(b) MCTS tree overhead: {plan.search_problems} problems, {s.num_simulations} simulations/tree "
+          f"({s.parallel_simulations} at once), width {s.expansion_width}, {s.rollouts_per_node} "
+          f"rollouts/node, steps ≤{s.step_max_tokens} tokens, rollouts ≤{s.rollout_max_tokens}, "
+          f"{s.requests_per_call} requests/call; the flat raw batch matches the search's generated tokens")
     print("dry run: no vLLM, no GPU used")
     return 0
 
@@ -256,7 +256,8 @@ def tree_overhead(engine: Any, vllm: Any, plan: Plan) -> dict[str, Any]:
     unseeded_overhead = 1 - best["search"]["tokens_per_s"] / best["raw_unseeded"]["tokens_per_s"]
     print(f"(b) search: {first.trees} trees, {first.expansions} expansions, {first.rollouts} rollouts, "
           f"{first.engine_calls} engine calls ({s.requests_per_call} requests each at most, "
-          f"{plan.batches_in_flight} in flight), {first.tokens:,} tokens; best of {plan.repeats}: "
+          f"{plan.batches_in_flight} in flight, {s.parallel_simulations} simulations per tree at once), "
+          f"{first.tokens:,} tokens; best of {plan.repeats}: "
           f"{best['search']['seconds']:.1f} s → {best['search']['tokens_per_s']:,.0f} tokens/s")
     print(f"    raw flat batch, seeded per request: {len(batch_problems)} prompts x n={n}, "
           f"{best['raw']['tokens']:,} tokens; best of {plan.repeats}: {best['raw']['seconds']:.1f} s → "
@@ -267,7 +268,8 @@ def tree_overhead(engine: Any, vllm: Any, plan: Plan) -> dict[str, Any]:
           flush=True)
     return {"search": {"trees": first.trees, "expansions": first.expansions, "rollouts": first.rollouts,
                        "engine_calls": first.engine_calls, "tokens": first.tokens,
-                       "batches_in_flight": plan.batches_in_flight, **best["search"]},
+                       "batches_in_flight": plan.batches_in_flight,
+                       "parallel_simulations": s.parallel_simulations, **best["search"]},
             "raw": {"prompts": len(batch_problems), "n": n, "seeded": True, **best["raw"]},
             "raw_unseeded": best["raw_unseeded"], "runs": runs,
             "overhead": round(overhead, 4), "overhead_vs_unseeded": round(unseeded_overhead, 4),

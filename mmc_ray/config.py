@@ -201,13 +201,14 @@ class SearchConfig:
     top_p: float = 1.0
     seed: int = 0
     max_active_trees: int = 256      # trees searched concurrently by the driver
+    parallel_simulations: int = 1    # simulations of one tree in flight at once (virtual loss when > 1)
     requests_per_call: int = 64      # search requests per engine call (batch sent to a worker)
     shard_size: int = 64             # finished trees per output Parquet file
 
     def __post_init__(self) -> None:
         for name in ("num_simulations", "expansion_width", "rollouts_per_node", "max_depth",
                      "max_nodes", "max_tokens", "step_max_tokens", "rollout_max_tokens",
-                     "max_active_trees", "requests_per_call", "shard_size"):
+                     "max_active_trees", "parallel_simulations", "requests_per_call", "shard_size"):
             _require(getattr(self, name) >= 1, name, "must be >= 1")
         _require(self.exploration >= 0, "exploration", "must be >= 0")
         _require(self.temperature > 0, "temperature", "must be > 0: search needs diverse samples")

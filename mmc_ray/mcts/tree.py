@@ -11,6 +11,12 @@ out every new non-terminal child `rollouts_per_node` times, and back the rewards
 A node's value is the fraction of the rollouts (and terminal answers) below it that ended correct.
 Priors are sampling frequencies: identical sibling samples merge into one child whose prior is its
 share of the expansion's samples.
+
+With `parallel_simulations` > 1 a tree runs that many simulations at once, so it keeps more
+sequences on the engine (one tree's expansion and rollouts are otherwise strictly sequential). As
+in parallel MCTS, each simulation in flight puts a virtual loss on its path (one visit, no reward,
+until its rollouts are backed up) so the next selection spreads to other branches, and a leaf being
+expanded is never selected twice. With 1 the search is exactly the sequential one.
 """
 
 from __future__ import annotations
@@ -78,6 +84,12 @@ class Rollout:
 
 
 @dataclass
+class _OpenSimulation:
+    leaf_id: int
+    requests_left: int = 0  # its expansion, then its rollouts, not yet applied
+
+
+@dataclass
 class Node:
     node_id: int
     parent_id: int | None
@@ -94,6 +106,8 @@ class Node:
     exhausted: bool = False
     children: list[int] = field(default_factory=list)
     rollouts: list[Rollout] = field(default_factory=list)
+    virtual_visits: int = 0  # simulations in flight through this node (their virtual loss)
+    expanding: bool = False  # an expansion of this leaf is in flight
 
     @property
     def value(self) -> float:
@@ -123,8 +137,11 @@ class SearchTree:
         self.tokens = 0
         self.counts = {"expansions": 0, "rollouts": 0, "invalid_nodes": 0, "failed_generations": 0}
         self._ids = itertools.count()
+        self._sim_ids = itertools.count()
         self._outstanding: dict[int, SearchRequest] = {}
         self._queued: list[SearchRequest] = []
+        self._sim_of_request: dict[int, int] = {}
+        self._open_sims: dict[int, _OpenSimulation] = {}
 
     # -- the driver's interface --------------------------------------------------------------
 
@@ -136,19 +153,16 @@ class SearchTree:
         return self._budget_spent() or self.nodes[0].exhausted
 
     def next_requests(self) -> list[SearchRequest]:
-        """Requests to generate now: queued rollouts, else one expansion for the next simulation,
-        else nothing (waiting for results, or done)."""
-        if self._queued:
-            out, self._queued = self._queued, []
-            self._outstanding.update((r.request_id, r) for r in out)
-            return out
-        if self._outstanding or self.done:
-            return []
-        leaf = self._select()
-        request = self._request("expand", leaf, n=self.cfg.expansion_width,
-                                max_new_tokens=self.cfg.step_max_tokens)
-        self._outstanding[request.request_id] = request
-        return [request]
+        """Requests to generate now: queued rollouts, then one expansion per simulation that can
+        start (up to `parallel_simulations` in flight), else nothing (waiting, or done)."""
+        out, self._queued = self._queued, []
+        while len(self._open_sims) < self.cfg.parallel_simulations and not self._no_new_simulation():
+            leaf = self._select()
+            if leaf is None:  # every open path has a simulation in flight
+                break
+            out.append(self._start_simulation(leaf))
+        self._outstanding.update((r.request_id, r) for r in out)
+        return out
 
     def apply(self, results: Sequence[SearchResult]) -> None:
         for result in results:
@@ -157,12 +171,12 @@ class SearchTree:
                 raise KeyError(f"tree {self.problem_id}: no outstanding request {result.request_id}")
             self.tokens += sum(g.tokens for g in result.generations)
             self.counts["failed_generations"] += sum(g.failed for g in result.generations)
+            sim_id = self._sim_of_request.pop(request.request_id)
             if request.kind == "expand":
-                self._apply_expansion(request, result.generations)
+                self._apply_expansion(request, result.generations, sim_id)
             else:
                 self._apply_rollouts(request, result.generations)
-        if not self._outstanding and not self._queued:
-            self.simulations += 1
+            self._request_done(sim_id)
 
     def path_text(self, node_id: int) -> str:
         """The reasoning from the root to `node_id`, one step per line, ending with a newline."""
@@ -180,31 +194,77 @@ class SearchTree:
         return (self.simulations >= cfg.num_simulations or len(self.nodes) >= cfg.max_nodes
                 or self.tokens >= cfg.max_tokens)
 
+    def _no_new_simulation(self) -> bool:
+        return (self._budget_spent() or self.nodes[0].exhausted
+                or self.simulations + len(self._open_sims) >= self.cfg.num_simulations)
+
     def _score(self, parent: Node, child: Node) -> float:
+        # Simulations in flight count as visits that found nothing (virtual loss); with none in
+        # flight these are the plain UCT / PUCT scores.
+        visits = child.visits + child.virtual_visits
+        parent_visits = parent.visits + parent.virtual_visits
+        value = child.value_sum / visits if visits else 0.0
         c = self.cfg.exploration
         if self.cfg.selection == "uct":
-            if child.visits == 0:
+            if visits == 0:
                 return math.inf
-            return child.value + c * math.sqrt(math.log(max(parent.visits, 1)) / child.visits)
-        return child.value + c * child.prior * math.sqrt(parent.visits) / (1 + child.visits)
+            return value + c * math.sqrt(math.log(max(parent_visits, 1)) / visits)
+        return value + c * child.prior * math.sqrt(parent_visits) / (1 + visits)
 
-    def _select(self) -> Node:
+    def _select(self) -> Node | None:
+        """The leaf to expand next, or None when every open path ends in a leaf being expanded."""
+        if not self._selectable(self.nodes[0]):
+            return None
         node = self.nodes[0]
         while node.children:
-            open_children = [self.nodes[i] for i in node.children if not self.nodes[i].exhausted]
+            open_children = [self.nodes[i] for i in node.children if self._selectable(self.nodes[i])]
             scores = [self._score(node, ch) for ch in open_children]
             best = max(scores)
             node = self.rng.choice([ch for ch, s in zip(open_children, scores, strict=True) if s == best])
         return node
 
-    def _request(self, kind: RequestKind, node: Node, n: int, max_new_tokens: int) -> SearchRequest:
+    def _selectable(self, node: Node) -> bool:
+        if node.exhausted or node.expanding:
+            return False
+        if not self._open_sims or not node.children:
+            return True
+        return any(self._selectable(self.nodes[i]) for i in node.children)
+
+    def _start_simulation(self, leaf: Node) -> SearchRequest:
+        sim_id = next(self._sim_ids)
+        self._open_sims[sim_id] = _OpenSimulation(leaf.node_id)
+        leaf.expanding = True
+        self._add_virtual_visits(leaf, 1)
+        return self._request("expand", leaf, sim_id, n=self.cfg.expansion_width,
+                             max_new_tokens=self.cfg.step_max_tokens)
+
+    def _request_done(self, sim_id: int) -> None:
+        sim = self._open_sims[sim_id]
+        sim.requests_left -= 1
+        if sim.requests_left == 0:
+            del self._open_sims[sim_id]
+            self._add_virtual_visits(self.nodes[sim.leaf_id], -1)
+            self.simulations += 1
+
+    def _add_virtual_visits(self, node: Node, delta: int) -> None:
+        current: Node | None = node
+        while current is not None:
+            current.virtual_visits += delta
+            current = self.nodes[current.parent_id] if current.parent_id is not None else None
+
+    def _request(self, kind: RequestKind, node: Node, sim_id: int, n: int,
+                 max_new_tokens: int) -> SearchRequest:
         request_id = next(self._ids)
+        self._sim_of_request[request_id] = sim_id
+        self._open_sims[sim_id].requests_left += 1
         return SearchRequest(request_id=request_id, kind=kind, node_id=node.node_id,
                              prefix=self.path_text(node.node_id), n=n, max_new_tokens=max_new_tokens,
                              seed=self.rng.getrandbits(31))
 
-    def _apply_expansion(self, request: SearchRequest, generations: Sequence[Generation]) -> None:
+    def _apply_expansion(self, request: SearchRequest, generations: Sequence[Generation],
+                         sim_id: int) -> None:
         parent = self.nodes[request.node_id]
+        parent.expanding = False
         merged: dict[str, list[Generation]] = {}
         for g in generations:
             merged.setdefault("" if g.failed else segment_step(g.text), []).append(g)
@@ -226,7 +286,7 @@ class SearchTree:
                 child.answer, child.correct = verdict.answer, verdict.correct
                 self._backup(child, reward=float(verdict.correct), visits=1)
             else:
-                self._queued.append(self._request("rollout", child, n=self.cfg.rollouts_per_node,
+                self._queued.append(self._request("rollout", child, sim_id, n=self.cfg.rollouts_per_node,
                                                   max_new_tokens=self.cfg.rollout_max_tokens))
         self.counts["expansions"] += 1
         self._mark_exhausted(parent)

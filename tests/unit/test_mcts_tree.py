@@ -1,6 +1,7 @@
 """The pure MCTS core, driven by scripted responders (no model, no Ray)."""
 
 import dataclasses
+import random
 import re
 
 import pytest
@@ -155,6 +156,52 @@ def test_waits_for_outstanding_requests():
     rollouts = tree.next_requests()
     assert [r.kind for r in rollouts] == ["rollout", "rollout"]
     assert {r.prefix for r in rollouts} == {"Step 1: a\n", "Step 1: b\n"}
+
+
+def test_parallel_simulations_keep_several_expansions_in_flight_on_distinct_leaves():
+    cfg = dataclasses.replace(CFG, parallel_simulations=3, num_simulations=12, max_depth=30)
+    tree = SearchTree("p", cfg, judge)
+    pending = tree.next_requests()
+    assert [r.kind for r in pending] == ["expand"]  # the root is the only leaf
+    rnd = random.Random(0)
+    most_expanding = 1
+    while not tree.done:
+        pending += tree.next_requests()
+        expanding = [r.node_id for r in pending if r.kind == "expand"]
+        assert len(expanding) == len(set(expanding)) <= 3
+        most_expanding = max(most_expanding, len(expanding))
+        # Results come back one at a time, in any order, as they do from concurrent engine calls.
+        request = pending.pop(rnd.randrange(len(pending)))
+        texts = good_and_bad(request)
+        tree.apply([SearchResult(request.request_id, tuple(Generation(t, 1) for t in texts))])
+    assert most_expanding >= 2 and tree.simulations == 12  # sequential search: never more than 1
+    assert all(n.virtual_visits == 0 and not n.expanding for n in tree.nodes)
+    root = tree.nodes[0]
+    terminals = sum(n.terminal for n in tree.nodes)
+    assert root.visits == tree.counts["rollouts"] + terminals
+    # Values stay exact fractions of correct rollouts (a virtual loss never reaches `value_sum`).
+    assert (tree.nodes[1].value, tree.nodes[2].value) == (1.0, 0.0)
+
+
+def test_virtual_loss_sends_the_second_simulation_down_another_branch():
+    cfg = dataclasses.replace(CFG, parallel_simulations=2, rollouts_per_node=1, num_simulations=3)
+    tree = SearchTree("p", cfg, judge)
+    (root_expansion,) = tree.next_requests()
+    tree.apply([SearchResult(root_expansion.request_id, (Generation("Step 1: a", 1), Generation("Step 1: b", 1)))])
+    *rollouts, second = tree.next_requests()  # the first simulation's rollouts, the second's expansion
+    assert [r.kind for r in rollouts] == ["rollout", "rollout"] and second.kind == "expand"
+    assert second.node_id in (1, 2) and tree.nodes[second.node_id].virtual_visits == 1
+    assert tree.nodes[0].virtual_visits == 2  # one visit in flight per open simulation
+    tree.apply([SearchResult(r.request_id, (Generation(" Answer: 5", 1),)) for r in rollouts])
+    assert tree.simulations == 1 and tree.nodes[0].virtual_visits == 1
+    (third,) = tree.next_requests()
+    assert third.kind == "expand" and third.node_id == 3 - second.node_id  # not the leaf in flight
+
+
+def test_parallel_simulations_stop_at_the_simulation_budget():
+    cfg = dataclasses.replace(CFG, parallel_simulations=8, num_simulations=5, max_depth=30)
+    tree = run(SearchTree("p", cfg, judge), good_and_bad)
+    assert tree.simulations == 5 and tree.counts["expansions"] == 5
 
 
 @pytest.mark.parametrize(("text", "step"), [("Step 2: x\nStep 3: y", "Step 2: x"), ("  a  ", "a"),

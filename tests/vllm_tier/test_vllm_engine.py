@@ -110,7 +110,7 @@ def test_greedy_output_matches_hf(vllm_engine, hf):
             assert v.text == h.text
 
 
-def test_reload_swaps_weights_and_frees_the_old_engine(vllm_engine, tiny_vlm_path, tmp_path_factory):
+def test_reload_waits_for_calls_swaps_weights_and_frees_the_old_engine(vllm_engine, tiny_vlm_path, tmp_path_factory):
     from mmc_ray.models.tiny import build_tiny_vlm
 
     other = build_tiny_vlm(TinyModelConfig(seed=1), tmp_path_factory.mktemp("models") / "tiny-vlm-seed1")
@@ -119,7 +119,13 @@ def test_reload_swaps_weights_and_frees_the_old_engine(vllm_engine, tiny_vlm_pat
     processes_before = len(engine_processes())
     free_before = free_memory()
 
-    vllm_engine.reload(other)
+    with ThreadPoolExecutor(1) as pool:  # a call in flight finishes on the old weights; reload waits for it
+        in_flight = pool.submit(vllm_engine.generate, probe * 8)
+        while not vllm_engine.llm.llm_engine.has_unfinished_requests():
+            time.sleep(0.01)
+        vllm_engine.reload(other)
+        old_weights = in_flight.result(timeout=60)
+    assert all(r.completions[0].logprobs == pytest.approx(before.logprobs, abs=1e-4) for r in old_weights)
     assert vllm_engine.model_path == str(other)
     after = vllm_engine.generate(probe)[0].completions[0]
     assert after.logprobs != pytest.approx(before.logprobs, abs=1e-4)

@@ -1,5 +1,6 @@
-"""vLLM in every role on a real local Ray: policy workers under MCTS (a worker killed mid-search),
-the LLM annotator, the refinement critic, and a critic reloaded after training."""
+"""vLLM in every role on a real local Ray: policy workers under MCTS (a worker killed mid-search) and
+the LLM annotator. The refinement critic on vLLM workers, loaded from the round's training, runs in
+tests/vllm_tier/test_pipeline_vllm.py; reload in tests/vllm_tier/test_vllm_engine.py."""
 
 import dataclasses
 
@@ -13,16 +14,14 @@ from mmc_ray.config import (
     ResourcesConfig,
     SearchConfig,
     SimulatorConfig,
-    TinyModelConfig,
 )
-from mmc_ray.engines.base import GenerationRequest
 from mmc_ray.engines.simulated import SimulatedActorEngine
 from mmc_ray.pipeline.dispatch import LocalDispatcher
 from mmc_ray.pipeline.search import search_to_dir
 from mmc_ray.pipeline.shards import shard_paths
 from mmc_ray.tasks.generator import generate_problems
 from mmc_ray.workers.group import create_worker_group
-from mmc_ray.workers.role_worker import CriticWorker, PolicyWorker
+from mmc_ray.workers.role_worker import PolicyWorker
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -82,40 +81,3 @@ def test_llm_annotator_on_vllm_workers_accounts_for_every_pair(ray_local, tiny_v
     stats = card_stats(tmp_path / "ds")
     assert stats["rows"] + stats["drops"] == len(expected)
     assert all(reason.startswith("unparseable after 2 attempt(s)") for reason in stats["drop_reason"])
-
-
-def test_refinement_with_a_vllm_critic_on_ray(ray_local, tiny_vlm_path, tmp_path):
-    from mmc_ray.pipeline import stages
-
-    cfg = Config()
-    cfg = dataclasses.replace(
-        cfg, actor=EngineConfig(kind="simulated", resources=ResourcesConfig(num_cpus=0.25)),
-        critic=vllm_cfg(tiny_vlm_path),
-        refine=dataclasses.replace(cfg.refine, max_rounds=2, critic_max_new_tokens=24))
-    problems = tmp_path / "problems.parquet"
-    stages.write_tasks(dataclasses.replace(cfg.tasks, n=8, seed=3), problems)
-    report = stages.refine(cfg, problems, tmp_path / "refine")
-    m = report.metrics
-    assert m["problems"] == 8 and m["critic"]["critiques"] > 0
-    assert "critic[vllm]" in report.markdown.read_text()
-
-
-def test_a_vllm_critic_worker_reloads_a_newly_trained_model(ray_local, tiny_vlm_path, tmp_path):
-    from mmc_ray.models.tiny import build_tiny_vlm
-
-    other = build_tiny_vlm(TinyModelConfig(seed=1), tmp_path / "retrained")
-    group = create_worker_group(CriticWorker, vllm_cfg(tiny_vlm_path))
-    worker = group.workers[0]
-    probe = [GenerationRequest(({"role": "user", "content": "Is step 2 right?"},), temperature=0.0,
-                               max_new_tokens=6, logprobs=True)]
-    try:
-        before = ray_local.get(worker.generate.remote(probe))[0].completions[0]
-        pending = worker.generate.remote(probe * 8)  # a batch in flight finishes on the old weights
-        assert ray_local.get(worker.reload.remote(str(other)), timeout=180) == 1
-        assert len(ray_local.get(pending)) == 8
-        after = ray_local.get(worker.generate.remote(probe))[0].completions[0]
-        health = ray_local.get(worker.health.remote())
-    finally:
-        group.shutdown()
-    assert health["model_path"] == str(other) and health["version"] == 1
-    assert after.logprobs != pytest.approx(before.logprobs, abs=1e-4)
