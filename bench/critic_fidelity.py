@@ -30,17 +30,17 @@ from _results import write_results
 from mmc_ray.config import Config, TinyModelConfig, TrainConfig
 from mmc_ray.critique.prompts import critic_messages
 from mmc_ray.critique.schema import parse_critique
-from mmc_ray.engines.base import GenerationRequest
 from mmc_ray.engines.hf import HFEngine
 from mmc_ray.engines.simulated import SimulatedActorEngine
 from mmc_ray.eval.metrics import critic_metrics
+from mmc_ray.generation import GenerationRequest
 from mmc_ray.models.tiny import build_tiny_vlm
-from mmc_ray.pipeline.annotate import annotate_to_dir
-from mmc_ray.pipeline.dispatch import LocalDispatcher
-from mmc_ray.pipeline.search import search_to_dir
-from mmc_ray.pipeline.shards import shard_paths
+from mmc_ray.stages.annotate import annotate_to_dir
+from mmc_ray.stages.search import search_to_dir
+from mmc_ray.store.shards import shard_paths
 from mmc_ray.tasks.generator import generate_problems
 from mmc_ray.tasks.problem import Problem
+from mmc_ray.workers.dispatch import LocalDispatcher
 
 
 def dataset_config() -> Config:

@@ -42,14 +42,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from _results import missing_for_gpu_run, write_results
 
 from mmc_ray.config import EngineConfig, SearchConfig, TinyModelConfig
-from mmc_ray.engines.base import GenerationRequest
 from mmc_ray.engines.vllm import end_token_ids, prepare
+from mmc_ray.generation import GenerationRequest
 from mmc_ray.models.loading import decode_image
-from mmc_ray.pipeline.dispatch import LocalDispatcher
-from mmc_ray.pipeline.search import run_search
+from mmc_ray.stages.search import run_search
 from mmc_ray.tasks.generator import generate_problems
 from mmc_ray.tasks.problem import Problem
 from mmc_ray.tasks.prompts import solve_request
+from mmc_ray.workers.dispatch import LocalDispatcher
 
 TARGET_TREE_OVERHEAD = 0.25
 PIXELS = {"min_pixels": 56 * 56, "max_pixels": 224 * 224}

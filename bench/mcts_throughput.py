@@ -22,9 +22,9 @@ from _results import write_results
 
 from mmc_ray.config import EngineConfig, SearchConfig, SimulatorConfig, TinyModelConfig
 from mmc_ray.engines.factory import build_engine
-from mmc_ray.pipeline.dispatch import LocalDispatcher
-from mmc_ray.pipeline.search import run_search
+from mmc_ray.stages.search import run_search
 from mmc_ray.tasks.generator import generate_problems
+from mmc_ray.workers.dispatch import LocalDispatcher
 
 
 def measure(engine, problems, search: SearchConfig, concurrent_trees: int) -> dict:

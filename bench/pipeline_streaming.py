@@ -38,8 +38,8 @@ from _results import write_results
 
 from mmc_ray.config import load_config
 from mmc_ray.models.tiny import build_tiny_vlm
-from mmc_ray.pipeline import stages
-from mmc_ray.pipeline.streaming import streamed_round
+from mmc_ray.orchestration import commands
+from mmc_ray.orchestration.streaming import streamed_round
 
 
 def main(argv: list[str]) -> None:
@@ -87,7 +87,7 @@ def compare(cfg, root: Path, repeats: int) -> dict:
     folders; each mode's figures are those of its median run."""
     problems = root / "problems.parquet"
     with contextlib.redirect_stdout(io.StringIO()):
-        stages.write_tasks(cfg.tasks, problems)
+        commands.write_tasks(cfg.tasks, problems)
     runs: dict[str, list[dict]] = {"stage_by_stage": [], "streamed": []}
     for repeat in range(repeats):
         for name in runs:
@@ -98,9 +98,9 @@ def compare(cfg, root: Path, repeats: int) -> dict:
                     summary = streamed_round(cfg, problems, out / "trees", out / "mmc-dataset",
                                              out / "critic")
                 else:
-                    stages.search(cfg, problems, out / "trees")
-                    stages.annotate(cfg, out / "trees", out / "mmc-dataset")
-                    summary = stages.train(cfg, out / "mmc-dataset", out / "critic")
+                    commands.search(cfg, problems, out / "trees")
+                    commands.annotate(cfg, out / "trees", out / "mmc-dataset")
+                    summary = commands.train(cfg, out / "mmc-dataset", out / "critic")
             runs[name].append({"seconds": round(time.perf_counter() - start, 1),
                                "train_seconds": round(summary.seconds, 1),
                                "steps": summary.metrics.get("step"),

@@ -32,16 +32,16 @@ from mmc_ray.config import Config, SearchConfig, SimulatorConfig, TinyModelConfi
 from mmc_ray.engines.simulated import SimulatedActorEngine
 from mmc_ray.models.loading import load_vlm
 from mmc_ray.models.tiny import build_tiny_vlm
-from mmc_ray.pipeline.annotate import annotate_to_dir
-from mmc_ray.pipeline.dataset_card import SPLITS
-from mmc_ray.pipeline.dispatch import LocalDispatcher
-from mmc_ray.pipeline.search import search_to_dir
-from mmc_ray.pipeline.shards import shard_paths
+from mmc_ray.stages.annotate import annotate_to_dir
+from mmc_ray.stages.dataset_card import SPLITS
+from mmc_ray.stages.search import search_to_dir
+from mmc_ray.store.shards import shard_paths
 from mmc_ray.tasks.generator import generate_problems
 from mmc_ray.train.collate import collate_packed, collate_padded
 from mmc_ray.train.examples import ExampleBuilder
 from mmc_ray.train.packed_attention import use_packed_attention
 from mmc_ray.train.packing import plan_packs, token_budget_batches
+from mmc_ray.workers.dispatch import LocalDispatcher
 
 
 def critique_rows(tmp: Path, n_problems: int) -> list[dict]:

@@ -18,11 +18,13 @@ import argparse
 import dataclasses
 import logging
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from mmc_ray.config import Config, ConfigError, load_config
-from mmc_ray.pipeline import stages
+from mmc_ray.config import Config, load_config
+from mmc_ray.errors import MissingInput, UserError
+from mmc_ray.orchestration import commands
 
 log = logging.getLogger("mmc_ray")
 
@@ -41,7 +43,8 @@ def _csv(kind: type) -> Callable[[str], tuple]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmc-ray", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, and the traceback of every error")
     commands = parser.add_subparsers(dest="command", required=True)
 
     tasks = commands.add_parser("tasks", help="synthetic visual tasks").add_subparsers(
@@ -135,7 +138,7 @@ def cmd_tasks_generate(args: argparse.Namespace) -> None:
     cfg = _config(args).tasks
     cfg = dataclasses.replace(cfg, **{k: v for k in ("n", "seed", "families", "difficulties")
                                       if (v := getattr(args, k)) is not None})
-    stages.write_tasks(cfg, args.out)
+    commands.write_tasks(cfg, args.out)
 
 
 def cmd_model_build_tiny(args: argparse.Namespace) -> None:
@@ -148,23 +151,23 @@ def cmd_model_build_tiny(args: argparse.Namespace) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> None:
     cfg = _config(args, [f"actor.kind={args.engine}"] if args.engine else [])
-    summary = stages.generate(cfg, args.problems, args.out)
-    stages.print_generate_summaries([summary])
+    summary = commands.generate(cfg, args.problems, args.out)
+    commands.print_generate_summaries([summary])
 
 
 def cmd_search(args: argparse.Namespace) -> None:
     cfg = _config(args, [f"actor.kind={args.engine}"] if args.engine else [])
-    stages.search(cfg, args.problems, args.out, local=args.local)
+    commands.search(cfg, args.problems, args.out, local=args.local)
 
 
 def cmd_annotate(args: argparse.Namespace) -> None:
     cfg = _config(args, [f"annotate.method={args.method}"] if args.method else [])
-    stages.annotate(cfg, args.trees, args.out, local=args.local)
+    commands.annotate(cfg, args.trees, args.out, local=args.local)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     cfg = _config(args, [f"train.task={args.task}"] if args.task else [])
-    summary = stages.train(cfg, args.data, args.out, resume=args.resume)
+    summary = commands.train(cfg, args.data, args.out, resume=args.resume)
     if args.serve_app:
         from mmc_ray.serve.checkpoints import swap_checkpoint
 
@@ -179,12 +182,14 @@ def cmd_refine(args: argparse.Namespace) -> None:
     if args.critic_url:
         extra += ["critic.kind=openai", f"critic.base_url={args.critic_url}"]
     cfg = _config(args, extra)
-    stages.refine(cfg, args.problems, args.out, local=args.local)
+    commands.refine(cfg, args.problems, args.out, local=args.local)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    out = args.out or args.refine / "report"
-    stages.report(args.refine / stages.RECORDS, out, {"title": str(args.refine)})
+    from mmc_ray.store.layout import records_dir, report_dir
+
+    out = args.out or report_dir(args.refine)
+    commands.report(records_dir(args.refine), out, {"title": str(args.refine)})
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -202,7 +207,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
              if (value := getattr(args, key)) is not None]
     cfg = _config(args, extra)
     if not (Path(cfg.serve.checkpoint) / "config.json").exists():
-        raise FileNotFoundError(f"no critic at {cfg.serve.checkpoint} (serve.checkpoint / --checkpoint)")
+        raise MissingInput(f"no critic at {cfg.serve.checkpoint} (serve.checkpoint / --checkpoint)")
     url = deploy(cfg)
     print(f"critic {cfg.serve.served_model} ({cfg.serve.checkpoint}, backend {cfg.serve.backend}) "
           f"serving at {url}\n"
@@ -220,7 +225,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_pipeline(args: argparse.Namespace) -> None:
-    from mmc_ray.pipeline.flywheel import run_pipeline
+    from mmc_ray.orchestration.flywheel import run_pipeline
 
     extra = [f"pipeline.rounds={args.rounds}"] if args.rounds else []
     if args.tiny_model:
@@ -266,7 +271,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = getattr(args, f"{args.command}_command", None)
     try:
         COMMANDS[args.command, sub](args)
-    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as e:
+    except UserError as e:  # what the user can fix: one line; anything else is a bug and keeps its traceback
+        if args.verbose:
+            traceback.print_exc()
         print(f"mmc-ray {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -16,12 +16,12 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from mmc_ray.mcts.pairs import PairMiningConfig
+from mmc_ray.errors import UserError
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "tiny-cpu.yaml"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration file or override is invalid; the message names the key."""
 
 
@@ -216,6 +216,25 @@ class SearchConfig:
 
 
 @dataclass(frozen=True)
+class PairMiningConfig:
+    """Which sibling branches of a search tree make a divergent (right vs wrong) pair."""
+
+    high_value: float = 0.7  # a good branch: child value >= high_value
+    low_value: float = 0.3  # a bad branch: child value <= low_value
+    min_visits: int = 2  # both children need at least this many visits
+    max_pairs_per_problem: int = 4
+    max_pairs_per_depth: int = 2  # per problem, per divergence depth
+    no_error_per_problem: int = 1  # fully correct paths sampled as "no error" examples
+
+    def __post_init__(self) -> None:
+        _require(0.0 <= self.low_value < self.high_value <= 1.0, "low_value",
+                 "need 0 <= low_value < high_value <= 1")
+        for name in ("min_visits", "max_pairs_per_problem", "max_pairs_per_depth"):
+            _require(getattr(self, name) >= 1, name, "must be >= 1")
+        _require(self.no_error_per_problem >= 0, "no_error_per_problem", "must be >= 0")
+
+
+@dataclass(frozen=True)
 class AnnotateConfig:
     """Pair mining and critique annotation into the MMC dataset."""
 
@@ -317,7 +336,7 @@ class PipelineConfig:
     refine_train_problems: bool = True  # refine each round's training problems too; their critiqued
                                         # answers (rule-annotated) join the critic's data next round
     oracle_baseline: bool = True        # also refine with the rule (oracle) critic: the bound to beat
-    streaming: bool = True              # search, annotate and train at once (pipeline/streaming.py)
+    streaming: bool = True              # search, annotate and train at once (orchestration/streaming.py)
     retrain_actor: bool = False         # after each round but the last, fine-tune the actor (hf/vllm) on
                                         # its own correct MCTS paths; the next round searches with it
     actor_paths_per_problem: int = 2    # distinct correct paths per problem in the actor's data

@@ -3,14 +3,14 @@ tests on the HF engine (tests/ray/test_search_on_ray.py) and on vLLM (tests/vllm
 
 import time
 
-from mmc_ray.pipeline.dispatch import RayDispatcher
+from mmc_ray.workers.dispatch import RayDispatcher
 
 
 def search_killing_a_worker(ray, group, problems, search, out, restart_timeout_s: float,
                             call_timeout_s: float = 10, inflight_per_worker: int = 2):
     """Search `problems` on `group`'s workers, killing the first one mid-search; returns the search
     summary and the victim's pid before and after its restart."""
-    from mmc_ray.pipeline.search import search_to_dir
+    from mmc_ray.stages.search import search_to_dir
 
     victim = group.workers[0]
     pid_before = group.health()[0]["pid"]

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from mmc_ray.config import EngineConfig
-from mmc_ray.engines.base import GenerationEngine
+from mmc_ray.generation import GenerationEngine
 
 
 def build_engine(cfg: EngineConfig) -> GenerationEngine:

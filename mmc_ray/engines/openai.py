@@ -19,7 +19,13 @@ from typing import Any
 import httpx
 
 from mmc_ray.config import EngineConfig
-from mmc_ray.engines.base import Completion, GenerationRequest, GenerationResult, sampling_temperature
+from mmc_ray.generation import (
+    Completion,
+    GenerationRequest,
+    GenerationResult,
+    error_result,
+    sampling_temperature,
+)
 
 FINISH_REASONS = {"stop": "stop", "length": "length"}
 
@@ -105,7 +111,7 @@ class OpenAIEngine:
             return parse_response(reply.json(), req.n)
         except (httpx.HTTPError, ValueError) as e:
             error = f"{self.name}: {type(e).__name__}: {e}"
-            return GenerationResult((Completion("", "error", 0, error=error),) * req.n, 0)
+            return error_result(req.n, error)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)

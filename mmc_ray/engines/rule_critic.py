@@ -10,8 +10,8 @@ from collections.abc import Callable, Sequence
 from mmc_ray.critique.prompts import solution_in_critic_prompt
 from mmc_ray.critique.rule_annotator import rule_critique
 from mmc_ray.critique.schema import Critique
-from mmc_ray.engines.base import Completion, GenerationRequest, GenerationResult, message_text
 from mmc_ray.engines.simulated import approx_tokens
+from mmc_ray.generation import Completion, GenerationRequest, GenerationResult, error_result, message_text
 from mmc_ray.tasks.generator import problem_from_id
 from mmc_ray.tasks.problem import Problem
 from mmc_ray.tasks.scoring import answers_match
@@ -32,7 +32,7 @@ class RuleCriticEngine:
             steps, answer = solution_in_critic_prompt(message_text(req.messages[-1]))
         except (KeyError, ValueError) as e:
             error = f"rule critic needs a critic prompt about a synthetic problem: {e}"
-            return GenerationResult((Completion("", "error", 0, error=error),) * req.n, 0)
+            return error_result(req.n, error)
         critique = rule_critique(problem, steps, answer, key=req.metadata.get("problem_id", ""))
         if isinstance(critique, str):
             # Every aligned step is right, yet the rule annotator cannot write a step critique

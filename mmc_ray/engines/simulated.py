@@ -19,7 +19,14 @@ from functools import lru_cache
 
 from mmc_ray.config import SimulatorConfig
 from mmc_ray.critique.schema import parse_critique
-from mmc_ray.engines.base import Completion, GenerationRequest, GenerationResult, apply_stop, message_text
+from mmc_ray.generation import (
+    Completion,
+    GenerationRequest,
+    GenerationResult,
+    apply_stop,
+    error_result,
+    message_text,
+)
 from mmc_ray.seeding import stable_hash
 from mmc_ray.tasks.generator import problem_from_id
 from mmc_ray.tasks.problem import Problem
@@ -100,8 +107,7 @@ class SimulatedActorEngine:
             problem = self._problem(problem_id)
         except (KeyError, ValueError) as e:
             error = f"simulated actor needs metadata['problem_id'] of a synthetic problem: {e}"
-            return GenerationResult(tuple(Completion("", "error", 0, error=error)
-                                          for _ in range(req.n)), 0)
+            return error_result(req.n, error)
         written, revise_from = self._written_steps(problem, req)
         completions = []
         for s in range(req.n):

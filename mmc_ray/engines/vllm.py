@@ -73,12 +73,14 @@ from pathlib import Path
 from typing import Any
 
 from mmc_ray.config import EngineConfig
-from mmc_ray.engines.base import (
+from mmc_ray.errors import BadInput, MissingInput
+from mmc_ray.generation import (
     Completion,
     FinishReason,
     GenerationRequest,
     GenerationResult,
     apply_stop,
+    error_result,
     sampling_temperature,
 )
 
@@ -296,9 +298,6 @@ def to_result(output: Any, stop: Sequence[str]) -> GenerationResult:
                             len(output.prompt_token_ids or ()))
 
 
-def error_result(n: int, reason: str) -> GenerationResult:
-    return GenerationResult(tuple(Completion("", "error", 0, error=reason) for _ in range(n)), 0)
-
 
 def assemble(requests: Sequence[GenerationRequest], batch: PreparedBatch,
              outputs: Sequence[Any]) -> list[GenerationResult]:
@@ -315,7 +314,7 @@ def assemble(requests: Sequence[GenerationRequest], batch: PreparedBatch,
 def check_model_dir(path: str | Path) -> Path:
     path = Path(path)
     if not (path / "config.json").exists():
-        raise FileNotFoundError(f"no model at {path} (config.json missing); point model_path at a local "
+        raise MissingInput(f"no model at {path} (config.json missing); point model_path at a local "
                                 f"HF checkpoint folder, e.g. a critic exported by `mmc-ray train`")
     return path
 
@@ -330,7 +329,7 @@ def check_cpu_head_dim(path: Path) -> None:
     heads = text.get("num_attention_heads")
     head_dim = text.get("head_dim") or (text["hidden_size"] // heads if heads else None)
     if head_dim is not None and head_dim < CPU_MIN_HEAD_DIM:
-        raise ValueError(f"{path}: attention head_dim {head_dim} < {CPU_MIN_HEAD_DIM}, which vLLM's CPU "
+        raise BadInput(f"{path}: attention head_dim {head_dim} < {CPU_MIN_HEAD_DIM}, which vLLM's CPU "
                          f"build cannot run; use kind=hf, or a model with fewer, wider heads (the tiny "
                          f"VLM: tiny_model.num_heads=2 at hidden_size 64)")
 

@@ -11,10 +11,10 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from mmc_ray.errors import MissingInput
 from mmc_ray.eval.metrics import evaluate
 from mmc_ray.eval.plot import line_chart
-from mmc_ray.pipeline.shards import shard_paths
-from mmc_ray.refine.run import SHARD_PREFIX
+from mmc_ray.store.layout import REFINE, refine_shards
 
 
 @dataclass(frozen=True)
@@ -26,13 +26,14 @@ class Report:
 
 
 def read_refine_rows(refine_dir: str | Path) -> list[dict[str, Any]]:
-    paths = shard_paths(refine_dir, SHARD_PREFIX)
+    paths = refine_shards(refine_dir)
     if not paths:
-        raise FileNotFoundError(f"no {SHARD_PREFIX}-*.parquet records in {refine_dir}")
+        raise MissingInput(f"no {REFINE}-*.parquet records in {refine_dir}")
     return [row for p in paths for row in pq.read_table(p).to_pylist()]
 
 
-def _pct(x: float | None) -> str:
+def pct(x: float | None) -> str:
+    """A fraction as a percentage for people, "n/a" when not measured."""
     return "n/a" if x is None else f"{x:.1%}"
 
 
@@ -48,23 +49,23 @@ def _markdown(m: Mapping[str, Any], context: Mapping[str, Any]) -> str:
         f"# Refinement report: {context.get('title', 'refinement')}", "",
         *(f"- {k}: {v}" for k, v in context.items() if k != "title"), "",
         "## Accuracy", "",
-        f"{m['problems']} problems. Single pass {_pct(m['single_pass_accuracy'])}, after refinement "
-        f"{_pct(m['final_accuracy'])} ({m['wrong_to_right']} wrong→right, {m['right_to_wrong']} "
+        f"{m['problems']} problems. Single pass {pct(m['single_pass_accuracy'])}, after refinement "
+        f"{pct(m['final_accuracy'])} ({m['wrong_to_right']} wrong→right, {m['right_to_wrong']} "
         f"right→wrong); {m['mean_rounds']:.2f} revision rounds per problem on average.", "",
         *_table(["round", *map(str, range(rounds)), "final"],
-                [["accuracy", *map(_pct, m["accuracy_by_round"]), _pct(m["final_accuracy"])]]),
+                [["accuracy", *map(pct, m["accuracy_by_round"]), pct(m["final_accuracy"])]]),
         "", "![accuracy by round](accuracy_by_round.png)", "",
         "## Critic", "",
-        f"{c['critiques']} critiques; {_pct(c['parse_rate'])} parsed. Verdict accuracy "
-        f"{_pct(c['verdict_accuracy'])}. First wrong step: precision {_pct(c['step_precision'])}, "
-        f"recall {_pct(c['step_recall'])}, F1 {_pct(c['step_f1'])} "
+        f"{c['critiques']} critiques; {pct(c['parse_rate'])} parsed. Verdict accuracy "
+        f"{pct(c['verdict_accuracy'])}. First wrong step: precision {pct(c['step_precision'])}, "
+        f"recall {pct(c['step_recall'])}, F1 {pct(c['step_f1'])} "
         f"({c['step_unknown_wrong_answers']} wrong answers without a known wrong step left out).", "",
         "## By family", "",
         *_table(["family", "problems", "single pass", "final", "wrong→right", "right→wrong",
                  "verdict acc.", "step F1"],
-                [[name, str(f["problems"]), _pct(f["single_pass_accuracy"]), _pct(f["final_accuracy"]),
-                  str(f["wrong_to_right"]), str(f["right_to_wrong"]), _pct(f["critic"]["verdict_accuracy"]),
-                  _pct(f["critic"]["step_f1"])] for name, f in m["families"].items()]),
+                [[name, str(f["problems"]), pct(f["single_pass_accuracy"]), pct(f["final_accuracy"]),
+                  str(f["wrong_to_right"]), str(f["right_to_wrong"]), pct(f["critic"]["verdict_accuracy"]),
+                  pct(f["critic"]["step_f1"])] for name, f in m["families"].items()]),
         "", "## Why the loop stopped", "",
         *_table(["reason", "problems"], [[k, str(v)] for k, v in m["stop_reasons"].items()]),
         "", f"Revisions that could only repeat an answer already tried: {m['repeated_answers']}. "

@@ -14,30 +14,15 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from mmc_ray.mcts.tree import Node, nodes_from_rows
 from mmc_ray.tasks.solution import parse_reasoning, strip_step_prefix
 
+if TYPE_CHECKING:
+    from mmc_ray.config import PairMiningConfig
+
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class PairMiningConfig:
-    high_value: float = 0.7  # a good branch: child value >= high_value
-    low_value: float = 0.3  # a bad branch: child value <= low_value
-    min_visits: int = 2  # both children need at least this many visits
-    max_pairs_per_problem: int = 4
-    max_pairs_per_depth: int = 2  # per problem, per divergence depth
-    no_error_per_problem: int = 1  # fully correct paths sampled as "no error" examples
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.low_value < self.high_value <= 1.0:
-            raise ValueError("need 0 <= low_value < high_value <= 1")
-        if min(self.min_visits, self.max_pairs_per_problem, self.max_pairs_per_depth) < 1:
-            raise ValueError("min_visits and the pair caps must be >= 1")
-        if self.no_error_per_problem < 0:
-            raise ValueError("no_error_per_problem must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from PIL import Image
 
+from mmc_ray.errors import MissingInput, UserError
+
 IMAGE_PLACEHOLDER = "<|image_pad|>"
 
 
@@ -26,7 +28,7 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was asked for but torch sees no CUDA device")
+        raise UserError("device 'cuda' was asked for but torch sees no CUDA device")
     return torch.device(device)
 
 
@@ -111,7 +113,7 @@ def load_vlm(path: str | Path, device: str = "auto", dtype: str = "auto",
 
     path = Path(path)
     if not (path / "config.json").exists():
-        raise FileNotFoundError(
+        raise MissingInput(
             f"no model at {path} (config.json missing). Build the tiny offline model with "
             f"`mmc-ray model build-tiny --out {path}` or point model_path at a local HF checkpoint."
         )

@@ -11,14 +11,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 from mmc_ray.config import RefineConfig
-from mmc_ray.engines.base import GenerationEngine
+from mmc_ray.generation import GenerationEngine
 from mmc_ray.metrics import StageMetrics
-from mmc_ray.pipeline.shards import ShardWriter, finished_ids
 from mmc_ray.refine.loop import RefinementLoop
 from mmc_ray.schemas import REFINE_SCHEMA
+from mmc_ray.store.layout import REFINE
+from mmc_ray.store.shards import ShardWriter, finished_ids
 from mmc_ray.tasks.problem import Problem
-
-SHARD_PREFIX = "refine"
 
 
 @dataclass(frozen=True)
@@ -33,11 +32,11 @@ def refine_to_dir(problems: Sequence[Problem], actor: GenerationEngine, critic: 
                   cfg: RefineConfig, out_dir: str | Path, progress: bool = True) -> RefineSummary:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    done = finished_ids(out_dir, SHARD_PREFIX, "problem_id")
+    done = finished_ids(out_dir, REFINE, "problem_id")
     todo = [p for p in problems if p.problem_id not in done]
     loop = RefinementLoop(actor, critic, cfg)
     # One shard per batch: a finished batch is on disk before the next one starts.
-    writer = ShardWriter(out_dir, SHARD_PREFIX, REFINE_SCHEMA, shard_size=1 << 30)
+    writer = ShardWriter(out_dir, REFINE, REFINE_SCHEMA, shard_size=1 << 30)
     rounds = 0
     start = time.perf_counter()
     metrics = StageMetrics("refine", counters=("problems", "rounds", "wrong_to_right", "right_to_wrong"),

@@ -38,7 +38,7 @@ from ray import serve
 from mmc_ray.config import EngineConfig, ServeConfig
 from mmc_ray.critique.schema import parse_critique
 from mmc_ray.critique.step_scores import outcome_openings, step_scores
-from mmc_ray.engines.base import GenerationRequest, GenerationResult
+from mmc_ray.generation import GenerationRequest, GenerationResult, ScoresContinuations
 from mmc_ray.metrics import StageMetrics
 from mmc_ray.serve.llm import LLMCallFailed, LLMDeploymentClient
 from mmc_ray.serve.protocol import (
@@ -263,7 +263,7 @@ class CriticServer:
     async def score_steps(self, body: CritiqueRequest) -> ScoreStepsResponse:
         """The critic as a process reward model: one soundness probability per step."""
         engine = self.engine
-        if self.llm is None and not hasattr(engine, "score"):
+        if self.llm is None and not isinstance(engine, ScoresContinuations):
             raise RequestRejected("model", f"engine {engine.name} cannot score continuations", status=501)
         request = await asyncio.to_thread(critique_generation, body, self.cfg)
         openings = outcome_openings(len(body.steps))

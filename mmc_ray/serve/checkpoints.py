@@ -16,6 +16,8 @@ from typing import Any
 
 import ray
 
+from mmc_ray.errors import UserError
+
 REGISTRY_NAME = "mmc-ray-critic-checkpoints"
 NAMESPACE = "mmc-ray"
 
@@ -55,6 +57,6 @@ def swap_checkpoint(app: str, checkpoint: str) -> None:
     """Point every replica of `app` at `checkpoint` (they pick it up within a second or so)."""
     checkpoints = registry()
     if ray.get(checkpoints.get.remote(app)).get("backend") == "vllm":
-        raise RuntimeError(f"app {app} runs the vllm backend, which swaps by redeploying: run "
+        raise UserError(f"app {app} runs the vllm backend, which swaps by redeploying: run "
                            f"`mmc-ray serve --detach --checkpoint {checkpoint}` with its config")
     ray.get(checkpoints.set.remote(app, checkpoint))

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from mmc_ray.config import ServeConfig
 from mmc_ray.critique.prompts import critic_turn
 from mmc_ray.critique.schema import ERROR_TYPES, Critique
-from mmc_ray.engines.base import GenerationRequest
+from mmc_ray.generation import GenerationRequest
 from mmc_ray.images import ImageRejected, to_png
 
 

@@ -51,6 +51,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from mmc_ray.errors import BadInput, MissingInput
 from mmc_ray.images import ImageRejected, to_png
 from mmc_ray.tasks.problem import Problem, read_problems
 
@@ -283,13 +284,13 @@ def load_benchmark(path: str | Path, image_root: str | Path | None = None,
     Raises FileNotFoundError if `path` is not a file and ValueError for an unsupported extension or fmt.
     """
     if fmt not in FORMATS:
-        raise ValueError(f"unknown benchmark format {fmt!r}: expected one of {FORMATS}")
+        raise BadInput(f"unknown benchmark format {fmt!r}: expected one of {FORMATS}")
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"benchmark file not found: {path}")
+        raise MissingInput(f"benchmark file not found: {path}")
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
-        raise ValueError(f"unsupported benchmark file {path}: expected one of {SUPPORTED_SUFFIXES}")
+        raise BadInput(f"unsupported benchmark file {path}: expected one of {SUPPORTED_SUFFIXES}")
     name = name or path.stem
     root = Path(image_root).expanduser() if image_root is not None else path.parent
     rows = _jsonl_rows(path) if suffix == ".jsonl" else _parquet_rows(path)

@@ -12,6 +12,7 @@ import random
 import re
 from collections.abc import Iterator, Sequence
 
+from mmc_ray.errors import BadInput
 from mmc_ray.tasks.families import DIFFICULTIES, FAMILIES, check_difficulty
 from mmc_ray.tasks.families.drawing import to_png
 from mmc_ray.tasks.problem import Problem
@@ -24,7 +25,7 @@ _SEED_STRIDE = 1 << 32  # generate_problems: seed s, index i -> problem seed s *
 
 def _check_family(family: str) -> str:
     if family not in FAMILIES:
-        raise ValueError(f"unknown task family {family!r}; allowed: {sorted(FAMILIES)}")
+        raise BadInput(f"unknown task family {family!r}; allowed: {sorted(FAMILIES)}")
     return family
 
 
@@ -73,9 +74,9 @@ def generate_problems(n: int, seed: int = 0, families: Sequence[str] | None = No
     families = tuple(FAMILIES) if families is None else tuple(families)
     difficulties = tuple(difficulties)
     if not families:
-        raise ValueError(f"families must not be empty; allowed: {sorted(FAMILIES)}")
+        raise BadInput(f"families must not be empty; allowed: {sorted(FAMILIES)}")
     if not difficulties:
-        raise ValueError(f"difficulties must not be empty; allowed: {list(DIFFICULTIES)}")
+        raise BadInput(f"difficulties must not be empty; allowed: {list(DIFFICULTIES)}")
     for f in families:
         _check_family(f)
     for d in difficulties:

@@ -11,6 +11,7 @@ from typing import Any
 import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
+from mmc_ray.errors import BadInput, MissingInput
 from mmc_ray.io import write_parquet_atomic
 from mmc_ray.schemas import PROBLEM_SCHEMA
 from mmc_ray.tasks.solution import SolutionStep, solution_text
@@ -110,11 +111,11 @@ def read_problems(path: str | Path) -> list[Problem]:
     """Read a problems Parquet file written by `write_problems` (or any file with that schema)."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"problems file not found: {path}")
+        raise MissingInput(f"problems file not found: {path}")
     table = pq.read_table(path)
     missing = [f.name for f in PROBLEM_SCHEMA if f.name not in table.column_names and not f.nullable]
     if missing:
-        raise ValueError(f"{path}: not a problems file, missing columns {missing}")
+        raise BadInput(f"{path}: not a problems file, missing columns {missing}")
     return [Problem.from_row(r) for r in table.to_pylist()]
 
 

@@ -25,7 +25,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from mmc_ray.background import BackgroundTask
 from mmc_ray.config import Config, TrainConfig
+from mmc_ray.errors import MissingInput, NotEnoughResources
+from mmc_ray.store.layout import export_dir, split_shards
 from mmc_ray.train.run_log import StepLog, driver_progress, model_flops_per_token
 
 DS_TAG = "ds"
@@ -61,23 +64,22 @@ class ShardTables:
         self._done = False
         self._error: BaseException | None = None
         self._changed = threading.Condition()
-        threading.Thread(target=self._read, args=(shard, rows_per_table), name="shard-reader",
-                         daemon=True).start()
+        # A read error is raised to the training loop when it gets there.
+        self._reader = BackgroundTask("shard-reader", lambda: self._read(shard, rows_per_table),
+                                      on_exit=self._finished)
 
     def _read(self, shard: Any, rows_per_table: int) -> None:
-        try:
-            # Blocks as they come (a streamed upstream sends a few rows at a time), cut to size.
-            for block in shard.iter_batches(batch_size=None, batch_format="pyarrow"):
-                for start in range(0, block.num_rows, rows_per_table):
-                    with self._changed:
-                        self._tables.append(block.slice(start, rows_per_table))
-                        self._changed.notify_all()
-        except BaseException as e:  # raised to the training loop when it gets there
-            self._error = e
-        finally:
-            with self._changed:
-                self._done = True
-                self._changed.notify_all()
+        # Blocks as they come (a streamed upstream sends a few rows at a time), cut to size.
+        for block in shard.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for start in range(0, block.num_rows, rows_per_table):
+                with self._changed:
+                    self._tables.append(block.slice(start, rows_per_table))
+                    self._changed.notify_all()
+
+    def _finished(self, error: BaseException | None) -> None:
+        with self._changed:
+            self._error, self._done = error, True
+            self._changed.notify_all()
 
     def __iter__(self) -> Iterator[Any]:
         """One epoch: every table, waiting for those still being read."""
@@ -293,16 +295,15 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
 
     data_dir, out_dir = Path(data_dir).resolve(), Path(out_dir).resolve()
     tcfg = cfg.train
-    files = sorted((data_dir / "data").glob("train-*.parquet")) if tcfg.task == "critic" else \
-        sorted(data_dir.glob("*.parquet"))
+    files = split_shards(data_dir, "train") if tcfg.task == "critic" else sorted(data_dir.glob("*.parquet"))
     if not files and stream is None:
-        raise FileNotFoundError(f"no training data in {data_dir} (critic: data/train-*.parquet; "
+        raise MissingInput(f"no training data in {data_dir} (critic: data/train-*.parquet; "
                                 f"actor-sft: problems *.parquet)")
     if not (Path(tcfg.init_model) / "config.json").exists():
-        raise FileNotFoundError(f"no model at {tcfg.init_model} (train.init_model)")
+        raise MissingInput(f"no model at {tcfg.init_model} (train.init_model)")
     resume_from = latest_checkpoint(out_dir) if resume else None
     if resume and resume_from is None:
-        raise FileNotFoundError(f"--resume: no checkpoint under {out_dir}/{RUN_NAME}-*")
+        raise MissingInput(f"--resume: no checkpoint under {out_dir}/{RUN_NAME}-*")
     # DeepSpeed compiles a CPU comm op at first init: cache it (workers of a local Ray inherit this).
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(".torch_extensions").resolve()))
     init_ray()
@@ -310,14 +311,14 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
 
     cpus = ray.cluster_resources().get("CPU", 0)
     if tcfg.num_workers * tcfg.cpus_per_worker >= cpus:
-        raise RuntimeError(
+        raise NotEnoughResources(
             f"train: {tcfg.num_workers} workers x {tcfg.cpus_per_worker:g} CPU take all {cpus:g} CPUs of the "
             f"cluster, leaving none for Ray Data to read the dataset; lower train.cpus_per_worker")
     start = time.perf_counter()
     with driver_progress(tcfg.max_steps, progress) as board:
         result = _fit(tcfg, out_dir, resume_from, board, stream, files)
     checkpoint = Path(result.checkpoint.path)
-    exported = export_hf(checkpoint, tcfg, out_dir / "hf")
+    exported = export_hf(checkpoint, tcfg, export_dir(out_dir))
     losses = json.loads((checkpoint / STATE_FILE).read_text())["losses"]
     return TrainSummary(dict(result.metrics or {}), losses, checkpoint, exported, time.perf_counter() - start)
 

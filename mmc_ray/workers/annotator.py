@@ -18,7 +18,7 @@ from mmc_ray.config import AnnotateConfig, Config
 from mmc_ray.critique.prompts import FORMAT_SPEC, annotator_messages, critic_messages
 from mmc_ray.critique.rule_annotator import reference_first_wrong_step, rule_critique
 from mmc_ray.critique.schema import Critique, parse_critique
-from mmc_ray.engines.base import GenerationEngine, GenerationRequest
+from mmc_ray.generation import GenerationEngine, GenerationRequest
 from mmc_ray.schemas import CRITIQUE_SCHEMA, DROP_SCHEMA
 from mmc_ray.tasks.problem import Problem
 

@@ -11,6 +11,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from mmc_ray.config import EngineConfig
+from mmc_ray.errors import NotEnoughResources
 from mmc_ray.workers.role_worker import RoleWorker, concurrency_groups
 
 
@@ -33,7 +34,7 @@ def _check_cluster_has(role: str, total_cpus: float, total_gpus: float) -> None:
     available = ray.cluster_resources()
     for name, need in (("CPU", total_cpus), ("GPU", total_gpus)):
         if need > available.get(name, 0.0):
-            raise RuntimeError(
+            raise NotEnoughResources(
                 f"{role}: needs {need:g} {name} in total but the Ray cluster has "
                 f"{available.get(name, 0.0):g}; lower {role}.resources.replicas / num_{name.lower()}s"
             )
@@ -49,7 +50,7 @@ def create_worker_group(worker_cls: type[RoleWorker], cfg: EngineConfig) -> Work
         ray.get(pg.ready(), timeout=res.placement_timeout_s)
     except ray.exceptions.GetTimeoutError:
         remove_placement_group(pg)
-        raise RuntimeError(
+        raise NotEnoughResources(
             f"{role}: could not place {res.replicas} x {bundle} ({res.placement_strategy}) within "
             f"{res.placement_timeout_s:g}s; check free resources in the Ray dashboard"
         ) from None

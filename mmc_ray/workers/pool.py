@@ -9,9 +9,9 @@ from contextlib import contextmanager
 from typing import Any
 
 from mmc_ray.config import EngineConfig
-from mmc_ray.engines.base import GenerationEngine, GenerationRequest, GenerationResult
 from mmc_ray.engines.factory import build_engine
-from mmc_ray.pipeline.dispatch import RayDispatcher
+from mmc_ray.generation import Closable, GenerationEngine, GenerationRequest, GenerationResult
+from mmc_ray.workers.dispatch import RayDispatcher
 from mmc_ray.workers.role_worker import RoleWorker
 
 
@@ -60,7 +60,7 @@ def role_engine(worker_cls: type[RoleWorker], cfg: EngineConfig,
         try:
             yield engine
         finally:
-            if hasattr(engine, "close"):
+            if isinstance(engine, Closable):
                 engine.close()
         return
     from mmc_ray.ray_runtime import init_ray

@@ -17,8 +17,8 @@ from typing import Any
 import ray
 
 from mmc_ray.config import EngineConfig
-from mmc_ray.engines.base import GenerationRequest, GenerationResult
 from mmc_ray.engines.factory import build_engine
+from mmc_ray.generation import GenerationRequest, GenerationResult, ReloadsInPlace
 
 
 def concurrency_groups(cfg: EngineConfig) -> dict[str, int]:
@@ -74,7 +74,7 @@ class RoleWorker:
         An engine with its own `reload` (vLLM: two copies would not fit on the GPU) swaps in place
         after its batch in flight, and new batches wait for the new model."""
         cfg = replace(self.cfg, model_path=model_path)
-        if hasattr(self.engine, "reload"):
+        if isinstance(self.engine, ReloadsInPlace):
             self.engine.reload(model_path)
             with self._swap:
                 self.cfg = cfg

@@ -7,12 +7,12 @@ import pyarrow.parquet as pq
 
 from mmc_ray.config import Config, EngineConfig, SearchConfig, SimulatorConfig
 from mmc_ray.engines.simulated import SimulatedActorEngine
-from mmc_ray.pipeline.annotate import annotate_to_dir, mine_tree_rows
-from mmc_ray.pipeline.dataset_card import card_stats
-from mmc_ray.pipeline.dispatch import LocalDispatcher
-from mmc_ray.pipeline.search import search_to_dir
-from mmc_ray.pipeline.shards import shard_paths
+from mmc_ray.stages.annotate import annotate_to_dir, mine_tree_rows
+from mmc_ray.stages.dataset_card import card_stats
+from mmc_ray.stages.search import search_to_dir
+from mmc_ray.store.shards import shard_paths
 from mmc_ray.tasks.generator import generate_problems
+from mmc_ray.workers.dispatch import LocalDispatcher
 
 
 def test_llm_annotation_with_tiny_vlm_accounts_for_every_pair(tiny_vlm_path, tmp_path):

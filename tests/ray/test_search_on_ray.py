@@ -2,16 +2,15 @@
 
 import dataclasses
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from worker_faults import search_killing_a_worker
 
 from mmc_ray.config import EngineConfig, ResourcesConfig, SearchConfig, SimulatorConfig, TinyModelConfig
-from mmc_ray.pipeline.dispatch import RayDispatcher
-from mmc_ray.pipeline.search import TreeSearchStage, search_dataset, search_to_dir
-from mmc_ray.pipeline.shards import shard_paths
+from mmc_ray.stages.search import search_to_dir
+from mmc_ray.store.shards import shard_paths
 from mmc_ray.tasks.generator import generate_problems
+from mmc_ray.workers.dispatch import RayDispatcher
 from mmc_ray.workers.group import create_worker_group
 from mmc_ray.workers.role_worker import PolicyWorker
 
@@ -71,38 +70,12 @@ def test_killing_a_worker_mid_search_loses_and_duplicates_nothing(ray_local, tmp
     assert sorted(r["problem_id"] for r in rows) == sorted(p.problem_id for p in problems)
 
 
-def test_search_as_a_ray_data_stage(ray_local):
-    problems = list(generate_problems(20, seed=5))
-    table = pa.Table.from_pylist([p.to_row() for p in problems])
-    group = create_worker_group(PolicyWorker, SIMULATED)
-    try:
-        trees = search_dataset(ray_local.data.from_arrow(table), group.workers,
-                               dataclasses.replace(SEARCH, max_active_trees=8)).take_all()
-    finally:
-        group.shutdown()
-    assert sorted(t["problem_id"] for t in trees) == sorted(p.problem_id for p in problems)
-    assert all(len(t["nodes"]) == t["num_nodes"] > 1 for t in trees)
-
-
-def test_the_search_stage_passes_finished_trees_on_in_groups(ray_local):
-    problems = list(generate_problems(10, seed=5))
-    table = pa.Table.from_pylist([p.to_row() for p in problems])
-    group = create_worker_group(PolicyWorker, SIMULATED)
-    try:
-        stage = TreeSearchStage(group.workers, dataclasses.replace(SEARCH, max_active_trees=4), emit_every=3)
-        blocks = list(stage(table))
-    finally:
-        group.shutdown()
-    assert [b.num_rows for b in blocks] == [3, 3, 3, 1]
-    assert sorted(r["problem_id"] for b in blocks for r in b.to_pylist()) == sorted(p.problem_id for p in problems)
-
-
 def test_control_methods_answer_while_generating_and_reload_swaps(ray_local):
     group = create_worker_group(PolicyWorker, dataclasses.replace(
         SIMULATED, resources=ResourcesConfig(replicas=1, num_cpus=0.5)))
     worker = group.workers[0]
     try:
-        from mmc_ray.engines.base import GenerationRequest
+        from mmc_ray.generation import GenerationRequest
         from mmc_ray.tasks.prompts import solve_messages
 
         problem = next(generate_problems(1))
@@ -136,9 +109,9 @@ def test_placement_fails_clearly_when_the_cluster_is_too_small(ray_local):
 def test_annotate_streams_through_ray_data(ray_local, tmp_path):
     from mmc_ray.config import Config
     from mmc_ray.engines.simulated import SimulatedActorEngine
-    from mmc_ray.pipeline.annotate import annotate_to_dir
-    from mmc_ray.pipeline.dataset_card import card_stats
-    from mmc_ray.pipeline.dispatch import LocalDispatcher
+    from mmc_ray.stages.annotate import annotate_to_dir
+    from mmc_ray.stages.dataset_card import card_stats
+    from mmc_ray.workers.dispatch import LocalDispatcher
 
     trees = tmp_path / "trees"
     search_to_dir(list(generate_problems(24, seed=8)), LocalDispatcher(SimulatedActorEngine(SIMULATED.simulator)),

@@ -14,9 +14,9 @@ from serve_payloads import B64_IMAGE, PROBLEM, critique_body, free_port, statuse
 
 from mmc_ray.config import Config, EngineConfig, RefineConfig, ServeConfig, SimulatorConfig
 from mmc_ray.critique.prompts import critic_messages
-from mmc_ray.engines.base import GenerationRequest
 from mmc_ray.engines.openai import OpenAIEngine
 from mmc_ray.engines.simulated import SimulatedActorEngine
+from mmc_ray.generation import GenerationRequest
 from mmc_ray.refine.loop import RefinementLoop
 from mmc_ray.tasks.generator import generate_problems
 

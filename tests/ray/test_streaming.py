@@ -9,11 +9,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from mmc_ray.config import Config, ResourcesConfig, SimulatorConfig
-from mmc_ray.pipeline import stages
-from mmc_ray.pipeline.dataset_card import card_stats
-from mmc_ray.pipeline.search import TREE_SHARD_PREFIX
-from mmc_ray.pipeline.shards import finished_ids
-from mmc_ray.pipeline.streaming import SEARCH_DONE, UPSTREAM_DONE, streamed_round
+from mmc_ray.orchestration import commands
+from mmc_ray.orchestration.streaming import SEARCH_DONE, UPSTREAM_DONE, streamed_round
+from mmc_ray.stages.dataset_card import card_stats
+from mmc_ray.store.layout import TREES
+from mmc_ray.store.shards import finished_ids
 
 pytestmark = pytest.mark.slow
 
@@ -33,11 +33,11 @@ def round_cfg(model):
 def test_streamed_round_matches_stage_by_stage_outputs(ray_local, tiny_vlm_path, tmp_path):
     cfg = round_cfg(tiny_vlm_path)
     problems = tmp_path / "problems.parquet"
-    stages.write_tasks(cfg.tasks, problems)
+    commands.write_tasks(cfg.tasks, problems)
     streamed = streamed_round(cfg, problems, tmp_path / "s" / "trees", tmp_path / "s" / "ds", tmp_path / "s" / "critic")
     assert streamed.metrics["step"] == 3 and (tmp_path / "s" / "critic" / "hf" / "config.json").exists()
-    stages.search(cfg, problems, tmp_path / "q" / "trees")
-    stages.annotate(cfg, tmp_path / "q" / "trees", tmp_path / "q" / "ds")
+    commands.search(cfg, problems, tmp_path / "q" / "trees")
+    commands.annotate(cfg, tmp_path / "q" / "trees", tmp_path / "q" / "ds")
 
     def ids(folder, column):
         return sorted(pq.read_table(folder, columns=[column]).column(column).to_pylist())
@@ -61,7 +61,7 @@ def test_a_search_failure_fails_the_round_with_its_cause(ray_local, tiny_vlm_pat
     forever, and the round raises the search's error as the cause."""
     cfg = round_cfg(tiny_vlm_path)
     problems = tmp_path / "p.parquet"
-    stages.write_tasks(cfg.tasks, problems)
+    commands.write_tasks(cfg.tasks, problems)
     table = pq.read_table(problems)
     pq.write_table(pa.concat_tables([table, table.slice(0, 1)]), problems)
     with pytest.raises(RuntimeError, match="streamed round: search failed") as failure:
@@ -83,14 +83,14 @@ def test_a_failed_fit_stops_the_search_and_keeps_its_finished_trees(ray_local, t
         cfg, actor=dataclasses.replace(cfg.actor, simulator=SimulatorConfig(call_latency_s=3.0)),
         train=dataclasses.replace(cfg.train, init_model=str(broken), max_failures=0))
     problems = tmp_path / "p.parquet"
-    stages.write_tasks(cfg.tasks, problems)
+    commands.write_tasks(cfg.tasks, problems)
     with pytest.raises(Exception, match="Training failed") as failure:
         streamed_round(cfg, problems, tmp_path / "t", tmp_path / "d", tmp_path / "c")
     assert "search failed" not in str(failure.value)
     assert "SearchStopped" in json.loads((tmp_path / "c" / SEARCH_DONE).read_text())["error"]
-    kept = finished_ids(tmp_path / "t", TREE_SHARD_PREFIX, "problem_id")
+    kept = finished_ids(tmp_path / "t", TREES, "problem_id")
     assert len(kept) < cfg.tasks.n
-    assert stages.search(round_cfg(tiny_vlm_path), problems, tmp_path / "t").resumed == len(kept)
+    assert commands.search(round_cfg(tiny_vlm_path), problems, tmp_path / "t").resumed == len(kept)
 
 
 def test_a_fit_that_ends_early_waits_for_the_search(ray_local, tiny_vlm_path, tmp_path):
@@ -100,15 +100,15 @@ def test_a_fit_that_ends_early_waits_for_the_search(ray_local, tiny_vlm_path, tm
     One training worker: Ray Train's equal split holds a block back from two until more come."""
     cfg = round_cfg(tiny_vlm_path)
     earlier = tmp_path / "round-1-problems.parquet"
-    stages.write_tasks(dataclasses.replace(cfg.tasks, n=48, seed=99), earlier)  # a few steps' worth
-    stages.search(cfg, earlier, tmp_path / "round-1-trees")
-    stages.annotate(cfg, tmp_path / "round-1-trees", tmp_path / "ds")
+    commands.write_tasks(dataclasses.replace(cfg.tasks, n=48, seed=99), earlier)  # a few steps' worth
+    commands.search(cfg, earlier, tmp_path / "round-1-trees")
+    commands.annotate(cfg, tmp_path / "round-1-trees", tmp_path / "ds")
     rows_before = card_stats(tmp_path / "ds")["rows"]
     cfg = dataclasses.replace(
         cfg, actor=dataclasses.replace(cfg.actor, simulator=SimulatorConfig(observe_error_rate=0.3, call_latency_s=3.0)),
         train=dataclasses.replace(cfg.train, max_steps=1, checkpoint_every=1, num_workers=1))
     problems = tmp_path / "p.parquet"
-    stages.write_tasks(cfg.tasks, problems)
+    commands.write_tasks(cfg.tasks, problems)
     summary = streamed_round(cfg, problems, tmp_path / "t", tmp_path / "ds", tmp_path / "c")
     assert summary.metrics["step"] == 1
     search_ended = (tmp_path / "c" / SEARCH_DONE).stat().st_mtime

@@ -14,14 +14,14 @@ import ray
 import ray.train
 
 from mmc_ray.config import Config, SearchConfig, SimulatorConfig
-from mmc_ray.engines.base import GenerationRequest
 from mmc_ray.engines.hf import HFEngine
 from mmc_ray.engines.simulated import SimulatedActorEngine
-from mmc_ray.pipeline.annotate import annotate_to_dir
-from mmc_ray.pipeline.dispatch import LocalDispatcher
-from mmc_ray.pipeline.search import search_to_dir
+from mmc_ray.generation import GenerationRequest
+from mmc_ray.stages.annotate import annotate_to_dir
+from mmc_ray.stages.search import search_to_dir
 from mmc_ray.tasks.generator import generate_problems
 from mmc_ray.train.trainer import STATE_FILE, latest_checkpoint, train
+from mmc_ray.workers.dispatch import LocalDispatcher
 
 pytestmark = pytest.mark.slow
 

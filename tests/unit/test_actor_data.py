@@ -7,14 +7,15 @@ import pytest
 
 from mmc_ray.config import SearchConfig, SimulatorConfig
 from mmc_ray.engines.simulated import SimulatedActorEngine
-from mmc_ray.pipeline.actor_data import actor_sft_rows, write_actor_data
-from mmc_ray.pipeline.dispatch import LocalDispatcher
-from mmc_ray.pipeline.search import TREE_SHARD_PREFIX, run_search, tree_row
-from mmc_ray.pipeline.shards import ShardWriter
 from mmc_ray.schemas import ACTOR_SFT_SCHEMA, TREE_SCHEMA
+from mmc_ray.stages.actor_data import actor_sft_rows, write_actor_data
+from mmc_ray.stages.search import run_search, tree_row
+from mmc_ray.store.layout import TREES
+from mmc_ray.store.shards import ShardWriter
 from mmc_ray.tasks.generator import generate_problems
 from mmc_ray.tasks.scoring import answers_match
 from mmc_ray.tasks.solution import parse_reasoning
+from mmc_ray.workers.dispatch import LocalDispatcher
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,7 @@ def test_a_tree_without_its_problem_is_an_error(searched):
 
 def test_written_once_and_kept_on_rerun(searched, tmp_path):
     problems, trees = searched
-    writer = ShardWriter(tmp_path / "trees", TREE_SHARD_PREFIX, TREE_SCHEMA, shard_size=8)
+    writer = ShardWriter(tmp_path / "trees", TREES, TREE_SCHEMA, shard_size=8)
     for tree in trees:
         writer.add(tree)
     writer.flush()

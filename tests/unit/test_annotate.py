@@ -8,16 +8,16 @@ import pytest
 from mmc_ray.config import Config, SearchConfig, SimulatorConfig
 from mmc_ray.critique.prompts import FORMAT_SPEC
 from mmc_ray.critique.schema import Critique
-from mmc_ray.engines.base import Completion, GenerationResult
 from mmc_ray.engines.simulated import SimulatedActorEngine
-from mmc_ray.pipeline.annotate import annotate_to_dir, mine_tree_rows
-from mmc_ray.pipeline.dataset_card import SPLITS, card_stats
-from mmc_ray.pipeline.dispatch import LocalDispatcher
-from mmc_ray.pipeline.search import search_to_dir
-from mmc_ray.pipeline.shards import shard_paths
+from mmc_ray.generation import Completion, GenerationResult
+from mmc_ray.stages.annotate import annotate_to_dir, mine_tree_rows
+from mmc_ray.stages.dataset_card import SPLITS, card_stats
+from mmc_ray.stages.search import search_to_dir
+from mmc_ray.store.shards import shard_paths
 from mmc_ray.tasks.generator import generate_problems
 from mmc_ray.tasks.problem import Problem
 from mmc_ray.workers.annotator import LLMAnnotator
+from mmc_ray.workers.dispatch import LocalDispatcher
 
 CFG = Config()
 SEARCH = SearchConfig(num_simulations=8, expansion_width=3, rollouts_per_node=3, max_active_trees=32,

@@ -44,7 +44,7 @@ def test_config_is_frozen():
         (["tiny_model.num_heads=3"], "tiny_model.hidden_size: must be divisible by num_heads"),
         (["generate.n=true"], "generate.n: expected int, got True"),
         (["novalue"], "is not of the form dotted.key=value"),
-        (["annotate.mining.low_value=0.9"], "annotate.mining: need 0 <= low_value < high_value <= 1"),
+        (["annotate.mining.low_value=0.9"], "annotate.mining.low_value: need 0 <= low_value < high_value <= 1"),
         (["generate.n.x=1"], "generate.n is not a section"),
         (["actor.kind=vllm", "actor.device=cpu", "actor.tensor_parallel_size=2"],
          "actor.tensor_parallel_size: kind=vllm on device=cpu runs one process per replica"),

@@ -6,8 +6,8 @@ import time
 import pyarrow as pa
 import pytest
 
-from mmc_ray.pipeline.growing_shards import UpstreamFailed, mark_done, tail_shards
-from mmc_ray.pipeline.shards import ShardWriter
+from mmc_ray.store.growing import UpstreamFailed, mark_done, tail_shards
+from mmc_ray.store.shards import ShardWriter
 
 SCHEMA = pa.schema([("id", pa.string())])
 

@@ -5,21 +5,20 @@ import re
 
 import pytest
 
-from mmc_ray.config import SearchConfig, SimulatorConfig
+from mmc_ray.config import PairMiningConfig, SearchConfig, SimulatorConfig
 from mmc_ray.engines.simulated import SimulatedActorEngine
 from mmc_ray.mcts.pairs import (
     MinedPath,
-    PairMiningConfig,
     balanced_sample,
     correct_paths,
     mine_pairs,
     mine_pairs_from_row,
 )
 from mmc_ray.mcts.tree import Generation, Node, Rollout, SearchResult, SearchTree, Verdict
-from mmc_ray.pipeline.dispatch import LocalDispatcher
-from mmc_ray.pipeline.search import run_search, tree_row
+from mmc_ray.stages.search import run_search, tree_row
 from mmc_ray.tasks.generator import generate_problems
 from mmc_ray.tasks.scoring import answers_match
+from mmc_ray.workers.dispatch import LocalDispatcher
 
 CFG = PairMiningConfig(no_error_per_problem=0)
 OK = ("Answer: 5", "5", True)

@@ -7,13 +7,13 @@ import pytest
 from mmc_ray.config import RefineConfig, SimulatorConfig
 from mmc_ray.critique.prompts import solution_in_critic_prompt
 from mmc_ray.critique.schema import Critique
-from mmc_ray.engines.base import Completion, GenerationResult, message_text
 from mmc_ray.engines.rule_critic import RuleCriticEngine
 from mmc_ray.engines.simulated import SimulatedActorEngine
 from mmc_ray.eval.metrics import evaluate
-from mmc_ray.pipeline.shards import shard_paths
+from mmc_ray.generation import Completion, GenerationResult, message_text
 from mmc_ray.refine.loop import STOP_BUDGET, STOP_CORRECT, STOP_UNPARSEABLE, RefinementLoop
 from mmc_ray.refine.run import refine_to_dir
+from mmc_ray.store.shards import shard_paths
 from mmc_ray.tasks.generator import generate_problems
 from mmc_ray.tasks.solution import reference_step_texts
 

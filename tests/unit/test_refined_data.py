@@ -6,10 +6,10 @@ import pyarrow.parquet as pq
 from mmc_ray.config import Config, RefineConfig, SimulatorConfig
 from mmc_ray.engines.rule_critic import RuleCriticEngine
 from mmc_ray.engines.simulated import SimulatedActorEngine
-from mmc_ray.pipeline.annotate import annotate_refinement_to_dir, make_split_of
-from mmc_ray.pipeline.dataset_card import SPLITS, card_stats
-from mmc_ray.pipeline.shards import shard_paths
 from mmc_ray.refine.loop import RefinementLoop
+from mmc_ray.stages.annotate import annotate_refinement_to_dir, make_split_of
+from mmc_ray.stages.dataset_card import SPLITS, card_stats
+from mmc_ray.store.shards import shard_paths
 from mmc_ray.tasks.generator import generate_problems
 
 CFG = Config()

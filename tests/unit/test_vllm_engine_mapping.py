@@ -19,7 +19,6 @@ import pytest
 from PIL import Image
 
 from mmc_ray.config import EngineConfig, ResourcesConfig
-from mmc_ray.engines.base import GenerationRequest
 from mmc_ray.engines.vllm import (
     CallGate,
     PreparedBatch,
@@ -33,6 +32,7 @@ from mmc_ray.engines.vllm import (
     to_completion,
     to_result,
 )
+from mmc_ray.generation import GenerationRequest
 from mmc_ray.models.loading import decode_image
 
 

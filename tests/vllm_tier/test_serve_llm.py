@@ -18,8 +18,8 @@ from serve_payloads import PROBLEM, critique_body, free_port, statuses_across_re
 
 from mmc_ray.config import Config, EngineConfig, ResourcesConfig, ServeConfig
 from mmc_ray.critique.prompts import critic_messages
-from mmc_ray.engines.base import GenerationRequest
 from mmc_ray.engines.openai import OpenAIEngine
+from mmc_ray.generation import GenerationRequest
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 TOKEN = "s3cret"

@@ -16,10 +16,10 @@ from mmc_ray.config import (
     SimulatorConfig,
 )
 from mmc_ray.engines.simulated import SimulatedActorEngine
-from mmc_ray.pipeline.dispatch import LocalDispatcher
-from mmc_ray.pipeline.search import search_to_dir
-from mmc_ray.pipeline.shards import shard_paths
+from mmc_ray.stages.search import search_to_dir
+from mmc_ray.store.shards import shard_paths
 from mmc_ray.tasks.generator import generate_problems
+from mmc_ray.workers.dispatch import LocalDispatcher
 from mmc_ray.workers.group import create_worker_group
 from mmc_ray.workers.role_worker import PolicyWorker
 
@@ -63,8 +63,8 @@ def test_search_on_vllm_policy_workers_survives_a_killed_worker(ray_local, tiny_
 
 
 def test_llm_annotator_on_vllm_workers_accounts_for_every_pair(ray_local, tiny_vlm_path, tmp_path):
-    from mmc_ray.pipeline.annotate import annotate_to_dir, mine_tree_rows
-    from mmc_ray.pipeline.dataset_card import card_stats
+    from mmc_ray.stages.annotate import annotate_to_dir, mine_tree_rows
+    from mmc_ray.stages.dataset_card import card_stats
 
     trees = tmp_path / "trees"
     search_to_dir(list(generate_problems(6, seed=21)),

@@ -58,11 +58,6 @@ def join_words(words: Sequence[str]) -> str:
     return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
 
 
-def pick_distinct(rng: random.Random, n: int, low: int, high: int) -> list[int]:
-    """`n` distinct integers in [low, high], in random order."""
-    return rng.sample(range(low, high + 1), n)
-
-
 # Imported last: the family modules import TaskInstance and the helpers above from this package.
 from mmc_ray.tasks.families import arithmetic, bar_chart, counting, geometry  # noqa: E402
 

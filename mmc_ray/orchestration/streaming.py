@@ -24,21 +24,17 @@ from typing import Any
 
 import pyarrow as pa
 
+from mmc_ray.background import BackgroundTask
 from mmc_ray.config import Config
-from mmc_ray.pipeline.annotate import (
-    DROPS_PREFIX,
-    annotate_dataset,
-    annotate_metrics,
-    finished_pair_ids,
-    make_split_of,
-)
-from mmc_ray.pipeline.dataset_card import SPLITS, write_card
-from mmc_ray.pipeline.growing_shards import TAIL_CPUS, mark_done, read_growing_shards
-from mmc_ray.pipeline.search import TREE_SHARD_PREFIX, search_to_dir
-from mmc_ray.pipeline.shards import ShardWriter
+from mmc_ray.errors import NotEnoughResources
 from mmc_ray.ray_runtime import actor_pool
-from mmc_ray.schemas import CRITIQUE_SCHEMA, DROP_SCHEMA, TREE_SCHEMA
-from mmc_ray.workers.annotator import split_outcomes
+from mmc_ray.schemas import CRITIQUE_SCHEMA, TREE_SCHEMA
+from mmc_ray.stages.annotate import annotate_dataset, annotate_metrics, make_split_of, write_outcomes
+from mmc_ray.stages.dataset_card import write_card
+from mmc_ray.stages.search import search_to_dir
+from mmc_ray.store.dataset import DatasetWriter, finished_pair_ids
+from mmc_ray.store.growing import TAIL_CPUS, mark_done, read_growing_shards
+from mmc_ray.store.layout import TREES, data_dir
 
 TREES_PER_SHARD = 16  # finished trees written (and so passed on) together: annotation starts early
 LIGHT_CPUS = 0.1     # mining and rule annotation run beside the policy and training workers
@@ -51,22 +47,13 @@ class DatasetSink:
     """Outcome rows in: critiques and drops written to the dataset folder; their counts out."""
 
     def __init__(self, out_dir: str, shard_size: int) -> None:
-        out = Path(out_dir)
-        self.writers = {s: ShardWriter(out / "data", s, CRITIQUE_SCHEMA, shard_size) for s in SPLITS}
-        self.drops = ShardWriter(out / DROPS_PREFIX, DROPS_PREFIX, DROP_SCHEMA, shard_size)
+        self.writer = DatasetWriter(out_dir, shard_size)
         self.metrics = annotate_metrics()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        critiques, drops = split_outcomes(batch)
-        self.metrics.inc("critiques", len(critiques))
-        self.metrics.inc("drops", len(drops))
-        for row in critiques:
-            self.writers[row["split"]].add(row)
-        for row in drops:
-            self.drops.add(row)
-        for writer in (*self.writers.values(), self.drops):
-            writer.flush()  # on disk before the rows go on: a crash loses nothing written
-        return pa.table({"critiques": [len(critiques)], "drops": [len(drops)]})
+        critiques, drops = write_outcomes(batch, self.writer, self.metrics)
+        self.writer.flush()  # on disk before the rows go on: a crash loses nothing written
+        return pa.table({"critiques": [critiques], "drops": [drops]})
 
 
 @contextlib.contextmanager
@@ -94,7 +81,7 @@ def _check_room(cfg: Config, cpus: float) -> None:
     training = cfg.train.num_workers * cfg.train.cpus_per_worker
     light = 2 * LIGHT_CPUS + 2 * TAIL_CPUS  # mining, rule annotation, the trees' and the dataset's readers
     if policy + training + light > cpus:
-        raise RuntimeError(
+        raise NotEnoughResources(
             f"streamed round: policy workers ({policy:g} CPU) + training workers ({training:g}) + data "
             f"stages ({light:g}) need more than the cluster's {cpus:g} CPUs; lower actor.resources.num_cpus "
             f"or train.cpus_per_worker, or set pipeline.streaming=false")
@@ -103,7 +90,7 @@ def _check_room(cfg: Config, cpus: float) -> None:
 def _annotate_graph(cfg: Config, trees_dir: Path, search_done: Path, dataset_dir: Path) -> Any:
     """trees/ as it grows → annotate → the dataset folder, as one Ray Data graph (not yet running)."""
     with _small_blocks():
-        trees = read_growing_shards(trees_dir, TREE_SHARD_PREFIX, search_done, TREE_SCHEMA)
+        trees = read_growing_shards(trees_dir, TREES, search_done, TREE_SCHEMA)
     split_of = make_split_of(cfg.annotate.split_fractions, cfg.annotate.seed)
     outcomes = annotate_dataset(trees, cfg, split_of, skip=finished_pair_ids(dataset_dir),
                                 light_cpus=LIGHT_CPUS)
@@ -121,34 +108,18 @@ def _count_outcomes(graph: Any) -> dict[str, int]:
     return counts
 
 
-class _Background:
-    """Runs `work` on a driver thread; when it ends, `done_file` tells the folder's readers whether
-    it failed and why, so none of them waits forever."""
+def _folder_writer(name: str, work: Callable[[], Any], done_file: Path) -> BackgroundTask:
+    """`work` on a driver thread; when it ends, `done_file` tells the folder's readers whether it
+    failed and why, so none of them waits forever."""
+    return BackgroundTask(name, work, on_exit=lambda error: mark_done(
+        done_file, error=None if error is None else f"{type(error).__name__}: {error}"))
 
-    def __init__(self, name: str, work: Callable[[], Any], done_file: Path) -> None:
-        self.name = name
-        self.result: Any = None
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(work, done_file), name=name, daemon=True)
-        self._thread.start()
 
-    def _run(self, work: Callable[[], Any], done_file: Path) -> None:
-        try:
-            self.result = work()
-        except BaseException as e:  # the folder's readers raise it too; join re-raises it on the driver
-            self.error = e
-            mark_done(done_file, error=f"{type(e).__name__}: {e}")
-        else:
-            mark_done(done_file)
-
-    def wait(self) -> None:
-        self._thread.join()
-
-    def join(self) -> Any:
-        self.wait()
-        if self.error is not None:
-            raise RuntimeError(f"streamed round: {self.name} failed") from self.error
-        return self.result
+def _outcome(stage: BackgroundTask) -> Any:
+    try:
+        return stage.join()
+    except BaseException as e:
+        raise RuntimeError(f"streamed round: {stage.name} failed") from e
 
 
 def streamed_round(cfg: Config, problems_path: Path, trees_dir: Path, dataset_dir: Path,
@@ -157,11 +128,11 @@ def streamed_round(cfg: Config, problems_path: Path, trees_dir: Path, dataset_di
     returns the trainer's `TrainSummary`."""
     import ray
 
-    from mmc_ray.pipeline.dispatch import RayDispatcher
-    from mmc_ray.pipeline.stages import print_search_summary
+    from mmc_ray.orchestration.commands import print_search_summary
     from mmc_ray.ray_runtime import init_ray
     from mmc_ray.tasks.benchmark import load_problem_file
     from mmc_ray.train.trainer import train
+    from mmc_ray.workers.dispatch import RayDispatcher
     from mmc_ray.workers.group import create_worker_group
     from mmc_ray.workers.role_worker import PolicyWorker
 
@@ -176,12 +147,12 @@ def streamed_round(cfg: Config, problems_path: Path, trees_dir: Path, dataset_di
     group = create_worker_group(PolicyWorker, cfg.actor)
     try:
         dispatcher = RayDispatcher(group.workers, inflight_per_worker=cfg.actor.concurrent_batches + 1)
-        search = _Background("search", lambda: search_to_dir(
+        search = _folder_writer("search", lambda: search_to_dir(
             problems, dispatcher, search_cfg, trees_dir, progress=False, stop=stop), search_done)
         graph = _annotate_graph(cfg, trees_dir, search_done, dataset_dir)
-        annotation = _Background("annotation", lambda: _count_outcomes(graph), upstream_done)
+        annotation = _folder_writer("annotation", lambda: _count_outcomes(graph), upstream_done)
         with _small_blocks():
-            rows = read_growing_shards(dataset_dir / "data", "train", upstream_done, CRITIQUE_SCHEMA)
+            rows = read_growing_shards(data_dir(dataset_dir), "train", upstream_done, CRITIQUE_SCHEMA)
         try:
             summary = train(cfg, dataset_dir, critic_dir, stream=rows)
         except BaseException:
@@ -190,10 +161,10 @@ def streamed_round(cfg: Config, problems_path: Path, trees_dir: Path, dataset_di
             for stage in (search, annotation):
                 stage.wait()  # finished trees and critiques are written (a rerun resumes from them)
             if causes:  # the root cause, not the trainer's echo of it
-                causes[0].join()
+                _outcome(causes[0])
             raise
         # A fit that reached max_steps early leaves the search running: it finishes with its workers.
-        searched, counts = search.join(), annotation.join()
+        searched, counts = _outcome(search), _outcome(annotation)
     finally:
         stop.set()  # a search still running (the round failed before training) stops before its workers go
         group.shutdown()

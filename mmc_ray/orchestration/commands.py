@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from mmc_ray.config import Config, TasksConfig
-
-RECORDS = "records"  # `refine --out DIR`: DIR/records/refine-*.parquet and DIR/report/
+from mmc_ray.store.layout import records_dir, report_dir, tree_shards
 
 
 def write_tasks(cfg: TasksConfig, out: Path) -> int:
@@ -31,7 +30,7 @@ def write_tasks(cfg: TasksConfig, out: Path) -> int:
 
 def generate(cfg: Config, problems_path: Path, out: Path) -> Any:
     from mmc_ray.engines.factory import build_engine
-    from mmc_ray.pipeline.generate import run_generate
+    from mmc_ray.stages.generate import run_generate
     from mmc_ray.tasks.benchmark import load_problem_file
 
     problems = load_problem_file(problems_path)
@@ -40,19 +39,19 @@ def generate(cfg: Config, problems_path: Path, out: Path) -> Any:
 
 
 def search(cfg: Config, problems_path: Path, out: Path, local: bool = False) -> Any:
-    from mmc_ray.pipeline.search import search_to_dir
+    from mmc_ray.stages.search import search_to_dir
     from mmc_ray.tasks.benchmark import load_problem_file
 
     problems = load_problem_file(problems_path)
     if local:
         from mmc_ray.engines.factory import build_engine
-        from mmc_ray.pipeline.dispatch import LocalDispatcher
+        from mmc_ray.workers.dispatch import LocalDispatcher
 
         dispatcher = LocalDispatcher(build_engine(cfg.actor), cfg.actor.concurrent_batches)
         summary = search_to_dir(problems, dispatcher, cfg.search, out)
     else:
-        from mmc_ray.pipeline.dispatch import RayDispatcher
         from mmc_ray.ray_runtime import init_ray
+        from mmc_ray.workers.dispatch import RayDispatcher
         from mmc_ray.workers.group import create_worker_group
         from mmc_ray.workers.role_worker import PolicyWorker
 
@@ -69,8 +68,8 @@ def search(cfg: Config, problems_path: Path, out: Path, local: bool = False) -> 
 
 def annotate(cfg: Config, trees: Path, out: Path, local: bool = False) -> dict[str, Any]:
     """Annotate; returns the dataset card's statistics."""
-    from mmc_ray.pipeline.annotate import annotate_to_dir
-    from mmc_ray.pipeline.dataset_card import card_stats
+    from mmc_ray.stages.annotate import annotate_to_dir
+    from mmc_ray.stages.dataset_card import card_stats
 
     summary = annotate_to_dir(trees, out, cfg, local=local)
     stats = card_stats(out)
@@ -128,12 +127,12 @@ def refine(cfg: Config, problems_path: Path, out: Path, local: bool = False,
 
     problems = load_problem_file(problems_path)
     with nullcontext(engines) if engines is not None else refine_engines(cfg, local) as (actor, critic):
-        summary = refine_to_dir(problems, actor, critic, cfg.refine, out / RECORDS)
+        summary = refine_to_dir(problems, actor, critic, cfg.refine, records_dir(out))
         names = {"actor": actor.name, "critic": critic.name}
     print(f"refine: {summary.problems} problems refined, {summary.resumed} already done; "
           f"{summary.rounds} rounds in {summary.seconds:.1f}s")
     r = cfg.refine
-    return report(out / RECORDS, out / "report", {
+    return report(records_dir(out), report_dir(out), {
         "title": title, "problems": str(problems_path), **names,
         "critic model": {"hf": cfg.critic.model_path, "vllm": cfg.critic.model_path,
                          "openai": cfg.critic.base_url}.get(cfg.critic.kind, cfg.critic.kind),
@@ -161,10 +160,8 @@ def report(refine_dir: Path, out: Path, context: dict[str, Any]) -> Any:
 def print_search_summary(summary, out: Path) -> None:
     import pyarrow.parquet as pq
 
-    from mmc_ray.pipeline.shards import shard_paths
-
     columns = ["terminal_correct", "terminal_wrong", "root_value"]
-    rows = [r for p in shard_paths(out, "trees") for r in pq.read_table(p, columns=columns).to_pylist()]
+    rows = [r for p in tree_shards(out) for r in pq.read_table(p, columns=columns).to_pylist()]
     divergent = sum(bool(r["terminal_correct"] and r["terminal_wrong"]) for r in rows)
     print(f"search: {summary.trees} trees searched, {summary.resumed} already done, "
           f"{len(summary.skipped)} skipped; {summary.expansions} expansions, {summary.rollouts} rollouts, "

@@ -10,33 +10,31 @@ worker; requests that fail three times become failed generations, counted in the
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 from tqdm import tqdm
 
 from mmc_ray.config import SearchConfig
-from mmc_ray.engines.base import GenerationRequest, GenerationResult
+from mmc_ray.errors import BadInput
+from mmc_ray.generation import GenerationRequest, GenerationResult
 from mmc_ray.mcts.tree import Generation, SearchRequest, SearchResult, SearchTree, Verdict
 from mmc_ray.metrics import StageMetrics
-from mmc_ray.pipeline.dispatch import Dispatcher, WorkerLost
-from mmc_ray.pipeline.shards import ShardWriter, finished_ids
-from mmc_ray.ray_runtime import actor_pool
 from mmc_ray.schemas import TREE_SCHEMA
+from mmc_ray.store.layout import TREES
+from mmc_ray.store.shards import ShardWriter, finished_ids
 from mmc_ray.tasks.problem import Problem, image_error
 from mmc_ray.tasks.prompts import solve_request
 from mmc_ray.tasks.scoring import answers_match, extract_answer
+from mmc_ray.workers.dispatch import Dispatcher, WorkerLost
 
 log = logging.getLogger(__name__)
 MAX_BATCH_ATTEMPTS = 3
-TREE_SHARD_PREFIX = "trees"
 
 
 class SearchStopped(RuntimeError):
@@ -166,7 +164,7 @@ class _Driver:
                 self.summary.skipped.append((problem.problem_id, f"broken image: {reason}"))
                 self.bar.update(1)
             elif problem.problem_id in self.active:
-                raise ValueError(f"problem id {problem.problem_id!r} appears twice in the input")
+                raise BadInput(f"problem id {problem.problem_id!r} appears twice in the input")
             else:
                 tree = SearchTree(problem.problem_id, self.cfg, search_judge(problem), self.cfg.seed)
                 self.active[problem.problem_id] = (problem, tree)
@@ -246,9 +244,9 @@ def search_to_dir(problems: Sequence[Problem], dispatcher: Dispatcher, cfg: Sear
                   out_dir: str | Path, progress: bool = True,
                   stop: threading.Event | None = None) -> SearchSummary:
     """Search into `out_dir/trees-NNNNN.parquet`, skipping problems already there (resume)."""
-    done = finished_ids(out_dir, TREE_SHARD_PREFIX, "problem_id")
+    done = finished_ids(out_dir, TREES, "problem_id")
     todo = [p for p in problems if p.problem_id not in done]
-    writer = ShardWriter(out_dir, TREE_SHARD_PREFIX, TREE_SCHEMA, cfg.shard_size)
+    writer = ShardWriter(out_dir, TREES, TREE_SCHEMA, cfg.shard_size)
     try:
         summary = run_search(todo, dispatcher, cfg, lambda p, t: writer.add(tree_row(p, t)), progress,
                              stop=stop)
@@ -256,63 +254,3 @@ def search_to_dir(problems: Sequence[Problem], dispatcher: Dispatcher, cfg: Sear
         writer.flush()  # keep every finished tree, even when the run is interrupted
     summary.resumed = len(problems) - len(todo)
     return summary
-
-
-class TreeSearchStage:
-    """Ray Data stage: a batch of problem rows in, one tree row per searchable problem out.
-
-    The whole batch is searched together (up to `max_active_trees` open at once, so requests batch
-    well), and finished trees leave in groups of `emit_every` while the rest are still searched, so
-    the stages after it start early. Use with one actor of `Dataset.map_batches(TreeSearchStage,
-    ...)`; the stage only orchestrates, the policy workers do the generation."""
-
-    def __init__(self, workers: Sequence[Any], cfg: SearchConfig, emit_every: int) -> None:
-        from mmc_ray.pipeline.dispatch import RayDispatcher
-
-        self.dispatcher = RayDispatcher(workers)
-        self.cfg = cfg
-        self.emit_every = emit_every
-
-    def __call__(self, batch: pa.Table) -> Iterator[pa.Table]:
-        problems = [Problem.from_row(r) for r in batch.to_pylist()]
-        finished: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        failure: list[BaseException] = []
-
-        def search() -> None:
-            try:
-                run_search(problems, self.dispatcher, self.cfg,
-                           lambda p, t: finished.put(tree_row(p, t)), progress=False)
-            except BaseException as e:  # re-raised below, in the stage's own thread
-                failure.append(e)
-            finally:
-                finished.put(None)
-
-        searcher = threading.Thread(target=search, name="tree-search", daemon=True)
-        searcher.start()
-        ready: list[dict[str, Any]] = []
-        while (row := finished.get()) is not None:
-            ready.append(row)
-            if len(ready) >= self.emit_every:
-                yield pa.Table.from_pylist(ready, schema=TREE_SCHEMA)
-                ready = []
-        searcher.join()
-        if failure:
-            raise failure[0]
-        yield pa.Table.from_pylist(ready, schema=TREE_SCHEMA)
-
-
-def search_dataset(problems: Any, workers: Sequence[Any], cfg: SearchConfig,
-                   batch_size: int | None = None, emit_every: int = 16) -> Any:
-    """Problems `ray.data.Dataset` → tree rows `Dataset`, streamed: later stages start reading
-    trees while search is still running. Each batch of `batch_size` problems (default 4 ×
-    `max_active_trees`) is searched with `max_active_trees` open at once, a new tree opening as one
-    finishes, so trees finish steadily rather than all at the end; they come out `emit_every` at a
-    time."""
-    return problems.map_batches(
-        TreeSearchStage,
-        fn_constructor_kwargs={"workers": list(workers), "cfg": cfg, "emit_every": emit_every},
-        batch_size=batch_size or 4 * cfg.max_active_trees,
-        batch_format="pyarrow",
-        compute=actor_pool(1),
-        num_cpus=0,
-    )

@@ -69,6 +69,11 @@ class GenerationResult:
     prompt_tokens: int
 
 
+def error_result(n: int, reason: str) -> GenerationResult:
+    """A request that failed as a whole: its `n` completions all say why."""
+    return GenerationResult(tuple(Completion("", "error", 0, error=reason) for _ in range(n)), 0)
+
+
 @runtime_checkable
 class GenerationEngine(Protocol):
     """`generate` returns one result per request, in request order."""
@@ -76,6 +81,28 @@ class GenerationEngine(Protocol):
     name: str
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]: ...
+
+
+# Optional abilities an engine may have beyond `generate`; callers check with isinstance.
+@runtime_checkable
+class ScoresContinuations(Protocol):
+    """Log-probability of each continuation after the request's prompt (the critic as a verifier)."""
+
+    def score(self, request: GenerationRequest, continuations: Sequence[str]) -> list[float]: ...
+
+
+@runtime_checkable
+class ReloadsInPlace(Protocol):
+    """Swaps its model in place (vLLM: two copies would not fit on the GPU)."""
+
+    def reload(self, model_path: str) -> None: ...
+
+
+@runtime_checkable
+class Closable(Protocol):
+    """Holds something (a process, a connection, GPU memory) that must be released."""
+
+    def close(self) -> None: ...
 
 
 def sampling_temperature(temperature: float) -> float:

@@ -13,13 +13,10 @@ import pyarrow.parquet as pq
 from mmc_ray.io import write_parquet_atomic
 from mmc_ray.mcts.pairs import correct_paths
 from mmc_ray.mcts.tree import nodes_from_rows
-from mmc_ray.pipeline.search import TREE_SHARD_PREFIX
-from mmc_ray.pipeline.shards import shard_paths
 from mmc_ray.schemas import ACTOR_SFT_SCHEMA
+from mmc_ray.store.layout import ACTOR_SFT_FILE, tree_shards
 from mmc_ray.tasks.problem import Problem
 from mmc_ray.tasks.solution import render_reasoning
-
-ACTOR_SFT_FILE = "actor-sft.parquet"
 
 
 @dataclass(frozen=True)
@@ -49,7 +46,7 @@ def write_actor_data(trees_dir: Path, problems: Iterable[Problem], out_dir: Path
     trains on the same rows)."""
     path = out_dir / ACTOR_SFT_FILE
     if not path.exists():
-        trees = (tree for shard in shard_paths(trees_dir, TREE_SHARD_PREFIX)
+        trees = (tree for shard in tree_shards(trees_dir)
                  for tree in pq.read_table(shard, columns=["problem_id", "nodes"]).to_pylist())
         rows = actor_sft_rows(trees, {p.problem_id: p for p in problems}, paths_per_problem)
         write_parquet_atomic(rows, ACTOR_SFT_SCHEMA, path)

@@ -23,19 +23,18 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from mmc_ray.config import AnnotateConfig, Config
+from mmc_ray.errors import MissingInput
 from mmc_ray.mcts.pairs import balanced_sample, mine_pairs_from_row
 from mmc_ray.metrics import StageMetrics
-from mmc_ray.pipeline.dataset_card import SPLITS, write_card
-from mmc_ray.pipeline.search import TREE_SHARD_PREFIX
-from mmc_ray.pipeline.shards import ShardWriter, finished_ids, shard_paths
 from mmc_ray.ray_runtime import actor_pool
-from mmc_ray.schemas import CRITIQUE_SCHEMA, DROP_SCHEMA, PAIR_SCHEMA, PROBLEM_SCHEMA
+from mmc_ray.schemas import PAIR_SCHEMA, PROBLEM_SCHEMA
 from mmc_ray.seeding import stable_unit
+from mmc_ray.stages.dataset_card import write_card
+from mmc_ray.store.dataset import DatasetWriter, finished_pair_ids
+from mmc_ray.store.layout import SPLITS, TREES, tree_shards
 from mmc_ray.tasks.problem import Problem
 from mmc_ray.tasks.solution import parse_reasoning
 from mmc_ray.workers.annotator import AnnotatorWorker, split_outcomes
-
-DROPS_PREFIX = "drops"
 
 
 def make_split_of(fractions: tuple[float, ...], seed: int) -> Callable[[str], str]:
@@ -95,7 +94,7 @@ class AnnotateSummary:
 
 
 def _tree_batches(trees_dir: Path, batch_size: int) -> Iterator[list[dict[str, Any]]]:
-    for path in shard_paths(trees_dir, TREE_SHARD_PREFIX):
+    for path in tree_shards(trees_dir):
         for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
             yield batch.to_pylist()
 
@@ -107,9 +106,9 @@ def annotate_to_dir(trees_dir: str | Path, out_dir: str | Path, cfg: Config, loc
                     progress: bool = True) -> AnnotateSummary:
     """Annotate every tree shard in `trees_dir` into the dataset folder `out_dir`."""
     trees_dir = Path(trees_dir)
-    if not shard_paths(trees_dir, TREE_SHARD_PREFIX):
-        raise FileNotFoundError(
-            f"no {TREE_SHARD_PREFIX}-*.parquet shards in {trees_dir} (run `mmc-ray search` first)")
+    if not tree_shards(trees_dir):
+        raise MissingInput(
+            f"no {TREES}-*.parquet shards in {trees_dir} (run `mmc-ray search` first)")
     source = _local_outcomes if local else _ray_outcomes
     return _write_dataset(out_dir, cfg, lambda done, split_of: source(trees_dir, cfg, done, split_of),
                           progress, unit="pair")
@@ -146,10 +145,13 @@ def annotate_metrics() -> StageMetrics:
     return StageMetrics("annotate", counters=("critiques", "drops"), gauges=())
 
 
-def finished_pair_ids(out_dir: Path) -> frozenset[str]:
-    """Pairs of a dataset folder that are done: critiqued (any split) or dropped."""
-    return frozenset(set().union(*(finished_ids(out_dir / "data", s, "pair_id") for s in SPLITS),
-                                 finished_ids(out_dir / DROPS_PREFIX, DROPS_PREFIX, "pair_id")))
+def write_outcomes(table: pa.Table, writer: DatasetWriter, metrics: StageMetrics) -> tuple[int, int]:
+    """An annotator's outcome table into the dataset's writer; returns (critiques, drops)."""
+    critiques, drops = split_outcomes(table)
+    metrics.inc("critiques", len(critiques))
+    metrics.inc("drops", len(drops))
+    writer.add(critiques, drops)
+    return len(critiques), len(drops)
 
 
 def _write_dataset(out_dir: str | Path, cfg: Config, source: OutcomeSource, progress: bool,
@@ -160,30 +162,22 @@ def _write_dataset(out_dir: str | Path, cfg: Config, source: OutcomeSource, prog
     acfg = cfg.annotate
     done = finished_pair_ids(out_dir)
     split_of = make_split_of(acfg.split_fractions, acfg.seed)
-    writers = {s: ShardWriter(out_dir / "data", s, CRITIQUE_SCHEMA, acfg.shard_size) for s in SPLITS}
-    drops = ShardWriter(out_dir / DROPS_PREFIX, DROPS_PREFIX, DROP_SCHEMA, acfg.shard_size)
+    writer = DatasetWriter(out_dir, acfg.shard_size)
     summary = AnnotateSummary(skipped_existing=len(done))
     start = time.perf_counter()
     bar = tqdm(desc="annotate", unit=unit, disable=not progress)
     metrics = annotate_metrics()
     try:
         for table in source(done, split_of):
-            critiques, dropped = split_outcomes(table)
-            metrics.inc("critiques", len(critiques))
-            metrics.inc("drops", len(dropped))
-            for row in critiques:
-                writers[row["split"]].add(row)
-            for row in dropped:
-                drops.add(row)
-            summary.critiques += len(critiques)
-            summary.drops += len(dropped)
+            critiques, drops = write_outcomes(table, writer, metrics)
+            summary.critiques += critiques
+            summary.drops += drops
             bar.update(table.num_rows)
             bar.set_postfix(critiques=summary.critiques, drops=summary.drops, refresh=False)
     finally:
         bar.close()
-        for writer in (*writers.values(), drops):
-            writer.flush()  # finished rows are kept even when the run is interrupted
-    summary.per_split = {s: w.rows_written for s, w in writers.items()}
+        writer.flush()  # finished rows are kept even when the run is interrupted
+    summary.per_split = writer.rows_per_split
     summary.seconds = time.perf_counter() - start
     summary.card = write_card(out_dir, cfg)
     return summary
@@ -222,6 +216,6 @@ def _ray_outcomes(trees_dir: Path, cfg: Config, done: frozenset[str],
     from mmc_ray.ray_runtime import init_ray
 
     init_ray()
-    trees = ray.data.read_parquet([str(p) for p in shard_paths(trees_dir, TREE_SHARD_PREFIX)])
+    trees = ray.data.read_parquet([str(p) for p in tree_shards(trees_dir)])
     yield from annotate_dataset(trees, cfg, split_of, done).iter_batches(batch_format="pyarrow",
                                                                           batch_size=None)

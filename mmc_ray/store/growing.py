@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mmc_ray.io import write_text_atomic
-from mmc_ray.pipeline.shards import shard_paths
+from mmc_ray.store.shards import shard_paths
 
 POLL_SECONDS = 0.5
 TAIL_CPUS = 0.05  # the reading task mostly waits for the next shard

@@ -12,7 +12,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from typing import Any, Protocol
 
-from mmc_ray.engines.base import GenerationEngine, GenerationRequest, GenerationResult
+from mmc_ray.generation import GenerationEngine, GenerationRequest, GenerationResult
 
 Outcome = list[GenerationResult] | BaseException
 

@@ -14,9 +14,9 @@ import yaml
 
 from mmc_ray import __version__
 from mmc_ray.config import Config, config_to_dict
-from mmc_ray.pipeline.shards import shard_paths
+from mmc_ray.store.layout import DROPS, SPLITS, data_dir, drops_dir
+from mmc_ray.store.shards import shard_paths
 
-SPLITS = ("train", "validation", "test")
 CARD_COLUMNS = ["split", "family", "kind", "divergence_depth", "verdict", "error_type", "annotator",
                 "agrees_with_reference", "problem_id"]
 
@@ -32,8 +32,8 @@ def _table(title: str, counts: Iterable[tuple[Any, int]], total: int) -> str:
 
 
 def card_stats(out_dir: Path) -> dict[str, Any]:
-    rows = [r for s in SPLITS for r in _rows(out_dir / "data", s, CARD_COLUMNS)]
-    drops = _rows(out_dir / "drops", "drops", ["reason", "family"])
+    rows = [r for s in SPLITS for r in _rows(data_dir(out_dir), s, CARD_COLUMNS)]
+    drops = _rows(drops_dir(out_dir), DROPS, ["reason", "family"])
     checked = [r["agrees_with_reference"] for r in rows if r["agrees_with_reference"] is not None]
     return {
         "rows": len(rows),
@@ -56,7 +56,7 @@ def write_card(out_dir: str | Path, cfg: Config) -> Path:
     out_dir = Path(out_dir)
     stats = card_stats(out_dir)
     total = max(1, stats["rows"])
-    present = [s for s in SPLITS if shard_paths(out_dir / "data", s)]
+    present = [s for s in SPLITS if shard_paths(data_dir(out_dir), s)]
     header = {"configs": [{"config_name": "default", "data_files": [
         {"split": s, "path": f"data/{s}-*.parquet"} for s in present]}],
         "tags": ["mmc", "critique", "process-supervision", "multimodal"]}

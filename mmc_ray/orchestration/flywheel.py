@@ -33,9 +33,9 @@ from typing import Any
 import yaml
 
 from mmc_ray.config import Config, config_to_dict
-from mmc_ray.pipeline import stages
-from mmc_ray.pipeline.search import TREE_SHARD_PREFIX
-from mmc_ray.pipeline.shards import shard_paths
+from mmc_ray.eval.report import pct
+from mmc_ray.orchestration import commands
+from mmc_ray.store.layout import RoundLayout, RunLayout, export_dir, records_dir, tree_shards
 from mmc_ray.tasks.problem import Problem, read_problems
 
 
@@ -54,14 +54,13 @@ def _round_config(cfg: Config, round_index: int, init_model: str, critic_model: 
         actor=dataclasses.replace(cfg.actor, model_path=actor_model))
 
 
-def _retrain_actor(cfg: Config, rdir: Path, problems: list[Problem]) -> tuple[str, dict[str, Any]]:
+def _retrain_actor(cfg: Config, rdir: RoundLayout, problems: list[Problem]) -> tuple[str, dict[str, Any]]:
     """Fine-tune this round's actor on its correct search paths; returns the actor for the next
     round (this one, unchanged, when the trees hold no correct path) and the figures."""
-    from mmc_ray.pipeline.actor_data import write_actor_data
+    from mmc_ray.stages.actor_data import write_actor_data
 
-    out = rdir / "actor"
-    data = write_actor_data(rdir / "trees", problems, rdir / "actor-sft",
-                            cfg.pipeline.actor_paths_per_problem)
+    out = rdir.actor
+    data = write_actor_data(rdir.trees, problems, rdir.actor_data, cfg.pipeline.actor_paths_per_problem)
     figures: dict[str, Any] = {"solutions": data.rows, "problems": data.problems}
     print(f"actor data: {data.rows} correct paths of {data.problems} problems in {data.path}")
     if data.rows == 0:
@@ -69,17 +68,17 @@ def _retrain_actor(cfg: Config, rdir: Path, problems: list[Problem]) -> tuple[st
         return cfg.actor.model_path, figures
     acfg = dataclasses.replace(cfg, train=dataclasses.replace(
         cfg.train, task="actor-sft", init_model=cfg.actor.model_path, max_steps=cfg.pipeline.actor_max_steps))
-    return str(out / "hf"), {**figures, **_train_once(acfg, data.path.parent, out, model="actor")}
+    return str(export_dir(out)), {**figures, **_train_once(acfg, data.path.parent, out, model="actor")}
 
 
 def _train_once(cfg: Config, data: Path, out: Path, model: str = "critic") -> dict[str, Any]:
     """Train unless this round's `model` is already exported; resume a half-finished fit."""
     from mmc_ray.train.trainer import latest_checkpoint
 
-    if (out / "hf" / "config.json").exists():
-        print(f"train: {model} already exported at {out / 'hf'}")
+    if (export_dir(out) / "config.json").exists():
+        print(f"train: {model} already exported at {export_dir(out)}")
         return {}
-    return _fit_figures(stages.train(cfg, data, out, resume=latest_checkpoint(out) is not None))
+    return _fit_figures(commands.train(cfg, data, out, resume=latest_checkpoint(out) is not None))
 
 
 def _fit_figures(summary: Any) -> dict[str, Any]:
@@ -89,58 +88,58 @@ def _fit_figures(summary: Any) -> dict[str, Any]:
 
 def _problems(cfg: Config, path: Path, n: int, seed: int) -> Path:
     if not path.exists():
-        stages.write_tasks(dataclasses.replace(cfg.tasks, n=n, seed=seed), path)
+        commands.write_tasks(dataclasses.replace(cfg.tasks, n=n, seed=seed), path)
     return path
 
 
 def run_pipeline(cfg: Config, run_dir: Path) -> dict[str, Any]:
     """Run (or continue) every round of the pipeline in `run_dir`; returns the summary it writes."""
-    from mmc_ray.pipeline.annotate import annotate_refinement_to_dir
-    from mmc_ray.pipeline.dataset_card import card_stats
+    from mmc_ray.stages.annotate import annotate_refinement_to_dir
+    from mmc_ray.stages.dataset_card import card_stats
 
+    run = RunLayout(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    run.config.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     pcfg = cfg.pipeline
     start = time.perf_counter()
-    eval_path = _problems(cfg, run_dir / "eval-problems.parquet", pcfg.eval_problems, pcfg.eval_seed)
-    dataset = run_dir / "mmc-dataset"
+    eval_path = _problems(cfg, run.eval_problems, pcfg.eval_problems, pcfg.eval_seed)
+    dataset = run.dataset
     summary: dict[str, Any] = {"run": str(run_dir), "rounds": []}
     if pcfg.oracle_baseline:
         oracle = dataclasses.replace(cfg, critic=dataclasses.replace(cfg.critic, kind="rule"))
         print("\n== oracle baseline: refinement with the rule critic (ground truth) ==")
-        report = stages.refine(oracle, eval_path, run_dir / "refine-oracle", title="oracle (rule) critic")
+        report = commands.refine(oracle, eval_path, run.oracle_refine, title="oracle (rule) critic")
         summary["oracle"] = _round_metrics(report.metrics)
     init_model, actor_model = cfg.train.init_model, cfg.actor.model_path
     for r in range(1, pcfg.rounds + 1):
-        rdir = run_dir / f"round-{r}"
-        rcfg = _round_config(cfg, r, init_model, rdir / "critic" / "hf", actor_model)
+        rdir = run.round(r)
+        rcfg = _round_config(cfg, r, init_model, export_dir(rdir.critic), actor_model)
         print(f"\n== round {r}/{pcfg.rounds} ==")
-        train_path = _problems(rcfg, rdir / "problems.parquet", rcfg.tasks.n, rcfg.tasks.seed)
-        fresh = not shard_paths(rdir / "trees", TREE_SHARD_PREFIX) and not (rdir / "critic").exists()
+        train_path = _problems(rcfg, rdir.problems, rcfg.tasks.n, rcfg.tasks.seed)
+        fresh = not tree_shards(rdir.trees) and not rdir.critic.exists()
         if pcfg.streaming and fresh:
-            from mmc_ray.pipeline.streaming import streamed_round
+            from mmc_ray.orchestration.streaming import streamed_round
 
             print("search → annotate → train, streamed")
-            summary_r = streamed_round(rcfg, train_path, rdir / "trees", dataset, rdir / "critic")
-            stages.print_train_summary(summary_r)
+            summary_r = streamed_round(rcfg, train_path, rdir.trees, dataset, rdir.critic)
+            commands.print_train_summary(summary_r)
             trained = _fit_figures(summary_r)
         else:  # stage by stage; each stage resumes from what is on disk
-            stages.search(rcfg, train_path, rdir / "trees")
-            stages.annotate(rcfg, rdir / "trees", dataset)
-            trained = _train_once(rcfg, dataset, rdir / "critic")
+            commands.search(rcfg, train_path, rdir.trees)
+            commands.annotate(rcfg, rdir.trees, dataset)
+            trained = _train_once(rcfg, dataset, rdir.critic)
         # The critic just trained (hf or vllm, as the config names) refines both problem sets on one
         # set of workers; they go before the next round's search and fit need the GPUs.
-        refine_train, train_refine = pcfg.refine_train_problems and r < pcfg.rounds, rdir / "refine-train"
-        with stages.refine_engines(rcfg) as engines:
-            report = stages.refine(rcfg, eval_path, rdir / "refine", title=f"round {r} critic",
-                                   engines=engines)
+        refine_train = pcfg.refine_train_problems and r < pcfg.rounds
+        with commands.refine_engines(rcfg) as engines:
+            report = commands.refine(rcfg, eval_path, rdir.refine, title=f"round {r} critic", engines=engines)
             if refine_train:
-                stages.refine(rcfg, train_path, train_refine, title=f"round {r} critic on training problems",
-                              engines=engines)
+                commands.refine(rcfg, train_path, rdir.refine_train,
+                                title=f"round {r} critic on training problems", engines=engines)
         if refine_train:
             from mmc_ray.eval.report import read_refine_rows
 
-            added = annotate_refinement_to_dir(read_refine_rows(train_refine / stages.RECORDS),
+            added = annotate_refinement_to_dir(read_refine_rows(records_dir(rdir.refine_train)),
                                                read_problems(train_path), dataset, rcfg)
             print(f"annotate: {added.critiques} critiques of refinement answers added to {dataset}")
         actor: dict[str, Any] = {"model": actor_model}
@@ -149,9 +148,9 @@ def run_pipeline(cfg: Config, run_dir: Path) -> dict[str, Any]:
         summary["rounds"].append({"round": r, "dataset_rows": card_stats(dataset)["rows"],
                                   "train": trained, "actor": actor, **_round_metrics(report.metrics),
                                   "report": str(report.markdown)})
-        init_model = str(rdir / "critic" / "hf")
+        init_model = str(export_dir(rdir.critic))
     summary["seconds"] = round(time.perf_counter() - start, 1)
-    _write_summary(summary, run_dir)
+    _write_summary(summary, run)
     return summary
 
 
@@ -163,26 +162,22 @@ def _round_metrics(m: dict[str, Any]) -> dict[str, Any]:
             "parse_rate": c["parse_rate"], "step_f1": c["step_f1"]}
 
 
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.1%}"
-
-
-def _write_summary(summary: dict[str, Any], run_dir: Path) -> None:
-    (run_dir / "report.json").write_text(json.dumps(summary, indent=2, default=str))
+def _write_summary(summary: dict[str, Any], run: RunLayout) -> None:
+    run.report_json.write_text(json.dumps(summary, indent=2, default=str))
     header = ("| critic | critique rows | single pass | after refinement | wrong→right | right→wrong | "
               "critic parsed | verdict acc. | step F1 |\n|---|---|---|---|---|---|---|---|---|")
     lines = []
     for r in summary["rounds"]:
         lines.append(f"| round {r['round']} (trained) | {r['dataset_rows']} | "
-                     f"{_pct(r['single_pass_accuracy'])} | {_pct(r['final_accuracy'])} | "
+                     f"{pct(r['single_pass_accuracy'])} | {pct(r['final_accuracy'])} | "
                      f"{r['wrong_to_right']} | {r['right_to_wrong']} | "
-                     f"{_pct(r['parse_rate'])} | {_pct(r['verdict_accuracy'])} | {_pct(r['step_f1'])} |")
+                     f"{pct(r['parse_rate'])} | {pct(r['verdict_accuracy'])} | {pct(r['step_f1'])} |")
     if "oracle" in summary:
         o = summary["oracle"]
-        lines.append(f"| oracle (rule) | - | {_pct(o['single_pass_accuracy'])} | "
-                     f"{_pct(o['final_accuracy'])} | "
-                     f"{o['wrong_to_right']} | {o['right_to_wrong']} | {_pct(o['parse_rate'])} | "
-                     f"{_pct(o['verdict_accuracy'])} | {_pct(o['step_f1'])} |")
+        lines.append(f"| oracle (rule) | - | {pct(o['single_pass_accuracy'])} | "
+                     f"{pct(o['final_accuracy'])} | "
+                     f"{o['wrong_to_right']} | {o['right_to_wrong']} | {pct(o['parse_rate'])} | "
+                     f"{pct(o['verdict_accuracy'])} | {pct(o['step_f1'])} |")
     text = "\n".join([
         f"# mmc-ray pipeline: {summary['run']}", "",
         "Held-out problems refined by the actor with each round's trained critic, and with the oracle "
@@ -190,5 +185,5 @@ def _write_summary(summary: dict[str, Any], run_dir: Path) -> None:
         *(f"- round {r['round']}: {r['report']}; actor {r['actor']['model']}" for r in summary["rounds"]),
         f"- {summary['seconds']:.0f}s in all", "",
     ])
-    (run_dir / "report.md").write_text(text)
+    run.report_md.write_text(text)
     print(f"\n{text}")

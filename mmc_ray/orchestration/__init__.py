@@ -1,0 +1,1 @@
+"""What runs stages together: the CLI's stage commands, the flywheel, the streamed round."""

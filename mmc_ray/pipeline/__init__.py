@@ -1,1 +1,0 @@
-"""Stages that run engines over datasets and join them into pipelines."""

@@ -1,0 +1,1 @@
+"""The stages: generate, search, annotate, actor data (refine is `mmc_ray.refine`)."""
