@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
+
+from mmc_ray.errors import NotEnoughResources
 
 
 def init_ray() -> None:
@@ -20,6 +23,22 @@ def init_ray() -> None:
     # in a streamed round that wait is on the critical path. Polling is a cheap actor call.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     ray.init(ignore_reinit_error=True)
+
+
+def require_resources(who: str, need: Mapping[str, float], fix: str,
+                      spare: Mapping[str, float] | None = None) -> None:
+    """Refuse, naming `fix`, what the Ray cluster cannot hold: Ray would otherwise wait forever for
+    it. `spare` is what must stay free beside it (CPU for Ray Data's readers)."""
+    import ray
+
+    available = ray.cluster_resources()
+    for name, amount in need.items():
+        extra = (spare or {}).get(name, 0.0)
+        have = available.get(name, 0.0)
+        if amount > 0 and amount + extra > have:
+            beside = f" plus {extra:g} free beside it" if extra else ""
+            raise NotEnoughResources(f"{who}: needs {amount:g} {name} in total{beside} but the Ray cluster "
+                                     f"has {have:g}; {fix}")
 
 
 def actor_pool(size: int):

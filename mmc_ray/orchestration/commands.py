@@ -58,7 +58,7 @@ def search(cfg: Config, problems_path: Path, out: Path, local: bool = False) -> 
         init_ray()
         group = create_worker_group(PolicyWorker, cfg.actor)
         try:
-            dispatcher = RayDispatcher(group.workers, inflight_per_worker=cfg.actor.concurrent_batches + 1)
+            dispatcher = RayDispatcher.for_engines(group.workers, cfg.actor)
             summary = search_to_dir(problems, dispatcher, cfg.search, out)
         finally:
             group.shutdown()

@@ -97,7 +97,7 @@ def run_pipeline(cfg: Config, run_dir: Path) -> dict[str, Any]:
     from mmc_ray.stages.annotate import annotate_refinement_to_dir
     from mmc_ray.stages.dataset_card import card_stats
 
-    run = RunLayout(run_dir)
+    run = RunLayout.at(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     run.config.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     pcfg = cfg.pipeline

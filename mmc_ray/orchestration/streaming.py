@@ -26,8 +26,7 @@ import pyarrow as pa
 
 from mmc_ray.background import BackgroundTask
 from mmc_ray.config import Config
-from mmc_ray.errors import NotEnoughResources
-from mmc_ray.ray_runtime import actor_pool
+from mmc_ray.ray_runtime import actor_pool, require_resources
 from mmc_ray.schemas import CRITIQUE_SCHEMA, TREE_SCHEMA
 from mmc_ray.stages.annotate import annotate_dataset, annotate_metrics, make_split_of, write_outcomes
 from mmc_ray.stages.dataset_card import write_card
@@ -75,16 +74,15 @@ def _small_blocks() -> Iterator[None]:
         context.target_max_block_size = previous
 
 
-def _check_room(cfg: Config, cpus: float) -> None:
+def _check_room(cfg: Config) -> None:
     """Everything of a streamed round runs at once; Ray would wait forever for a missing CPU."""
     policy = cfg.actor.resources.replicas * cfg.actor.resources.num_cpus
     training = cfg.train.num_workers * cfg.train.cpus_per_worker
     light = 2 * LIGHT_CPUS + 2 * TAIL_CPUS  # mining, rule annotation, the trees' and the dataset's readers
-    if policy + training + light > cpus:
-        raise NotEnoughResources(
-            f"streamed round: policy workers ({policy:g} CPU) + training workers ({training:g}) + data "
-            f"stages ({light:g}) need more than the cluster's {cpus:g} CPUs; lower actor.resources.num_cpus "
-            f"or train.cpus_per_worker, or set pipeline.streaming=false")
+    require_resources(f"streamed round (policy workers {policy:g} CPU + training workers {training:g} + "
+                      f"data stages {light:g})", {"CPU": policy + training + light},
+                      fix="lower actor.resources.num_cpus or train.cpus_per_worker, or set "
+                          "pipeline.streaming=false")
 
 
 def _annotate_graph(cfg: Config, trees_dir: Path, search_done: Path, dataset_dir: Path) -> Any:
@@ -126,7 +124,6 @@ def streamed_round(cfg: Config, problems_path: Path, trees_dir: Path, dataset_di
                    critic_dir: Path) -> Any:
     """Search into `trees_dir` and annotate into `dataset_dir` while the critic trains on it;
     returns the trainer's `TrainSummary`."""
-    import ray
 
     from mmc_ray.orchestration.commands import print_search_summary
     from mmc_ray.ray_runtime import init_ray
@@ -137,7 +134,7 @@ def streamed_round(cfg: Config, problems_path: Path, trees_dir: Path, dataset_di
     from mmc_ray.workers.role_worker import PolicyWorker
 
     init_ray()
-    _check_room(cfg, ray.cluster_resources().get("CPU", 0.0))
+    _check_room(cfg)
     problems = load_problem_file(problems_path)
     search_done, upstream_done = critic_dir / SEARCH_DONE, critic_dir / UPSTREAM_DONE
     for done_file in (search_done, upstream_done):
@@ -146,7 +143,7 @@ def streamed_round(cfg: Config, problems_path: Path, trees_dir: Path, dataset_di
     stop = threading.Event()
     group = create_worker_group(PolicyWorker, cfg.actor)
     try:
-        dispatcher = RayDispatcher(group.workers, inflight_per_worker=cfg.actor.concurrent_batches + 1)
+        dispatcher = RayDispatcher.for_engines(group.workers, cfg.actor)
         search = _folder_writer("search", lambda: search_to_dir(
             problems, dispatcher, search_cfg, trees_dir, progress=False, stop=stop), search_done)
         graph = _annotate_graph(cfg, trees_dir, search_done, dataset_dir)

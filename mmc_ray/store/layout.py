@@ -66,64 +66,39 @@ def export_dir(model_dir: str | Path) -> Path:
 
 @dataclass(frozen=True)
 class RoundLayout:
+    """One round's folder of the pipeline's run folder."""
+
     root: Path
+    problems: Path      # this round's new training problems
+    trees: Path         # MCTS over them
+    critic: Path        # the critic trained this round (its export inside)
+    actor_data: Path    # pipeline.retrain_actor: the actor's correct paths
+    actor: Path         # ... and the actor fine-tuned on them
+    refine: Path        # the critic at work on the held-out problems
+    refine_train: Path  # the critic at work on this round's training problems
 
-    @property
-    def problems(self) -> Path:
-        return self.root / "problems.parquet"
-
-    @property
-    def trees(self) -> Path:
-        return self.root / TREES
-
-    @property
-    def critic(self) -> Path:
-        return self.root / "critic"
-
-    @property
-    def actor_data(self) -> Path:
-        return self.root / "actor-sft"
-
-    @property
-    def actor(self) -> Path:
-        return self.root / "actor"
-
-    @property
-    def refine(self) -> Path:
-        return self.root / "refine"
-
-    @property
-    def refine_train(self) -> Path:
-        return self.root / "refine-train"
+    @classmethod
+    def at(cls, root: Path) -> RoundLayout:
+        return cls(root, root / "problems.parquet", root / TREES, root / "critic", root / "actor-sft",
+                   root / "actor", root / "refine", root / "refine-train")
 
 
 @dataclass(frozen=True)
 class RunLayout:
+    """The run folder of `mmc-ray pipeline`."""
+
     root: Path
+    config: Path         # the resolved config of the run
+    eval_problems: Path  # held-out problems, refined and evaluated every round
+    dataset: Path        # the critic's data, growing every round
+    oracle_refine: Path  # refinement with the rule (oracle) critic
+    report_json: Path
+    report_md: Path
 
-    @property
-    def config(self) -> Path:
-        return self.root / "config.yaml"
-
-    @property
-    def eval_problems(self) -> Path:
-        return self.root / "eval-problems.parquet"
-
-    @property
-    def dataset(self) -> Path:
-        return self.root / "mmc-dataset"
-
-    @property
-    def oracle_refine(self) -> Path:
-        return self.root / "refine-oracle"
-
-    @property
-    def report_json(self) -> Path:
-        return self.root / "report.json"
-
-    @property
-    def report_md(self) -> Path:
-        return self.root / "report.md"
+    @classmethod
+    def at(cls, root: Path) -> RunLayout:
+        return cls(root, root / "config.yaml", root / "eval-problems.parquet", root / "mmc-dataset",
+                   root / "refine-oracle", root / "report.json", root / "report.md")
 
     def round(self, index: int) -> RoundLayout:
-        return RoundLayout(self.root / f"round-{index}")
+        return RoundLayout.at(self.root / f"round-{index}")

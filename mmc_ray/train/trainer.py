@@ -27,7 +27,8 @@ from typing import Any
 
 from mmc_ray.background import BackgroundTask
 from mmc_ray.config import Config, TrainConfig
-from mmc_ray.errors import MissingInput, NotEnoughResources
+from mmc_ray.errors import MissingInput
+from mmc_ray.ray_runtime import require_resources
 from mmc_ray.store.layout import export_dir, split_shards
 from mmc_ray.train.run_log import StepLog, driver_progress, model_flops_per_token
 
@@ -128,26 +129,48 @@ def _lr_lambda(cfg: TrainConfig):
     return factor
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
+class TrainHooks:
+    """Where a caller (a benchmark, a test) looks into a fit without replacing its parts. A copy
+    runs on every Ray Train worker, so a subclass must pickle (define it at module level). The
+    defaults observe nothing and checkpoint as a fit always does."""
+
+    def on_batch(self, batch: dict[str, Any], tokens: int) -> None:
+        """A micro-batch about to be trained on (`tokens` of its tokens count toward the loss)."""
+
+    def on_step(self, step: int, tokens: int, values: dict[str, float]) -> None:
+        """An optimizer step is done (its loss all-reduced): `values` as logged."""
+
+    def checkpoint(self, engine: Any, step: int, curve: list[float], metrics: dict[str, Any], rank: int,
+                   world: int) -> None:
+        """Every `checkpoint_every` steps and at the end: save and report to Ray Train."""
+        save_and_report(engine, step, curve, metrics, rank, world)
+
+
+@dataclass
+class _Worker:
+    """One Ray Train worker's model, DeepSpeed engine and schedule."""
+
+    vlm: Any
+    model: Any
+    engine: Any
+    scheduler: Any
+    trainable: int
+    total: int
+
+
+def _set_up(cfg: TrainConfig, rank: int) -> _Worker:
     import deepspeed
     import numpy as np
-    import ray.train
     import torch
 
     from mmc_ray.models.loading import load_vlm
-    from mmc_ray.train.examples import ExampleBuilder
     from mmc_ray.train.packed_attention import use_packed_attention
 
-    cfg: TrainConfig = config["train"]
-    tables = ShardTables(ray.train.get_dataset_shard("train"))  # the upstream runs while the model loads
-    ctx = ray.train.get_context()
-    rank = ctx.get_world_rank()
     random.seed(cfg.seed + rank)
     np.random.seed(cfg.seed + rank)
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
-    device = "cuda" if cfg.use_gpu else "cpu"
-    vlm = load_vlm(cfg.init_model, device=device, dtype="float32", min_pixels=cfg.min_pixels,
-                   max_pixels=cfg.max_pixels)
+    vlm = load_vlm(cfg.init_model, device="cuda" if cfg.use_gpu else "cpu", dtype="float32",
+                   min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
     model = vlm.model.train()
     if cfg.pack:
         use_packed_attention(model)
@@ -164,74 +187,114 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "bf16": {"enabled": cfg.use_gpu},
             "steps_per_print": 10**9,
         })
-    step = 0
-    curve: list[float] = []  # global (all-rank mean) loss of every step since step 1, across resumes
-    # A restart within this run (Ray Train's own recovery) wins over the --resume checkpoint.
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None and config["resume_from"]:
-        checkpoint = ray.train.Checkpoint.from_directory(config["resume_from"])
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            engine.load_checkpoint(folder, tag=DS_TAG)
-            state = json.loads(Path(folder, STATE_FILE).read_text())
-            step = state["step"]
-            curve = state["losses"][:step]
-            torch.set_rng_state(torch.tensor(state["torch_rng"][rank], dtype=torch.uint8))
+    return _Worker(vlm, model, engine, scheduler, trainable, total)
 
+
+def _restore(engine: Any, resume_from: str | None, rank: int) -> tuple[int, list[float]]:
+    """The step to continue from and the loss curve so far (0 and [] for a fresh fit). A restart
+    within this run (Ray Train's own recovery) wins over the --resume checkpoint."""
+    import ray.train
+    import torch
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and resume_from:
+        checkpoint = ray.train.Checkpoint.from_directory(resume_from)
+    if checkpoint is None:
+        return 0, []
+    with checkpoint.as_directory() as folder:
+        engine.load_checkpoint(folder, tag=DS_TAG)
+        state = json.loads(Path(folder, STATE_FILE).read_text())
+        torch.set_rng_state(torch.tensor(state["torch_rng"][rank], dtype=torch.uint8))
+        return state["step"], state["losses"][:state["step"]]
+
+
+@dataclass
+class _Counts:
+    """Tokens, samples and time spent waiting for data since this fit (or resume) started."""
+
+    tokens: int = 0
+    samples: int = 0
+    data_wait_s: float = 0.0
+
+
+def _optimizer_step(engine: Any, stream: Iterator[tuple[dict[str, Any], int, int]], cfg: TrainConfig,
+                    counts: _Counts, hooks: TrainHooks) -> tuple[Any, int]:
+    """`grad_accum` micro-batches forward and backward; returns this rank's mean loss (a tensor)
+    and the step's tokens."""
+    import torch
+
+    micro_losses = []
+    step_tokens = 0
+    for _ in range(cfg.grad_accum):
+        fetched = time.perf_counter()
+        batch, n_tokens, n_samples = next(stream)
+        counts.data_wait_s += time.perf_counter() - fetched
+        hooks.on_batch(batch, n_tokens)
+        batch = {k: v.to(engine.device) if hasattr(v, "to") else v for k, v in batch.items()}
+        loss = engine(**batch).loss
+        engine.backward(loss)
+        engine.step()
+        step_tokens += n_tokens
+        counts.samples += n_samples
+        micro_losses.append(loss.detach().float())
+    counts.tokens += step_tokens
+    return torch.stack(micro_losses).mean(), step_tokens
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    import numpy as np
+    import ray.train
+    import torch
+
+    from mmc_ray.train.examples import ExampleBuilder
+
+    cfg: TrainConfig = config["train"]
+    hooks: TrainHooks = config["hooks"]
+    tables = ShardTables(ray.train.get_dataset_shard("train"))  # the upstream runs while the model loads
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    worker = _set_up(cfg, rank)
+    step, curve = _restore(worker.engine, config["resume_from"], rank)  # curve: all-rank mean loss per step
     resumed_from = step
-    builder = ExampleBuilder(vlm, cfg.max_seq_len)
-    stream = micro_batches(tables, builder, cfg, model, vlm.image_token_id, vlm.tokenizer.pad_token_id)
+    builder = ExampleBuilder(worker.vlm, cfg.max_seq_len)
+    stream = micro_batches(tables, builder, cfg, worker.model, worker.vlm.image_token_id,
+                           worker.vlm.tokenizer.pad_token_id)
     for _ in range(step * cfg.grad_accum):  # data position: skip what the resumed steps consumed
         next(stream)
-    world = ctx.get_world_size()
-    flops_per_token = model_flops_per_token(total, trainable)
+    flops_per_token = model_flops_per_token(worker.total, worker.trainable)
     log = StepLog(rank == 0, cfg.wandb_project, config["wandb_dir"],
                   {**dataclasses.asdict(cfg), "world_size": world, "resumed_from_step": resumed_from},
                   board=config["board"])
-    tokens = samples = 0
-    wait = 0.0
+    counts = _Counts()
     start = time.perf_counter()
     while step < cfg.max_steps:
-        micro_losses = []
-        step_tokens = 0
-        for _ in range(cfg.grad_accum):
-            fetched = time.perf_counter()
-            batch, n_tokens, n_samples = next(stream)
-            wait += time.perf_counter() - fetched
-            batch = {k: v.to(engine.device) if hasattr(v, "to") else v for k, v in batch.items()}
-            loss = engine(**batch).loss
-            engine.backward(loss)
-            engine.step()
-            step_tokens += n_tokens
-            samples += n_samples
-            micro_losses.append(loss.detach().float())
-        tokens += step_tokens
+        step_loss, step_tokens = _optimizer_step(worker.engine, stream, cfg, counts, hooks)
         step += 1
-        step_loss = torch.stack(micro_losses).mean()
         torch.distributed.all_reduce(step_loss)
         curve.append(step_loss.item() / world)
         elapsed = time.perf_counter() - start
-        values = {"loss": curve[-1], "learning_rate": scheduler.get_last_lr()[0],
-                  "tokens_per_s": tokens / elapsed, "samples_per_s": samples / elapsed,
-                  "data_wait_share": wait / elapsed}
+        values = {"loss": curve[-1], "learning_rate": worker.scheduler.get_last_lr()[0],
+                  "tokens_per_s": counts.tokens / elapsed, "samples_per_s": counts.samples / elapsed,
+                  "data_wait_share": counts.data_wait_s / elapsed}
         if cfg.peak_tflops > 0:
-            values["mfu"] = flops_per_token * tokens / elapsed / (cfg.peak_tflops * 1e12)
+            values["mfu"] = flops_per_token * counts.tokens / elapsed / (cfg.peak_tflops * 1e12)
         log.log(step, step_tokens, values)
+        hooks.on_step(step, step_tokens, values)
         if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
             metrics = {
                 **values,
                 "step": step,
                 "resumed_from_step": resumed_from,
                 "loss": float(np.mean(curve[-cfg.checkpoint_every:])),
-                "model_tflops_per_s": flops_per_token * tokens / elapsed / 1e12,
-                "trainable_params": trainable,
-                "total_params": total,
+                "model_tflops_per_s": flops_per_token * counts.tokens / elapsed / 1e12,
+                "trainable_params": worker.trainable,
+                "total_params": worker.total,
                 "examples_built": builder.stats.built,
                 "examples_skipped": sum(builder.stats.skipped.values()),
                 "images_resized": builder.stats.resized_images,
                 "wandb_run_dir": log.wandb_run_dir,
             }
-            _save_and_report(engine, step, curve, metrics, rank, world)
+            hooks.checkpoint(worker.engine, step, curve, metrics, rank, world)
     log.finish()
 
 
@@ -245,8 +308,10 @@ def _peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def _save_and_report(engine: Any, step: int, curve: list[float], metrics: dict[str, Any], rank: int,
-                     world: int) -> None:
+def save_and_report(engine: Any, step: int, curve: list[float], metrics: dict[str, Any], rank: int,
+                    world: int) -> None:
+    """Every rank's DeepSpeed state and rank 0's trainer state into one Ray checkpoint, marked complete
+    once every rank's part is uploaded."""
     import ray.train
     import torch
     import torch.distributed as dist
@@ -288,9 +353,10 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
 
 
 def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool = False,
-          stream: Any = None, progress: bool = True) -> TrainSummary:
+          stream: Any = None, progress: bool = True, hooks: TrainHooks | None = None) -> TrainSummary:
     """Fit on `data_dir` (an MMC dataset folder for the critic; a problems folder for actor SFT),
-    or on `stream`, a `ray.data.Dataset` of the same rows still being produced upstream."""
+    or on `stream`, a `ray.data.Dataset` of the same rows still being produced upstream. `hooks`
+    observe the fit on its workers (see `TrainHooks`)."""
     from mmc_ray.ray_runtime import init_ray
 
     data_dir, out_dir = Path(data_dir).resolve(), Path(out_dir).resolve()
@@ -307,24 +373,22 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
     # DeepSpeed compiles a CPU comm op at first init: cache it (workers of a local Ray inherit this).
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(".torch_extensions").resolve()))
     init_ray()
-    import ray
-
-    cpus = ray.cluster_resources().get("CPU", 0)
-    if tcfg.num_workers * tcfg.cpus_per_worker >= cpus:
-        raise NotEnoughResources(
-            f"train: {tcfg.num_workers} workers x {tcfg.cpus_per_worker:g} CPU take all {cpus:g} CPUs of the "
-            f"cluster, leaving none for Ray Data to read the dataset; lower train.cpus_per_worker")
+    require_resources(f"train ({tcfg.num_workers} workers x {tcfg.cpus_per_worker:g} CPU)",
+                      {"CPU": tcfg.num_workers * tcfg.cpus_per_worker}, spare={"CPU": READ_CPUS},
+                      fix="Ray Data needs the spare CPU to read the dataset: lower train.cpus_per_worker")
     start = time.perf_counter()
     with driver_progress(tcfg.max_steps, progress) as board:
-        result = _fit(tcfg, out_dir, resume_from, board, stream, files)
+        result = fit(tcfg, out_dir, files, resume_from=resume_from, board=board, stream=stream, hooks=hooks)
     checkpoint = Path(result.checkpoint.path)
     exported = export_hf(checkpoint, tcfg, export_dir(out_dir))
     losses = json.loads((checkpoint / STATE_FILE).read_text())["losses"]
     return TrainSummary(dict(result.metrics or {}), losses, checkpoint, exported, time.perf_counter() - start)
 
 
-def _fit(tcfg: TrainConfig, out_dir: Path, resume_from: Path | None, board: Any, stream: Any,
-         files: list[Path]) -> Any:
+def fit(tcfg: TrainConfig, out_dir: Path, files: list[Path], *, resume_from: Path | None = None,
+        board: Any = None, stream: Any = None, hooks: TrainHooks | None = None) -> Any:
+    """One Ray Train run on `files` (or `stream`) into `out_dir`; returns Ray Train's `Result`.
+    `train` is what users call: it checks the inputs and the cluster, shows progress and exports."""
     import ray.data
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -333,7 +397,7 @@ def _fit(tcfg: TrainConfig, out_dir: Path, resume_from: Path | None, board: Any,
         train_loop_per_worker,
         train_loop_config={"train": replace(tcfg, init_model=str(Path(tcfg.init_model).resolve())),
                            "resume_from": None if resume_from is None else str(resume_from),
-                           "wandb_dir": str(out_dir), "board": board},
+                           "wandb_dir": str(out_dir), "board": board, "hooks": hooks or TrainHooks()},
         scaling_config=ScalingConfig(num_workers=tcfg.num_workers, use_gpu=tcfg.use_gpu,
                                      resources_per_worker={"CPU": tcfg.cpus_per_worker}),
         # One run name per fit: a resumed fit is a new run that starts from the old checkpoint.

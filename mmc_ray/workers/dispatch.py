@@ -10,9 +10,12 @@ import itertools
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from mmc_ray.generation import GenerationEngine, GenerationRequest, GenerationResult
+
+if TYPE_CHECKING:
+    from mmc_ray.config import EngineConfig
 
 Outcome = list[GenerationResult] | BaseException
 
@@ -65,8 +68,8 @@ class LocalDispatcher:
 
 class RayDispatcher:
     """Sends each batch to the least-loaded worker actor; a worker can hold `inflight_per_worker`
-    batches so it never idles between one result and the next request (its engine's
-    `concurrent_batches` + 1: that many generating, one waiting). A failed batch (worker
+    batches so it never idles between one result and the next request (`for_engines`: its engine's
+    `concurrent_batches` + 1, that many generating, one waiting). A failed batch (worker
     died, engine raised) comes back as its exception for the driver to retry."""
 
     def __init__(self, workers: Sequence[Any], inflight_per_worker: int = 2) -> None:
@@ -77,6 +80,11 @@ class RayDispatcher:
         self._tickets = itertools.count()
         self._inflight: dict[Any, tuple[int, int]] = {}  # object ref -> (ticket, worker index)
         self._load = [0] * len(self.workers)
+
+    @classmethod
+    def for_engines(cls, workers: Sequence[Any], cfg: EngineConfig) -> RayDispatcher:
+        """Batches per worker from its engine config: `concurrent_batches` generating, one waiting."""
+        return cls(workers, inflight_per_worker=cfg.concurrent_batches + 1)
 
     def submit(self, batch: Sequence[GenerationRequest]) -> int:
         index = min(range(len(self.workers)), key=self._load.__getitem__)

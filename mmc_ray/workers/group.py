@@ -12,6 +12,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from mmc_ray.config import EngineConfig
 from mmc_ray.errors import NotEnoughResources
+from mmc_ray.ray_runtime import require_resources
 from mmc_ray.workers.role_worker import RoleWorker, concurrency_groups
 
 
@@ -30,20 +31,12 @@ class WorkerGroup:
         remove_placement_group(self.placement)
 
 
-def _check_cluster_has(role: str, total_cpus: float, total_gpus: float) -> None:
-    available = ray.cluster_resources()
-    for name, need in (("CPU", total_cpus), ("GPU", total_gpus)):
-        if need > available.get(name, 0.0):
-            raise NotEnoughResources(
-                f"{role}: needs {need:g} {name} in total but the Ray cluster has "
-                f"{available.get(name, 0.0):g}; lower {role}.resources.replicas / num_{name.lower()}s"
-            )
-
-
 def create_worker_group(worker_cls: type[RoleWorker], cfg: EngineConfig) -> WorkerGroup:
     """Start `cfg.resources.replicas` actors of `worker_cls`, each in its own bundle."""
     role, res = worker_cls.role, cfg.resources
-    _check_cluster_has(role, res.num_cpus * res.replicas, res.num_gpus * res.replicas)
+    require_resources(f"{role} workers",
+                      {"CPU": res.num_cpus * res.replicas, "GPU": res.num_gpus * res.replicas},
+                      fix="lower the role's resources.replicas, num_cpus or num_gpus")
     bundle = {"CPU": res.num_cpus, **({"GPU": res.num_gpus} if res.num_gpus else {})}
     pg = placement_group([dict(bundle) for _ in range(res.replicas)], strategy=res.placement_strategy)
     try:

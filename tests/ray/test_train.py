@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import struct
+import sys
 import threading
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import ray
 import ray.train
+from ray import cloudpickle
 
 from mmc_ray.config import Config, SearchConfig, SimulatorConfig
 from mmc_ray.engines.hf import HFEngine
@@ -20,7 +22,7 @@ from mmc_ray.generation import GenerationRequest
 from mmc_ray.stages.annotate import annotate_to_dir
 from mmc_ray.stages.search import search_to_dir
 from mmc_ray.tasks.generator import generate_problems
-from mmc_ray.train.trainer import STATE_FILE, latest_checkpoint, train
+from mmc_ray.train.trainer import STATE_FILE, TrainHooks, latest_checkpoint, train
 from mmc_ray.workers.dispatch import LocalDispatcher
 
 pytestmark = pytest.mark.slow
@@ -45,11 +47,45 @@ def train_cfg(model, **changes):
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **{**base, **changes}))
 
 
+class StepsToFiles(TrainHooks):
+    """Each rank writes what its hooks saw: every step's tokens and loss, and the micro-batches' tokens."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = str(folder)
+        self.batch_tokens = 0
+
+    def on_batch(self, batch, tokens):
+        assert "input_ids" in batch
+        self.batch_tokens += tokens
+
+    def on_step(self, step, tokens, values):
+        import ray.train
+
+        rank = ray.train.get_context().get_world_rank()
+        with open(f"{self.folder}/rank-{rank}.jsonl", "a") as out:
+            out.write(json.dumps({"step": step, "tokens": tokens, "loss": values["loss"],
+                                  "batch_tokens": self.batch_tokens}) + "\n")
+
+
 @pytest.fixture(scope="module")
 def straight_fit(ray_local, tiny_vlm_path, small_dataset, tmp_path_factory):
-    """16 steps without a stop, logged to an offline wandb run."""
-    return train(train_cfg(tiny_vlm_path, wandb_project="mmc-ray-test"), small_dataset,
-                 tmp_path_factory.mktemp("straight") / "run")
+    """16 steps without a stop, logged to an offline wandb run, watched by `StepsToFiles` hooks."""
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test file
+    seen = tmp_path_factory.mktemp("hooks")
+    summary = train(train_cfg(tiny_vlm_path, wandb_project="mmc-ray-test"), small_dataset,
+                    tmp_path_factory.mktemp("straight") / "run", hooks=StepsToFiles(seen))
+    summary.hooks_saw = {int(p.stem.split("-")[1]): [json.loads(line) for line in p.read_text().splitlines()]
+                         for p in seen.glob("rank-*.jsonl")}
+    return summary
+
+
+def test_hooks_see_every_step_of_every_rank(straight_fit):
+    saw = straight_fit.hooks_saw
+    assert sorted(saw) == [0, 1]  # both workers ran the hooks
+    for steps in saw.values():
+        assert [s["step"] for s in steps] == list(range(1, 17))
+        assert [s["loss"] for s in steps] == pytest.approx(straight_fit.losses)  # the all-rank mean
+        assert steps[-1]["batch_tokens"] == sum(s["tokens"] for s in steps) > 0
 
 
 def test_zero2_training_lowers_the_loss_and_exports_a_working_model(straight_fit):
@@ -178,7 +214,7 @@ def test_zero3_with_a_frozen_vision_tower_exports(ray_local, tiny_vlm_path, smal
 
 
 def test_reserving_every_cpu_is_refused(ray_local, tiny_vlm_path, small_dataset, tmp_path):
-    with pytest.raises(RuntimeError, match="leaving none for Ray Data"):
+    with pytest.raises(RuntimeError, match=r"plus 0\.25 free beside it .*Ray Data needs the spare CPU"):
         train(train_cfg(tiny_vlm_path, cpus_per_worker=1.0), small_dataset, tmp_path / "run")
 
 
