@@ -6,13 +6,15 @@
     GET  /v1/models            the served model and its checkpoint version
     GET  /healthz
 
-Two backends (`serve.backend`) behind the same endpoints, auth and limits:
-- hf (CPU; the default): every generation goes through one `@serve.batch` method, so concurrent
+Two backends (`serve.backend`) behind the same endpoints, auth and limits, each one class with the
+same four methods (`reconfigure`, `generate`, `score`, `served`) the deployment calls:
+- hf (`LocalCritic`; CPU, the default): every generation goes through one `@serve.batch` method, so concurrent
   requests share engine calls. The engine is swapped in `reconfigure` when `user_config.checkpoint`
   changes: the new one is loaded first and then replaces the old, so requests in flight finish on
   the old engine and no request fails during a swap.
-- vllm (GPU): the replica holds no model; it sends the same requests as chat completions to a Ray
-  Serve LLM deployment through its handle (`mmc_ray.serve.llm`), which batches, scales and swaps.
+- vllm (`LLMDeploymentCritic`; GPU): the replica holds no model; it sends the same requests as chat
+  completions to a Ray Serve LLM deployment through its handle (`mmc_ray.serve.llm`), which batches,
+  scales and swaps.
 A request's engine failure is a 500 for that request; the replica keeps serving.
 """
 
@@ -128,26 +130,22 @@ def resolve_api_key(cfg: ServeConfig) -> str | None:
     return None
 
 
-@serve.deployment
-@serve.ingress(api)
-class CriticServer:
-    def __init__(self, serve_cfg: ServeConfig, engine_cfg: EngineConfig, api_key: str | None,
-                 llm: Any = None) -> None:
-        """`llm`: a handle to the Ray Serve LLM deployment (backend=vllm); None runs our engine here."""
+class LocalCritic:
+    """backend=hf: our engine in this replica. Every generation goes through one `@serve.batch`
+    method; checkpoints arrive through `reconfigure` and the registry, and a new engine replaces the
+    old only once it is loaded."""
+
+    def __init__(self, serve_cfg: ServeConfig, engine_cfg: EngineConfig) -> None:
         self.cfg = serve_cfg
         self.engine_cfg = engine_cfg
         self.engine: Any = None
-        self.llm = None if llm is None else LLMDeploymentClient(
-            llm, serve_cfg.served_model, serve.get_replica_context().app_name)
         self.checkpoint = ""
         self.version = 0
         self.loaded_at = 0.0
         self._loading = threading.Lock()
         self._watcher: threading.Thread | None = None
-        configure_guard(api_key, serve_cfg.max_body_bytes)
-        self.generate_batch.set_max_batch_size(serve_cfg.max_batch_size)
-        self.generate_batch.set_batch_wait_timeout_s(serve_cfg.batch_wait_timeout_s)
-        # The checkpoint arrives through `reconfigure` (Serve calls it before the replica is ready).
+        self._generate_batch.set_max_batch_size(serve_cfg.max_batch_size)
+        self._generate_batch.set_batch_wait_timeout_s(serve_cfg.batch_wait_timeout_s)
 
     def _load(self, checkpoint: str) -> None:
         from mmc_ray.engines.factory import build_engine
@@ -162,9 +160,6 @@ class CriticServer:
             serve_metrics().set("model_version", self.version)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Serve calls this with the deployment's `user_config`: a new `checkpoint` hot-swaps."""
-        if self.llm is not None:  # the LLM deployment holds the model (and is swapped by a redeploy)
-            return
         if checkpoint := user_config.get("checkpoint"):
             self._load(checkpoint)
         if self._watcher is None:
@@ -188,7 +183,7 @@ class CriticServer:
                 logger.warning("checkpoint watch: %s: %s", type(e).__name__, e)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.02)
-    async def generate_batch(self, requests: list[GenerationRequest]) -> list[GenerationResult | Exception]:
+    async def _generate_batch(self, requests: list[GenerationRequest]) -> list[GenerationResult | Exception]:
         engine = self.engine
         serve_metrics().set("batch_size", len(requests))
         try:
@@ -197,19 +192,37 @@ class CriticServer:
         except Exception as e:  # one failed batch fails its requests, not the replica
             return [EngineFailed(f"engine failed: {type(e).__name__}: {e}")] * len(requests)
 
-    async def _generate(self, request: GenerationRequest) -> GenerationResult:
-        if self.llm is not None:
-            result = await self._via_llm(self.llm.generate(request))
-        else:
-            result = await self.generate_batch(request)
-            if isinstance(result, Exception):
-                raise result
-        failed = [c.error for c in result.completions if c.finish_reason == "error"]
-        if failed:
-            raise EngineFailed(f"engine failed: {failed[0]}")
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        result = await self._generate_batch(request)
+        if isinstance(result, Exception):
+            raise result
         return result
 
-    async def _via_llm(self, call: Any) -> Any:
+    def cannot_score(self) -> str | None:
+        return None if isinstance(self.engine, ScoresContinuations) else \
+            f"engine {self.engine.name} cannot score continuations"
+
+    async def score(self, request: GenerationRequest, openings: list[str]) -> list[float]:
+        try:
+            return await asyncio.to_thread(self.engine.score, request, openings)
+        except Exception as e:
+            raise EngineFailed(f"engine failed: {type(e).__name__}: {e}") from e
+
+    async def served(self, max_age_s: float | None = None) -> tuple[str, int, float]:
+        return self.checkpoint, self.version, self.loaded_at
+
+
+class LLMDeploymentCritic:
+    """backend=vllm: the replica holds no model; the same requests go as chat completions to a Ray
+    Serve LLM deployment, which batches, scales and is swapped by a redeploy."""
+
+    def __init__(self, client: LLMDeploymentClient) -> None:
+        self.llm = client
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Nothing to load here: the LLM deployment holds the model."""
+
+    async def _call(self, call: Any) -> Any:
         """Await a call to the LLM deployment: its 4xx answers are the client's, anything else a 500."""
         try:
             return await call
@@ -220,11 +233,17 @@ class CriticServer:
         except Exception as e:  # the deployment is unreachable, a replica died mid-request, ...
             raise EngineFailed(f"engine failed: {type(e).__name__}: {e}") from e
 
-    async def _served(self, max_age_s: float | None = None) -> tuple[str, int, float]:
-        """(checkpoint, version, since) of the model that answers; backend=vllm asks the LLM
-        deployment at most every `max_age_s` (None: the last answer; 0: now)."""
-        if self.llm is None:
-            return self.checkpoint, self.version, self.loaded_at
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        return await self._call(self.llm.generate(request))
+
+    def cannot_score(self) -> str | None:
+        return None  # from the prompt logprobs of each opening
+
+    async def score(self, request: GenerationRequest, openings: list[str]) -> list[float]:
+        return await self._call(self.llm.score(request, openings))
+
+    async def served(self, max_age_s: float | None = None) -> tuple[str, int, float]:
+        """Asks the LLM deployment at most every `max_age_s` (None: the last answer; 0: now)."""
         if max_age_s is not None:
             try:
                 await self.llm.refresh(max_age_s)
@@ -232,6 +251,34 @@ class CriticServer:
                 logger.warning("LLM deployment state: %s: %s", type(e).__name__, e)
         served = self.llm.served
         return served.checkpoint, served.version, served.since
+
+
+@serve.deployment
+@serve.ingress(api)
+class CriticServer:
+    def __init__(self, serve_cfg: ServeConfig, engine_cfg: EngineConfig, api_key: str | None,
+                 llm: Any = None) -> None:
+        """`llm`: a handle to the Ray Serve LLM deployment (backend=vllm); None runs our engine here."""
+        self.cfg = serve_cfg
+        self.backend = LocalCritic(serve_cfg, engine_cfg) if llm is None else LLMDeploymentCritic(
+            LLMDeploymentClient(llm, serve_cfg.served_model, serve.get_replica_context().app_name))
+        configure_guard(api_key, serve_cfg.max_body_bytes)
+        # The checkpoint arrives through `reconfigure` (Serve calls it before the replica is ready).
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Serve calls this with the deployment's `user_config`: a new `checkpoint` hot-swaps (hf)."""
+        self.backend.reconfigure(user_config)
+
+    async def _generate(self, request: GenerationRequest) -> GenerationResult:
+        result = await self.backend.generate(request)
+        failed = [c.error for c in result.completions if c.finish_reason == "error"]
+        if failed:
+            raise EngineFailed(f"engine failed: {failed[0]}")
+        return result
+
+    async def _served(self, max_age_s: float | None = None) -> tuple[str, int, float]:
+        """(checkpoint, version, since) of the model that answers."""
+        return await self.backend.served(max_age_s)
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
@@ -262,18 +309,10 @@ class CriticServer:
     @api.post("/v1/score_steps", response_model=ScoreStepsResponse)
     async def score_steps(self, body: CritiqueRequest) -> ScoreStepsResponse:
         """The critic as a process reward model: one soundness probability per step."""
-        engine = self.engine
-        if self.llm is None and not isinstance(engine, ScoresContinuations):
-            raise RequestRejected("model", f"engine {engine.name} cannot score continuations", status=501)
+        if why := self.backend.cannot_score():
+            raise RequestRejected("model", why, status=501)
         request = await asyncio.to_thread(critique_generation, body, self.cfg)
-        openings = outcome_openings(len(body.steps))
-        if self.llm is not None:  # prompt logprobs of each opening from the LLM deployment
-            logprobs = await self._via_llm(self.llm.score(request, openings))
-        else:
-            try:
-                logprobs = await asyncio.to_thread(engine.score, request, openings)
-            except Exception as e:
-                raise EngineFailed(f"engine failed: {type(e).__name__}: {e}") from e
+        logprobs = await self.backend.score(request, outcome_openings(len(body.steps)))
         serve_metrics().inc("step_scores")
         scores = step_scores(logprobs)
         _, version, _ = await self._served(max_age_s=self.cfg.checkpoint_poll_s)

@@ -257,19 +257,20 @@ class FakeRegistry:
 def ingress(monkeypatch):
     """Our ingress class as written (under Serve's ingress wrapper), its LLM client on a stand-in."""
     from mmc_ray.serve import checkpoints
-    from mmc_ray.serve.app import CriticServer
+    from mmc_ray.serve.app import CriticServer, LLMDeploymentCritic
 
     cls = next(c for c in CriticServer.func_or_class.__mro__[1:] if c.__name__ == "CriticServer")
     registry = FakeRegistry()
     monkeypatch.setattr(checkpoints, "registry", lambda: registry)
     server = cls(ServeConfig(backend="vllm"), EngineConfig(device="cuda"), None)
-    server.llm = LLMDeploymentClient(FakeLLMServer(), "mmc-critic", "mmc-critic", make_request=dict)
+    server.backend = LLMDeploymentCritic(LLMDeploymentClient(FakeLLMServer(), "mmc-critic", "mmc-critic",
+                                                             make_request=dict))
     return server
 
 
 def test_ingress_critique_goes_through_the_llm_deployment(ingress):
     reply = asyncio.run(ingress.critique(critique_request()))
-    (sent,) = ingress.llm._handle.requests
+    (sent,) = ingress.backend.llm._handle.requests
     assert sent["messages"][0]["content"][0]["image_url"]["url"].startswith("data:image/png;base64,")
     assert (reply.critique.verdict, reply.critique.first_wrong_step) == ("incorrect", 2)
     assert (reply.model, reply.version, reply.usage.prompt_tokens) == ("mmc-critic", 1, 50)
@@ -282,7 +283,7 @@ def test_ingress_score_steps_uses_prompt_logprobs(ingress):
     expected = step_scores([FakeLLMServer.char_logprob(o) * len(o) for o in openings])
     assert reply.p_correct == pytest.approx(expected.p_correct)
     assert reply.step_sound == pytest.approx(list(expected.step_sound))
-    assert len(ingress.llm._handle.requests) == len(openings) + 1
+    assert len(ingress.backend.llm._handle.requests) == len(openings) + 1
 
 
 def test_ingress_chat_completions_and_models_report_the_served_checkpoint(ingress):
@@ -293,7 +294,7 @@ def test_ingress_chat_completions_and_models_report_the_served_checkpoint(ingres
     assert reply["choices"][0]["message"]["content"] == CRITIQUE_TEXT and reply["model"] == "mmc-critic"
     models = asyncio.run(ingress.models())["data"][0]
     assert (models["checkpoint"], models["version"]) == ("/models/critic-v1", 1)
-    ingress.llm._handle.source = "/models/critic-v2"  # the LLM deployment rolled out a new critic
+    ingress.backend.llm._handle.source = "/models/critic-v2"  # the LLM deployment rolled out a new critic
     models = asyncio.run(ingress.models())["data"][0]
     assert (models["checkpoint"], models["version"]) == ("/models/critic-v2", 2)
 
@@ -302,7 +303,7 @@ def test_ingress_chat_completions_and_models_report_the_served_checkpoint(ingres
 def test_ingress_maps_llm_errors(ingress, error, status):
     from mmc_ray.serve.app import EngineFailed
 
-    ingress.llm._handle.error = error
+    ingress.backend.llm._handle.error = error
     with pytest.raises(RequestRejected if status else EngineFailed) as err:
         asyncio.run(ingress.critique(critique_request()))
     if status:
