@@ -25,6 +25,7 @@ from pathlib import Path
 from mmc_ray.config import Config, load_config
 from mmc_ray.errors import MissingInput, UserError
 from mmc_ray.orchestration import commands
+from mmc_ray.ray_runtime import quiet_workers, ray_logs_dir
 
 log = logging.getLogger("mmc_ray")
 
@@ -269,8 +270,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     sub = getattr(args, f"{args.command}_command", None)
+    quiet_workers(not args.verbose)
     try:
         COMMANDS[args.command, sub](args)
+        if not args.verbose and (logs := ray_logs_dir()):
+            print(f"worker logs (library warnings, Ray Data, DeepSpeed; -v shows them here): {logs}")
     except UserError as e:  # what the user can fix: one line; anything else is a bug and keeps its traceback
         if args.verbose:
             traceback.print_exc()

@@ -9,6 +9,22 @@ from collections.abc import Mapping
 
 from mmc_ray.errors import NotEnoughResources
 
+# Whether worker output (Ray actors' stdout/stderr, Ray Data's progress lines) reaches the console;
+# `mmc-ray` turns it off unless -v (see `quiet_workers`). Where the local Ray keeps its logs.
+_CONSOLE: dict[str, object] = {"workers_to_console": True, "session_dir": None}
+
+
+def quiet_workers(quiet: bool) -> None:
+    """Keep worker chatter (library warnings, banners, Ray Data's operator progress) out of the
+    console: it stays in the Ray session's log files (`ray_logs_dir`). Call before `init_ray`."""
+    _CONSOLE["workers_to_console"] = not quiet
+
+
+def ray_logs_dir() -> str | None:
+    """Where the local Ray this process started keeps every worker's log (None on a cluster)."""
+    session = _CONSOLE["session_dir"]
+    return None if session is None else os.path.join(str(session), "logs")
+
 
 def init_ray() -> None:
     import ray
@@ -22,7 +38,15 @@ def init_ray() -> None:
     # Ray Train's controller sees a fit end at its next poll of the workers, every 2 s by default:
     # in a streamed round that wait is on the critical path. Polling is a cheap actor call.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
-    ray.init(ignore_reinit_error=True)
+    to_console = bool(_CONSOLE["workers_to_console"])
+    context = ray.init(ignore_reinit_error=True, log_to_driver=to_console)
+    if not os.environ.get("RAY_ADDRESS"):
+        _CONSOLE["session_dir"] = context.address_info.get("session_dir")
+    if not to_console:  # our own bars say what the stages do; Ray Data's notes stay in its log file
+        import ray.data
+
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
+        ray.data.DataContext.get_current().enable_progress_bars = False
 
 
 def require_resources(who: str, need: Mapping[str, float], fix: str,

@@ -31,7 +31,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "serve": {"config", "generation", "metrics", "ray_runtime", "seeding", "images", "critique", "engines"},
     "orchestration": {*LEAVES, *PURE_CORES, "models", "engines", "workers", "store", "train", "refine", "eval",
                       "stages"},
-    "cli": {"config", "models", "store", "orchestration", "serve"},
+    "cli": {"config", "ray_runtime", "models", "store", "orchestration", "serve"},
     "__init__": set(),
     "errors": set(),
 }
