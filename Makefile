@@ -13,7 +13,7 @@ export RAY_AUTH_MODE ?= disabled
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.torch_extensions
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test test-fast lint clean setup-vllm test-vllm
+.PHONY: setup demo test test-fast lint clean setup-vllm test-vllm config-docs
 
 setup: $(STAMP)
 
@@ -61,6 +61,10 @@ $(VLLM_STAMP): pyproject.toml vllm-cpu/constraints.txt vllm-cpu/torchvision_shim
 
 test-vllm: setup-vllm
 	MMC_VLLM_TIER=1 $(VLLM_BIN)/python -m pytest -q -m vllm
+
+# configs/tiny-cpu.yaml and the README's configuration table, from the dataclasses' defaults and help.
+config-docs: setup
+	$(BIN)/python -m mmc_ray.config.reference
 
 lint: setup
 	$(BIN)/ruff check .

@@ -41,7 +41,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from _results import missing_for_gpu_run, write_results
 
-from mmc_ray.config import EngineConfig, SearchConfig, TinyModelConfig
+from mmc_ray.config import EngineConfig, SearchConfig, TinyModelConfig, VLLMConfig
 from mmc_ray.engines.vllm import end_token_ids, prepare
 from mmc_ray.generation import GenerationRequest
 from mmc_ray.models.loading import decode_image
@@ -304,8 +304,8 @@ def main() -> int:
         start = time.perf_counter()
         model_dir = build_model(args.model, Path(tmp))
         cfg = EngineConfig(kind="vllm", model_path=str(model_dir), device="cuda", dtype="auto",
-                           gpu_memory_utilization=args.gpu_memory_utilization, max_model_len=4096,
-                           max_images_per_prompt=1, **PIXELS)
+                           vllm=VLLMConfig(gpu_memory_utilization=args.gpu_memory_utilization,
+                                           max_model_len=4096, max_images_per_prompt=1), **PIXELS)
         engine = VLLMEngine.from_config(cfg)
         print(f"engine up in {time.perf_counter() - start:.0f} s: vLLM {vllm.__version__} on "
               f"{torch.cuda.get_device_name()}, model {args.model}", flush=True)

@@ -35,7 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from _results import write_results
 from gpu_vllm import PIXELS, Plan, engine_overhead, flat_requests, make_plan, tree_overhead
 
-from mmc_ray.config import EngineConfig, TinyModelConfig
+from mmc_ray.config import EngineConfig, TinyModelConfig, VLLMConfig
 
 TARGET_ENGINE_OVERHEAD = 0.10
 SMALL = TinyModelConfig(hidden_size=256, intermediate_size=768, num_layers=4, num_heads=4, num_kv_heads=2,
@@ -106,8 +106,8 @@ def main() -> int:
         model_dir = build_model(args.model, Path(tmp))
         start = time.perf_counter()
         cfg = EngineConfig(kind="vllm", model_path=str(model_dir), device=device, dtype="float32",
-                           cpu_kv_cache_gib=args.kv_cache_gib, gpu_memory_utilization=0.5,
-                           max_model_len=4096, max_images_per_prompt=1, **PIXELS)
+                           vllm=VLLMConfig(cpu_kv_cache_gib=args.kv_cache_gib, gpu_memory_utilization=0.5,
+                                           max_model_len=4096, max_images_per_prompt=1), **PIXELS)
         engine = VLLMEngine.from_config(cfg, enforce_eager=True)
         started = time.perf_counter() - start
         print(f"engine up in {started:.0f} s: vLLM {vllm.__version__} on {device}, model {args.model}",

@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="problems Parquet, or a MathVista/MathVerse-style .jsonl/.parquet")
     refine.add_argument("--out", type=Path, required=True, help="folder for records/ and report/")
     refine.add_argument("--critic-model", help="shortcut for critic.kind=hf critic.model_path=PATH")
-    refine.add_argument("--critic-url", help="shortcut for critic.kind=openai critic.base_url=URL")
+    refine.add_argument("--critic-url", help="shortcut for critic.kind=openai critic.openai.base_url=URL")
     refine.add_argument("--local", action="store_true", help="run engines in this process, not Ray workers")
     _add_config_args(refine)
 
@@ -181,7 +181,7 @@ def cmd_refine(args: argparse.Namespace) -> None:
     if args.critic_model:
         extra += ["critic.kind=hf", f"critic.model_path={args.critic_model}"]
     if args.critic_url:
-        extra += ["critic.kind=openai", f"critic.base_url={args.critic_url}"]
+        extra += ["critic.kind=openai", f"critic.openai.base_url={args.critic_url}"]
     cfg = _config(args, extra)
     commands.refine(cfg, args.problems, args.out, local=args.local)
 

@@ -58,12 +58,13 @@ def vllm_engine(tiny_vlm_path):
     float32 to compare with `HFEngine`; on vLLM's CPU build when no CUDA device is visible."""
     import torch
 
-    from mmc_ray.config import EngineConfig
+    from mmc_ray.config import EngineConfig, VLLMConfig
     from mmc_ray.engines.vllm import VLLMEngine
 
     cfg = EngineConfig(kind="vllm", model_path=str(tiny_vlm_path), dtype="float32",
-                       device="cuda" if torch.cuda.is_available() else "cpu", gpu_memory_utilization=0.3, cpu_kv_cache_gib=1,
-                       max_model_len=2048, max_images_per_prompt=2, min_pixels=56 * 56, max_pixels=112 * 112)
+                       device="cuda" if torch.cuda.is_available() else "cpu", min_pixels=56 * 56, max_pixels=112 * 112,
+                       vllm=VLLMConfig(gpu_memory_utilization=0.3, cpu_kv_cache_gib=1, max_model_len=2048,
+                                       max_images_per_prompt=2))
     engine = VLLMEngine.from_config(cfg, enforce_eager=True)  # no CUDA-graph capture: faster start
     yield engine
     engine.close()

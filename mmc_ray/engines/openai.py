@@ -97,8 +97,9 @@ class OpenAIEngine:
 
     @classmethod
     def from_config(cls, cfg: EngineConfig) -> OpenAIEngine:
-        return cls(cfg.base_url, cfg.served_model or cfg.model_path, os.environ.get(cfg.api_key_env),
-                   cfg.request_timeout_s, cfg.max_concurrency)
+        api = cfg.openai
+        return cls(api.base_url, api.served_model or cfg.model_path, os.environ.get(api.api_key_env),
+                   api.request_timeout_s, api.max_concurrency)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         return list(self._pool.map(self._one, requests))

@@ -123,14 +123,14 @@ def sampling_kwargs(req: GenerationRequest, stop_token_ids: Sequence[int] = ()) 
 def llm_kwargs(cfg: EngineConfig) -> dict[str, Any]:
     """`vllm.LLM` keyword arguments (all but `model`) of an engine config."""
     kwargs: dict[str, Any] = {
-        "tensor_parallel_size": cfg.tensor_parallel_size,
-        "distributed_executor_backend": "mp" if cfg.tensor_parallel_size > 1 else "uni",
-        "gpu_memory_utilization": cfg.gpu_memory_utilization,
-        "max_model_len": cfg.max_model_len,
-        "enable_prefix_caching": cfg.enable_prefix_caching,
+        "tensor_parallel_size": cfg.vllm.tensor_parallel_size,
+        "distributed_executor_backend": "mp" if cfg.vllm.tensor_parallel_size > 1 else "uni",
+        "gpu_memory_utilization": cfg.vllm.gpu_memory_utilization,
+        "max_model_len": cfg.vllm.max_model_len,
+        "enable_prefix_caching": cfg.vllm.enable_prefix_caching,
         # bf16 for "auto", as HFEngine on CUDA (vLLM's own "auto" turns fp32 checkpoints into fp16).
         "dtype": "bfloat16" if cfg.dtype == "auto" else cfg.dtype,
-        "limit_mm_per_prompt": {"image": cfg.max_images_per_prompt},
+        "limit_mm_per_prompt": {"image": cfg.vllm.max_images_per_prompt},
     }
     if cfg.device == "cpu":
         # vLLM 0.29's CPU build kills its engine core ("CPU Generator does not use offset") when a
@@ -400,7 +400,7 @@ class VLLMEngine:
         if cfg.device == "cpu":
             # vLLM's CPU build sizes its KV cache from this variable only (its engine-core process
             # inherits it); without it vLLM refuses to start on a shared host.
-            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.cpu_kv_cache_gib)
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.vllm.cpu_kv_cache_gib)
         self._device = cfg.device
         self._vllm = _import_vllm()
         self._llm_kwargs = {**llm_kwargs(cfg), **engine_kwargs}

@@ -47,7 +47,7 @@ def search(cfg: Config, problems_path: Path, out: Path, local: bool = False) -> 
         from mmc_ray.engines.factory import build_engine
         from mmc_ray.workers.dispatch import LocalDispatcher
 
-        dispatcher = LocalDispatcher(build_engine(cfg.actor), cfg.actor.concurrent_batches)
+        dispatcher = LocalDispatcher(build_engine(cfg.actor), cfg.actor.batches_in_flight())
         summary = search_to_dir(problems, dispatcher, cfg.search, out)
     else:
         from mmc_ray.ray_runtime import init_ray
@@ -135,7 +135,7 @@ def refine(cfg: Config, problems_path: Path, out: Path, local: bool = False,
     return report(records_dir(out), report_dir(out), {
         "title": title, "problems": str(problems_path), **names,
         "critic model": {"hf": cfg.critic.model_path, "vllm": cfg.critic.model_path,
-                         "openai": cfg.critic.base_url}.get(cfg.critic.kind, cfg.critic.kind),
+                         "openai": cfg.critic.openai.base_url}.get(cfg.critic.kind, cfg.critic.kind),
         "max rounds": r.max_rounds, "temperatures": list(r.temperatures),
         "mitigations": f"reject_repeats={r.reject_repeats} (samples {r.revision_samples}), "
                        f"keep_best={r.keep_best}",

@@ -84,7 +84,7 @@ class RayDispatcher:
     @classmethod
     def for_engines(cls, workers: Sequence[Any], cfg: EngineConfig) -> RayDispatcher:
         """Batches per worker from its engine config: `concurrent_batches` generating, one waiting."""
-        return cls(workers, inflight_per_worker=cfg.concurrent_batches + 1)
+        return cls(workers, inflight_per_worker=cfg.batches_in_flight() + 1)
 
     def submit(self, batch: Sequence[GenerationRequest]) -> int:
         index = min(range(len(self.workers)), key=self._load.__getitem__)

@@ -22,7 +22,7 @@ from mmc_ray.generation import GenerationRequest, GenerationResult, ReloadsInPla
 
 
 def concurrency_groups(cfg: EngineConfig) -> dict[str, int]:
-    return {"generate": cfg.concurrent_batches, "control": 1}
+    return {"generate": cfg.batches_in_flight(), "control": 1}
 
 
 class RoleWorker:
@@ -35,7 +35,7 @@ class RoleWorker:
         self.started_at = time.time()
         self.requests_served = 0
         self._batches = 0
-        self.peak_batches = 0  # most batches generating at once (up to cfg.concurrent_batches)
+        self.peak_batches = 0  # most batches generating at once (up to cfg.batches_in_flight())
         self._swap = threading.Lock()
 
     @ray.method(concurrency_group="generate")

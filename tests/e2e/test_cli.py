@@ -107,7 +107,7 @@ def test_tasks_generate_and_simulated_generate(tmp_path):
          "no model at nowhere"),
         (["serve", "--checkpoint", "nowhere"], "no critic at nowhere"),
         (["eval", "--refine", "nothing"], "no refine-*.parquet records in nothing/records"),
-        (["refine", "--problems", "p.parquet", "--out", "x", "critic.kind=openai"], "critic.base_url"),
+        (["refine", "--problems", "p.parquet", "--out", "x", "critic.kind=openai"], "critic.openai.base_url"),
     ],
 )
 def test_clear_errors_not_tracebacks(tmp_path, args, message):

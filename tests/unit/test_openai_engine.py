@@ -8,7 +8,7 @@ from typing import ClassVar
 
 import pytest
 
-from mmc_ray.config import EngineConfig
+from mmc_ray.config import EngineConfig, OpenAIConfig
 from mmc_ray.engines.factory import build_engine
 from mmc_ray.engines.openai import OpenAIEngine
 from mmc_ray.generation import GenerationRequest
@@ -64,8 +64,8 @@ def request(text, images=(), **kw):
 
 def test_requests_results_and_images(server, monkeypatch):
     monkeypatch.setenv("MMC_TEST_KEY", "s3cret")
-    engine = build_engine(EngineConfig(kind="openai", base_url=server, served_model="critic",
-                                       api_key_env="MMC_TEST_KEY"))
+    engine = build_engine(EngineConfig(kind="openai", openai=OpenAIConfig(base_url=server, served_model="critic",
+                                                                     api_key_env="MMC_TEST_KEY")))
     assert isinstance(engine, OpenAIEngine)
     results = engine.generate([request("hi", n=2, seed=3, stop=("\n",)),
                                request("look", images=[PNG], max_new_tokens=2),

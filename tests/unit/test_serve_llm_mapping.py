@@ -12,7 +12,15 @@ from types import SimpleNamespace
 import pytest
 from serve_payloads import B64_IMAGE, PROBLEM
 
-from mmc_ray.config import Config, ConfigError, EngineConfig, ResourcesConfig, ServeConfig, load_config
+from mmc_ray.config import (
+    Config,
+    ConfigError,
+    EngineConfig,
+    ResourcesConfig,
+    ServeConfig,
+    VLLMConfig,
+    load_config,
+)
 from mmc_ray.critique.prompts import critic_turn
 from mmc_ray.critique.schema import parse_critique
 from mmc_ray.critique.step_scores import outcome_openings, step_scores
@@ -27,9 +35,10 @@ from mmc_ray.serve.llm import (
 )
 from mmc_ray.serve.protocol import CritiqueRequest, RequestRejected, critique_body, critique_generation
 
-GPU_CRITIC = EngineConfig(kind="vllm", device="cuda", dtype="auto", tensor_parallel_size=2, gpu_memory_utilization=0.8,
-                          max_model_len=4096, enable_prefix_caching=True, max_images_per_prompt=1,
-                          min_pixels=3136, max_pixels=200704, resources=ResourcesConfig(num_gpus=2))
+GPU_CRITIC = EngineConfig(kind="vllm", device="cuda", dtype="auto", min_pixels=3136, max_pixels=200704,
+                          vllm=VLLMConfig(tensor_parallel_size=2, gpu_memory_utilization=0.8, max_model_len=4096,
+                                          enable_prefix_caching=True, max_images_per_prompt=1),
+                          resources=ResourcesConfig(num_gpus=2))
 CRITIQUE_TEXT = ("Verdict: incorrect\nFirst wrong step: 2\nError type: counting\n"
                  "Explanation: Step 2 counts 4 circles; the image has 3.\nCorrection: Count again: 3.")
 
@@ -62,7 +71,9 @@ def test_llm_config_dict_autoscales_and_names_the_accelerator_when_asked():
 
 
 def test_on_cpu_the_llm_deployment_takes_the_critics_cpus_and_its_kv_cache_size():
-    cpu_critic = dataclasses.replace(GPU_CRITIC, device="cpu", tensor_parallel_size=1, cpu_kv_cache_gib=3,
+    cpu_critic = dataclasses.replace(GPU_CRITIC, device="cpu",
+                                     vllm=dataclasses.replace(GPU_CRITIC.vllm, tensor_parallel_size=1,
+                                                              cpu_kv_cache_gib=3),
                                      resources=ResourcesConfig(num_cpus=1.5))
     config = llm_config_dict(ServeConfig(backend="vllm"), cpu_critic)
     assert config["accelerator_config"] == {"kind": "cpu"}
@@ -76,14 +87,15 @@ def test_ray_serve_llm_accepts_the_llm_config_dict():
     """Ray's own `LLMConfig` model (its config module imports without vLLM) validates the dict; the
     public `ray.serve.llm.LLMConfig` is this class, but importing `ray.serve.llm` needs vLLM."""
     llm_config = pytest.importorskip("ray.llm._internal.serve.core.configs.llm_config")
-    cpu_critic = dataclasses.replace(GPU_CRITIC, device="cpu", tensor_parallel_size=1)
+    cpu_critic = dataclasses.replace(GPU_CRITIC, device="cpu",
+                                     vllm=dataclasses.replace(GPU_CRITIC.vllm, tensor_parallel_size=1))
     for serve_cfg, critic in ((ServeConfig(backend="vllm", num_replicas=2), GPU_CRITIC),
                               (ServeConfig(backend="vllm", min_replicas=0, max_replicas=3,
                                            accelerator_type="H100"), GPU_CRITIC),
                               (ServeConfig(backend="vllm"), cpu_critic)):
         config = llm_config.LLMConfig(**llm_config_dict(serve_cfg, critic))
         assert config.model_id == serve_cfg.served_model
-        assert config.max_request_context_length == critic.max_model_len
+        assert config.max_request_context_length == critic.vllm.max_model_len
 
 
 @pytest.mark.parametrize(("overrides", "message"), [

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from mmc_ray.config import EngineConfig, ResourcesConfig
+from mmc_ray.config import EngineConfig, ResourcesConfig, VLLMConfig
 from mmc_ray.engines.vllm import (
     CallGate,
     PreparedBatch,
@@ -116,15 +116,16 @@ def test_pad_ends_a_completion_like_eos(tokenizer):
 
 
 def test_engine_arguments_from_the_config():
-    cfg = EngineConfig(kind="vllm", tensor_parallel_size=2, resources=ResourcesConfig(num_gpus=2),
-                       gpu_memory_utilization=0.6, max_model_len=4096, max_images_per_prompt=2,
-                       min_pixels=3136, max_pixels=50176)
+    cfg = EngineConfig(kind="vllm", resources=ResourcesConfig(num_gpus=2), min_pixels=3136, max_pixels=50176,
+                       vllm=VLLMConfig(tensor_parallel_size=2, gpu_memory_utilization=0.6, max_model_len=4096,
+                                       max_images_per_prompt=2), device="auto", dtype="auto")
     assert llm_kwargs(cfg) == {
         "tensor_parallel_size": 2, "distributed_executor_backend": "mp", "gpu_memory_utilization": 0.6,
         "max_model_len": 4096, "enable_prefix_caching": True, "dtype": "bfloat16",
         "limit_mm_per_prompt": {"image": 2}, "mm_processor_kwargs": {"min_pixels": 3136, "max_pixels": 50176},
     }
-    one = llm_kwargs(EngineConfig(kind="vllm", dtype="float32", enable_prefix_caching=False))
+    one = llm_kwargs(EngineConfig(kind="vllm", device="cuda", dtype="float32",
+                                  vllm=VLLMConfig(enable_prefix_caching=False)))
     assert one["distributed_executor_backend"] == "uni" and one["dtype"] == "float32"
     assert one["enable_prefix_caching"] is False
     assert "enable_chunked_prefill" not in one

@@ -17,7 +17,7 @@ def test_the_round_refines_with_its_trained_critic_on_vllm(tmp_path):
     args = ("demo", "--out", str(run), "--rounds", "1", "tasks.n=8", "pipeline.eval_problems=6",
             "pipeline.oracle_baseline=false", "train.max_steps=2", "refine.max_rounds=1",
             "refine.critic_max_new_tokens=24", "critic.kind=vllm", "critic.device=cpu", "critic.dtype=float32",
-            "critic.cpu_kv_cache_gib=1", "critic.max_model_len=4096", "critic.max_images_per_prompt=1",
+            "critic.vllm.cpu_kv_cache_gib=1", "critic.vllm.max_model_len=4096", "critic.vllm.max_images_per_prompt=1",
             "critic.resources.replicas=1")
     proc = subprocess.run([sys.executable, "-m", "mmc_ray.cli", *args], cwd=tmp_path, capture_output=True,
                           text=True, timeout=1200)

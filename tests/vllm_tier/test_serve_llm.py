@@ -16,7 +16,7 @@ import pytest
 import torch
 from serve_payloads import PROBLEM, critique_body, free_port, statuses_across_redeploy
 
-from mmc_ray.config import Config, EngineConfig, ResourcesConfig, ServeConfig
+from mmc_ray.config import Config, EngineConfig, ResourcesConfig, ServeConfig, VLLMConfig
 from mmc_ray.critique.prompts import critic_messages
 from mmc_ray.engines.openai import OpenAIEngine
 from mmc_ray.generation import GenerationRequest
@@ -37,8 +37,9 @@ def service(ray_local, tiny_vlm_path, tmp_path_factory):
                             max_steps=6, max_tokens=64, default_max_tokens=24, graceful_shutdown_timeout_s=120,
                             api_key_file=str(key_file), api_key_env="MMC_TEST_UNSET_KEY")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    critic = EngineConfig(kind="vllm", device=device, dtype="float32", gpu_memory_utilization=0.3,
-                          cpu_kv_cache_gib=1, max_model_len=2048, max_images_per_prompt=1, min_pixels=3136,
+    critic = EngineConfig(kind="vllm", device=device, dtype="float32", min_pixels=3136,
+                          vllm=VLLMConfig(gpu_memory_utilization=0.3, cpu_kv_cache_gib=1, max_model_len=2048,
+                                          max_images_per_prompt=1),
                           max_pixels=12544, resources=ResourcesConfig(num_cpus=0.75))
     cfg = Config(serve=serve_cfg, critic=critic)
     url = deploy(cfg)

@@ -14,6 +14,7 @@ from mmc_ray.config import (
     ResourcesConfig,
     SearchConfig,
     SimulatorConfig,
+    VLLMConfig,
 )
 from mmc_ray.engines.simulated import SimulatedActorEngine
 from mmc_ray.stages.search import search_to_dir
@@ -26,11 +27,12 @@ from mmc_ray.workers.role_worker import PolicyWorker
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 
-def vllm_cfg(model_path, replicas=1, **kwargs) -> EngineConfig:
+def vllm_cfg(model_path, replicas=1, concurrent_batches=1) -> EngineConfig:
     return EngineConfig(kind="vllm", model_path=str(model_path), device="cpu", dtype="float32",
-                        cpu_kv_cache_gib=1, max_model_len=2048, max_images_per_prompt=1,
+                        vllm=VLLMConfig(cpu_kv_cache_gib=1, max_model_len=2048, max_images_per_prompt=1,
+                                        concurrent_batches=concurrent_batches),
                         max_pixels=56 * 56, max_batch_size=16,
-                        resources=ResourcesConfig(replicas=replicas, num_cpus=0.5, max_restarts=3), **kwargs)
+                        resources=ResourcesConfig(replicas=replicas, num_cpus=0.5, max_restarts=3))
 
 
 def written_rows(out_dir):
