@@ -28,6 +28,8 @@ from mmc_ray.orchestration import commands
 from mmc_ray.ray_runtime import quiet_workers, ray_logs_dir
 
 log = logging.getLogger("mmc_ray")
+RUN_LOG = "mmc-ray.log"
+RUN_FOLDER_COMMANDS = ("train", "refine", "pipeline", "demo")  # whose --out is a run folder
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -258,6 +260,32 @@ COMMANDS = {
 }
 
 
+class _NotLibraryWarnings(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name != "py.warnings"
+
+
+def _set_up_logging(args: argparse.Namespace) -> Path | None:
+    """The console gets our warnings and errors (-v: everything); a run folder's `mmc-ray.log` gets
+    everything at INFO, library warnings (`warnings.warn`) included. Returns the log file's path."""
+    logging.captureWarnings(True)
+    console = logging.StreamHandler()
+    handlers: list[logging.Handler] = [console]
+    if not args.verbose:
+        console.setLevel(logging.WARNING)
+        console.addFilter(_NotLibraryWarnings())
+    run_log = None
+    if args.command in RUN_FOLDER_COMMANDS:
+        run_log = args.out / RUN_LOG
+        run_log.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(run_log))
+        handlers[-1].setLevel(logging.INFO)
+        handlers[-1].setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=handlers, force=True,
+                        format="%(levelname)s %(name)s: %(message)s")
+    return run_log
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     # Overrides may come before, between or after options (argparse alone stops at the first option).
@@ -267,14 +295,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    run_log = _set_up_logging(args)
     sub = getattr(args, f"{args.command}_command", None)
     quiet_workers(not args.verbose)
     try:
         COMMANDS[args.command, sub](args)
-        if not args.verbose and (logs := ray_logs_dir()):
-            print(f"worker logs (library warnings, Ray Data, DeepSpeed; -v shows them here): {logs}")
+        logs = [f"{run_log} (this run)"] if run_log else []
+        if ray_dir := ray_logs_dir():
+            log.info("Ray worker logs: %s", ray_dir)
+            logs.append(f"{ray_dir} (Ray workers)")
+        if logs and not args.verbose:
+            print(f"logs: {'; '.join(logs)}; -v shows them here")
     except UserError as e:  # what the user can fix: one line; anything else is a bug and keeps its traceback
         if args.verbose:
             traceback.print_exc()

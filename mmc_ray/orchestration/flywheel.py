@@ -138,9 +138,10 @@ def run_pipeline(cfg: Config, run_dir: Path) -> dict[str, Any]:
                                 title=f"round {r} critic on training problems", engines=engines)
         if refine_train:
             from mmc_ray.eval.report import read_refine_rows
+            from mmc_ray.refine.records import RefineRecord
 
-            added = annotate_refinement_to_dir(read_refine_rows(records_dir(rdir.refine_train)),
-                                               read_problems(train_path), dataset, rcfg)
+            records = [RefineRecord.from_row(r) for r in read_refine_rows(records_dir(rdir.refine_train))]
+            added = annotate_refinement_to_dir(records, read_problems(train_path), dataset, rcfg)
             print(f"annotate: {added.critiques} critiques of refinement answers added to {dataset}")
         actor: dict[str, Any] = {"model": actor_model}
         if pcfg.retrain_actor and r < pcfg.rounds:

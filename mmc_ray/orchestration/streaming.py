@@ -26,6 +26,7 @@ import pyarrow as pa
 
 from mmc_ray.background import BackgroundTask
 from mmc_ray.config import Config
+from mmc_ray.orchestration.progress import RoundProgress
 from mmc_ray.ray_runtime import actor_pool, require_resources
 from mmc_ray.schemas import CRITIQUE_SCHEMA, TREE_SCHEMA
 from mmc_ray.stages.annotate import annotate_dataset, annotate_metrics, make_split_of, write_outcomes
@@ -98,11 +99,12 @@ def _annotate_graph(cfg: Config, trees_dir: Path, search_done: Path, dataset_dir
         batch_format="pyarrow", compute=actor_pool(1), num_cpus=0)
 
 
-def _count_outcomes(graph: Any) -> dict[str, int]:
+def _count_outcomes(graph: Any, progress: RoundProgress) -> dict[str, int]:
     counts = {"critiques": 0, "drops": 0}
     for row in graph.iter_rows():
         for key in counts:
             counts[key] += row[key]
+        progress.outcomes(row["critiques"], row["drops"])
     return counts
 
 
@@ -121,9 +123,9 @@ def _outcome(stage: BackgroundTask) -> Any:
 
 
 def streamed_round(cfg: Config, problems_path: Path, trees_dir: Path, dataset_dir: Path,
-                   critic_dir: Path) -> Any:
-    """Search into `trees_dir` and annotate into `dataset_dir` while the critic trains on it;
-    returns the trainer's `TrainSummary`."""
+                   critic_dir: Path, show_progress: bool = True) -> Any:
+    """Search into `trees_dir` and annotate into `dataset_dir` while the critic trains on it, all
+    on one progress line; returns the trainer's `TrainSummary`."""
 
     from mmc_ray.orchestration.commands import print_search_summary
     from mmc_ray.ray_runtime import init_ray
@@ -142,16 +144,17 @@ def streamed_round(cfg: Config, problems_path: Path, trees_dir: Path, dataset_di
     search_cfg = dataclasses.replace(cfg.search, shard_size=min(cfg.search.shard_size, TREES_PER_SHARD))
     stop = threading.Event()
     group = create_worker_group(PolicyWorker, cfg.actor)
+    progress = RoundProgress(len(problems), cfg.train.max_steps, enabled=show_progress)
     try:
         dispatcher = RayDispatcher.for_engines(group.workers, cfg.actor)
         search = _folder_writer("search", lambda: search_to_dir(
-            problems, dispatcher, search_cfg, trees_dir, progress=False, stop=stop), search_done)
+            problems, dispatcher, search_cfg, trees_dir, stop=stop, bar=progress), search_done)
         graph = _annotate_graph(cfg, trees_dir, search_done, dataset_dir)
-        annotation = _folder_writer("annotation", lambda: _count_outcomes(graph), upstream_done)
+        annotation = _folder_writer("annotation", lambda: _count_outcomes(graph, progress), upstream_done)
         with _small_blocks():
             rows = read_growing_shards(data_dir(dataset_dir), "train", upstream_done, CRITIQUE_SCHEMA)
         try:
-            summary = train(cfg, dataset_dir, critic_dir, stream=rows)
+            summary = train(cfg, dataset_dir, critic_dir, stream=rows, on_step=progress.train_step)
         except BaseException:
             causes = [stage for stage in (search, annotation) if stage.error is not None]
             stop.set()  # the search stops at its next batch, annotation when its trees folder is done
@@ -165,6 +168,7 @@ def streamed_round(cfg: Config, problems_path: Path, trees_dir: Path, dataset_di
     finally:
         stop.set()  # a search still running (the round failed before training) stops before its workers go
         group.shutdown()
+        progress.close()
     print_search_summary(searched, trees_dir)
     print(f"annotate: {counts['critiques']} critiques, {counts['drops']} drops (streamed)")
     write_card(dataset_dir, cfg)

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from mmc_ray.config import RefineConfig
 from mmc_ray.critique.prompts import critic_messages, refine_messages
 from mmc_ray.critique.rule_annotator import locate_first_error
 from mmc_ray.critique.schema import Critique, parse_critique
 from mmc_ray.generation import Completion, GenerationEngine, GenerationRequest
+from mmc_ray.refine.records import RefineRecord
 from mmc_ray.seeding import stable_seed
 from mmc_ray.tasks.problem import Problem
 from mmc_ray.tasks.prompts import solve_request
@@ -100,8 +100,8 @@ class RefinementLoop:
         self.critic = critic
         self.cfg = cfg
 
-    def run(self, problems: Sequence[Problem]) -> list[dict[str, Any]]:
-        """REFINE_SCHEMA rows for `problems`: one per round each problem went through."""
+    def run(self, problems: Sequence[Problem]) -> list[RefineRecord]:
+        """One record per round each problem went through."""
         states = [_ProblemState(p) for p in problems]
         for round_index in range(self.cfg.max_rounds + 1):
             active = [s for s in states if s.active]
@@ -109,7 +109,7 @@ class RefinementLoop:
                 break
             self._actor_round(active, round_index)
             self._critic_round([s for s in active if s.active], round_index)
-        return [row for s in states for row in self._rows(s)]
+        return [record for s in states for record in self._records(s)]
 
     def _actor_round(self, states: Sequence[_ProblemState], round_index: int) -> None:
         cfg = self.cfg
@@ -190,23 +190,18 @@ class RefinementLoop:
             return max(s.attempts, key=_Attempt.critic_rating).round
         return s.attempts[-1].round
 
-    def _rows(self, s: _ProblemState) -> list[dict[str, Any]]:
+    def _records(self, s: _ProblemState) -> list[RefineRecord]:
         p, final = s.problem, self._final_round(s)
-        rows = []
-        for a in s.attempts:
-            c = a.critique
-            rows.append({
-                "problem_id": p.problem_id, "round": a.round, "family": p.family, "source": p.source,
-                "text": a.text, "num_steps": len(a.steps), "extracted_answer": a.answer,
-                "correct": a.correct, "true_first_wrong_step": a.true_first_wrong_step,
-                "temperature": a.temperature, "answer_repeated": a.answer_repeated,
-                "actor_finish_reason": a.actor_finish_reason, "actor_tokens": a.actor_tokens,
-                "critic_text": a.critic_text, "critic_verdict": c.verdict if c else None,
-                "critic_first_wrong_step": c.first_wrong_step if c else None,
-                "critic_error_type": c.error_type if c else None,
-                "critic_parse_error": a.critic_parse_error, "critic_tokens": a.critic_tokens,
-                "final": a.round == final, "stop_reason": "",
-            })
-        if rows:
-            rows[-1]["stop_reason"] = s.stop_reason
-        return rows
+        records = [RefineRecord(
+            problem_id=p.problem_id, round=a.round, family=p.family, source=p.source, text=a.text,
+            num_steps=len(a.steps), extracted_answer=a.answer, correct=a.correct,
+            true_first_wrong_step=a.true_first_wrong_step, temperature=a.temperature,
+            answer_repeated=a.answer_repeated, actor_finish_reason=a.actor_finish_reason,
+            actor_tokens=a.actor_tokens, critic_text=a.critic_text,
+            critic_verdict=a.critique.verdict if a.critique else None,
+            critic_first_wrong_step=a.critique.first_wrong_step if a.critique else None,
+            critic_error_type=a.critique.error_type if a.critique else None,
+            critic_parse_error=a.critic_parse_error, critic_tokens=a.critic_tokens, final=a.round == final,
+            stop_reason=s.stop_reason if a is s.attempts[-1] else "",
+        ) for a in s.attempts]
+        return records

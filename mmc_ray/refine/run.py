@@ -44,15 +44,15 @@ def refine_to_dir(problems: Sequence[Problem], actor: GenerationEngine, critic: 
     with tqdm(total=len(todo), desc="refine", unit="problem", disable=not progress) as bar:
         for begin in range(0, len(todo), cfg.problems_per_batch):
             batch = todo[begin:begin + cfg.problems_per_batch]
-            rows = loop.run(batch)
-            for row in rows:
-                writer.add(row)
+            records = loop.run(batch)
+            for record in records:
+                writer.add(record.to_row())
             writer.flush()
-            rounds += len(rows)
-            first = {r["problem_id"]: r["correct"] for r in rows if r["round"] == 0}
-            final = {r["problem_id"]: r["correct"] for r in rows if r["final"]}
+            rounds += len(records)
+            first = {r.problem_id: r.correct for r in records if r.round == 0}
+            final = {r.problem_id: r.correct for r in records if r.final}
             metrics.inc("problems", len(batch))
-            metrics.inc("rounds", len(rows))
+            metrics.inc("rounds", len(records))
             metrics.inc("wrong_to_right", sum(final[k] and not first[k] for k in final))
             metrics.inc("right_to_wrong", sum(first[k] and not final[k] for k in final))
             bar.update(len(batch))

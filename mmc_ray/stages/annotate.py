@@ -23,11 +23,13 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from mmc_ray.config import AnnotateConfig, Config
+from mmc_ray.critique.records import PathToCritique
 from mmc_ray.errors import MissingInput
 from mmc_ray.mcts.pairs import balanced_sample, mine_pairs_from_row
 from mmc_ray.metrics import StageMetrics
 from mmc_ray.ray_runtime import actor_pool
-from mmc_ray.schemas import PAIR_SCHEMA, PROBLEM_SCHEMA
+from mmc_ray.refine.records import RefineRecord
+from mmc_ray.schemas import PAIR_SCHEMA
 from mmc_ray.seeding import stable_unit
 from mmc_ray.stages.dataset_card import write_card
 from mmc_ray.store.dataset import DatasetWriter, finished_pair_ids
@@ -48,28 +50,26 @@ def make_split_of(fractions: tuple[float, ...], seed: int) -> Callable[[str], st
 
 
 def mine_tree_rows(trees: Iterable[dict[str, Any]], cfg: AnnotateConfig,
-                   skip: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
-    """Pair rows (PAIR_SCHEMA) from tree rows, minus ids in `skip`, spread across (family, depth)."""
-    rows = []
+                   skip: frozenset[str] = frozenset()) -> list[PathToCritique]:
+    """The paths to critique in tree rows, minus ids in `skip`, spread across (family, depth)."""
+    records = []
     for tree in trees:
-        problem = {name: tree[name] for name in PROBLEM_SCHEMA.names}
+        problem = Problem.from_row(tree)
         for pair in mine_pairs_from_row(tree, cfg.mining, cfg.seed):
             if pair.pair_id in skip:
                 continue
             divergent = pair.kind == "divergent"
             path = pair.wrong if divergent else pair.correct
-            rows.append({
-                **problem,
-                "pair_id": pair.pair_id,
-                "kind": pair.kind,
-                "divergence_depth": pair.divergence_depth,
-                "path_steps": list(path.steps),
-                "path_answer": path.answer,
-                "path_correct": path.correct,
-                "reference_steps": list(pair.correct.steps) if divergent else [],
-                "reference_answer": pair.correct.answer if divergent else None,
-            })
-    return balanced_sample(rows, key=lambda r: (r["family"], r["divergence_depth"]), limit=None)
+            records.append(PathToCritique(
+                problem, pair.pair_id, pair.kind, path.steps, path.answer, path.correct,
+                divergence_depth=pair.divergence_depth,
+                reference_steps=pair.correct.steps if divergent else (),
+                reference_answer=pair.correct.answer if divergent else None))
+    return balanced_sample(records, key=lambda r: (r.problem.family, r.divergence_depth), limit=None)
+
+
+def pair_table(records: Iterable[PathToCritique]) -> pa.Table:
+    return pa.Table.from_pylist([r.to_row() for r in records], schema=PAIR_SCHEMA)
 
 
 class PairMiningStage:
@@ -79,8 +79,7 @@ class PairMiningStage:
         self.cfg, self.skip = cfg, skip
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = mine_tree_rows(batch.to_pylist(), self.cfg, self.skip)
-        return pa.Table.from_pylist(rows, schema=PAIR_SCHEMA)
+        return pair_table(mine_tree_rows(batch.to_pylist(), self.cfg, self.skip))
 
 
 @dataclass
@@ -114,30 +113,27 @@ def annotate_to_dir(trees_dir: str | Path, out_dir: str | Path, cfg: Config, loc
                           progress, unit="pair")
 
 
-def annotate_refinement_to_dir(refine_rows: Iterable[dict[str, Any]], problems: Iterable[Problem],
+def annotate_refinement_to_dir(records: Iterable[RefineRecord], problems: Iterable[Problem],
                                out_dir: str | Path, cfg: Config, progress: bool = True) -> AnnotateSummary:
-    """Critique every answer the actor wrote while being refined (REFINE_SCHEMA rows) with the rule
-    annotator and add them to the dataset in `out_dir`: the critic then also learns from whole
-    answers of the kind it judges at inference, revisions included. Synthetic problems only."""
+    """Critique every answer the actor wrote while being refined with the rule annotator and add them
+    to the dataset in `out_dir`: the critic then also learns from whole answers of the kind it judges
+    at inference, revisions included. Synthetic problems only."""
     by_id = {p.problem_id: p for p in problems}
     pairs = []
-    for r in refine_rows:
-        problem = by_id.get(r["problem_id"])
+    for r in records:
+        problem = by_id.get(r.problem_id)
         if problem is None:
-            raise ValueError(f"refinement record of unknown problem {r['problem_id']}")
-        parsed = parse_reasoning(r["text"])
-        pairs.append({**problem.to_row(), "pair_id": f"{r['problem_id']}:refine:{r['round']}",
-                      "kind": "refined", "divergence_depth": -1, "path_steps": list(parsed.steps),
-                      "path_answer": parsed.answer, "path_correct": r["correct"], "reference_steps": [],
-                      "reference_answer": None})
+            raise ValueError(f"refinement record of unknown problem {r.problem_id}")
+        parsed = parse_reasoning(r.text)
+        pairs.append(PathToCritique(problem, f"{r.problem_id}:refine:{r.round}", "refined",
+                                    tuple(parsed.steps), parsed.answer, r.correct))
     rule_cfg = replace(cfg, annotate=replace(cfg.annotate, method="rule"))
 
     def outcomes(done: frozenset[str], split_of: Callable[[str], str]) -> Iterator[pa.Table]:
         worker = AnnotatorWorker(rule_cfg, split_of)
-        todo = [p for p in pairs if p["pair_id"] not in done]
+        todo = [p for p in pairs if p.pair_id not in done]
         for begin in range(0, len(todo), cfg.annotate.trees_per_batch):
-            yield worker(pa.Table.from_pylist(todo[begin:begin + cfg.annotate.trees_per_batch],
-                                              schema=PAIR_SCHEMA))
+            yield worker(pair_table(todo[begin:begin + cfg.annotate.trees_per_batch]))
     return _write_dataset(out_dir, rule_cfg, outcomes, progress, unit="answer")
 
 
@@ -189,7 +185,7 @@ def _local_outcomes(trees_dir: Path, cfg: Config, done: frozenset[str],
     for trees in _tree_batches(trees_dir, cfg.annotate.trees_per_batch):
         pairs = mine_tree_rows(trees, cfg.annotate, done)
         if pairs:
-            yield worker(pa.Table.from_pylist(pairs, schema=PAIR_SCHEMA))
+            yield worker(pair_table(pairs))
 
 
 def annotate_dataset(trees: Any, cfg: Config, split_of: Callable[[str], str],

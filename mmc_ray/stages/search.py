@@ -3,8 +3,9 @@
 The driver keeps up to `search.max_active_trees` trees open, pools the requests they emit into
 batches of `search.requests_per_call`, and hands batches to the dispatcher as soon as it has room,
 so workers never wait for the slowest tree. A finished tree becomes one row (`TREE_SCHEMA`) the
-moment it is done. A batch that fails (a worker killed, an engine error) is retried on another
-worker; requests that fail three times become failed generations, counted in their tree.
+moment it is done. A failed batch goes through the `RetryPolicy`: sent again; an engine error that
+persists becomes failed generations, counted in their tree; a worker lost again and again stops the
+search with `CapacityLost` (finished trees are kept, the open ones are searched again on rerun).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from tqdm import tqdm
 
@@ -31,10 +32,17 @@ from mmc_ray.store.shards import ShardWriter, finished_ids
 from mmc_ray.tasks.problem import Problem, image_error
 from mmc_ray.tasks.prompts import solve_request
 from mmc_ray.tasks.scoring import answers_match, extract_answer
-from mmc_ray.workers.dispatch import Dispatcher, WorkerLost
+from mmc_ray.workers.dispatch import Dispatcher, RetryPolicy, WorkerLost
 
 log = logging.getLogger(__name__)
-MAX_BATCH_ATTEMPTS = 3
+
+
+class ProgressLine(Protocol):
+    """What the driver reports progress to (tqdm's interface)."""
+
+    def update(self, n: int = 1) -> Any: ...
+
+    def set_postfix(self, ordered_dict: Any = None, refresh: bool = True, **values: Any) -> Any: ...
 
 
 class SearchStopped(RuntimeError):
@@ -111,9 +119,10 @@ class _Driver:
     """State of one `run_search` call; see the module docstring."""
 
     def __init__(self, problems: Iterable[Problem], dispatcher: Dispatcher, cfg: SearchConfig,
-                 on_tree_done: Callable[[Problem, SearchTree], None], bar: tqdm,
-                 stop: threading.Event | None) -> None:
+                 on_tree_done: Callable[[Problem, SearchTree], None], bar: ProgressLine,
+                 stop: threading.Event | None, retry: RetryPolicy) -> None:
         self.problems = iter(problems)
+        self.retry = retry
         self.stop = stop
         self.dispatcher = dispatcher
         self.cfg = cfg
@@ -195,11 +204,10 @@ class _Driver:
             if isinstance(outcome, WorkerLost):
                 self.summary.worker_restarts += 1
                 self.metrics.inc("worker_restarts")
-            log.warning("search: a batch of %d requests failed (%s); retrying", len(batch),
-                        type(outcome).__name__)
+            log.warning("search: a batch of %d requests failed (%s); retrying", len(batch), outcome)
             for pending in batch:
-                pending.attempts += 1
-                if pending.attempts < MAX_BATCH_ATTEMPTS:
+                pending.attempts += self.retry.counts(outcome)
+                if self.retry.retry(outcome, pending.attempts):
                     self.queue.appendleft(pending)
                 else:
                     self._apply(pending, None)
@@ -232,24 +240,28 @@ class _Driver:
 
 def run_search(problems: Sequence[Problem] | Iterable[Problem], dispatcher: Dispatcher, cfg: SearchConfig,
                on_tree_done: Callable[[Problem, SearchTree], None], progress: bool = True,
-               total: int | None = None, stop: threading.Event | None = None) -> SearchSummary:
+               total: int | None = None, stop: threading.Event | None = None,
+               retry: RetryPolicy = RetryPolicy(), bar: ProgressLine | None = None) -> SearchSummary:
     """Search every problem; `on_tree_done(problem, tree)` is called as each tree finishes. Setting
-    `stop` raises `SearchStopped` once the batches in flight come back."""
+    `stop` raises `SearchStopped` once the batches in flight come back. Progress goes to a tqdm bar
+    of its own, or to `bar` (a line the caller shares between stages)."""
+    if bar is not None:
+        return _Driver(problems, dispatcher, cfg, on_tree_done, bar, stop, retry).run()
     total = len(problems) if total is None and isinstance(problems, Sequence) else total
-    with tqdm(total=total, desc="search", unit="tree", disable=not progress) as bar:
-        return _Driver(problems, dispatcher, cfg, on_tree_done, bar, stop).run()
+    with tqdm(total=total, desc="search", unit="tree", disable=not progress) as own_bar:
+        return _Driver(problems, dispatcher, cfg, on_tree_done, own_bar, stop, retry).run()
 
 
 def search_to_dir(problems: Sequence[Problem], dispatcher: Dispatcher, cfg: SearchConfig,
                   out_dir: str | Path, progress: bool = True,
-                  stop: threading.Event | None = None) -> SearchSummary:
+                  stop: threading.Event | None = None, bar: ProgressLine | None = None) -> SearchSummary:
     """Search into `out_dir/trees-NNNNN.parquet`, skipping problems already there (resume)."""
     done = finished_ids(out_dir, TREES, "problem_id")
     todo = [p for p in problems if p.problem_id not in done]
     writer = ShardWriter(out_dir, TREES, TREE_SCHEMA, cfg.shard_size)
     try:
         summary = run_search(todo, dispatcher, cfg, lambda p, t: writer.add(tree_row(p, t)), progress,
-                             stop=stop)
+                             stop=stop, bar=bar)
     finally:
         writer.flush()  # keep every finished tree, even when the run is interrupted
     summary.resumed = len(problems) - len(todo)

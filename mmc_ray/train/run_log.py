@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +45,10 @@ class StepBoard:
 
 
 @contextlib.contextmanager
-def driver_progress(total_steps: int, enabled: bool = True, poll_s: float = 1.0) -> Iterator[Any]:
-    """A `StepBoard` actor handle for the workers (None when disabled) while a tqdm bar on the driver
-    follows it: steps done, loss, tokens/s."""
+def driver_progress(total_steps: int, enabled: bool = True, poll_s: float = 1.0,
+                    on_step: Callable[[dict[str, float]], None] | None = None) -> Iterator[Any]:
+    """A `StepBoard` actor handle for the workers (None when disabled) while the driver follows it:
+    each new step's values (step, loss, tokens/s, ...) go to `on_step`, or by default to a tqdm bar."""
     if not enabled:
         yield None
         return
@@ -58,13 +59,16 @@ def driver_progress(total_steps: int, enabled: bool = True, poll_s: float = 1.0)
     done = threading.Event()
 
     def follow() -> None:
-        with tqdm(total=total_steps, desc="train", unit="step") as bar:
+        with tqdm(total=total_steps, desc="train", unit="step", disable=on_step is not None) as bar:
             while True:
                 finished = done.wait(poll_s)
                 latest = ray.get(board.read.remote())
                 if latest and int(latest["step"]) != bar.n:
                     bar.n = int(latest["step"])
-                    bar.set_postfix(loss=f"{latest['loss']:.3f}", tok_s=f"{latest['tokens_per_s']:.0f}")
+                    if on_step is not None:
+                        on_step(latest)
+                    else:
+                        bar.set_postfix(loss=f"{latest['loss']:.3f}", tok_s=f"{latest['tokens_per_s']:.0f}")
                 if finished:
                     return
 

@@ -12,15 +12,18 @@ partitioned) weights into a Hugging Face folder that `HFEngine` loads by path.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
+import logging
 import math
 import os
 import random
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,7 @@ from mmc_ray.ray_runtime import require_resources
 from mmc_ray.store.layout import export_dir, split_shards
 from mmc_ray.train.run_log import StepLog, driver_progress, model_flops_per_token
 
+log = logging.getLogger(__name__)
 DS_TAG = "ds"
 STATE_FILE = "trainer_state.json"
 COMPLETE_MARKER = "COMPLETE"  # written after every rank's part of a checkpoint is uploaded
@@ -353,10 +357,12 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
 
 
 def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool = False,
-          stream: Any = None, progress: bool = True, hooks: TrainHooks | None = None) -> TrainSummary:
+          stream: Any = None, progress: bool = True, hooks: TrainHooks | None = None,
+          on_step: Callable[[dict[str, float]], None] | None = None) -> TrainSummary:
     """Fit on `data_dir` (an MMC dataset folder for the critic; a problems folder for actor SFT),
     or on `stream`, a `ray.data.Dataset` of the same rows still being produced upstream. `hooks`
-    observe the fit on its workers (see `TrainHooks`)."""
+    observe the fit on its workers (see `TrainHooks`); `on_step` gets each step's values on the
+    driver instead of the progress bar (a caller showing several stages on one line)."""
     from mmc_ray.ray_runtime import init_ray
 
     data_dir, out_dir = Path(data_dir).resolve(), Path(out_dir).resolve()
@@ -377,7 +383,7 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
                       {"CPU": tcfg.num_workers * tcfg.cpus_per_worker}, spare={"CPU": READ_CPUS},
                       fix="Ray Data needs the spare CPU to read the dataset: lower train.cpus_per_worker")
     start = time.perf_counter()
-    with driver_progress(tcfg.max_steps, progress) as board:
+    with driver_progress(tcfg.max_steps, progress, on_step=on_step) as board:
         result = fit(tcfg, out_dir, files, resume_from=resume_from, board=board, stream=stream, hooks=hooks)
     checkpoint = Path(result.checkpoint.path)
     exported = export_hf(checkpoint, tcfg, export_dir(out_dir))
@@ -418,7 +424,9 @@ def export_hf(checkpoint: Path, tcfg: TrainConfig, out: Path) -> Path:
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
 
-    state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint), tag=DS_TAG)
+    with contextlib.redirect_stdout(io.StringIO()) as printed:  # DeepSpeed prints its progress
+        state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint), tag=DS_TAG)
+    log.info("export: %s", " | ".join(printed.getvalue().split("\n")).strip(" |"))
     model = AutoModelForImageTextToText.from_pretrained(tcfg.init_model, local_files_only=True)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or [k for k in missing if "lm_head" not in k]:  # tied lm_head may be absent

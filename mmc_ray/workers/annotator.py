@@ -16,11 +16,11 @@ import pyarrow as pa
 
 from mmc_ray.config import AnnotateConfig, Config
 from mmc_ray.critique.prompts import FORMAT_SPEC, annotator_messages, critic_messages
+from mmc_ray.critique.records import PathToCritique
 from mmc_ray.critique.rule_annotator import reference_first_wrong_step, rule_critique
 from mmc_ray.critique.schema import Critique, parse_critique
 from mmc_ray.generation import GenerationEngine, GenerationRequest
 from mmc_ray.schemas import CRITIQUE_SCHEMA, DROP_SCHEMA
-from mmc_ray.tasks.problem import Problem
 
 OUTCOME_SCHEMA = pa.schema([*CRITIQUE_SCHEMA, pa.field("status", pa.string()),
                             pa.field("reason", pa.string()), pa.field("raw_output", pa.string())])
@@ -43,16 +43,16 @@ class LLMAnnotator:
         self.engine = engine
         self.cfg = cfg
 
-    def _messages(self, problem: Problem, pair: dict[str, Any]) -> tuple[dict[str, Any], ...]:
-        if pair["kind"] == "no_error":
-            return critic_messages(problem, pair["path_steps"], pair["path_answer"])
-        shared = pair["path_steps"][: pair["divergence_depth"]]
-        return annotator_messages(problem, shared, pair["reference_steps"][len(shared):],
-                                  pair["reference_answer"], pair["path_steps"][len(shared):],
-                                  pair["path_answer"])
+    @staticmethod
+    def _messages(item: PathToCritique) -> tuple[dict[str, Any], ...]:
+        if item.kind != "divergent":
+            return critic_messages(item.problem, item.path_steps, item.path_answer)
+        shared = len(item.shared_steps)
+        return annotator_messages(item.problem, item.shared_steps, item.reference_steps[shared:],
+                                  item.reference_answer, item.path_steps[shared:], item.path_answer)
 
-    def annotate(self, items: Sequence[tuple[Problem, dict[str, Any]]]) -> list[Outcome]:
-        conversations = [list(self._messages(p, pair)) for p, pair in items]
+    def annotate(self, items: Sequence[PathToCritique]) -> list[Outcome]:
+        conversations = [list(self._messages(item)) for item in items]
         outcomes: list[Outcome | None] = [None] * len(items)
         last = [Dropped("not attempted")] * len(items)
         pending = list(range(len(items)))
@@ -60,11 +60,11 @@ class LLMAnnotator:
             if not pending:
                 break
             requests = [GenerationRequest(messages=tuple(conversations[i]),
-                                          images=items[i][0].images,
+                                          images=items[i].problem.images,
                                           temperature=self.cfg.temperature,
                                           max_new_tokens=self.cfg.max_new_tokens,
                                           seed=self.cfg.seed + attempt,
-                                          metadata={"problem_id": items[i][0].problem_id})
+                                          metadata={"problem_id": items[i].problem.problem_id})
                         for i in pending]
             still = []
             for i, result in zip(pending, self.engine.generate(requests), strict=True):
@@ -72,7 +72,7 @@ class LLMAnnotator:
                 if completion.finish_reason == "error":
                     last[i] = Dropped(f"engine error: {completion.error}")
                     continue  # retrying the same input would fail the same way
-                parsed = parse_critique(completion.text, num_steps=len(items[i][1]["path_steps"]))
+                parsed = parse_critique(completion.text, num_steps=len(items[i].path_steps))
                 if parsed.ok:
                     outcomes[i] = parsed.critique
                     continue
@@ -88,20 +88,19 @@ class LLMAnnotator:
         return [o if o is not None else last[i] for i, o in enumerate(outcomes)]
 
 
-def _rule_outcome(problem: Problem, pair: dict[str, Any]) -> Outcome:
-    result = rule_critique(problem, pair["path_steps"], pair["path_answer"], key=pair["pair_id"])
+def _rule_outcome(item: PathToCritique) -> Outcome:
+    result = rule_critique(item.problem, item.path_steps, item.path_answer, key=item.pair_id)
     return Dropped(result) if isinstance(result, str) else result
 
 
-def outcome_row(problem: Problem, pair: dict[str, Any], outcome: Outcome, annotator: str,
-                split: str) -> dict[str, Any]:
+def outcome_row(item: PathToCritique, outcome: Outcome, annotator: str, split: str) -> dict[str, Any]:
     """One row of OUTCOME_SCHEMA: a critique row (status ok) or a drop (status dropped)."""
-    steps = pair["path_steps"]  # mined paths carry no "Step k:" numbering
-    row = {name: pair.get(name) for name in CRITIQUE_SCHEMA.names if name in pair}
-    row.update(reference_steps=pair["reference_steps"] or [], split=split, annotator=annotator)
+    problem = item.problem
+    row = {name: value for name, value in item.to_row().items() if name in CRITIQUE_SCHEMA.names}
+    row.update(split=split, annotator=annotator)
     if isinstance(outcome, Dropped):
         return {**row, "status": "dropped", "reason": outcome.reason, "raw_output": outcome.raw_output}
-    reference = reference_first_wrong_step(problem, steps) if problem.steps else None
+    reference = reference_first_wrong_step(problem, item.path_steps) if problem.steps else None
     return {
         **row,
         "verdict": outcome.verdict,
@@ -142,12 +141,8 @@ class AnnotatorWorker:
             self.llm = LLMAnnotator(build_engine(cfg.annotator), cfg.annotate)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        pairs = batch.to_pylist()
-        problems = [Problem.from_row(p) for p in pairs]
-        if self.llm is not None:
-            outcomes = self.llm.annotate(list(zip(problems, pairs, strict=True)))
-        else:
-            outcomes = [_rule_outcome(p, pair) for p, pair in zip(problems, pairs, strict=True)]
-        rows = [outcome_row(p, pair, o, self.method, self.split_of(p.problem_id))
-                for p, pair, o in zip(problems, pairs, outcomes, strict=True)]
+        items = [PathToCritique.from_row(row) for row in batch.to_pylist()]
+        outcomes = self.llm.annotate(items) if self.llm is not None else [_rule_outcome(i) for i in items]
+        rows = [outcome_row(item, outcome, self.method, self.split_of(item.problem.problem_id))
+                for item, outcome in zip(items, outcomes, strict=True)]
         return pa.Table.from_pylist(rows, schema=OUTCOME_SCHEMA)

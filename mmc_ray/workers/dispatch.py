@@ -7,9 +7,11 @@ runs a laptop test, a benchmark baseline and a GPU cluster.
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from mmc_ray.generation import GenerationEngine, GenerationRequest, GenerationResult
@@ -21,7 +23,47 @@ Outcome = list[GenerationResult] | BaseException
 
 
 class WorkerLost(RuntimeError):
-    """The worker actor died while holding the batch (Ray restarts it up to `max_restarts`)."""
+    """Infra, not the batch's fault: the batch's worker actor is restarting (`restarting`: Ray's
+    `ActorUnavailableError`, also what a batch in flight when the actor died gets while Ray restarts
+    it, up to `max_restarts`), or it is dead for good, or its node or the result is lost."""
+
+    def __init__(self, message: str, restarting: bool = False) -> None:
+        super().__init__(message)
+        self.restarting = restarting
+
+
+class CapacityLost(RuntimeError):
+    """A batch's workers kept dying: they are dead past their restarts (or their node is gone).
+    Raised, never turned into failed generations: what is finished is kept and a rerun goes on."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """What a failed batch becomes, with the two causes told apart (as NeMo-RL separates them):
+    - infra (`WorkerLost`): sent again. A worker that is restarting costs no attempt (it comes back);
+      a worker dead for good (or a lost node or result) does, and after `lost_worker_attempts` such
+      losses `CapacityLost` is raised: a generation that never ran is no verdict on its input, so it
+      is never a result.
+    - data (the engine raised on this batch): sent again up to `engine_error_attempts` times in all,
+      then its requests become error results, so one input the engine cannot take never stops a run.
+    """
+
+    lost_worker_attempts: int = 4
+    engine_error_attempts: int = 3
+
+    def counts(self, failure: BaseException) -> bool:
+        """Whether `failure` uses up one of the batch's attempts."""
+        return not (isinstance(failure, WorkerLost) and failure.restarting)
+
+    def retry(self, failure: BaseException, attempts: int) -> bool:
+        """Whether a batch that has now used `attempts` attempts, the last failing with `failure`, is
+        sent again; False: give its requests error results. Raises `CapacityLost` when capacity is gone."""
+        if isinstance(failure, WorkerLost):
+            if attempts >= self.lost_worker_attempts:
+                raise CapacityLost(f"a batch lost its worker {attempts} times (last: {failure}); the workers "
+                                   f"are dead past their max_restarts or their node is gone") from failure
+            return True
+        return attempts < self.engine_error_attempts
 
 
 class Dispatcher(Protocol):
@@ -67,19 +109,34 @@ class LocalDispatcher:
 
 
 class RayDispatcher:
-    """Sends each batch to the least-loaded worker actor; a worker can hold `inflight_per_worker`
-    batches so it never idles between one result and the next request (`for_engines`: its engine's
-    `concurrent_batches` + 1, that many generating, one waiting). A failed batch (worker
-    died, engine raised) comes back as its exception for the driver to retry."""
+    """Sends each batch to the least-loaded worker actor that is up; a worker can hold
+    `inflight_per_worker` batches so it never idles between one result and the next request
+    (`for_engines`: its engine's `concurrent_batches` + 1, that many generating, one waiting).
+
+    A failed batch comes back as its exception for the caller's `RetryPolicy`: `WorkerLost` when Ray
+    lost the worker or the batch's result (infra), the engine's error as Ray wraps it (`RayTaskError`)
+    when the engine raised (data). A worker that lost a batch is *down*: it gets no batch while another
+    is up (so retries go to live workers and capacity shrinks with it), and is probed with `health`
+    until its restarted actor answers; when every worker is down, batches go to them again."""
+
+    PROBE_EVERY_S = 1.0
 
     def __init__(self, workers: Sequence[Any], inflight_per_worker: int = 2) -> None:
         if not workers:
             raise ValueError("RayDispatcher needs at least one worker")
         self.workers = list(workers)
-        self.capacity = len(self.workers) * inflight_per_worker
+        self.inflight_per_worker = inflight_per_worker
         self._tickets = itertools.count()
         self._inflight: dict[Any, tuple[int, int]] = {}  # object ref -> (ticket, worker index)
         self._load = [0] * len(self.workers)
+        self._down: set[int] = set()
+        self._probes: dict[Any, int] = {}  # health call -> worker index
+        self._last_probe = [0.0] * len(self.workers)
+
+    @property
+    def capacity(self) -> int:
+        """Batches that may be in flight: the slots of the workers that are up (one worker's when none is)."""
+        return self.inflight_per_worker * max(1, len(self.workers) - len(self._down))
 
     @classmethod
     def for_engines(cls, workers: Sequence[Any], cfg: EngineConfig) -> RayDispatcher:
@@ -87,7 +144,8 @@ class RayDispatcher:
         return cls(workers, inflight_per_worker=cfg.batches_in_flight() + 1)
 
     def submit(self, batch: Sequence[GenerationRequest]) -> int:
-        index = min(range(len(self.workers)), key=self._load.__getitem__)
+        up = [i for i in range(len(self.workers)) if i not in self._down] or range(len(self.workers))
+        index = min(up, key=self._load.__getitem__)
         ticket = next(self._tickets)
         self._inflight[self.workers[index].generate.remote(list(batch))] = (ticket, index)
         self._load[index] += 1
@@ -96,19 +154,50 @@ class RayDispatcher:
     def wait(self) -> list[tuple[int, Outcome]]:
         import ray
 
-        refs = list(self._inflight)
-        ready, rest = ray.wait(refs, num_returns=1)
-        if rest:
-            more, _ = ray.wait(rest, num_returns=len(rest), timeout=0)
-            ready += more
-        finished = []
-        for ref in ready:
-            ticket, index = self._inflight.pop(ref)
-            self._load[index] -= 1
-            try:
-                finished.append((ticket, ray.get(ref)))
-            except ray.exceptions.RayActorError as e:
-                finished.append((ticket, WorkerLost(str(e))))
-            except ray.exceptions.RayError as e:
-                finished.append((ticket, e))
+        finished: list[tuple[int, Outcome]] = []
+        while not finished:
+            self._probe_down_workers()
+            ready, rest = ray.wait([*self._inflight, *self._probes], num_returns=1)
+            if rest:
+                more, _ = ray.wait(rest, num_returns=len(rest), timeout=0)
+                ready += more
+            for ref in ready:
+                if ref in self._probes:
+                    self._probe_answered(ref)
+                    continue
+                ticket, index = self._inflight.pop(ref)
+                self._load[index] -= 1
+                finished.append((ticket, self._outcome(ref, index)))
         return finished
+
+    def _outcome(self, ref: Any, index: int) -> Outcome:
+        import ray
+
+        try:
+            results = ray.get(ref)
+        except ray.exceptions.RayTaskError as e:  # the engine raised: the worker itself is fine
+            return e
+        except ray.exceptions.RayError as e:  # actor died or restarting, node lost, object lost, OOM
+            self._down.add(index)
+            restarting = isinstance(e, ray.exceptions.ActorUnavailableError)
+            return WorkerLost(f"worker {index}: {type(e).__name__}: {e}", restarting=restarting)
+        self._down.discard(index)
+        return results
+
+    def _probe_down_workers(self) -> None:
+        now = time.monotonic()
+        probing = set(self._probes.values())
+        for index in self._down - probing:
+            if self._load[index] == 0 and now - self._last_probe[index] >= self.PROBE_EVERY_S:
+                self._last_probe[index] = now
+                self._probes[self.workers[index].health.remote()] = index
+
+    def _probe_answered(self, ref: Any) -> None:
+        import ray
+
+        index = self._probes.pop(ref)
+        try:
+            ray.get(ref)
+        except ray.exceptions.RayError:
+            return  # still down: probed again in a while
+        self._down.discard(index)

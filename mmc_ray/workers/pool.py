@@ -3,6 +3,7 @@ engine interface (refinement, generation) runs unchanged on a pool of Ray actors
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -10,21 +11,25 @@ from typing import Any
 
 from mmc_ray.config import EngineConfig
 from mmc_ray.engines.factory import build_engine
-from mmc_ray.generation import Closable, GenerationEngine, GenerationRequest, GenerationResult
-from mmc_ray.workers.dispatch import RayDispatcher
+from mmc_ray.generation import Closable, GenerationEngine, GenerationRequest, GenerationResult, error_result
+from mmc_ray.workers.dispatch import CapacityLost, RayDispatcher, RetryPolicy
 from mmc_ray.workers.role_worker import RoleWorker
+
+log = logging.getLogger(__name__)
 
 
 class WorkerPoolEngine:
     """Splits each call into one chunk per worker (at most `max_chunk` requests each) and runs them
-    in parallel. A chunk whose worker died is sent again (Ray restarts the actor up to its
-    `max_restarts`); after `retries` failures the call raises, naming the cause."""
+    in parallel. A failed chunk goes through the `RetryPolicy`, as a search batch does: sent again
+    (Ray restarts a dead actor up to its `max_restarts`); an engine error that persists becomes error
+    results for the chunk's requests; a worker lost again and again raises `CapacityLost`."""
 
-    def __init__(self, workers: Sequence[Any], name: str, max_chunk: int = 64, retries: int = 2) -> None:
+    def __init__(self, workers: Sequence[Any], name: str, max_chunk: int = 64,
+                 retry: RetryPolicy = RetryPolicy()) -> None:
         self.name = name
         self.workers = list(workers)
         self.max_chunk = max_chunk
-        self.retries = retries
+        self.retry = retry
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         if not requests:
@@ -40,11 +45,17 @@ class WorkerPoolEngine:
             for ticket, outcome in dispatcher.wait():
                 start, chunk, failures = chunks.pop(ticket)
                 if isinstance(outcome, BaseException):
-                    if failures >= self.retries:
-                        raise RuntimeError(f"{self.name}: a batch of {len(chunk)} requests failed "
-                                           f"{failures + 1} times; last error: {outcome}") from outcome
-                    chunks[dispatcher.submit(chunk)] = (start, chunk, failures + 1)
-                    continue
+                    failures += self.retry.counts(outcome)
+                    try:
+                        again = self.retry.retry(outcome, failures)
+                    except CapacityLost as e:
+                        raise CapacityLost(f"{self.name}: {e}") from outcome
+                    if again:
+                        chunks[dispatcher.submit(chunk)] = (start, chunk, failures)
+                        continue
+                    log.warning("%s: a batch of %d requests failed %d times (%s); they get error results",
+                                self.name, len(chunk), failures, outcome)
+                    outcome = [error_result(r.n, f"{type(outcome).__name__}: {outcome}") for r in chunk]
                 results[start:start + len(chunk)] = outcome
         return results  # type: ignore[return-value]
 

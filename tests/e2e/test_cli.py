@@ -25,6 +25,9 @@ def test_demo_pipeline_two_rounds_and_report_matches_records(tmp_path):
     proc = mmc_ray(*args, cwd=tmp_path, timeout=900)
     assert proc.returncode == 0, proc.stderr
     assert (out / "tiny-vlm" / "config.json").exists()
+    # the chatter went to the run folder's log, which the last line names beside Ray's worker logs
+    assert f"logs: {out / 'mmc-ray.log'} (this run); " in proc.stdout.splitlines()[-1]
+    assert "Ray worker logs: " in (out / "mmc-ray.log").read_text()
     for r in (1, 2):
         assert (out / f"round-{r}" / "critic" / "hf" / "config.json").exists()
         assert len(pq.read_table(out / f"round-{r}" / "trees").to_pylist()) == 10
@@ -60,6 +63,7 @@ def test_refine_and_eval_commands_with_the_oracle_critic(tmp_path):
                    "actor.simulator.observe_error_rate=0.4", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "refine: 12 problems refined" in proc.stdout and "verdict accuracy 100.0%" in proc.stdout
+    assert (tmp_path / "refined" / "mmc-ray.log").exists() and "refined/mmc-ray.log (this run)" in proc.stdout
     proc = mmc_ray("eval", "--refine", "refined", "--out", "again", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     ours = json.loads((tmp_path / "again" / "report.json").read_text())["metrics"]

@@ -67,8 +67,8 @@ def test_pipeline_job_succeeds_and_writes_its_outputs(ray_head, tmp_path):
         return subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
 
     job = submit()
-    deadline = time.time() + 120
-    # The dashboard answers before the head's job agent is up (slow on a busy box): submit again.
+    deadline = time.time() + 300
+    # The dashboard answers before the head's job agent is up (minutes on a busy 2-core box): submit again.
     while job.returncode != 0 and "No available agent" in job.stdout + job.stderr and time.time() < deadline:
         time.sleep(3)
         job = submit()

@@ -29,7 +29,7 @@ def test_llm_annotation_with_tiny_vlm_accounts_for_every_pair(tiny_vlm_path, tmp
     )
     summary = annotate_to_dir(trees, tmp_path / "ds", cfg, local=True, progress=False)
     tree_rows = [r for p in shard_paths(trees, "trees") for r in pq.read_table(p).to_pylist()]
-    expected = {r["pair_id"] for r in mine_tree_rows(tree_rows, cfg.annotate)}
+    expected = {r.pair_id for r in mine_tree_rows(tree_rows, cfg.annotate)}
     assert expected and summary.critiques + summary.drops == len(expected)
     stats = card_stats(tmp_path / "ds")
     assert stats["rows"] + stats["drops"] == len(expected)

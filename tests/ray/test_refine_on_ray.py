@@ -22,7 +22,7 @@ def test_worker_pools_give_the_same_records_as_local_engines(ray_local):
         assert actor.name == "policy[simulated]x2" and critic.name == "critic[rule]x2"
         pooled = RefinementLoop(actor, critic, CFG).run(problems)
     assert pooled == local  # seeds are per problem and round: placement does not change results
-    assert any(r["round"] > 0 for r in pooled)
+    assert any(r.round > 0 for r in pooled)
 
 
 def test_a_killed_critic_worker_is_retried_and_nothing_is_lost(ray_local):
@@ -31,5 +31,5 @@ def test_a_killed_critic_worker_is_retried_and_nothing_is_lost(ray_local):
     with role_engine(PolicyWorker, ACTOR) as actor, role_engine(CriticWorker, critic_cfg) as critic:
         ray_local.kill(critic.workers[0], no_restart=False)  # Ray restarts it; its chunk is resent
         rows = RefinementLoop(actor, critic, CFG).run(problems)
-    assert {r["problem_id"] for r in rows} == {p.problem_id for p in problems}
-    assert all(r["critic_verdict"] is not None for r in rows)
+    assert {r.problem_id for r in rows} == {p.problem_id for p in problems}
+    assert all(r.critic_verdict is not None for r in rows)

@@ -68,6 +68,55 @@ def test_killing_a_worker_mid_search_loses_and_duplicates_nothing(ray_local, tmp
     assert pid_after != pid_before
     rows = written_rows(tmp_path / "trees")
     assert sorted(r["problem_id"] for r in rows) == sorted(p.problem_id for p in problems)
+    assert sum(r["failed_generations"] for r in rows) == 0  # the lost batches ran again, none is a result
+
+
+class KillOnSubmit(RayDispatcher):
+    """Kills `victims` for good (no restart) right after the `at`-th batch goes out."""
+
+    def __init__(self, ray, workers, victims, at=3):
+        super().__init__(workers, inflight_per_worker=2)
+        self.ray, self.victims, self.at, self.submitted = ray, victims, at, 0
+
+    def submit(self, batch):
+        ticket = super().submit(batch)
+        self.submitted += 1
+        if self.submitted == self.at:
+            for victim in self.victims:
+                self.ray.kill(victim, no_restart=True)
+        return ticket
+
+
+SLOW = dataclasses.replace(SIMULATED, simulator=SimulatorConfig(observe_error_rate=0.25, call_latency_s=0.2))
+
+
+def test_a_worker_dead_for_good_shrinks_the_pool_and_poisons_no_tree(ray_local, tmp_path):
+    group = create_worker_group(PolicyWorker, SLOW)
+    problems = list(generate_problems(16, seed=6))
+    try:
+        summary = search_to_dir(problems, KillOnSubmit(ray_local, group.workers, group.workers[:1]), SEARCH,
+                                tmp_path, progress=False)
+    finally:
+        group.shutdown()
+    rows = written_rows(tmp_path)
+    assert summary.trees == 16 and summary.worker_restarts >= 1
+    assert sum(r["failed_generations"] for r in rows) == 0
+
+
+def test_every_worker_dead_stops_the_search_and_keeps_what_finished(ray_local, tmp_path):
+    from mmc_ray.workers.dispatch import CapacityLost
+
+    group = create_worker_group(PolicyWorker, SLOW)
+    problems = list(generate_problems(16, seed=6))
+    search = dataclasses.replace(SEARCH, max_active_trees=4, requests_per_call=8, shard_size=1)
+    try:
+        with pytest.raises(CapacityLost, match="dead past their max_restarts"):
+            search_to_dir(problems, KillOnSubmit(ray_local, group.workers, group.workers, at=12), search,
+                          tmp_path, progress=False)
+    finally:
+        group.shutdown()
+    rows = written_rows(tmp_path)
+    assert len(rows) < 16 and sum(r["failed_generations"] for r in rows) == 0  # a rerun searches the rest
 
 
 def test_control_methods_answer_while_generating_and_reload_swaps(ray_local):

@@ -157,9 +157,9 @@ def test_refinement_loop_through_the_served_critic(service):
     critic = OpenAIEngine(f"{service['url']}/v1", "mmc-critic")
     actor = SimulatedActorEngine(SimulatorConfig())
     rows = RefinementLoop(actor, critic, RefineConfig(max_rounds=1, critic_max_new_tokens=24)).run(problems)
-    assert {r["problem_id"] for r in rows} == {p.problem_id for p in problems}
-    assert all(r["critic_text"] and not r["critic_parse_error"].startswith("openai") for r in rows)
-    assert sum(r["final"] for r in rows) == 3
+    assert {r.problem_id for r in rows} == {p.problem_id for p in problems}
+    assert all(r.critic_text and not r.critic_parse_error.startswith("openai") for r in rows)
+    assert sum(r.final for r in rows) == 3
 
 
 def fuzz_bodies():

@@ -30,12 +30,15 @@ def round_cfg(model):
                                   max_steps=3, checkpoint_every=3, tokens_per_step=2048, max_seq_len=2048))
 
 
-def test_streamed_round_matches_stage_by_stage_outputs(ray_local, tiny_vlm_path, tmp_path):
+def test_streamed_round_matches_stage_by_stage_outputs(ray_local, tiny_vlm_path, tmp_path, capsys):
     cfg = round_cfg(tiny_vlm_path)
     problems = tmp_path / "problems.parquet"
     commands.write_tasks(cfg.tasks, problems)
     streamed = streamed_round(cfg, problems, tmp_path / "s" / "trees", tmp_path / "s" / "ds", tmp_path / "s" / "critic")
     assert streamed.metrics["step"] == 3 and (tmp_path / "s" / "critic" / "hf" / "config.json").exists()
+    # one live line for the three stages: every tree, the critiques written, the train steps
+    line = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert "round: 100%" in line and "12/12" in line and "step=3/3" in line and "critiques=" in line
     commands.search(cfg, problems, tmp_path / "q" / "trees")
     commands.annotate(cfg, tmp_path / "q" / "trees", tmp_path / "q" / "ds")
 

@@ -2,14 +2,17 @@
 
 import dataclasses
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from mmc_ray.config import Config, SearchConfig, SimulatorConfig
 from mmc_ray.critique.prompts import FORMAT_SPEC
+from mmc_ray.critique.records import PathToCritique
 from mmc_ray.critique.schema import Critique
 from mmc_ray.engines.simulated import SimulatedActorEngine
 from mmc_ray.generation import Completion, GenerationResult
+from mmc_ray.schemas import PAIR_SCHEMA
 from mmc_ray.stages.annotate import annotate_to_dir, mine_tree_rows
 from mmc_ray.stages.dataset_card import SPLITS, card_stats
 from mmc_ray.stages.search import search_to_dir
@@ -43,7 +46,7 @@ def drop_rows(out):
 
 def all_pair_ids(trees_dir):
     trees = [r for p in shard_paths(trees_dir, "trees") for r in pq.read_table(p).to_pylist()]
-    return {r["pair_id"] for r in mine_tree_rows(trees, CFG.annotate)}
+    return {r.pair_id for r in mine_tree_rows(trees, CFG.annotate)}
 
 
 def test_rule_annotation_builds_a_dataset(trees_dir, tmp_path):
@@ -132,10 +135,9 @@ class ScriptedEngine:
 
 def llm_items():
     problem = next(generate_problems(1, seed=2))
-    pair = {"pair_id": "p:1", "kind": "divergent", "divergence_depth": 1,
-            "path_steps": ["Step 1: a", "Step 2: b"], "path_answer": "4",
-            "reference_steps": ["Step 1: a", "Step 2: c"], "reference_answer": "5"}
-    return problem, [(problem, pair), (problem, {**pair, "pair_id": "p:2", "kind": "no_error"})]
+    pair = PathToCritique(problem, "p:1", "divergent", ("Step 1: a", "Step 2: b"), "4", False,
+                          divergence_depth=1, reference_steps=("Step 1: a", "Step 2: c"), reference_answer="5")
+    return problem, [pair, dataclasses.replace(pair, pair_id="p:2", kind="no_error")]
 
 
 def test_llm_annotator_repairs_then_parses():
@@ -172,4 +174,13 @@ def test_repair_prompt_quotes_the_reason_and_format():
     LLMAnnotator(Recording(["nope"]), dataclasses.replace(CFG.annotate, max_repair_attempts=1)).annotate(items[:1])
     repair = seen[-1].messages[-1]["content"]
     assert "no 'Verdict:' line" in repair and FORMAT_SPEC in repair
-    assert isinstance(items[0][0], Problem)
+    assert isinstance(items[0].problem, Problem)
+
+
+def test_a_path_to_critique_survives_its_pair_table_row():
+    problem, items = llm_items()
+    table = pa.Table.from_pylist([i.to_row() for i in items], schema=PAIR_SCHEMA)
+    assert [PathToCritique.from_row(r) for r in table.to_pylist()] == items
+    assert items[0].shared_steps == ("Step 1: a",) and items[1].shared_steps == ("Step 1: a",)
+    refined = PathToCritique(problem, "p:refine:0", "refined", ("a",), "3", True)
+    assert refined.shared_steps == () and PathToCritique.from_row(refined.to_row()) == refined

@@ -2,16 +2,15 @@
 
 import dataclasses
 import random
-import re
 
 import pytest
+from scripted_trees import drive, good_and_bad, judge
 
 from mmc_ray.config import SearchConfig
 from mmc_ray.mcts.tree import (
     Generation,
     SearchResult,
     SearchTree,
-    Verdict,
     nodes_from_rows,
     segment_step,
 )
@@ -20,37 +19,12 @@ CFG = SearchConfig(num_simulations=50, expansion_width=2, rollouts_per_node=4, m
                    max_nodes=100, max_tokens=100_000, seed=0)
 
 
-def judge(text: str) -> Verdict:
-    m = re.search(r"Answer: (\S+)", text)
-    return Verdict(m.group(1), m.group(1) == "5") if m else Verdict(None, False)
 
-
-def run(tree: SearchTree, respond, max_rounds: int = 1000) -> SearchTree:
-    """Drive a tree to completion: `respond(request) -> list[str]` of `request.n` texts."""
-    for _ in range(max_rounds):
-        if tree.done:
-            return tree
-        requests = tree.next_requests()
-        assert requests, "a tree that is not done must ask for something"
-        tree.apply([SearchResult(r.request_id, tuple(Generation(t, len(t.split())) for t in respond(r)))
-                    for r in requests])
-    raise AssertionError("tree did not finish")
-
-
-def good_and_bad(request):
-    """Two first steps: 'good' paths always end correct, 'bad' paths always end wrong."""
-    if request.kind == "expand":
-        if not request.prefix:
-            return ["Step 1: good", "Step 1: bad"][: request.n]
-        depth = request.prefix.count("\n")
-        answer = "5" if "good" in request.prefix else "4"
-        return [f"Step {depth + 1}: more", f"Answer: {answer}"][: request.n]
-    return [" Answer: 5" if "good" in request.prefix else " Answer: 4"] * request.n
 
 
 def test_values_are_fractions_of_correct_rollouts_and_back_up():
     tree = SearchTree("p", dataclasses.replace(CFG, num_simulations=1), judge)
-    run(tree, good_and_bad)
+    drive(tree, good_and_bad)
     root, good, bad = tree.nodes[0], tree.nodes[1], tree.nodes[2]
     assert (good.step, bad.step) == ("Step 1: good", "Step 1: bad")
     assert (good.visits, good.value) == (4, 1.0)
@@ -63,7 +37,7 @@ def test_values_are_fractions_of_correct_rollouts_and_back_up():
 @pytest.mark.parametrize("selection", ["puct", "uct"])
 def test_selection_prefers_the_valuable_branch(selection):
     cfg = dataclasses.replace(CFG, num_simulations=8, selection=selection, exploration=0.5, max_depth=30)
-    tree = run(SearchTree("p", cfg, judge), good_and_bad)
+    tree = drive(SearchTree("p", cfg, judge), good_and_bad)
     good, bad = tree.nodes[1], tree.nodes[2]
     assert good.visits > bad.visits
     assert len(good.children) > len(bad.children)
@@ -72,7 +46,7 @@ def test_selection_prefers_the_valuable_branch(selection):
 
 def test_terminal_answers_and_max_depth():
     cfg = dataclasses.replace(CFG, max_depth=2, expansion_width=1, num_simulations=20)
-    tree = run(SearchTree("p", cfg, judge),
+    tree = drive(SearchTree("p", cfg, judge),
                lambda r: ["Step: x"] * r.n if r.kind == "expand" else [" Answer: 5"] * r.n)
     assert max(n.depth for n in tree.nodes) == 2
     deepest = [n for n in tree.nodes if n.depth == 2]
@@ -84,7 +58,7 @@ def test_garbage_and_failed_generations_become_invalid_nodes_not_crashes():
     def garbage(request):
         return ["", "   \n  "] if request.kind == "expand" else ["\x00\xff"] * request.n
 
-    tree = run(SearchTree("p", CFG, judge), garbage)
+    tree = drive(SearchTree("p", CFG, judge), garbage)
     assert tree.done and tree.counts["invalid_nodes"] == 1  # the two empty samples merge
     assert tree.nodes[1].invalid and tree.nodes[1].correct is False
 
@@ -95,7 +69,7 @@ def test_garbage_and_failed_generations_become_invalid_nodes_not_crashes():
 
 
 def test_endless_rollouts_without_answers_score_zero():
-    tree = run(SearchTree("p", dataclasses.replace(CFG, num_simulations=3), judge),
+    tree = drive(SearchTree("p", dataclasses.replace(CFG, num_simulations=3), judge),
                lambda r: ["Step: go on"] * r.n if r.kind == "expand" else ["words " * 200] * r.n)
     assert tree.nodes[0].value == 0.0 and tree.nodes[0].visits > 0
 
@@ -107,7 +81,7 @@ def test_endless_rollouts_without_answers_score_zero():
 ])
 def test_budgets_stop_the_search(budget, check):
     cfg = dataclasses.replace(CFG, **budget)
-    tree = run(SearchTree("p", cfg, judge),
+    tree = drive(SearchTree("p", cfg, judge),
                lambda r: [f"Step {r.seed % 97}: x", "Step: y"][: r.n] if r.kind == "expand"
                else [" Answer: 5"] * r.n)
     assert check(tree), tree.stats()
@@ -115,7 +89,7 @@ def test_budgets_stop_the_search(budget, check):
 
 def test_identical_siblings_merge_with_frequency_priors():
     cfg = dataclasses.replace(CFG, expansion_width=4, num_simulations=1)
-    tree = run(SearchTree("p", cfg, judge),
+    tree = drive(SearchTree("p", cfg, judge),
                lambda r: ["Step 1: a", "Step 1: a\nStep 2: b", "Step 1: b", "Step 1: a"]
                if r.kind == "expand" else [" Answer: 5"] * r.n)
     children = [tree.nodes[i] for i in tree.nodes[0].children]
@@ -129,12 +103,12 @@ def test_deterministic_for_a_seed_and_round_trips_through_rows():
         return [" Answer: 5" if r.seed % 2 else " Answer: 4"] * r.n
 
     cfg = dataclasses.replace(CFG, expansion_width=3, num_simulations=10)
-    a = run(SearchTree("p", cfg, judge, seed=1), respond).to_rows()
-    b = run(SearchTree("p", cfg, judge, seed=1), respond).to_rows()
-    c = run(SearchTree("p", cfg, judge, seed=2), respond).to_rows()
+    a = drive(SearchTree("p", cfg, judge, seed=1), respond).to_rows()
+    b = drive(SearchTree("p", cfg, judge, seed=1), respond).to_rows()
+    c = drive(SearchTree("p", cfg, judge, seed=2), respond).to_rows()
     assert a == b and a != c
     nodes = nodes_from_rows(a)
-    tree = run(SearchTree("p", cfg, judge, seed=1), respond)
+    tree = drive(SearchTree("p", cfg, judge, seed=1), respond)
     assert [(n.node_id, n.parent_id, n.children, n.visits, n.value, n.exhausted) for n in nodes] == [
         (n.node_id, n.parent_id, n.children, n.visits, n.value, n.exhausted) for n in tree.nodes]
     with pytest.raises(ValueError, match="no gaps"):
@@ -200,7 +174,7 @@ def test_virtual_loss_sends_the_second_simulation_down_another_branch():
 
 def test_parallel_simulations_stop_at_the_simulation_budget():
     cfg = dataclasses.replace(CFG, parallel_simulations=8, num_simulations=5, max_depth=30)
-    tree = run(SearchTree("p", cfg, judge), good_and_bad)
+    tree = drive(SearchTree("p", cfg, judge), good_and_bad)
     assert tree.simulations == 5 and tree.counts["expansions"] == 5
 
 

@@ -1,9 +1,9 @@
 """Divergent-pair mining on hand-built trees, scripted searches and trees searched with the simulated actor."""
 
 import dataclasses
-import re
 
 import pytest
+from scripted_trees import drive, good_and_bad, judge
 
 from mmc_ray.config import PairMiningConfig, SearchConfig, SimulatorConfig
 from mmc_ray.engines.simulated import SimulatedActorEngine
@@ -14,7 +14,7 @@ from mmc_ray.mcts.pairs import (
     mine_pairs,
     mine_pairs_from_row,
 )
-from mmc_ray.mcts.tree import Generation, Node, Rollout, SearchResult, SearchTree, Verdict
+from mmc_ray.mcts.tree import Node, Rollout, SearchTree
 from mmc_ray.stages.search import run_search, tree_row
 from mmc_ray.tasks.generator import generate_problems
 from mmc_ray.tasks.scoring import answers_match
@@ -276,31 +276,10 @@ def test_correct_paths_are_distinct_answered_and_best_ranked_first():
 # -- stored rows and scripted searches ------------------------------------------------------------
 
 
-def judge(text):
-    m = re.search(r"Answer: (\S+)", text)
-    return Verdict(m.group(1), m.group(1) == "5") if m else Verdict(None, False)
-
-
-def good_and_bad(request):
-    """'good' first steps always end correct, 'bad' ones always wrong (as in test_mcts_tree)."""
-    if request.kind == "expand":
-        if not request.prefix:
-            return ["Step 1: good", "Step 1: bad"][: request.n]
-        depth = request.prefix.count("\n")
-        answer = "5" if "good" in request.prefix else "4"
-        return [f"Step {depth + 1}: more", f"Answer: {answer}"][: request.n]
-    depth = request.prefix.count("\n")
-    return [f" \nStep {depth + 1}: finish\nAnswer: {'5' if 'good' in request.prefix else '4'}"] * request.n
-
-
 def searched(num_simulations=6):
     cfg = SearchConfig(num_simulations=num_simulations, expansion_width=2, rollouts_per_node=3, max_depth=6,
                        max_nodes=200, max_tokens=100_000, seed=0)
-    tree_ = SearchTree("p7", cfg, judge)
-    while not tree_.done:
-        tree_.apply([SearchResult(r.request_id, tuple(Generation(t, 3) for t in good_and_bad(r)))
-                     for r in tree_.next_requests()])
-    return tree_
+    return drive(SearchTree("p7", cfg, judge), lambda r: good_and_bad(r, finish_with_a_step=True))
 
 
 def test_mine_pairs_from_row_matches_mining_the_live_tree():

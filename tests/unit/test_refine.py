@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import pyarrow as pa
 import pytest
 
 from mmc_ray.config import RefineConfig, SimulatorConfig
@@ -12,7 +13,9 @@ from mmc_ray.engines.simulated import SimulatedActorEngine
 from mmc_ray.eval.metrics import evaluate
 from mmc_ray.generation import Completion, GenerationResult, message_text
 from mmc_ray.refine.loop import STOP_BUDGET, STOP_CORRECT, STOP_UNPARSEABLE, RefinementLoop
+from mmc_ray.refine.records import RefineRecord
 from mmc_ray.refine.run import refine_to_dir
+from mmc_ray.schemas import REFINE_SCHEMA
 from mmc_ray.store.shards import shard_paths
 from mmc_ray.tasks.generator import generate_problems
 from mmc_ray.tasks.solution import reference_step_texts
@@ -77,7 +80,7 @@ class ScriptedCritic:
 def by_problem(rows):
     grouped = {}
     for r in rows:
-        grouped.setdefault(r["problem_id"], []).append(r)
+        grouped.setdefault(r.problem_id, []).append(r)
     return grouped
 
 
@@ -86,19 +89,28 @@ def test_correct_first_answer_stops_after_one_critique():
     actor = ScriptedActor({p.problem_id: [[right(p)]]})
     rows = RefinementLoop(actor, RuleCriticEngine(), CFG).run([p])
     assert len(rows) == 1
-    assert rows[0]["correct"] and rows[0]["final"] and rows[0]["critic_verdict"] == "correct"
-    assert rows[0]["stop_reason"] == STOP_CORRECT
+    assert rows[0].correct and rows[0].final and rows[0].critic_verdict == "correct"
+    assert rows[0].stop_reason == STOP_CORRECT
+
+
+def test_a_refine_record_is_a_refine_schema_row():
+    p = PROBLEMS[1]
+    records = RefinementLoop(ScriptedActor({p.problem_id: [[wrong(p)], [right(p)]]}), RuleCriticEngine(),
+                             dataclasses.replace(CFG, temperatures=(0.0, 0.5))).run([p])
+    assert [f.name for f in dataclasses.fields(RefineRecord)] == REFINE_SCHEMA.names
+    table = pa.Table.from_pylist([r.to_row() for r in records], schema=REFINE_SCHEMA)
+    assert [RefineRecord.from_row(row) for row in table.to_pylist()] == records and len(records) == 2
 
 
 def test_wrong_then_revised_answer_is_kept_and_critique_reaches_the_actor():
     p = PROBLEMS[1]
     actor = ScriptedActor({p.problem_id: [[wrong(p)], [right(p)]]})
     rows = RefinementLoop(actor, RuleCriticEngine(), CFG).run([p])
-    assert [r["round"] for r in rows] == [0, 1]
-    assert [r["correct"] for r in rows] == [False, True]
-    assert rows[0]["critic_verdict"] == "incorrect" and rows[0]["critic_first_wrong_step"] == 1
-    assert rows[0]["true_first_wrong_step"] == 1
-    assert [r["final"] for r in rows] == [False, True] and rows[1]["stop_reason"] == STOP_CORRECT
+    assert [r.round for r in rows] == [0, 1]
+    assert [r.correct for r in rows] == [False, True]
+    assert rows[0].critic_verdict == "incorrect" and rows[0].critic_first_wrong_step == 1
+    assert rows[0].true_first_wrong_step == 1
+    assert [r.final for r in rows] == [False, True] and rows[1].stop_reason == STOP_CORRECT
     revision = actor.requests[1]
     assert revision.messages[1]["content"] == wrong(p)  # its previous answer
     assert "First wrong step: 1" in revision.messages[2]["content"]  # the critique it must act on
@@ -109,9 +121,9 @@ def test_budget_ends_the_loop_and_temperature_follows_the_schedule():
     actor = ScriptedActor({p.problem_id: [[wrong(p, "1")], [wrong(p, "2")], [wrong(p, "3")]]})
     rows = RefinementLoop(actor, RuleCriticEngine(), CFG).run([p])
     assert len(rows) == CFG.max_rounds + 1
-    assert rows[-1]["stop_reason"] == STOP_BUDGET
+    assert rows[-1].stop_reason == STOP_BUDGET
     assert [r.temperature for r in actor.requests] == [0.0, 0.5, 0.9]
-    assert [r["temperature"] for r in rows] == pytest.approx([0.0, 0.5, 0.9])
+    assert [r.temperature for r in rows] == pytest.approx([0.0, 0.5, 0.9])
 
 
 def critic_flagging(steps_by_answer):
@@ -130,9 +142,9 @@ def test_keep_best_returns_the_answer_the_critic_rated_highest():
     script = {p.problem_id: [[wrong(p, "1")], [wrong(p, "2")], [wrong(p, "3")]]}
     critic = ScriptedCritic(critic_flagging({"1": 1, "2": n, "3": 1}))  # round 1 got furthest
     rows = RefinementLoop(ScriptedActor(script), critic, CFG).run([p])
-    assert [r["final"] for r in rows] == [False, True, False]
+    assert [r.final for r in rows] == [False, True, False]
     rows = RefinementLoop(ScriptedActor(script), critic, dataclasses.replace(CFG, keep_best=False)).run([p])
-    assert [r["final"] for r in rows] == [False, False, True]
+    assert [r.final for r in rows] == [False, False, True]
 
 
 def test_revision_repeating_a_tried_answer_is_rejected_for_an_untried_sample():
@@ -140,12 +152,12 @@ def test_revision_repeating_a_tried_answer_is_rejected_for_an_untried_sample():
     script = {p.problem_id: [[wrong(p, "1")], [wrong(p, "1"), wrong(p, "2")], [wrong(p, "2"), wrong(p, "1")]]}
     critic = ScriptedCritic(critic_flagging({"1": 1, "2": 1}))
     rows = RefinementLoop(ScriptedActor(script), critic, CFG).run([p])
-    assert [r["extracted_answer"] for r in rows] == ["1", "2", "2"]
-    assert [r["answer_repeated"] for r in rows] == [False, False, True]  # round 2 had nothing new
+    assert [r.extracted_answer for r in rows] == ["1", "2", "2"]
+    assert [r.answer_repeated for r in rows] == [False, False, True]  # round 2 had nothing new
 
     actor = ScriptedActor(script)
     rows = RefinementLoop(actor, critic, dataclasses.replace(CFG, reject_repeats=False)).run([p])
-    assert [r["extracted_answer"] for r in rows] == ["1", "1", "2"]
+    assert [r.extracted_answer for r in rows] == ["1", "1", "2"]
     assert [r.n for r in actor.requests] == [1, 1, 1]
 
 
@@ -153,16 +165,16 @@ def test_garbage_critic_output_stops_with_the_reason_and_keeps_the_answer():
     p = PROBLEMS[1]
     critic = ScriptedCritic(lambda *_: "I think this looks mostly ok?? import os; os.system('rm')")
     rows = RefinementLoop(ScriptedActor({p.problem_id: [[wrong(p)]]}), critic, CFG).run([p])
-    assert len(rows) == 1 and rows[0]["final"]
-    assert rows[0]["stop_reason"] == STOP_UNPARSEABLE
-    assert rows[0]["critic_verdict"] is None and "Verdict" in rows[0]["critic_parse_error"]
+    assert len(rows) == 1 and rows[0].final
+    assert rows[0].stop_reason == STOP_UNPARSEABLE
+    assert rows[0].critic_verdict is None and "Verdict" in rows[0].critic_parse_error
 
 
 def test_actor_error_on_the_first_answer_still_leaves_a_row():
     p = PROBLEMS[0]
     rows = RefinementLoop(ScriptedActor({p.problem_id: [[None]]}), RuleCriticEngine(), CFG).run([p])
-    assert len(rows) == 1 and not rows[0]["correct"] and rows[0]["final"]
-    assert rows[0]["stop_reason"].startswith("actor error") and "boom" in rows[0]["stop_reason"]
+    assert len(rows) == 1 and not rows[0].correct and rows[0].final
+    assert rows[0].stop_reason.startswith("actor error") and "boom" in rows[0].stop_reason
 
 
 def test_one_engine_call_per_role_per_round_for_the_whole_batch():
@@ -174,7 +186,7 @@ def test_one_engine_call_per_role_per_round_for_the_whole_batch():
     rows = RefinementLoop(actor, critic, CFG).run(PROBLEMS)
     assert actor.calls == 3 and critic.calls == 3
     assert len(rows) == 3 * len(PROBLEMS)
-    assert all(r["correct"] for r in rows if r["final"])
+    assert all(r.correct for r in rows if r.final)
 
 
 def test_simulated_actor_with_oracle_critic_improves_and_metrics_agree():
@@ -182,17 +194,17 @@ def test_simulated_actor_with_oracle_critic_improves_and_metrics_agree():
     problems = list(generate_problems(40, seed=11))
     actor = SimulatedActorEngine(SimulatorConfig(observe_error_rate=0.3, revise_success_rate=0.8))
     rows = RefinementLoop(actor, RuleCriticEngine(), RefineConfig(max_rounds=3)).run(problems)
-    m = evaluate(rows)
+    m = evaluate([r.to_row() for r in rows])
     assert m["problems"] == 40
     assert m["single_pass_accuracy"] < 0.9  # the actor does make mistakes at this error rate
     assert m["final_accuracy"] > m["single_pass_accuracy"]
     # The oracle flags wrong steps even under a lucky right answer; only those can turn right→wrong.
-    lucky = sum(r["correct"] and r["true_first_wrong_step"] is not None for r in rows if r["round"] == 0)
+    lucky = sum(r.correct and r.true_first_wrong_step is not None for r in rows if r.round == 0)
     assert m["right_to_wrong"] <= lucky
     assert m["critic"]["verdict_accuracy"] == 1.0
     assert m["critic"]["step_precision"] == 1.0 and m["critic"]["step_recall"] == 1.0
-    first = {r["problem_id"]: r for r in rows if r["round"] == 0}
-    assert m["single_pass_accuracy"] == sum(r["correct"] for r in first.values()) / 40
+    first = {r.problem_id: r for r in rows if r.round == 0}
+    assert m["single_pass_accuracy"] == sum(r.correct for r in first.values()) / 40
 
 
 def test_refine_to_dir_resumes_by_problem_id(tmp_path):

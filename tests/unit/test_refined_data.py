@@ -23,14 +23,14 @@ def test_refinement_answers_are_critiqued_into_the_dataset(tmp_path):
     rows = [r for s in SPLITS for p in shard_paths(tmp_path / "data", s) for r in pq.read_table(p).to_pylist()]
     assert summary.critiques == len(rows) and summary.critiques + summary.drops == len(records)
     assert {r["kind"] for r in rows} == {"refined"}
-    by_id = {f"{r['problem_id']}:refine:{r['round']}": r for r in records}
+    by_id = {f"{r.problem_id}:refine:{r.round}": r for r in records}
     split_of = make_split_of(CFG.annotate.split_fractions, CFG.annotate.seed)
     for row in rows:
         record = by_id[row["pair_id"]]
         assert row["split"] == split_of(row["problem_id"])
         # the rule critique agrees with the refinement record's own ground truth
-        assert row["first_wrong_step"] == record["true_first_wrong_step"]
-        assert row["verdict"] == ("correct" if record["true_first_wrong_step"] is None else "incorrect")
+        assert row["first_wrong_step"] == record.true_first_wrong_step
+        assert row["verdict"] == ("correct" if record.true_first_wrong_step is None else "incorrect")
     assert any(r["verdict"] == "incorrect" for r in rows) and any(r["verdict"] == "correct" for r in rows)
     assert card_stats(tmp_path)["kind"]["refined"] == len(rows)
     again = annotate_refinement_to_dir(records, problems, tmp_path, CFG, progress=False)

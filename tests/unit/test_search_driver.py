@@ -15,7 +15,7 @@ from mmc_ray.mcts.tree import nodes_from_rows
 from mmc_ray.stages.search import SearchStopped, run_search, search_to_dir
 from mmc_ray.store.shards import shard_paths
 from mmc_ray.tasks.generator import generate_problems
-from mmc_ray.workers.dispatch import LocalDispatcher
+from mmc_ray.workers.dispatch import CapacityLost, LocalDispatcher, RetryPolicy, WorkerLost
 
 CFG = SearchConfig(num_simulations=6, expansion_width=3, rollouts_per_node=2, max_active_trees=16,
                    requests_per_call=32, shard_size=4)
@@ -130,6 +130,51 @@ def test_failing_batches_are_retried_then_counted():
                          lambda p, t: trees.append(t), progress=False)
     assert summary.trees == 6 and summary.failed_batches > 0
     assert sum(t.counts["failed_generations"] for t in trees) == 0  # retries succeeded
+
+
+class FailingAfter(LocalDispatcher):
+    """Answers the first `good` batches, then fails every batch with `failure`."""
+
+    def __init__(self, engine, good, failure):
+        super().__init__(engine)
+        self.good, self.failure, self.batches = good, failure, 0
+
+    def wait(self):
+        done = super().wait()
+        self.batches += len(done)
+        return [(t, r if self.batches <= self.good else self.failure) for t, r in done]
+
+
+def test_the_retry_policy_tells_a_lost_worker_from_an_engine_error():
+    policy = RetryPolicy(lost_worker_attempts=2, engine_error_attempts=3)
+    assert policy.retry(WorkerLost("died"), 1)
+    with pytest.raises(CapacityLost, match="lost its worker 2 times"):
+        policy.retry(WorkerLost("died"), 2)
+    assert policy.retry(ValueError("bad input"), 2) and not policy.retry(ValueError("bad input"), 3)
+    assert policy.counts(WorkerLost("died")) and not policy.counts(WorkerLost("restarting", restarting=True))
+
+
+def test_lost_capacity_stops_the_search_and_poisons_no_tree(tmp_path):
+    """Workers that keep dying are no verdict on the problems: the search raises, the trees finished
+    before are kept, none is written with generations that never ran, and a rerun completes them."""
+    probs = problems(12)
+    small = dataclasses.replace(CFG, max_active_trees=2, requests_per_call=8, shard_size=1)
+    with pytest.raises(CapacityLost):
+        search_to_dir(probs, FailingAfter(SimulatedActorEngine(SIM), 30, WorkerLost("actor died")), small,
+                      tmp_path, progress=False)
+    kept = rows_by_id(tmp_path)
+    assert 0 < len(kept) < 12
+    assert all(r["failed_generations"] == 0 for r in kept.values())
+    summary = search_to_dir(probs, LocalDispatcher(SimulatedActorEngine(SIM)), small, tmp_path, progress=False)
+    assert summary.resumed == len(kept) and len(rows_by_id(tmp_path)) == 12
+
+
+def test_an_engine_error_that_persists_becomes_failed_generations():
+    trees = []
+    summary = run_search(problems(3), FailingAfter(SimulatedActorEngine(SIM), 0, RuntimeError("engine raised")),
+                         CFG, lambda p, t: trees.append(t), progress=False)
+    assert summary.trees == 3 and summary.failed_batches >= 3
+    assert all(t.counts["failed_generations"] > 0 for t in trees)
 
 
 def test_duplicate_problem_ids_are_rejected():

@@ -77,7 +77,7 @@ def test_llm_annotator_on_vllm_workers_accounts_for_every_pair(ray_local, tiny_v
         cfg.annotate, method="llm", max_new_tokens=24, max_repair_attempts=1))
     summary = annotate_to_dir(trees, tmp_path / "ds", cfg, progress=False)
     tree_rows = [r for p in shard_paths(trees, "trees") for r in pq.read_table(p).to_pylist()]
-    expected = {r["pair_id"] for r in mine_tree_rows(tree_rows, cfg.annotate)}
+    expected = {r.pair_id for r in mine_tree_rows(tree_rows, cfg.annotate)}
     # a random-weight model writes no parseable critique: each pair is a row or a counted drop
     assert expected and summary.critiques + summary.drops == len(expected)
     stats = card_stats(tmp_path / "ds")
