@@ -419,14 +419,33 @@ def fit(tcfg: TrainConfig, out_dir: Path, files: list[Path], *, resume_from: Pat
 def export_hf(checkpoint: Path, tcfg: TrainConfig, out: Path) -> Path:
     """Gather the trained weights from a DeepSpeed checkpoint (any ZeRO stage) into a Hugging Face
     folder with the tokenizer and image processor, written atomically."""
-    import shutil
+    from transformers.utils import logging as hf_logging
 
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-    from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+    # The gather runs on CPU tensors wherever the fit ran: saying so spares DeepSpeed's accelerator
+    # probe and its "no GPU found" warning; only for the import, so no process started later inherits it.
+    user_chose = "DS_ACCELERATOR" in os.environ
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    try:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    finally:
+        if not user_chose:
+            os.environ.pop("DS_ACCELERATOR", None)
 
     with contextlib.redirect_stdout(io.StringIO()) as printed:  # DeepSpeed prints its progress
         state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint), tag=DS_TAG)
     log.info("export: %s", " | ".join(printed.getvalue().split("\n")).strip(" |"))
+    hf_logging.disable_progress_bar()  # loading and writing shards of a small model: no bars needed
+    try:
+        return _save_hf(state, tcfg, out)
+    finally:
+        hf_logging.enable_progress_bar()
+
+
+def _save_hf(state: dict[str, Any], tcfg: TrainConfig, out: Path) -> Path:
+    import shutil
+
+    from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+
     model = AutoModelForImageTextToText.from_pretrained(tcfg.init_model, local_files_only=True)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or [k for k in missing if "lm_head" not in k]:  # tied lm_head may be absent
