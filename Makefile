@@ -4,12 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-# Local runs stay offline and quiet: no hub downloads, wandb offline, Ray without token auth,
-# DeepSpeed's CPU ops compiled once into a cache inside the repo.
+# Local runs stay offline and quiet: no hub downloads, wandb offline, DeepSpeed's CPU ops compiled
+# once into a cache inside the repo. Ray keeps its token auth (its default); tests turn it off for
+# their loopback-bound Ray (tests/conftest.py).
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export WANDB_MODE ?= offline
-export RAY_AUTH_MODE ?= disabled
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.torch_extensions
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 

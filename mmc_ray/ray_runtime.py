@@ -12,6 +12,7 @@ from mmc_ray.errors import NotEnoughResources
 # Whether worker output (Ray actors' stdout/stderr, Ray Data's progress lines) reaches the console;
 # `mmc-ray` turns it off unless -v (see `quiet_workers`). Where the local Ray keeps its logs.
 _CONSOLE: dict[str, object] = {"workers_to_console": True, "session_dir": None}
+LOOPBACK = "127.0.0.1"  # where the dashboard of a Ray we start listens
 
 
 def quiet_workers(quiet: bool) -> None:
@@ -33,13 +34,15 @@ def init_ray() -> None:
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     if ray.is_initialized():
         return
-    # Local runs (tests, the demo, a laptop) skip token auth; clusters keep their own setting.
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # Ray Train's controller sees a fit end at its next poll of the workers, every 2 s by default:
     # in a streamed round that wait is on the critical path. Polling is a cheap actor call.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     to_console = bool(_CONSOLE["workers_to_console"])
-    context = ray.init(ignore_reinit_error=True, log_to_driver=to_console)
+    # A Ray we start keeps Ray's token auth (on by default for a local Ray since 2.59): Ray 2.60's
+    # GCS and raylets listen on every interface whatever node IP they are given, so the token is what
+    # keeps others out. Its dashboard listens on loopback only. A cluster keeps its own settings.
+    bind = {} if os.environ.get("RAY_ADDRESS") else {"dashboard_host": LOOPBACK}
+    context = ray.init(ignore_reinit_error=True, log_to_driver=to_console, **bind)
     if not os.environ.get("RAY_ADDRESS"):
         _CONSOLE["session_dir"] = context.address_info.get("session_dir")
     if not to_console:  # our own bars say what the stages do; Ray Data's notes stay in its log file
