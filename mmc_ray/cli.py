@@ -278,9 +278,10 @@ def _set_up_logging(args: argparse.Namespace) -> Path | None:
     if args.command in RUN_FOLDER_COMMANDS:
         run_log = args.out / RUN_LOG
         run_log.parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(run_log))
-        handlers[-1].setLevel(logging.INFO)
-        handlers[-1].setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        to_file = logging.FileHandler(run_log)
+        to_file.setLevel(logging.INFO)
+        to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handlers.append(to_file)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=handlers, force=True,
                         format="%(levelname)s %(name)s: %(message)s")
     return run_log

@@ -41,9 +41,10 @@ def init_ray() -> None:
     # A Ray we start keeps Ray's token auth (on by default for a local Ray since 2.59): Ray 2.60's
     # GCS and raylets listen on every interface whatever node IP they are given, so the token is what
     # keeps others out. Its dashboard listens on loopback only. A cluster keeps its own settings.
-    bind = {} if os.environ.get("RAY_ADDRESS") else {"dashboard_host": LOOPBACK}
-    context = ray.init(ignore_reinit_error=True, log_to_driver=to_console, **bind)
-    if not os.environ.get("RAY_ADDRESS"):
+    local = not os.environ.get("RAY_ADDRESS")
+    context = ray.init(ignore_reinit_error=True, log_to_driver=to_console,
+                       **({"dashboard_host": LOOPBACK} if local else {}))
+    if local:
         _CONSOLE["session_dir"] = context.address_info.get("session_dir")
     if not to_console:  # our own bars say what the stages do; Ray Data's notes stay in its log file
         import ray.data

@@ -91,8 +91,8 @@ def reference_table(cfg: Config | None = None) -> str:
         role = entry.path.split(".", 1)[0]
         if role in ROLES_LIKE_ACTOR:
             if entry.path == role:
-                own = [f"`{key}: {scalar(value)}`" for e in entries(entry.value)
-                       if not e.is_section and actor_defaults[key := e.path] != (value := e.value)]
+                own = [f"`{e.path}: {scalar(e.value)}`" for e in entries(entry.value)
+                       if not e.is_section and e.value != actor_defaults[e.path]]
                 rows.append(f"| **`{role}.*`** | | {_cell(entry.help)}; the keys of `actor`, defaults as "
                             f"there except {', '.join(own)} |")
             continue

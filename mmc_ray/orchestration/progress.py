@@ -29,7 +29,10 @@ class RoundProgress:
             self._bar.set_postfix(self._fields, refresh=refresh)
 
     def outcomes(self, critiques: int, drops: int) -> None:
-        self.set_postfix(critiques=self._fields["critiques"] + critiques, drops=self._fields["drops"] + drops)
+        with self._lock:  # read and add under one lock: counts from any thread add up
+            self._fields["critiques"] += critiques
+            self._fields["drops"] += drops
+            self._bar.set_postfix(self._fields)
 
     def train_step(self, values: dict[str, float]) -> None:
         self.set_postfix(step=f"{int(values['step'])}/{self._train_steps}", loss=f"{values['loss']:.3f}")

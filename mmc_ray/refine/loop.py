@@ -192,7 +192,7 @@ class RefinementLoop:
 
     def _records(self, s: _ProblemState) -> list[RefineRecord]:
         p, final = s.problem, self._final_round(s)
-        records = [RefineRecord(
+        return [RefineRecord(
             problem_id=p.problem_id, round=a.round, family=p.family, source=p.source, text=a.text,
             num_steps=len(a.steps), extracted_answer=a.answer, correct=a.correct,
             true_first_wrong_step=a.true_first_wrong_step, temperature=a.temperature,
@@ -204,4 +204,3 @@ class RefinementLoop:
             critic_parse_error=a.critic_parse_error, critic_tokens=a.critic_tokens, final=a.round == final,
             stop_reason=s.stop_reason if a is s.attempts[-1] else "",
         ) for a in s.attempts]
-        return records

@@ -10,6 +10,7 @@ search with `CapacityLost` (finished trees are kept, the open ones are searched 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -245,11 +246,10 @@ def run_search(problems: Sequence[Problem] | Iterable[Problem], dispatcher: Disp
     """Search every problem; `on_tree_done(problem, tree)` is called as each tree finishes. Setting
     `stop` raises `SearchStopped` once the batches in flight come back. Progress goes to a tqdm bar
     of its own, or to `bar` (a line the caller shares between stages)."""
-    if bar is not None:
-        return _Driver(problems, dispatcher, cfg, on_tree_done, bar, stop, retry).run()
     total = len(problems) if total is None and isinstance(problems, Sequence) else total
-    with tqdm(total=total, desc="search", unit="tree", disable=not progress) as own_bar:
-        return _Driver(problems, dispatcher, cfg, on_tree_done, own_bar, stop, retry).run()
+    with (tqdm(total=total, desc="search", unit="tree", disable=not progress) if bar is None
+          else contextlib.nullcontext(bar)) as line:
+        return _Driver(problems, dispatcher, cfg, on_tree_done, line, stop, retry).run()
 
 
 def search_to_dir(problems: Sequence[Problem], dispatcher: Dispatcher, cfg: SearchConfig,

@@ -434,11 +434,13 @@ def export_hf(checkpoint: Path, tcfg: TrainConfig, out: Path) -> Path:
     with contextlib.redirect_stdout(io.StringIO()) as printed:  # DeepSpeed prints its progress
         state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint), tag=DS_TAG)
     log.info("export: %s", " | ".join(printed.getvalue().split("\n")).strip(" |"))
+    bars_were_on = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # loading and writing shards of a small model: no bars needed
     try:
         return _save_hf(state, tcfg, out)
     finally:
-        hf_logging.enable_progress_bar()
+        if bars_were_on:
+            hf_logging.enable_progress_bar()
 
 
 def _save_hf(state: dict[str, Any], tcfg: TrainConfig, out: Path) -> Path:
