@@ -13,6 +13,9 @@ from mmc_ray.errors import NotEnoughResources
 # `mmc-ray` turns it off unless -v (see `quiet_workers`). Where the local Ray keeps its logs.
 _CONSOLE: dict[str, object] = {"workers_to_console": True, "session_dir": None}
 LOOPBACK = "127.0.0.1"  # where the dashboard of a Ray we start listens
+# Serve's proxy wraps itself in these middlewares at start (mmc_ray.serve.proxy_errors: a JSON 503
+# for a request whose replica was lost); on a cluster the head's environment sets it (cluster/*.yaml).
+SERVE_PROXY_CALLBACK = ("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", "mmc_ray.serve.proxy_errors:middlewares")
 
 
 def quiet_workers(quiet: bool) -> None:
@@ -42,6 +45,8 @@ def init_ray() -> None:
     # GCS and raylets listen on every interface whatever node IP they are given, so the token is what
     # keeps others out. Its dashboard listens on loopback only. A cluster keeps its own settings.
     local = not os.environ.get("RAY_ADDRESS")
+    if local:  # the raylet passes its environment to Serve's proxy
+        os.environ.setdefault(*SERVE_PROXY_CALLBACK)
     context = ray.init(ignore_reinit_error=True, log_to_driver=to_console,
                        **({"dashboard_host": LOOPBACK} if local else {}))
     if local:

@@ -125,10 +125,16 @@ class OpenAIConfig:
     api_key_env: str = _opt("MMC_API_KEY", "environment variable holding the bearer token, if set")
     request_timeout_s: float = _opt(120.0, "per request")
     max_concurrency: int = _opt(8, "requests in flight to the server")
+    max_retries: int = _opt(4, "retries of a request the server could not answer (connection lost, "
+                               "HTTP 429/500/502/503/504), with exponential backoff")
+    retry_backoff_s: float = _opt(0.5, "the first retry's wait, doubled each time (a Retry-After "
+                                       "header, up to 30 s, is used instead when the server sends one)")
 
     def __post_init__(self) -> None:
         _require(self.request_timeout_s > 0, "request_timeout_s", "must be > 0")
         _require(self.max_concurrency >= 1, "max_concurrency", "must be >= 1")
+        _require(self.max_retries >= 0, "max_retries", "must be >= 0")
+        _require(self.retry_backoff_s >= 0, "retry_backoff_s", "must be >= 0")
 
 
 @dataclass(frozen=True)

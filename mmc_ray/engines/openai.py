@@ -3,15 +3,19 @@
 by changing one config line.
 
 Images travel as base64 PNG data URLs. An `assistant_prefix` is sent as a final assistant message
-with `continue_final_message` (the vLLM extension; servers without it answer from scratch). A
-request that fails (connection refused, timeout, HTTP error, malformed reply) becomes error
-completions for that request only, with the cause; the other requests of the call are unaffected.
+with `continue_final_message` (the vLLM extension; servers without it answer from scratch).
+A request the server could not answer (connection lost, HTTP 429/500/502/503/504: a replica that
+died under load, a server restarting) is retried with exponential backoff, `max_retries` times. A
+request that still fails (or fails for good: timeout, another HTTP error, a malformed reply) becomes
+error completions for that request only, with the cause; the other requests of the call are unaffected.
 """
 
 from __future__ import annotations
 
 import base64
 import os
+import random
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -28,6 +32,8 @@ from mmc_ray.generation import (
 )
 
 FINISH_REASONS = {"stop": "stop", "length": "length"}
+RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504})
+MAX_RETRY_AFTER_S = 30.0
 
 
 def to_openai_messages(req: GenerationRequest) -> list[dict[str, Any]]:
@@ -86,11 +92,20 @@ def parse_response(data: Any, n: int) -> GenerationResult:
     return GenerationResult(tuple(completions), int(usage.get("prompt_tokens") or 0))
 
 
+def _retry_after(reply: httpx.Response, default_s: float) -> float:
+    try:
+        return min(MAX_RETRY_AFTER_S, max(0.0, float(reply.headers["retry-after"])))
+    except (KeyError, ValueError):
+        return default_s
+
+
 class OpenAIEngine:
     def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout_s: float = 120.0,
-                 max_concurrency: int = 8) -> None:
+                 max_concurrency: int = 8, max_retries: int = 4, retry_backoff_s: float = 0.5) -> None:
         self.name = f"openai:{model}"
         self.model = model
+        self.max_retries, self.retry_backoff_s = max_retries, retry_backoff_s
+        self.retries = 0  # requests sent again, over the engine's life (read by tests and reports)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(base_url=base_url.rstrip("/") + "/", headers=headers, timeout=timeout_s)
         self._pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="openai-engine")
@@ -99,20 +114,39 @@ class OpenAIEngine:
     def from_config(cls, cfg: EngineConfig) -> OpenAIEngine:
         api = cfg.openai
         return cls(api.base_url, api.served_model or cfg.model_path, os.environ.get(api.api_key_env),
-                   api.request_timeout_s, api.max_concurrency)
+                   api.request_timeout_s, api.max_concurrency, api.max_retries, api.retry_backoff_s)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         return list(self._pool.map(self._one, requests))
 
     def _one(self, req: GenerationRequest) -> GenerationResult:
-        try:
-            reply = self._client.post("chat/completions", json=request_body(req, self.model))
-            if reply.status_code != 200:
-                raise ValueError(f"HTTP {reply.status_code}: {reply.text[:200]}")
-            return parse_response(reply.json(), req.n)
-        except (httpx.HTTPError, ValueError) as e:
-            error = f"{self.name}: {type(e).__name__}: {e}"
-            return error_result(req.n, error)
+        body = request_body(req, self.model)
+        for attempt in range(self.max_retries + 1):
+            wait = self._backoff(attempt)
+            try:
+                reply = self._client.post("chat/completions", json=body)
+                if reply.status_code == 200:
+                    return parse_response(reply.json(), req.n)
+                error = f"HTTP {reply.status_code}: {reply.text[:200]}"
+                if reply.status_code not in RETRIED_STATUSES:
+                    break
+                wait = _retry_after(reply, wait)
+            except httpx.TimeoutException as e:  # the server is working on it: sending it again adds load
+                error = f"{type(e).__name__}: {e}"
+                break
+            except httpx.TransportError as e:  # connection refused or lost: a server restarting
+                error = f"{type(e).__name__}: {e}"
+            except (httpx.HTTPError, ValueError) as e:
+                error = f"{type(e).__name__}: {e}"
+                break
+            if attempt < self.max_retries:
+                self.retries += 1
+                time.sleep(wait)
+        return error_result(req.n, f"{self.name}: {error}")
+
+    def _backoff(self, attempt: int) -> float:
+        """Exponential, with jitter so requests that failed together do not come back together."""
+        return self.retry_backoff_s * 2 ** attempt * random.uniform(0.75, 1.25)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)

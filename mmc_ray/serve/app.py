@@ -15,7 +15,10 @@ same four methods (`reconfigure`, `generate`, `score`, `served`) the deployment 
 - vllm (`LLMDeploymentCritic`; GPU): the replica holds no model; it sends the same requests as chat
   completions to a Ray Serve LLM deployment through its handle (`mmc_ray.serve.llm`), which batches,
   scales and swaps.
-A request's engine failure is a 500 for that request; the replica keeps serving.
+A request's engine failure is a 500 for that request; the replica keeps serving. Every error is
+JSON `{"error": {"message", "field"?}}`: 4xx for what the client sent (naming the field), 413 for
+a body over `max_body_bytes` (enforced while it is read), 503 + Retry-After from the proxy for the
+requests of a replica that died (`mmc_ray.serve.proxy_errors`), which `OpenAIEngine` retries.
 """
 
 # No `from __future__ import annotations` here: Serve's ingress rebuilds the endpoint signatures
@@ -32,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
@@ -67,7 +69,7 @@ class EngineFailed(RuntimeError):
 @api.exception_handler(RequestRejected)
 async def _rejected(_: Request, err: RequestRejected) -> JSONResponse:
     serve_metrics().inc("rejected")
-    return JSONResponse({"error": {"field": err.field, "message": str(err)}}, status_code=err.status)
+    return _reply(err.status, {"field": err.field, "message": str(err)})
 
 
 OPEN_PATHS = ("/healthz", "/docs", "/openapi.json")
@@ -88,37 +90,98 @@ def configure_guard(api_key: str | None, max_body_bytes: int) -> None:
     _GUARD.update(api_key=api_key, max_body_bytes=max_body_bytes)
 
 
-@api.middleware("http")
-async def _guard(request: Request, call_next: Any) -> Any:
-    """Bearer auth (constant-time compare) and the body-size limit, before any body is parsed."""
-    token: str | None = _GUARD["api_key"]
-    if token is not None and not request.url.path.endswith(OPEN_PATHS):
-        sent = request.headers.get("authorization", "")
-        if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
-            return JSONResponse({"error": {"message": "missing or wrong bearer token"}}, status_code=401,
-                                headers={"WWW-Authenticate": "Bearer"})
-    limit: int = _GUARD["max_body_bytes"]
-    declared = request.headers.get("content-length", "")
-    size = int(declared) if declared.isdigit() else len(await request.body())
-    if limit and size > limit:
-        return JSONResponse({"error": {"field": "body", "message": f"body: {size} bytes, at most {limit}"}},
-                            status_code=413)
-    return await call_next(request)
+def _reply(status: int, error: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": error}, status_code=status, headers=headers)
+
+
+class RequestGuard:
+    """Bearer auth (constant-time compare) and the body-size limit, as plain ASGI around the app,
+    before any body is parsed. The limit holds while the body is read: a declared Content-Length
+    over it is refused unread, and a chunked body is read only up to it, so an oversized body costs
+    the replica at most `max_body_bytes` of memory."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        token: str | None = _GUARD["api_key"]
+        if token is not None and not scope["path"].endswith(OPEN_PATHS):
+            sent = headers.get(b"authorization", b"")
+            if not hmac.compare_digest(sent, f"Bearer {token}".encode()):
+                reply = _reply(401, {"message": "missing or wrong bearer token"},
+                               {"WWW-Authenticate": "Bearer"})
+                return await reply(scope, receive, send)
+        limit: int = _GUARD["max_body_bytes"]
+        if limit:
+            declared = headers.get(b"content-length", b"")
+            if declared.isdigit() and int(declared) > limit:
+                return await self._too_large(int(declared), limit, scope, receive, send)
+            received, size = [], 0
+            while True:
+                message = await receive()
+                received.append(message)
+                size += len(message.get("body", b""))
+                if size > limit:
+                    return await self._too_large(size, limit, scope, receive, send, read_so_far=True)
+                if message["type"] != "http.request" or not message.get("more_body"):
+                    break
+            receive = _replay(received, receive)
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    async def _too_large(size: int, limit: int, scope: dict[str, Any], receive: Any, send: Any,
+                         read_so_far: bool = False) -> None:
+        serve_metrics().inc("rejected")
+        what = f"more than {size} bytes read" if read_so_far else f"{size} bytes"
+        await _reply(413, {"field": "body", "message": f"body: {what}, at most {limit}"},
+                     {"Connection": "close"})(scope, receive, send)
+
+
+def _replay(messages: list[dict[str, Any]], receive: Any) -> Any:
+    """An ASGI `receive` that hands out the messages already read, then reads on."""
+    pending = iter(messages)
+
+    async def replayed() -> dict[str, Any]:
+        return next(pending, None) or await receive()
+
+    return replayed
+
+
+api.add_middleware(RequestGuard)
+
+
+def _field(loc: tuple[Any, ...]) -> str:
+    """A pydantic location as our field names: ("body", "steps", 0) -> steps[0]."""
+    field = ""
+    for part in loc[1:] if loc[:1] == ("body",) else loc:
+        field += f"[{part}]" if isinstance(part, int) else f".{part}" if field else str(part)
+    return field.encode("utf-8", "backslashreplace").decode() or "body"  # a key sent as "\ud800"
 
 
 @api.exception_handler(RequestValidationError)
 async def _invalid(_: Request, err: RequestValidationError) -> JSONResponse:
     serve_metrics().inc("rejected")
-    first = err.errors()[0] if err.errors() else {"loc": ("body",), "msg": "invalid request"}
-    field = ".".join(str(x) for x in first["loc"] if x != "body") or "body"
-    return JSONResponse({"error": {"field": field, "message": f"{field}: {first['msg']}",
-                                   "details": jsonable_encoder(err.errors())}}, status_code=422)
+    errors = err.errors() or [{"loc": ("body",), "msg": "invalid request", "type": "invalid"}]
+    # The errors' inputs stay out of the reply: they may be exactly what cannot be encoded (NaN, "\ud800").
+    details = [{"field": _field(tuple(e["loc"])), "message": str(e["msg"]), "type": e["type"]}
+               for e in errors]
+    first = errors[0]
+    if first["type"] == "json_invalid":  # its location is a character offset, not a field
+        reason = (first.get("ctx") or {}).get("error", "")
+        details[0] = {"field": "body", "message": f"invalid JSON at character {first['loc'][-1]}: {reason}",
+                      "type": "json_invalid"}
+    field = details[0]["field"]
+    return JSONResponse({"error": {"field": field, "message": f"{field}: {details[0]['message']}",
+                                   "details": details}}, status_code=422)
 
 
 @api.exception_handler(EngineFailed)
 async def _engine_failed(_: Request, err: EngineFailed) -> JSONResponse:
     serve_metrics().inc("engine_failures")
-    return JSONResponse({"error": {"message": str(err)}}, status_code=500)
+    return _reply(500, {"message": str(err)})
 
 
 def resolve_api_key(cfg: ServeConfig) -> str | None:

@@ -1,9 +1,11 @@
 """Request and response models of the critic service, and the checks that turn a request into a
 `GenerationRequest` under the configured limits. No Ray, no torch: testable on its own.
 
-Types and shapes are checked by pydantic (422 naming the field); sizes are checked here against
-`ServeConfig` and raise `RequestRejected` (413 for bytes, 422 otherwise) naming the field too.
-Images come as base64 or a `data:` URI; remote URLs are refused: the server never fetches.
+Types and shapes are checked by pydantic (422 naming the field): numbers must be finite (a JSON
+`NaN` or `1e999` is refused, not clamped) and text must be encodable (a lone surrogate such as
+`"\\ud800"` is refused before it reaches a tokenizer). Sizes and the shape of a chat are checked here
+against `ServeConfig` and raise `RequestRejected` (413 for bytes, 422 otherwise) naming the field too.
+Images come as base64 or a `data:image/...` URI; remote URLs are refused: the server never fetches.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import base64
 import binascii
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from mmc_ray.config import ServeConfig
 from mmc_ray.critique.prompts import critic_turn
@@ -27,13 +29,31 @@ class RequestRejected(ValueError):
         self.field, self.status = field, status
 
 
-class CritiqueRequest(BaseModel):
+def _encodable(text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"not valid Unicode text: {e.reason} at character {e.start}") from None
+    return text
+
+
+# Every string a client sends: JSON lets "\ud800" through, no tokenizer or encoder does.
+Text = Annotated[str, AfterValidator(_encodable)]
+
+
+class ClientModel(BaseModel):
+    """What every request model shares: finite numbers only (JSON's NaN and 1e999 parse to floats)."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+
+class CritiqueRequest(ClientModel):
     model_config = ConfigDict(extra="forbid")
 
-    question: str = Field(min_length=1, description="the question the solution answers")
-    steps: list[str] = Field(min_length=1, description="the solution's reasoning steps, in order")
-    answer: str | None = Field(default=None, description="the solution's final answer")
-    image: str | None = Field(default=None, description="base64 PNG/JPEG bytes or a data: URI")
+    question: Text = Field(min_length=1, description="the question the solution answers")
+    steps: list[Text] = Field(min_length=1, description="the solution's reasoning steps, in order")
+    answer: Text | None = Field(default=None, description="the solution's final answer")
+    image: Text | None = Field(default=None, description="base64 PNG/JPEG bytes or a data:image/... URI")
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
 
@@ -69,16 +89,16 @@ class ScoreStepsResponse(BaseModel):
     version: int
 
 
-class TextPart(BaseModel):
+class TextPart(ClientModel):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
-class ImageURL(BaseModel):
-    url: str
+class ImageURL(ClientModel):
+    url: Text
 
 
-class ImagePart(BaseModel):
+class ImagePart(ClientModel):
     type: Literal["image_url"]
     image_url: ImageURL
 
@@ -86,22 +106,22 @@ class ImagePart(BaseModel):
 ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
 
-class ChatMessage(BaseModel):
+class ChatMessage(ClientModel):
     role: Literal["system", "user", "assistant"]
-    content: str | list[ContentPart]
+    content: Text | list[ContentPart]
 
 
-class ChatCompletionRequest(BaseModel):
+class ChatCompletionRequest(ClientModel):
     model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields we do not use
 
-    model: str | None = None
+    model: Text | None = None
     messages: list[ChatMessage] = Field(min_length=1)
     n: int = Field(default=1, ge=1, le=8)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    stop: str | list[str] | None = None
+    stop: Text | list[Text] | None = None
     seed: int | None = None
     logprobs: bool = False
     stream: bool = False
@@ -115,7 +135,10 @@ def decode_image(value: str, cfg: ServeConfig, field: str) -> bytes:
     if value.startswith("data:"):
         header, sep, value = value.partition(",")
         if not sep or not header.endswith(";base64"):
-            raise RequestRejected(field, "a data: URI must be data:<mime>;base64,<data>")
+            raise RequestRejected(field, "a data: URI must be data:image/<type>;base64,<data>")
+        mime = header.removeprefix("data:").removesuffix(";base64").split(";")[0].strip().lower()
+        if not mime.startswith("image/"):
+            raise RequestRejected(field, f"a data: URI must carry an image type, not {mime or 'none'!r}")
     if len(value) > cfg.max_image_bytes * 4 // 3 + 4:
         raise RequestRejected(field, f"image is larger than {cfg.max_image_bytes} bytes", status=413)
     try:
@@ -158,6 +181,12 @@ def critique_generation(req: CritiqueRequest, cfg: ServeConfig) -> GenerationReq
 def chat_generation(req: ChatCompletionRequest, cfg: ServeConfig) -> GenerationRequest:
     if req.stream:
         raise RequestRejected("stream", "streaming is not supported; send stream=false")
+    last = req.messages[-1]
+    continued = last.role == "assistant" and isinstance(last.content, str)
+    turns = req.messages[:-1] if continued else req.messages
+    if not turns or turns[-1].role != "user":
+        raise RequestRejected("messages", "a chat must end with a user message (optionally followed by "
+                                          "one assistant message with text content, which is continued)")
     messages: list[dict[str, Any]] = []
     images: list[bytes] = []
     chars = 0
@@ -180,8 +209,7 @@ def chat_generation(req: ChatCompletionRequest, cfg: ServeConfig) -> GenerationR
     if chars > limit:
         raise RequestRejected("messages", f"{chars} characters of text, at most {limit}")
     prefix = ""
-    if messages[-1]["role"] == "assistant" and isinstance(messages[-1]["content"], str):
-        # A trailing assistant turn is continued, as vLLM's continue_final_message does.
+    if continued:  # as vLLM's continue_final_message does
         prefix = messages.pop()["content"]
     stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
     return GenerationRequest(

@@ -3,7 +3,9 @@
 import base64
 import dataclasses
 import io
+import json
 import shutil
+import socket
 import struct
 import zlib
 
@@ -124,6 +126,52 @@ def test_schema_errors_and_oversized_bodies_are_4xx(service):
     assert client.get(f"{url}/healthz").status_code == 200  # the replica is still serving
 
 
+BODY = '{"question": "How many?", "steps": ["Count: 3."], "temperature": 0}'
+CHAT_IMAGE = [{"type": "text", "text": "look"}, {"type": "image_url", "image_url": {"url": "data:text/plain;base64,"
+                                                                                       + B64_IMAGE}}]
+
+
+@pytest.mark.parametrize(("path", "raw", "field"), [
+    ("/v1/critique", BODY.replace('"temperature": 0', '"temperature": NaN'), "temperature"),
+    ("/v1/critique", BODY.replace('"temperature": 0', '"temperature": 1e999'), "temperature"),
+    ("/v1/score_steps", BODY.replace('"temperature": 0', '"temperature": -Infinity'), "temperature"),
+    ("/v1/critique", BODY.replace("How many?", "\\ud800"), "question"),
+    ("/v1/critique", BODY.replace("Count: 3.", "\\udfff and more"), "steps[0]"),
+    ("/v1/critique", BODY.replace('"temperature"', '"\\ud800"'), "body"),  # a key that is no text
+    ("/v1/critique", '{"question": "q", "steps": ["a"],, }', "body"),
+    ("/v1/chat/completions", json.dumps({"messages": [{"role": "assistant", "content": "I think"}]}), "messages"),
+    ("/v1/chat/completions", json.dumps({"messages": [{"role": "system", "content": "be brief"}]}), "messages"),
+    ("/v1/chat/completions", json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                                      {"role": "assistant", "content": "a"},
+                                                      {"role": "assistant", "content": "b"}]}), "messages"),
+    ("/v1/chat/completions", json.dumps({"messages": [{"role": "user", "content": CHAT_IMAGE}]}),
+     "messages[0].content[1].image_url.url"),
+    ("/v1/chat/completions", json.dumps({"messages": [{"role": "user", "content": "hi"}], "top_p": float("nan")}),
+     "top_p"),
+])
+def test_malformed_input_is_a_4xx_naming_the_field(service, path, raw, field):
+    reply = service["client"].post(f"{service['url']}{path}", content=raw.encode(),
+                                   headers={"content-type": "application/json"})
+    assert reply.status_code == 422, reply.text
+    error = reply.json()["error"]
+    assert error["field"] == field and error["message"].startswith(f"{field}: ")
+
+
+def test_an_oversized_chunked_body_is_refused_before_it_is_all_sent(service):
+    """The limit (1 MiB here) holds while the body is read: the 413 comes back while the client is
+    still sending (a body read in full first would wait for the end that never comes)."""
+    with socket.create_connection(("127.0.0.1", service["cfg"].serve.port), timeout=60) as sock:
+        sock.sendall(b"POST /v1/critique HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n")
+        chunk = b"x" * 65536
+        for _ in range(20):  # 1.25 MiB, and never the last chunk
+            sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        head = sock.recv(65536).decode(errors="replace")
+    assert head.startswith("HTTP/1.1 413"), head[:200]
+    assert '"field":"body"' in head.replace(" ", "")
+    assert service["client"].get(f"{service['url']}/healthz").status_code == 200
+
+
 def test_bearer_token_is_required_when_configured(service):
     client, url = service["client"], service["secure"]
     assert client.get(f"{url}/healthz").status_code == 200  # probes need no token
@@ -168,11 +216,11 @@ def fuzz_bodies():
     text = st.text(max_size=50) | st.just("x" * 5000)
     image = st.one_of(st.none(), text, st.binary(max_size=300).map(lambda b: base64.b64encode(b).decode()),
                       st.just(bomb_png()), st.just("data:image/png;base64,@@@"), st.just("http://10.0.0.1/a.png"))
-    scalar = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False, allow_infinity=False), text)
+    scalar = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), text)  # NaN and Infinity too
     well_typed = st.fixed_dictionaries({
         "question": text, "steps": st.lists(text, max_size=8), "image": image,
         "max_tokens": st.integers(min_value=-5, max_value=4) | st.just(10**9),
-        "temperature": st.floats(allow_nan=False, allow_infinity=False, min_value=-1, max_value=3)})
+        "temperature": st.floats(min_value=-1, max_value=3) | st.sampled_from([float("nan"), float("inf")])})
     junk = st.dictionaries(st.text(max_size=10), st.recursive(scalar, lambda c: st.lists(c, max_size=3)
                                                              | st.dictionaries(st.text(max_size=5), c, max_size=3),
                                                              max_leaves=8), max_size=5)
@@ -187,8 +235,9 @@ def test_fuzzed_bodies_never_get_a_5xx(service):
     @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     @given(body=fuzz_bodies())
     def check(body):
-        for path in ("/v1/critique", "/v1/score_steps"):
-            reply = client.post(f"{url}{path}", json=body)
+        for path in ("/v1/critique", "/v1/score_steps"):  # json.dumps writes NaN as JSON's NaN
+            reply = client.post(f"{url}{path}", content=json.dumps(body).encode(),
+                                headers={"content-type": "application/json"})
             assert reply.status_code < 500, (path, body, reply.text)
 
     check()
@@ -196,3 +245,33 @@ def test_fuzzed_bodies_never_get_a_5xx(service):
         {"type": "image_url", "image_url": {"url": "data:image/png;base64," + bomb_png()}}]}]})
     assert chat.status_code == 422
     assert client.get(f"{url}/healthz").json()["pid"] == service["pid"]  # same replica, still up
+
+
+def test_a_replica_killed_under_load_costs_only_its_requests_in_flight_and_clients_retry(service):
+    """Last in this file: it replaces the open app's replica. A killed replica (as by the OOM killer)
+    fails the requests it held with a JSON 503 to retry, Serve starts another, and `OpenAIEngine`
+    retries its requests with backoff until the new one answers: nothing is lost to a client that retries."""
+    import os
+    import signal
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    client, url = service["client"], service["url"]
+    engine = OpenAIEngine(f"{url}/v1", "mmc-critic", max_retries=8, retry_backoff_s=1.0)
+    request = GenerationRequest(messages=critic_messages(PROBLEM, ["a", "b"], "3"), images=(PROBLEM.image,),
+                                max_new_tokens=48)
+    with ThreadPoolExecutor(8) as pool:
+        plain = [pool.submit(client.post, f"{url}/v1/critique", json=critique_body(max_tokens=64)) for _ in range(4)]
+        retried = pool.submit(engine.generate, [request] * 4)
+        time.sleep(0.3)
+        os.kill(service["pid"], signal.SIGKILL)
+        replies = [f.result() for f in plain]
+        results = retried.result()
+    failed = [r for r in replies if r.status_code != 200]
+    assert failed, "the kill came after every request was answered: nothing was in flight"
+    for reply in failed:  # answered by the proxy (mmc_ray.serve.proxy_errors), in our error format
+        assert (reply.status_code, reply.headers["retry-after"]) == (503, "1"), reply.text
+        assert reply.json()["error"]["type"] == "replica_lost"
+    assert [c.finish_reason for r in results for c in r.completions if c.finish_reason == "error"] == []
+    assert engine.retries >= 1
+    assert client.get(f"{url}/healthz").json()["pid"] != service["pid"]  # a new replica answers

@@ -274,3 +274,26 @@ def test_kuberay_schema_accepts_what_the_api_server_accepts():
         {"containerPort": 5353, "protocol": "UDP"}, {"containerPort": 5353}]
     doc["metadata"].update(namespace="ml", labels={"team": "mmc"}, annotations={"note": "x"}, uid="anything")
     assert kuberay_errors(doc) == []
+
+
+def containers(node: object) -> list[dict]:
+    """Every container spec anywhere in a manifest."""
+    if isinstance(node, dict):
+        found = [c for c in node.get("containers", []) if isinstance(c, dict)]
+        return found + [c for v in node.values() for c in containers(v)]
+    return [c for v in node for c in containers(v)] if isinstance(node, list) else []
+
+
+@pytest.mark.parametrize("doc", kuberay_manifests())
+def test_every_node_loads_our_serve_proxy_middleware(doc):
+    """Serve runs a proxy on every node: each must answer a lost replica's requests with a JSON 503."""
+    from starlette.middleware import Middleware
+
+    from mmc_ray.ray_runtime import SERVE_PROXY_CALLBACK
+
+    name, value = SERVE_PROXY_CALLBACK
+    for container in containers(doc["spec"]):
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        assert env.get(name) == value, f"{container['name']} does not set {name}"
+    module, _, attr = value.partition(":")
+    assert all(isinstance(m, Middleware) for m in getattr(importlib.import_module(module), attr)())

@@ -18,6 +18,7 @@ PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4
 
 class Handler(BaseHTTPRequestHandler):
     seen: ClassVar[list] = []
+    unavailable: ClassVar[dict] = {}  # text -> how many more times to answer 503 before answering
 
     def log_message(self, *args):
         pass
@@ -27,8 +28,13 @@ class Handler(BaseHTTPRequestHandler):
         Handler.seen.append((self.path, self.headers.get("Authorization"), body))
         last_text = [p for m in body["messages"] if isinstance(m["content"], list)
                      for p in m["content"] if p["type"] == "text"]
-        if last_text and "explode" in last_text[-1]["text"]:
-            self.send_response(500)
+        text = last_text[-1]["text"] if last_text else ""
+        if "explode" in text or "reject" in text or Handler.unavailable.get(text, 0) > 0:
+            if text in Handler.unavailable:
+                Handler.unavailable[text] -= 1
+            self.send_response(400 if "reject" in text else 503 if text in Handler.unavailable else 500)
+            if text in Handler.unavailable:
+                self.send_header("Retry-After", "0")
             self.end_headers()
             self.wfile.write(b"internal error")
             return
@@ -48,7 +54,7 @@ class Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server():
-    Handler.seen = []
+    Handler.seen, Handler.unavailable = [], {}
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -85,19 +91,33 @@ def test_requests_results_and_images(server, monkeypatch):
     assert prefixed["continue_final_message"] is True
 
 
-def test_a_failing_request_is_an_error_for_that_request_only(server):
-    engine = OpenAIEngine(server, "m")
-    ok, bad = engine.generate([request("fine"), request("explode", n=2)])
+def sent(text):
+    return sum(b["messages"][0]["content"][-1]["text"] == text for _, _, b in Handler.seen)
+
+
+def test_a_failing_request_is_an_error_for_that_request_only_after_its_retries(server):
+    engine = OpenAIEngine(server, "m", max_retries=2, retry_backoff_s=0.01)
+    ok, bad, refused = engine.generate([request("fine"), request("explode", n=2), request("reject")])
     assert ok.completions[0].finish_reason == "stop"
     assert [c.finish_reason for c in bad.completions] == ["error", "error"]
-    assert "HTTP 500" in bad.completions[0].error
+    assert "HTTP 500" in bad.completions[0].error and "HTTP 400" in refused.completions[0].error
+    assert (sent("fine"), sent("explode"), sent("reject")) == (1, 3, 1)  # a 400 is the client's: not retried
+    assert engine.retries == 2
+
+
+def test_a_server_that_is_unavailable_for_a_while_is_retried_until_it_answers(server):
+    Handler.unavailable["come back"] = 3
+    engine = OpenAIEngine(server, "m", max_retries=4, retry_backoff_s=5.0)  # Retry-After: 0 wins over 5 s
+    (result,) = engine.generate([request("come back")])
+    assert result.completions[0].text == "sample 0 images=0"
+    assert sent("come back") == 4 and engine.retries == 3
 
 
 def test_unreachable_server_gives_error_completions():
-    engine = OpenAIEngine("http://127.0.0.1:9/v1", "m", timeout_s=2)
+    engine = OpenAIEngine("http://127.0.0.1:9/v1", "m", timeout_s=2, max_retries=1, retry_backoff_s=0.01)
     (result,) = engine.generate([request("hi")])
     assert result.completions[0].finish_reason == "error"
-    assert "ConnectError" in result.completions[0].error
+    assert "ConnectError" in result.completions[0].error and engine.retries == 1
 
 
 def test_checked_in_openapi_spec_is_current():
