@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mmc_ray.config import Config, load_config
-from mmc_ray.errors import MissingInput, UserError
+from mmc_ray.errors import MissingInput, UserError, root_cause
 from mmc_ray.orchestration import commands
 from mmc_ray.ray_runtime import quiet_workers, ray_logs_dir
 
@@ -307,11 +307,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             logs.append(f"{ray_dir} (Ray workers)")
         if logs and not args.verbose:
             print(f"logs: {'; '.join(logs)}; -v shows them here")
-    except UserError as e:  # what the user can fix: one line; anything else is a bug and keeps its traceback
+    except Exception as e:  # what the user can fix, or lost capacity: one line; a bug keeps its traceback
+        cause = root_cause(e)
+        if cause is None:
+            raise
         if args.verbose:
             traceback.print_exc()
-        print(f"mmc-ray {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        if isinstance(cause, UserError):
+            print(f"mmc-ray {args.command}: error: {cause}", file=sys.stderr)
+            return 2
+        print(f"mmc-ray {args.command}: stopped: {cause}. Finished work is kept; rerun the command once the "
+              f"cluster has its workers back to go on.", file=sys.stderr)
+        return 3
     return 0
 
 

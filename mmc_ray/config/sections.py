@@ -108,9 +108,12 @@ class ResourcesConfig:
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = _opt(
         "PACK", "placement group strategy of the role's bundles")
     placement_timeout_s: float = _opt(120.0, "how long to wait for the placement group before failing")
+    restart_wait_s: float = _opt(300.0, "how long a batch waits for its restarting worker before the run "
+                                        "stops (CapacityLost; finished work is kept)")
 
     def __post_init__(self) -> None:
         _require(self.replicas >= 1, "replicas", "must be >= 1")
+        _require(self.restart_wait_s > 0, "restart_wait_s", "must be > 0")
         _require(self.num_cpus >= 0 and self.num_gpus >= 0, "num_cpus", "resources must be >= 0")
         _require(self.max_restarts >= -1, "max_restarts", "must be >= -1 (-1 = unlimited)")
         _require(self.placement_timeout_s > 0, "placement_timeout_s", "must be > 0")

@@ -51,7 +51,7 @@ def search(cfg: Config, problems_path: Path, out: Path, local: bool = False) -> 
         summary = search_to_dir(problems, dispatcher, cfg.search, out)
     else:
         from mmc_ray.ray_runtime import init_ray
-        from mmc_ray.workers.dispatch import RayDispatcher
+        from mmc_ray.workers.dispatch import RayDispatcher, RetryPolicy
         from mmc_ray.workers.group import create_worker_group
         from mmc_ray.workers.role_worker import PolicyWorker
 
@@ -59,7 +59,8 @@ def search(cfg: Config, problems_path: Path, out: Path, local: bool = False) -> 
         group = create_worker_group(PolicyWorker, cfg.actor)
         try:
             dispatcher = RayDispatcher.for_engines(group.workers, cfg.actor)
-            summary = search_to_dir(problems, dispatcher, cfg.search, out)
+            summary = search_to_dir(problems, dispatcher, cfg.search, out,
+                                    retry=RetryPolicy.for_role(cfg.actor.resources))
         finally:
             group.shutdown()
     print_search_summary(summary, out)

@@ -131,7 +131,7 @@ def streamed_round(cfg: Config, problems_path: Path, trees_dir: Path, dataset_di
     from mmc_ray.ray_runtime import init_ray
     from mmc_ray.tasks.benchmark import load_problem_file
     from mmc_ray.train.trainer import train
-    from mmc_ray.workers.dispatch import RayDispatcher
+    from mmc_ray.workers.dispatch import RayDispatcher, RetryPolicy
     from mmc_ray.workers.group import create_worker_group
     from mmc_ray.workers.role_worker import PolicyWorker
 
@@ -148,7 +148,8 @@ def streamed_round(cfg: Config, problems_path: Path, trees_dir: Path, dataset_di
     try:
         dispatcher = RayDispatcher.for_engines(group.workers, cfg.actor)
         search = _folder_writer("search", lambda: search_to_dir(
-            problems, dispatcher, search_cfg, trees_dir, stop=stop, bar=progress), search_done)
+            problems, dispatcher, search_cfg, trees_dir, stop=stop, bar=progress,
+            retry=RetryPolicy.for_role(cfg.actor.resources)), search_done)
         graph = _annotate_graph(cfg, trees_dir, search_done, dataset_dir)
         annotation = _folder_writer("annotation", lambda: _count_outcomes(graph, progress), upstream_done)
         with _small_blocks():

@@ -33,7 +33,7 @@ from mmc_ray.store.shards import ShardWriter, finished_ids
 from mmc_ray.tasks.problem import Problem, image_error
 from mmc_ray.tasks.prompts import solve_request
 from mmc_ray.tasks.scoring import answers_match, extract_answer
-from mmc_ray.workers.dispatch import Dispatcher, RetryPolicy, WorkerLost
+from mmc_ray.workers.dispatch import Attempts, Dispatcher, RetryPolicy, WorkerLost
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class SearchSummary:
 class _Pending:
     problem_id: str
     request: SearchRequest
-    attempts: int = 0
+    attempts: Attempts = field(default_factory=Attempts)
 
 
 class _Driver:
@@ -205,10 +205,11 @@ class _Driver:
             if isinstance(outcome, WorkerLost):
                 self.summary.worker_restarts += 1
                 self.metrics.inc("worker_restarts")
-            log.warning("search: a batch of %d requests failed (%s); retrying", len(batch), outcome)
-            for pending in batch:
-                pending.attempts += self.retry.counts(outcome)
-                if self.retry.retry(outcome, pending.attempts):
+            again = [self.retry.again(outcome, pending.attempts) for pending in batch]
+            log.warning("search: a batch of %d requests failed (%s); %s", len(batch), outcome,
+                        "sent again" if all(again) else "its generations are recorded as failed")
+            for pending, resend in zip(batch, again, strict=True):
+                if resend:
                     self.queue.appendleft(pending)
                 else:
                     self._apply(pending, None)
@@ -253,15 +254,15 @@ def run_search(problems: Sequence[Problem] | Iterable[Problem], dispatcher: Disp
 
 
 def search_to_dir(problems: Sequence[Problem], dispatcher: Dispatcher, cfg: SearchConfig,
-                  out_dir: str | Path, progress: bool = True,
-                  stop: threading.Event | None = None, bar: ProgressLine | None = None) -> SearchSummary:
+                  out_dir: str | Path, progress: bool = True, stop: threading.Event | None = None,
+                  bar: ProgressLine | None = None, retry: RetryPolicy = RetryPolicy()) -> SearchSummary:
     """Search into `out_dir/trees-NNNNN.parquet`, skipping problems already there (resume)."""
     done = finished_ids(out_dir, TREES, "problem_id")
     todo = [p for p in problems if p.problem_id not in done]
     writer = ShardWriter(out_dir, TREES, TREE_SCHEMA, cfg.shard_size)
     try:
         summary = run_search(todo, dispatcher, cfg, lambda p, t: writer.add(tree_row(p, t)), progress,
-                             stop=stop, bar=bar)
+                             stop=stop, retry=retry, bar=bar)
     finally:
         writer.flush()  # keep every finished tree, even when the run is interrupted
     summary.resumed = len(problems) - len(todo)

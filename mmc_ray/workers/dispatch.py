@@ -14,10 +14,11 @@ from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from mmc_ray.errors import CapacityFailure
 from mmc_ray.generation import GenerationEngine, GenerationRequest, GenerationResult
 
 if TYPE_CHECKING:
-    from mmc_ray.config import EngineConfig
+    from mmc_ray.config import EngineConfig, ResourcesConfig
 
 Outcome = list[GenerationResult] | BaseException
 
@@ -32,38 +33,57 @@ class WorkerLost(RuntimeError):
         self.restarting = restarting
 
 
-class CapacityLost(RuntimeError):
+class CapacityLost(CapacityFailure):
     """A batch's workers kept dying: they are dead past their restarts (or their node is gone).
     Raised, never turned into failed generations: what is finished is kept and a rerun goes on."""
+
+
+@dataclass
+class Attempts:
+    """One batch's failures so far, kept by whoever resends it (see `RetryPolicy.again`)."""
+
+    counted: int = 0  # failures that used up an attempt
+    restarting_since: float | None = None  # monotonic time of its first failure to a restarting worker
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
     """What a failed batch becomes, with the two causes told apart (as NeMo-RL separates them):
-    - infra (`WorkerLost`): sent again. A worker that is restarting costs no attempt (it comes back);
-      a worker dead for good (or a lost node or result) does, and after `lost_worker_attempts` such
-      losses `CapacityLost` is raised: a generation that never ran is no verdict on its input, so it
-      is never a result.
+    - infra (`WorkerLost`): sent again. A worker that is restarting costs no attempt (it comes back),
+      but a batch waits for restarts at most `restart_wait_s` in all; a worker dead for good (or a
+      lost node or result) costs one, and after `lost_worker_attempts` such losses `CapacityLost` is
+      raised: a generation that never ran is no verdict on its input, so it is never a result.
     - data (the engine raised on this batch): sent again up to `engine_error_attempts` times in all,
       then its requests become error results, so one input the engine cannot take never stops a run.
     """
 
     lost_worker_attempts: int = 4
     engine_error_attempts: int = 3
+    restart_wait_s: float = 300.0
 
-    def counts(self, failure: BaseException) -> bool:
-        """Whether `failure` uses up one of the batch's attempts."""
-        return not (isinstance(failure, WorkerLost) and failure.restarting)
+    @classmethod
+    def for_role(cls, resources: ResourcesConfig) -> RetryPolicy:
+        return cls(restart_wait_s=resources.restart_wait_s)
 
-    def retry(self, failure: BaseException, attempts: int) -> bool:
-        """Whether a batch that has now used `attempts` attempts, the last failing with `failure`, is
-        sent again; False: give its requests error results. Raises `CapacityLost` when capacity is gone."""
-        if isinstance(failure, WorkerLost):
-            if attempts >= self.lost_worker_attempts:
-                raise CapacityLost(f"a batch lost its worker {attempts} times (last: {failure}); the workers "
-                                   f"are dead past their max_restarts or their node is gone") from failure
+    def again(self, failure: BaseException, attempts: Attempts) -> bool:
+        """Record `failure` in the batch's `attempts` and say whether the batch is sent again; False:
+        give its requests error results. Raises `CapacityLost` when capacity is gone."""
+        if isinstance(failure, WorkerLost) and failure.restarting:
+            now = time.monotonic()
+            attempts.restarting_since = attempts.restarting_since or now
+            waited = now - attempts.restarting_since
+            if waited > self.restart_wait_s:
+                raise CapacityLost(f"a batch waited {waited:.0f} s for its worker to restart (resources."
+                                   f"restart_wait_s={self.restart_wait_s:g}; last: {failure})") from failure
             return True
-        return attempts < self.engine_error_attempts
+        attempts.counted += 1
+        if isinstance(failure, WorkerLost):
+            if attempts.counted >= self.lost_worker_attempts:
+                raise CapacityLost(f"a batch lost its worker {attempts.counted} times (last: {failure}); "
+                                   "the workers are dead past their max_restarts or their node is gone"
+                                   ) from failure
+            return True
+        return attempts.counted < self.engine_error_attempts
 
 
 class Dispatcher(Protocol):
@@ -180,7 +200,8 @@ class RayDispatcher:
         except ray.exceptions.RayError as e:  # actor died or restarting, node lost, object lost, OOM
             self._down.add(index)
             restarting = isinstance(e, ray.exceptions.ActorUnavailableError)
-            return WorkerLost(f"worker {index}: {type(e).__name__}: {e}", restarting=restarting)
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""  # Ray appends pages of advice
+            return WorkerLost(f"worker {index}: {type(e).__name__}: {first_line}", restarting=restarting)
         self._down.discard(index)
         return results
 

@@ -12,7 +12,7 @@ from typing import Any
 from mmc_ray.config import EngineConfig
 from mmc_ray.engines.factory import build_engine
 from mmc_ray.generation import Closable, GenerationEngine, GenerationRequest, GenerationResult, error_result
-from mmc_ray.workers.dispatch import CapacityLost, RayDispatcher, RetryPolicy
+from mmc_ray.workers.dispatch import Attempts, CapacityLost, RayDispatcher, RetryPolicy
 from mmc_ray.workers.role_worker import RoleWorker
 
 log = logging.getLogger(__name__)
@@ -36,25 +36,24 @@ class WorkerPoolEngine:
             return []
         dispatcher = RayDispatcher(self.workers, inflight_per_worker=1)
         size = min(self.max_chunk, math.ceil(len(requests) / len(self.workers)))
-        chunks = {}  # ticket -> (start index, chunk, failures so far)
+        chunks = {}  # ticket -> (start index, chunk, its failures so far)
         for start in range(0, len(requests), size):
             chunk = list(requests[start:start + size])
-            chunks[dispatcher.submit(chunk)] = (start, chunk, 0)
+            chunks[dispatcher.submit(chunk)] = (start, chunk, Attempts())
         results: list[GenerationResult | None] = [None] * len(requests)
         while chunks:
             for ticket, outcome in dispatcher.wait():
-                start, chunk, failures = chunks.pop(ticket)
+                start, chunk, attempts = chunks.pop(ticket)
                 if isinstance(outcome, BaseException):
-                    failures += self.retry.counts(outcome)
                     try:
-                        again = self.retry.retry(outcome, failures)
+                        again = self.retry.again(outcome, attempts)
                     except CapacityLost as e:
                         raise CapacityLost(f"{self.name}: {e}") from outcome
                     if again:
-                        chunks[dispatcher.submit(chunk)] = (start, chunk, failures)
+                        chunks[dispatcher.submit(chunk)] = (start, chunk, attempts)
                         continue
                     log.warning("%s: a batch of %d requests failed %d times (%s); they get error results",
-                                self.name, len(chunk), failures, outcome)
+                                self.name, len(chunk), attempts.counted, outcome)
                     outcome = [error_result(r.n, f"{type(outcome).__name__}: {outcome}") for r in chunk]
                 results[start:start + len(chunk)] = outcome
         return results  # type: ignore[return-value]
@@ -81,6 +80,6 @@ def role_engine(worker_cls: type[RoleWorker], cfg: EngineConfig,
     group = create_worker_group(worker_cls, cfg)
     try:
         yield WorkerPoolEngine(group.workers, name=f"{worker_cls.role}[{cfg.kind}]x{len(group.workers)}",
-                               max_chunk=cfg.max_batch_size * 4)
+                               max_chunk=cfg.max_batch_size * 4, retry=RetryPolicy.for_role(cfg.resources))
     finally:
         group.shutdown()

@@ -22,6 +22,31 @@ def test_user_errors_are_one_line_and_exit_2(monkeypatch, capsys, error):
     assert err == f"mmc-ray tasks: error: {error}\n"
 
 
+def test_a_user_error_a_stage_wrapped_is_still_one_line(monkeypatch, capsys):
+    try:
+        raise MissingInput("no model at runs/tiny-vlm (train.init_model)")
+    except MissingInput as e:
+        try:
+            raise RuntimeError("streamed round: training failed") from e
+        except RuntimeError as wrapped:
+            error = wrapped
+    assert run_with(monkeypatch, error) == 2
+    assert capsys.readouterr().err == "mmc-ray tasks: error: no model at runs/tiny-vlm (train.init_model)\n"
+
+
+def test_lost_capacity_is_one_line_and_exit_3_also_through_the_stage_that_wrapped_it(monkeypatch, capsys):
+    from mmc_ray.workers.dispatch import CapacityLost
+
+    lost = CapacityLost("a batch lost its worker 4 times")
+    wrapped = RuntimeError("streamed round: search failed")
+    wrapped.__cause__ = lost
+    for error in (lost, wrapped):
+        assert run_with(monkeypatch, error) == 3
+        err = capsys.readouterr().err
+        assert err.startswith("mmc-ray tasks: stopped: a batch lost its worker 4 times. Finished work is kept")
+        assert err.count("\n") == 1
+
+
 def test_verbose_adds_the_traceback(monkeypatch, capsys):
     assert run_with(monkeypatch, MissingInput("no model at x"), "-v") == 2
     err = capsys.readouterr().err

@@ -15,7 +15,7 @@ from mmc_ray.mcts.tree import nodes_from_rows
 from mmc_ray.stages.search import SearchStopped, run_search, search_to_dir
 from mmc_ray.store.shards import shard_paths
 from mmc_ray.tasks.generator import generate_problems
-from mmc_ray.workers.dispatch import CapacityLost, LocalDispatcher, RetryPolicy, WorkerLost
+from mmc_ray.workers.dispatch import Attempts, CapacityLost, LocalDispatcher, RetryPolicy, WorkerLost
 
 CFG = SearchConfig(num_simulations=6, expansion_width=3, rollouts_per_node=2, max_active_trees=16,
                    requests_per_call=32, shard_size=4)
@@ -147,11 +147,33 @@ class FailingAfter(LocalDispatcher):
 
 def test_the_retry_policy_tells_a_lost_worker_from_an_engine_error():
     policy = RetryPolicy(lost_worker_attempts=2, engine_error_attempts=3)
-    assert policy.retry(WorkerLost("died"), 1)
+    lost = Attempts()
+    assert policy.again(WorkerLost("died"), lost) and lost.counted == 1
+    for _ in range(5):  # a restarting worker costs no attempt
+        assert policy.again(WorkerLost("restarting", restarting=True), lost)
+    assert lost.counted == 1
     with pytest.raises(CapacityLost, match="lost its worker 2 times"):
-        policy.retry(WorkerLost("died"), 2)
-    assert policy.retry(ValueError("bad input"), 2) and not policy.retry(ValueError("bad input"), 3)
-    assert policy.counts(WorkerLost("died")) and not policy.counts(WorkerLost("restarting", restarting=True))
+        policy.again(WorkerLost("died"), lost)
+    bad_input = Attempts()
+    assert [policy.again(ValueError("bad input"), bad_input) for _ in range(3)] == [True, True, False]
+
+
+def test_a_worker_restarting_for_longer_than_the_deadline_is_lost_capacity(monkeypatch):
+    """A worker that never comes back from restarting (its node gone, its placement lost) stops the
+    run after restart_wait_s instead of keeping the batch waiting for ever."""
+    from mmc_ray.workers import dispatch
+
+    clock = [1000.0]
+    monkeypatch.setattr(dispatch.time, "monotonic", lambda: clock[0])
+    policy = RetryPolicy(restart_wait_s=60)
+    attempts = Attempts()
+    restarting = WorkerLost("actor unavailable", restarting=True)
+    assert policy.again(restarting, attempts)
+    clock[0] += 59
+    assert policy.again(restarting, attempts) and attempts.counted == 0
+    clock[0] += 2
+    with pytest.raises(CapacityLost, match="waited 61 s for its worker to restart"):
+        policy.again(restarting, attempts)
 
 
 def test_lost_capacity_stops_the_search_and_poisons_no_tree(tmp_path):
