@@ -24,7 +24,7 @@ from pathlib import Path
 
 from mmc_ray.config import Config, load_config
 from mmc_ray.errors import MissingInput, UserError, root_cause
-from mmc_ray.orchestration import commands
+from mmc_ray.orchestration import commands, preflight
 from mmc_ray.ray_runtime import quiet_workers, ray_logs_dir
 
 log = logging.getLogger("mmc_ray")
@@ -154,17 +154,24 @@ def cmd_model_build_tiny(args: argparse.Namespace) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> None:
     cfg = _config(args, [f"actor.kind={args.engine}"] if args.engine else [])
+    preflight.require(preflight.input_problems([("--problems", args.problems)])
+                      + preflight.engine_problems("actor", cfg.actor), "generate")
     summary = commands.generate(cfg, args.problems, args.out)
     commands.print_generate_summaries([summary])
 
 
 def cmd_search(args: argparse.Namespace) -> None:
     cfg = _config(args, [f"actor.kind={args.engine}"] if args.engine else [])
+    preflight.require(preflight.input_problems([("--problems", args.problems)])
+                      + preflight.engine_problems("actor", cfg.actor) + preflight.output_problems(args.out),
+                      "search")
     commands.search(cfg, args.problems, args.out, local=args.local)
 
 
 def cmd_annotate(args: argparse.Namespace) -> None:
     cfg = _config(args, [f"annotate.method={args.method}"] if args.method else [])
+    annotator = preflight.engine_problems("annotator", cfg.annotator) if cfg.annotate.method == "llm" else []
+    preflight.require(preflight.input_problems([("--trees", args.trees)]) + annotator, "annotate")
     commands.annotate(cfg, args.trees, args.out, local=args.local)
 
 
@@ -185,6 +192,10 @@ def cmd_refine(args: argparse.Namespace) -> None:
     if args.critic_url:
         extra += ["critic.kind=openai", f"critic.openai.base_url={args.critic_url}"]
     cfg = _config(args, extra)
+    preflight.require(preflight.input_problems([("--problems", args.problems)])
+                      + preflight.engine_problems("actor", cfg.actor)
+                      + preflight.engine_problems("critic", cfg.critic) + preflight.output_problems(args.out),
+                      "refine")
     commands.refine(cfg, args.problems, args.out, local=args.local)
 
 
@@ -228,21 +239,30 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_pipeline(args: argparse.Namespace) -> None:
-    from mmc_ray.orchestration.flywheel import run_pipeline
+    import time
+
+    from mmc_ray.orchestration.flywheel import record_invocation, run_pipeline
 
     extra = [f"pipeline.rounds={args.rounds}"] if args.rounds else []
-    if args.tiny_model:
-        model_path = args.out / "tiny-vlm"
+    model_path = args.out / "tiny-vlm" if args.tiny_model else None
+    if model_path:
         extra.append(f"train.init_model={model_path}")
-        cfg = _config(args, extra)
-        if not (model_path / "config.json").exists():
-            from mmc_ray.models.tiny import build_tiny_vlm
+    cfg = _config(args, extra)
+    preflight.require(preflight.pipeline_problems(cfg, args.out, tiny_model=model_path), args.command)
+    if model_path and not (model_path / "config.json").exists():
+        from mmc_ray.models.tiny import build_tiny_vlm
 
-            build_tiny_vlm(cfg.tiny_model, model_path, cfg.critic.min_pixels, cfg.critic.max_pixels)
-            print(f"built tiny Qwen2-VL (random weights) at {model_path}")
-    else:
-        cfg = _config(args, extra)
-    run_pipeline(cfg, args.out)
+        build_tiny_vlm(cfg.tiny_model, model_path, cfg.critic.min_pixels, cfg.critic.max_pixels)
+        print(f"built tiny Qwen2-VL (random weights) at {model_path}")
+    started, outcome = time.time(), "failed"
+    try:
+        run_pipeline(cfg, args.out)
+        outcome = "finished"
+    except KeyboardInterrupt:
+        outcome = "interrupted"
+        raise
+    finally:
+        record_invocation(args.out, started, outcome)
 
 
 COMMANDS = {

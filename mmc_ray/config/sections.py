@@ -40,6 +40,9 @@ class TasksConfig:
                                      "bar_chart", "arithmetic", "geometry"), "task families drawn")
     difficulties: tuple[int, ...] = _opt((1, 2, 3), "difficulties drawn, each 1..5")
     image_size: int = _opt(224, "image side in pixels")
+    duplicate_ids: Literal["error", "drop"] = _opt(
+        "error", "a problem id repeated in a --problems file: error (naming them) or drop (keep the first "
+                 "copy, count the others as skipped)")
 
     def __post_init__(self) -> None:
         _require(self.n > 0, "n", "must be > 0")
@@ -108,6 +111,9 @@ class ResourcesConfig:
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = _opt(
         "PACK", "placement group strategy of the role's bundles")
     placement_timeout_s: float = _opt(120.0, "how long to wait for the placement group before failing")
+    node_resource: str = _opt("", "a custom Ray resource each worker takes one unit of, which keeps the "
+                                  "role on the nodes started with it (ray start --resources "
+                                  "'{\"policy_node\": 4}'); empty = any node")
     restart_wait_s: float = _opt(300.0, "how long a batch waits for its restarting worker before the run "
                                         "stops (CapacityLost; finished work is kept)")
 

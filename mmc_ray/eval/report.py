@@ -15,6 +15,7 @@ from mmc_ray.errors import MissingInput
 from mmc_ray.eval.metrics import evaluate
 from mmc_ray.eval.plot import line_chart
 from mmc_ray.store.layout import REFINE, refine_shards
+from mmc_ray.store.shards import verified_shards
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ def read_refine_rows(refine_dir: str | Path) -> list[dict[str, Any]]:
     paths = refine_shards(refine_dir)
     if not paths:
         raise MissingInput(f"no {REFINE}-*.parquet records in {refine_dir}")
-    return [row for p in paths for row in pq.read_table(p).to_pylist()]
+    return [row for p in verified_shards(paths) for row in pq.read_table(p).to_pylist()]
 
 
 def pct(x: float | None) -> str:

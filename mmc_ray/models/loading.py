@@ -40,8 +40,11 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 def decode_image(data: bytes) -> Image.Image:
-    """PNG/JPEG bytes → RGB image; a clear ValueError when the bytes are not an image."""
+    """PNG/JPEG bytes → RGB image; a clear ValueError when the bytes are not an image or fail its
+    checks (`verify`: a PNG's chunk CRCs, which catch damaged pixel data that would still decode)."""
     try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.verify()
         with Image.open(io.BytesIO(data)) as img:
             return img.convert("RGB")
     except Exception as e:

@@ -33,7 +33,7 @@ def generate(cfg: Config, problems_path: Path, out: Path) -> Any:
     from mmc_ray.stages.generate import run_generate
     from mmc_ray.tasks.benchmark import load_problem_file
 
-    problems = load_problem_file(problems_path)
+    problems = load_problem_file(problems_path, duplicate_ids=cfg.tasks.duplicate_ids)
     engine = build_engine(cfg.actor)
     return run_generate(problems, engine, cfg.generate, out, batch_size=cfg.actor.max_batch_size)
 
@@ -42,7 +42,7 @@ def search(cfg: Config, problems_path: Path, out: Path, local: bool = False) -> 
     from mmc_ray.stages.search import search_to_dir
     from mmc_ray.tasks.benchmark import load_problem_file
 
-    problems = load_problem_file(problems_path)
+    problems = load_problem_file(problems_path, duplicate_ids=cfg.tasks.duplicate_ids)
     if local:
         from mmc_ray.engines.factory import build_engine
         from mmc_ray.workers.dispatch import LocalDispatcher
@@ -126,7 +126,7 @@ def refine(cfg: Config, problems_path: Path, out: Path, local: bool = False,
     from mmc_ray.refine.run import refine_to_dir
     from mmc_ray.tasks.benchmark import load_problem_file
 
-    problems = load_problem_file(problems_path)
+    problems = load_problem_file(problems_path, duplicate_ids=cfg.tasks.duplicate_ids)
     with nullcontext(engines) if engines is not None else refine_engines(cfg, local) as (actor, critic):
         summary = refine_to_dir(problems, actor, critic, cfg.refine, records_dir(out))
         names = {"actor": actor.name, "critic": critic.name}
@@ -162,7 +162,10 @@ def print_search_summary(summary, out: Path) -> None:
     import pyarrow.parquet as pq
 
     columns = ["terminal_correct", "terminal_wrong", "root_value"]
-    rows = [r for p in tree_shards(out) for r in pq.read_table(p, columns=columns).to_pylist()]
+    from mmc_ray.store.shards import verified_shards
+
+    shards = verified_shards(tree_shards(out))
+    rows = [r for p in shards for r in pq.read_table(p, columns=columns).to_pylist()]
     divergent = sum(bool(r["terminal_correct"] and r["terminal_wrong"]) for r in rows)
     print(f"search: {summary.trees} trees searched, {summary.resumed} already done, "
           f"{len(summary.skipped)} skipped; {summary.expansions} expansions, {summary.rollouts} rollouts, "

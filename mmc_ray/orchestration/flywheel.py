@@ -14,6 +14,7 @@
         refine-train/             the critic at work on the training problems (next round's data)
         refine/                   the critic at work on the held-out problems: records/, report/
       report.md, report.json      every round side by side
+      invocations.jsonl           each run of the command on this folder (the report's total time)
 
 Round r: search new problems → annotate into the dataset → train the critic (from round r-1's
 critic) → refine the held-out problems with it and evaluate → refine this round's training problems
@@ -35,7 +36,14 @@ import yaml
 from mmc_ray.config import Config, config_to_dict
 from mmc_ray.eval.report import pct
 from mmc_ray.orchestration import commands
-from mmc_ray.store.layout import RoundLayout, RunLayout, export_dir, records_dir, tree_shards
+from mmc_ray.store.layout import (
+    RoundLayout,
+    RunLayout,
+    export_dir,
+    fit_figures_file,
+    records_dir,
+    tree_shards,
+)
 from mmc_ray.tasks.problem import Problem, read_problems
 
 
@@ -72,18 +80,23 @@ def _retrain_actor(cfg: Config, rdir: RoundLayout, problems: list[Problem]) -> t
 
 
 def _train_once(cfg: Config, data: Path, out: Path, model: str = "critic") -> dict[str, Any]:
-    """Train unless this round's `model` is already exported; resume a half-finished fit."""
+    """Train unless this round's `model` is already exported (its figures are then the ones its
+    fit recorded); resume a half-finished fit."""
     from mmc_ray.train.trainer import latest_checkpoint
 
     if (export_dir(out) / "config.json").exists():
         print(f"train: {model} already exported at {export_dir(out)}")
-        return {}
-    return _fit_figures(commands.train(cfg, data, out, resume=latest_checkpoint(out) is not None))
+        recorded = fit_figures_file(out)
+        return json.loads(recorded.read_text()) if recorded.exists() else {}
+    return _fit_figures(commands.train(cfg, data, out, resume=latest_checkpoint(out) is not None), out)
 
 
-def _fit_figures(summary: Any) -> dict[str, Any]:
-    return {"steps": summary.metrics.get("step"), "final_loss": summary.metrics.get("loss"),
-            "seconds": round(summary.seconds, 1)}
+def _fit_figures(summary: Any, out: Path) -> dict[str, Any]:
+    """The fit's figures for the report, also kept beside the export for a rerun's report."""
+    figures = {"steps": summary.metrics.get("step"), "final_loss": summary.metrics.get("loss"),
+               "seconds": round(summary.seconds, 1)}
+    fit_figures_file(out).write_text(json.dumps(figures))
+    return figures
 
 
 def _problems(cfg: Config, path: Path, n: int, seed: int) -> Path:
@@ -123,7 +136,7 @@ def run_pipeline(cfg: Config, run_dir: Path) -> dict[str, Any]:
             print("search → annotate → train, streamed")
             summary_r = streamed_round(rcfg, train_path, rdir.trees, dataset, rdir.critic)
             commands.print_train_summary(summary_r)
-            trained = _fit_figures(summary_r)
+            trained = _fit_figures(summary_r, rdir.critic)
         else:  # stage by stage; each stage resumes from what is on disk
             commands.search(rcfg, train_path, rdir.trees)
             commands.annotate(rcfg, rdir.trees, dataset)
@@ -143,7 +156,7 @@ def run_pipeline(cfg: Config, run_dir: Path) -> dict[str, Any]:
             records = [RefineRecord.from_row(r) for r in read_refine_rows(records_dir(rdir.refine_train))]
             added = annotate_refinement_to_dir(records, read_problems(train_path), dataset, rcfg)
             print(f"annotate: {added.critiques} critiques of refinement answers added to {dataset}")
-        actor: dict[str, Any] = {"model": actor_model}
+        actor: dict[str, Any] = {"model": _actor_name(rcfg)}
         if pcfg.retrain_actor and r < pcfg.rounds:
             actor_model, actor["fine_tuned"] = _retrain_actor(rcfg, rdir, read_problems(train_path))
         summary["rounds"].append({"round": r, "dataset_rows": card_stats(dataset)["rows"],
@@ -151,8 +164,34 @@ def run_pipeline(cfg: Config, run_dir: Path) -> dict[str, Any]:
                                   "report": str(report.markdown)})
         init_model = str(export_dir(rdir.critic))
     summary["seconds"] = round(time.perf_counter() - start, 1)
+    earlier = _earlier_invocations(run)
+    summary["invocations"] = len(earlier) + 1
+    summary["seconds_all_invocations"] = round(sum(i["seconds"] for i in earlier) + summary["seconds"], 1)
     _write_summary(summary, run)
     return summary
+
+
+def _actor_name(cfg: Config) -> str:
+    """What answered: a local model's path, or the engine (`simulated`, `openai:<url>`) when none."""
+    if cfg.actor.kind in ("hf", "vllm"):
+        return cfg.actor.model_path
+    return f"openai:{cfg.actor.openai.base_url}" if cfg.actor.kind == "openai" else f"{cfg.actor.kind} actor"
+
+
+def _earlier_invocations(run: RunLayout) -> list[dict[str, Any]]:
+    if not run.invocations.exists():
+        return []
+    return [json.loads(line) for line in run.invocations.read_text().splitlines() if line.strip()]
+
+
+def record_invocation(run_dir: Path, started: float, outcome: str) -> None:
+    """Append this run of the command to the folder's invocations (the report sums their time)."""
+    run = RunLayout.at(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    entry = {"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+             "seconds": round(time.time() - started, 1), "outcome": outcome}
+    with run.invocations.open("a") as f:
+        f.write(json.dumps(entry) + "\n")
 
 
 def _round_metrics(m: dict[str, Any]) -> dict[str, Any]:
@@ -184,7 +223,14 @@ def _write_summary(summary: dict[str, Any], run: RunLayout) -> None:
         "Held-out problems refined by the actor with each round's trained critic, and with the oracle "
         "critic (ground truth) as the bound.", "", header, *lines, "",
         *(f"- round {r['round']}: {r['report']}; actor {r['actor']['model']}" for r in summary["rounds"]),
-        f"- {summary['seconds']:.0f}s in all", "",
+        _time_line(summary), "",
     ])
     run.report_md.write_text(text)
     print(f"\n{text}")
+
+
+def _time_line(summary: dict[str, Any]) -> str:
+    if summary["invocations"] == 1:
+        return f"- {summary['seconds']:.0f}s in all"
+    return (f"- {summary['seconds_all_invocations']:.0f}s in all over {summary['invocations']} invocations "
+            f"(this one {summary['seconds']:.0f}s)")

@@ -137,7 +137,7 @@ def streamed_round(cfg: Config, problems_path: Path, trees_dir: Path, dataset_di
 
     init_ray()
     _check_room(cfg)
-    problems = load_problem_file(problems_path)
+    problems = load_problem_file(problems_path, duplicate_ids=cfg.tasks.duplicate_ids)
     search_done, upstream_done = critic_dir / SEARCH_DONE, critic_dir / UPSTREAM_DONE
     for done_file in (search_done, upstream_done):
         done_file.unlink(missing_ok=True)

@@ -36,7 +36,7 @@ def refine_to_dir(problems: Sequence[Problem], actor: GenerationEngine, critic: 
     todo = [p for p in problems if p.problem_id not in done]
     loop = RefinementLoop(actor, critic, cfg)
     # One shard per batch: a finished batch is on disk before the next one starts.
-    writer = ShardWriter(out_dir, REFINE, REFINE_SCHEMA, shard_size=1 << 30)
+    writer = ShardWriter(out_dir, REFINE, REFINE_SCHEMA, shard_size=1 << 30, key="problem_id")
     rounds = 0
     start = time.perf_counter()
     metrics = StageMetrics("refine", counters=("problems", "rounds", "wrong_to_right", "right_to_wrong"),

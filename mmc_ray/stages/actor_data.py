@@ -15,6 +15,7 @@ from mmc_ray.mcts.pairs import correct_paths
 from mmc_ray.mcts.tree import nodes_from_rows
 from mmc_ray.schemas import ACTOR_SFT_SCHEMA
 from mmc_ray.store.layout import ACTOR_SFT_FILE, tree_shards
+from mmc_ray.store.shards import verified_shards
 from mmc_ray.tasks.problem import Problem
 from mmc_ray.tasks.solution import render_reasoning
 
@@ -46,7 +47,7 @@ def write_actor_data(trees_dir: Path, problems: Iterable[Problem], out_dir: Path
     trains on the same rows)."""
     path = out_dir / ACTOR_SFT_FILE
     if not path.exists():
-        trees = (tree for shard in tree_shards(trees_dir)
+        trees = (tree for shard in verified_shards(tree_shards(trees_dir))
                  for tree in pq.read_table(shard, columns=["problem_id", "nodes"]).to_pylist())
         rows = actor_sft_rows(trees, {p.problem_id: p for p in problems}, paths_per_problem)
         write_parquet_atomic(rows, ACTOR_SFT_SCHEMA, path)

@@ -34,6 +34,7 @@ from mmc_ray.seeding import stable_unit
 from mmc_ray.stages.dataset_card import write_card
 from mmc_ray.store.dataset import DatasetWriter, finished_pair_ids
 from mmc_ray.store.layout import SPLITS, TREES, tree_shards
+from mmc_ray.store.shards import verified_shards
 from mmc_ray.tasks.problem import Problem
 from mmc_ray.tasks.solution import parse_reasoning
 from mmc_ray.workers.annotator import AnnotatorWorker, split_outcomes
@@ -93,7 +94,7 @@ class AnnotateSummary:
 
 
 def _tree_batches(trees_dir: Path, batch_size: int) -> Iterator[list[dict[str, Any]]]:
-    for path in tree_shards(trees_dir):
+    for path in verified_shards(tree_shards(trees_dir)):
         for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
             yield batch.to_pylist()
 
@@ -212,6 +213,6 @@ def _ray_outcomes(trees_dir: Path, cfg: Config, done: frozenset[str],
     from mmc_ray.ray_runtime import init_ray
 
     init_ray()
-    trees = ray.data.read_parquet([str(p) for p in tree_shards(trees_dir)])
+    trees = ray.data.read_parquet([str(p) for p in verified_shards(tree_shards(trees_dir))])
     yield from annotate_dataset(trees, cfg, split_of, done).iter_batches(batch_format="pyarrow",
                                                                           batch_size=None)

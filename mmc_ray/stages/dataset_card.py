@@ -15,14 +15,15 @@ import yaml
 from mmc_ray import __version__
 from mmc_ray.config import Config, config_to_dict
 from mmc_ray.store.layout import DROPS, SPLITS, data_dir, drops_dir
-from mmc_ray.store.shards import shard_paths
+from mmc_ray.store.shards import shard_paths, verified_shards
 
 CARD_COLUMNS = ["split", "family", "kind", "divergence_depth", "verdict", "error_type", "annotator",
                 "agrees_with_reference", "problem_id"]
 
 
 def _rows(folder: Path, prefix: str, columns: list[str]) -> list[dict[str, Any]]:
-    return [r for p in shard_paths(folder, prefix) for r in pq.read_table(p, columns=columns).to_pylist()]
+    shards = verified_shards(shard_paths(folder, prefix))
+    return [r for p in shards for r in pq.read_table(p, columns=columns).to_pylist()]
 
 
 def _table(title: str, counts: Iterable[tuple[Any, int]], total: int) -> str:

@@ -259,7 +259,7 @@ def search_to_dir(problems: Sequence[Problem], dispatcher: Dispatcher, cfg: Sear
     """Search into `out_dir/trees-NNNNN.parquet`, skipping problems already there (resume)."""
     done = finished_ids(out_dir, TREES, "problem_id")
     todo = [p for p in problems if p.problem_id not in done]
-    writer = ShardWriter(out_dir, TREES, TREE_SCHEMA, cfg.shard_size)
+    writer = ShardWriter(out_dir, TREES, TREE_SCHEMA, cfg.shard_size, key="problem_id")
     try:
         summary = run_search(todo, dispatcher, cfg, lambda p, t: writer.add(tree_row(p, t)), progress,
                              stop=stop, retry=retry, bar=bar)

@@ -16,8 +16,9 @@ class DatasetWriter:
     """Buffers critique rows (each into its `split`) and drop rows; writes them in atomic shards."""
 
     def __init__(self, dataset_dir: str | Path, shard_size: int) -> None:
-        self.splits = {s: ShardWriter(data_dir(dataset_dir), s, CRITIQUE_SCHEMA, shard_size) for s in SPLITS}
-        self.drops = ShardWriter(drops_dir(dataset_dir), DROPS, DROP_SCHEMA, shard_size)
+        self.splits = {s: ShardWriter(data_dir(dataset_dir), s, CRITIQUE_SCHEMA, shard_size, key="pair_id")
+                       for s in SPLITS}
+        self.drops = ShardWriter(drops_dir(dataset_dir), DROPS, DROP_SCHEMA, shard_size, key="pair_id")
 
     def add(self, critiques: Iterable[dict[str, Any]], drops: Iterable[dict[str, Any]]) -> None:
         for row in critiques:

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mmc_ray.io import write_text_atomic
-from mmc_ray.store.shards import shard_paths
+from mmc_ray.store.shards import shard_paths, verified_shards
 
 POLL_SECONDS = 0.5
 TAIL_CPUS = 0.05  # the reading task mostly waits for the next shard
@@ -65,6 +65,7 @@ def read_growing_shards(folder: str | Path, prefix: str, done_file: str | Path, 
 
     def read() -> Iterator[pa.Table]:
         for path in tail_shards(folder, prefix, done_file):
+            (path,) = verified_shards([path])
             yield pq.read_table(path, schema=schema)
 
     class GrowingShards(Datasource):

@@ -27,6 +27,7 @@ REFINE = "refine"
 REPORT = "report"
 ACTOR_SFT_FILE = "actor-sft.parquet"
 EXPORT = "hf"
+FIT_FIGURES = "fit.json"  # a trained model's figures (steps, final loss, seconds), beside its export
 
 
 def tree_shards(trees_dir: str | Path) -> list[Path]:
@@ -64,6 +65,10 @@ def export_dir(model_dir: str | Path) -> Path:
     return Path(model_dir) / EXPORT
 
 
+def fit_figures_file(model_dir: str | Path) -> Path:
+    return Path(model_dir) / FIT_FIGURES
+
+
 @dataclass(frozen=True)
 class RoundLayout:
     """One round's folder of the pipeline's run folder."""
@@ -94,11 +99,13 @@ class RunLayout:
     oracle_refine: Path  # refinement with the rule (oracle) critic
     report_json: Path
     report_md: Path
+    invocations: Path    # one line per run of the command on this folder: when, how long, how it ended
 
     @classmethod
     def at(cls, root: Path) -> RunLayout:
         return cls(root, root / "config.yaml", root / "eval-problems.parquet", root / "mmc-dataset",
-                   root / "refine-oracle", root / "report.json", root / "report.md")
+                   root / "refine-oracle", root / "report.json", root / "report.md",
+                   root / "invocations.jsonl")
 
     def round(self, index: int) -> RoundLayout:
         return RoundLayout.at(self.root / f"round-{index}")

@@ -49,11 +49,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mmc_ray.errors import BadInput, MissingInput
 from mmc_ray.images import ImageRejected, to_png
-from mmc_ray.tasks.problem import Problem, read_problems
+from mmc_ray.io import read_parquet_schema, unreadable
+from mmc_ray.tasks.problem import DuplicateIds, Problem, SkippedRow, drop_duplicate_ids, read_problems
 
 logger = logging.getLogger(__name__)
 
@@ -70,12 +72,6 @@ _MATHVERSE_QUESTION_TYPES = {"multi-choice": "multi_choice", "free-form": "free_
 _CHOICES_HEADER = re.compile(r"\s*choices?\s*[:：]?\s*", re.IGNORECASE)
 _CHOICE_LINE = re.compile(r"\s*(?:\((?P<paren>[A-Z])\)|(?P<bare>[A-Z])\s*[:.：])\s*(?P<text>\S.*?)\s*")
 VISION_ONLY_QUESTION = "Answer the question shown in the image."
-
-
-@dataclass(frozen=True)
-class SkippedRow:
-    row_id: str
-    reason: str
 
 
 @dataclass(frozen=True)
@@ -270,14 +266,19 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict[str, Any] | str]]:
 
 def _parquet_rows(path: Path) -> Iterator[tuple[str, dict[str, Any] | str]]:
     number = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=_PARQUET_BATCH_ROWS):
-        for row in batch.to_pylist():
-            number += 1
-            yield f"row {number}", row
+    try:
+        for batch in pq.ParquetFile(path, page_checksum_verification=True).iter_batches(
+                batch_size=_PARQUET_BATCH_ROWS):
+            for row in batch.to_pylist():
+                number += 1
+                yield f"row {number}", row
+    except (pa.ArrowException, OSError) as e:  # the file itself, not one row: nothing after it is readable
+        raise unreadable(path, e) from None
 
 
 def load_benchmark(path: str | Path, image_root: str | Path | None = None,
-                   name: str | None = None, fmt: str = "auto") -> BenchmarkLoad:
+                   name: str | None = None, fmt: str = "auto",
+                   duplicate_ids: DuplicateIds = "error") -> BenchmarkLoad:
     """Read a benchmark file into problems, skipping (and logging) rows that cannot be used.
 
     `fmt` is "mathvista", "mathverse" or "auto" (detected from the file's first row).
@@ -297,7 +298,6 @@ def load_benchmark(path: str | Path, image_root: str | Path | None = None,
 
     problems: list[Problem] = []
     skipped: list[SkippedRow] = []
-    seen: set[str] = set()
     for fallback_id, row in rows:
         row_id = fallback_id
         try:
@@ -306,30 +306,29 @@ def load_benchmark(path: str | Path, image_root: str | Path | None = None,
             if fmt == "auto":  # decided once per file, so every row of it is read the same way
                 fmt = detect_format(row)
             row_id = _row_id(row, _ID_KEYS[fmt]) or fallback_id
-            if row_id in seen:
-                raise _BadRow("duplicate id")
             if fmt == "mathverse":
                 problems.append(_mathverse_problem(row, row_id, name, root))
             else:
                 problems.append(_to_problem(row, row_id, name, name, root))
-            seen.add(row_id)
         except _BadRow as err:
             skipped.append(SkippedRow(row_id=row_id, reason=str(err)))
             logger.warning("benchmark %s: skipping row %s: %s", path.name, row_id, err)
+    problems, repeated = drop_duplicate_ids(problems, path, duplicate_ids)
+    skipped += repeated
     logger.info("benchmark %s (%s): loaded %d problems, skipped %d rows", path.name, fmt, len(problems),
                 len(skipped))
     return BenchmarkLoad(problems=problems, skipped=skipped)
 
 
 def load_problem_file(path: str | Path, image_root: str | Path | None = None,
-                      fmt: str = "auto") -> list[Problem]:
+                      fmt: str = "auto", duplicate_ids: DuplicateIds = "error") -> list[Problem]:
     """Problems from our own problems Parquet (`mmc-ray tasks generate`) or from a local benchmark
     file of format `fmt` (see `load_benchmark`); a benchmark's skipped rows are logged with their
     ids and counted in one summary line."""
     path = Path(path)
-    if path.suffix == ".parquet" and path.exists() and "problem_id" in pq.read_schema(path).names:
-        return read_problems(path)
-    loaded = load_benchmark(path, image_root, fmt=fmt)
+    if path.suffix == ".parquet" and path.exists() and "problem_id" in read_parquet_schema(path).names:
+        return read_problems(path, duplicate_ids)
+    loaded = load_benchmark(path, image_root, fmt=fmt, duplicate_ids=duplicate_ids)
     if loaded.skipped:
         logger.warning("%s: loaded %d problems, skipped %d rows (reasons above)", path,
                     len(loaded.problems), len(loaded.skipped))

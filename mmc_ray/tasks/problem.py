@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import io
+import logging
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
 from mmc_ray.errors import BadInput, MissingInput
-from mmc_ray.io import write_parquet_atomic
+from mmc_ray.io import read_parquet, write_parquet_atomic
 from mmc_ray.schemas import PROBLEM_SCHEMA
 from mmc_ray.tasks.solution import SolutionStep, solution_text
 
 ANSWER_TYPES = ("integer", "float", "choice", "text")
+DuplicateIds = Literal["error", "drop"]
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,8 @@ class Problem:
     source: str = "synthetic"
 
     def __post_init__(self) -> None:
+        if not isinstance(self.problem_id, str) or not self.problem_id:
+            raise ValueError(f"problem_id must be a non-empty string, not {self.problem_id!r}")
         if self.answer_type not in ANSWER_TYPES:
             raise ValueError(
                 f"problem {self.problem_id}: answer_type {self.answer_type!r} not in {ANSWER_TYPES}"
@@ -107,16 +112,62 @@ def write_problems(problems: Iterable[Problem], path: str | Path) -> int:
     return len(rows)
 
 
-def read_problems(path: str | Path) -> list[Problem]:
-    """Read a problems Parquet file written by `write_problems` (or any file with that schema)."""
+@dataclass(frozen=True)
+class SkippedRow:
+    row_id: str
+    reason: str
+
+
+def read_problems(path: str | Path, duplicate_ids: DuplicateIds = "error") -> list[Problem]:
+    """Read a problems Parquet file written by `write_problems` (or any file with that schema). A
+    row that is not a usable problem (a missing field, a wrong type, an image that does not decode)
+    is skipped with a warning naming it, and counted; repeated ids follow `duplicate_ids`."""
     path = Path(path)
     if not path.exists():
         raise MissingInput(f"problems file not found: {path}")
-    table = pq.read_table(path)
+    table = read_parquet(path)
     missing = [f.name for f in PROBLEM_SCHEMA if f.name not in table.column_names and not f.nullable]
     if missing:
         raise BadInput(f"{path}: not a problems file, missing columns {missing}")
-    return [Problem.from_row(r) for r in table.to_pylist()]
+    problems: list[Problem] = []
+    skipped: list[SkippedRow] = []
+    for i, row in enumerate(table.to_pylist()):
+        try:
+            problem = Problem.from_row(row)
+            if problem.image is not None and (why := image_error(problem.image)):
+                raise ValueError(f"image does not decode: {why}")
+        except (KeyError, TypeError, ValueError) as e:
+            skipped.append(SkippedRow(str(row.get("problem_id") or f"row {i}"), f"{type(e).__name__}: {e}"))
+            logger.warning("%s: skipping row %s: %s", path, skipped[-1].row_id, skipped[-1].reason)
+            continue
+        problems.append(problem)
+    problems, repeated = drop_duplicate_ids(problems, path, duplicate_ids)
+    skipped += repeated
+    if skipped:
+        logger.warning("%s: loaded %d problems, skipped %d rows", path, len(problems), len(skipped))
+    return problems
+
+
+def drop_duplicate_ids(problems: list[Problem], source: Path,
+                       duplicate_ids: DuplicateIds = "error") -> tuple[list[Problem], list[SkippedRow]]:
+    """An id given to two problems makes their trees, critiques and records collide: an error naming
+    the ids (`error`), or the first copy of each kept and the others counted as skipped (`drop`)."""
+    repeated = [pid for pid, n in Counter(p.problem_id for p in problems).items() if n > 1]
+    if not repeated:
+        return problems, []
+    if duplicate_ids == "error":
+        shown = ", ".join(repeated[:5]) + (f" and {len(repeated) - 5} more" if len(repeated) > 5 else "")
+        raise BadInput(f"{source}: {len(repeated)} problem ids appear more than once ({shown}); give each "
+                       f"problem its own id, or set tasks.duplicate_ids=drop to keep the first copy of each")
+    kept: dict[str, Problem] = {}
+    skipped = []
+    for problem in problems:
+        if problem.problem_id in kept:
+            skipped.append(SkippedRow(problem.problem_id, "duplicate id (the first copy is kept)"))
+            logger.warning("%s: skipping a later copy of %s", source, problem.problem_id)
+        else:
+            kept[problem.problem_id] = problem
+    return list(kept.values()), skipped
 
 
 def choices_text(choices: Sequence[str]) -> str:

@@ -33,6 +33,7 @@ from mmc_ray.config import Config, TrainConfig
 from mmc_ray.errors import MissingInput
 from mmc_ray.ray_runtime import require_resources
 from mmc_ray.store.layout import export_dir, split_shards
+from mmc_ray.store.shards import verified_shards
 from mmc_ray.train.run_log import StepLog, driver_progress, model_flops_per_token
 
 log = logging.getLogger(__name__)
@@ -368,6 +369,7 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
     data_dir, out_dir = Path(data_dir).resolve(), Path(out_dir).resolve()
     tcfg = cfg.train
     files = split_shards(data_dir, "train") if tcfg.task == "critic" else sorted(data_dir.glob("*.parquet"))
+    files = verified_shards(files)  # before Ray starts: a damaged shard is named, not a worker's traceback
     if not files and stream is None:
         raise MissingInput(f"no training data in {data_dir} (critic: data/train-*.parquet; "
                                 f"actor-sft: problems *.parquet)")

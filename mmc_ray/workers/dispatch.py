@@ -200,7 +200,7 @@ class RayDispatcher:
         except ray.exceptions.RayError as e:  # actor died or restarting, node lost, object lost, OOM
             self._down.add(index)
             restarting = isinstance(e, ray.exceptions.ActorUnavailableError)
-            first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""  # Ray appends pages of advice
+            first_line = next(iter(str(e).strip().splitlines()), "")  # Ray appends pages of advice
             return WorkerLost(f"worker {index}: {type(e).__name__}: {first_line}", restarting=restarting)
         self._down.discard(index)
         return results

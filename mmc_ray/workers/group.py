@@ -37,7 +37,12 @@ def create_worker_group(worker_cls: type[RoleWorker], cfg: EngineConfig) -> Work
     require_resources(f"{role} workers",
                       {"CPU": res.num_cpus * res.replicas, "GPU": res.num_gpus * res.replicas},
                       fix="lower the role's resources.replicas, num_cpus or num_gpus")
-    bundle = {"CPU": res.num_cpus, **({"GPU": res.num_gpus} if res.num_gpus else {})}
+    custom = {res.node_resource: 1.0} if res.node_resource else {}
+    if custom:
+        require_resources(f"{role} workers", {res.node_resource: float(res.replicas)},
+                          fix=f"start nodes with the custom resource {res.node_resource} "
+                              f"(ray start --resources) or clear resources.node_resource")
+    bundle = {"CPU": res.num_cpus, **({"GPU": res.num_gpus} if res.num_gpus else {}), **custom}
     pg = placement_group([dict(bundle) for _ in range(res.replicas)], strategy=res.placement_strategy)
     try:
         ray.get(pg.ready(), timeout=res.placement_timeout_s)
@@ -52,6 +57,7 @@ def create_worker_group(worker_cls: type[RoleWorker], cfg: EngineConfig) -> Work
         actor_cls.options(
             num_cpus=res.num_cpus,
             num_gpus=res.num_gpus,
+            resources=custom,
             max_restarts=res.max_restarts,
             scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i),
         ).remote(cfg)

@@ -54,6 +54,12 @@ def test_demo_pipeline_two_rounds_and_report_matches_records(tmp_path):
     assert again.returncode == 0, again.stderr
     assert "search: 0 trees searched, 10 already done" in again.stdout
     assert "critic already exported" in again.stdout and "refine: 0 problems refined, 8 already done" in again.stdout
+    resumed = json.loads((out / "report.json").read_text())  # the rerun's report still has the fits' figures
+    assert [r["train"] for r in resumed["rounds"]] == [r["train"] for r in summary["rounds"]]
+    assert summary["rounds"][0]["train"]["steps"] == 3 and summary["rounds"][0]["actor"]["model"] == "simulated actor"
+    assert (resumed["invocations"], summary["invocations"]) == (2, 1)
+    assert resumed["seconds_all_invocations"] > summary["seconds"]  # the report's time is the run's, not the rerun's
+    assert "over 2 invocations" in (out / "report.md").read_text()
 
 
 def test_refine_and_eval_commands_with_the_oracle_critic(tmp_path):

@@ -4,7 +4,6 @@ on a real local Ray writes what the stage-by-stage commands write, and trains on
 import dataclasses
 import json
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -58,15 +57,18 @@ def test_a_streamed_round_that_cannot_fit_says_so(ray_local, tiny_vlm_path, tmp_
         streamed_round(cfg, tmp_path / "p.parquet", tmp_path / "t", tmp_path / "d", tmp_path / "c")
 
 
-def test_a_search_failure_fails_the_round_with_its_cause(ray_local, tiny_vlm_path, tmp_path):
-    """The search fails (a problem id appears twice) while annotation waits on the trees folder and
-    the trainer on the dataset folder: both are told through the done files instead of waiting
-    forever, and the round raises the search's error as the cause."""
+def test_a_search_failure_fails_the_round_with_its_cause(ray_local, tiny_vlm_path, tmp_path, monkeypatch):
+    """The search fails (a problem id appears twice: the loader refuses that in a file, so the list
+    is handed over as is) while annotation waits on the trees folder and the trainer on the dataset
+    folder: both are told through the done files instead of waiting forever, and the round raises
+    the search's error as the cause."""
+    from mmc_ray.tasks import benchmark
+
     cfg = round_cfg(tiny_vlm_path)
     problems = tmp_path / "p.parquet"
     commands.write_tasks(cfg.tasks, problems)
-    table = pq.read_table(problems)
-    pq.write_table(pa.concat_tables([table, table.slice(0, 1)]), problems)
+    loaded = benchmark.load_problem_file(problems)
+    monkeypatch.setattr(benchmark, "load_problem_file", lambda path, **kw: [*loaded, loaded[0]])
     with pytest.raises(RuntimeError, match="streamed round: search failed") as failure:
         streamed_round(cfg, problems, tmp_path / "t", tmp_path / "d", tmp_path / "c")
     assert "appears twice" in str(failure.value.__cause__)

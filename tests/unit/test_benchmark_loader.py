@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from mmc_ray.errors import BadInput
 from mmc_ray.tasks.benchmark import (
     VISION_ONLY_QUESTION,
     BenchmarkLoad,
@@ -302,14 +303,16 @@ def test_infer_answer_type(answer: str, expected: str) -> None:
     assert infer_answer_type(answer) == expected
 
 
-def test_duplicate_ids_are_skipped(tmp_path: Path) -> None:
+def test_duplicate_ids_are_an_error_naming_them_or_dropped_and_counted(tmp_path: Path) -> None:
     path = _write_jsonl(tmp_path / "b.jsonl", [
         {"id": "1", "question": "q", "answer": "1"},
         {"id": "1", "question": "q again", "answer": "2"},
     ])
-    load = load_benchmark(path)
+    with pytest.raises(BadInput, match=r"b.jsonl: 1 problem ids appear more than once \(b-1\).*duplicate_ids=drop"):
+        load_benchmark(path)
+    load = load_benchmark(path, duplicate_ids="drop")
     assert [p.answer for p in load.problems] == ["1"]
-    assert load.skipped == [SkippedRow(row_id="1", reason="duplicate id")]
+    assert load.skipped == [SkippedRow(row_id="b-1", reason="duplicate id (the first copy is kept)")]
 
 
 def test_loaded_problems_round_trip_through_parquet(tmp_path: Path, images: Path) -> None:
@@ -459,11 +462,11 @@ def test_mathverse_bad_rows_are_skipped_with_reasons(tmp_path: Path, mv_images: 
                 question_type="free-form"),
     ])
     with caplog.at_level(logging.WARNING, logger="mmc_ray.tasks.benchmark"):
-        load = load_benchmark(path)
+        load = load_benchmark(path, duplicate_ids="drop")
     assert [(p.problem_id, p.answer) for p in load.problems] == [("mv-2", "60°"), ("mv-9", "5")]
     skips = _skips(load)
     assert set(skips) == {"line 1", "no-choices", "inline-choices", "one-choice", "letters-skip", "out-of-range",
-                          "missing-image", "bad-type", "no-question", "vision-only-no-image", "2"}
+                          "missing-image", "bad-type", "no-question", "vision-only-no-image", "mv-2"}
     assert "malformed JSON" in skips["line 1"]
     for row_id in ("no-choices", "inline-choices", "one-choice", "letters-skip"):
         assert "parseable 'Choices:' block" in skips[row_id]
@@ -472,7 +475,7 @@ def test_mathverse_bad_rows_are_skipped_with_reasons(tmp_path: Path, mv_images: 
     assert "unsupported question_type 'true-false'" in skips["bad-type"]
     assert skips["no-question"] == "missing question"
     assert "no image" in skips["vision-only-no-image"]
-    assert skips["2"] == "duplicate id"
+    assert skips["mv-2"] == "duplicate id (the first copy is kept)"
     warned = {r.getMessage() for r in caplog.records if r.levelno == logging.WARNING}
     assert any("out-of-range" in m and "not among choices" in m for m in warned)
 

@@ -1,0 +1,146 @@
+"""Node-failure scenarios on a multi-node local Ray (`ray.cluster_utils.Cluster`: a head and worker
+nodes as separate raylets on this machine), each run in its own process by tests/ray/test_node_failure.py
+(the test session's own Ray is a single node). Roles are kept on their own nodes by custom resources,
+as on a real cluster where they never share one. Prints one JSON line with what it measured.
+
+    python tests/ray/multinode.py search|annotate OUT_DIR
+"""
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ["RAY_AUTH_MODE"] = "disabled"  # a loopback-only test cluster (see tests/conftest.py)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pyarrow.parquet as pq
+import ray
+from ray.cluster_utils import Cluster
+
+from mmc_ray.config import EngineConfig, ResourcesConfig, SearchConfig, SimulatorConfig
+from mmc_ray.stages.search import search_to_dir
+from mmc_ray.store.layout import tree_shards
+from mmc_ray.store.shards import shard_paths
+from mmc_ray.tasks.generator import generate_problems
+from mmc_ray.workers.dispatch import RayDispatcher, RetryPolicy
+from mmc_ray.workers.group import create_worker_group
+from mmc_ray.workers.role_worker import PolicyWorker
+
+POLICY_NODE = "policy_node"
+
+
+def start_cluster(worker_resources: dict) -> tuple[Cluster, list]:
+    """A head (1 CPU) and two worker nodes (1 CPU and `worker_resources` each), connected."""
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    nodes = [cluster.add_node(num_cpus=1, resources=dict(worker_resources)) for _ in range(2)]
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
+    return cluster, nodes
+
+
+def stop_cluster(cluster: Cluster) -> None:
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def tree_ids(folder: Path, prefix: str = "trees", key: str = "problem_id") -> list[str]:
+    return [i for s in shard_paths(folder, prefix) for i in pq.read_table(s, columns=[key])[key].to_pylist()]
+
+
+def node_of(actor) -> str:
+    return ray.get(actor.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id()), timeout=60)
+
+
+def search_losing_a_node(out: Path) -> dict:
+    """Two policy workers, one per worker node; the node of the first is killed (no graceful
+    shutdown) once the search has sent a few batches. Its worker cannot come back (no other node
+    has the policy resource): the search must finish on the other, losing and duplicating nothing."""
+    cluster, nodes = start_cluster({POLICY_NODE: 1})
+    cfg = EngineConfig(kind="simulated", simulator=SimulatorConfig(observe_error_rate=0.25, call_latency_s=0.05),
+                       resources=ResourcesConfig(replicas=2, num_cpus=0.5, node_resource=POLICY_NODE,
+                                                 max_restarts=3, restart_wait_s=120))
+    group = create_worker_group(PolicyWorker, cfg)
+    worker_nodes = [node_of(w) for w in group.workers]
+    victim = next(n for n in nodes if n.node_id == worker_nodes[0])
+    problems = list(generate_problems(24, seed=9))
+    search = SearchConfig(num_simulations=6, expansion_width=3, rollouts_per_node=2, max_active_trees=12,
+                          requests_per_call=8, shard_size=6)
+
+    class NodeKillingDispatcher(RayDispatcher):
+        submitted = 0
+        killed_at: float | None = None
+
+        def submit(self, batch):
+            ticket = super().submit(batch)
+            NodeKillingDispatcher.submitted += 1
+            if NodeKillingDispatcher.submitted == 6:
+                cluster.remove_node(victim, allow_graceful=False)
+                NodeKillingDispatcher.killed_at = time.time()
+            return ticket
+
+    started = time.time()
+    try:
+        summary = search_to_dir(problems, NodeKillingDispatcher(group.workers), search, out, progress=False,
+                                retry=RetryPolicy.for_role(cfg.resources))
+    finally:
+        group.shutdown()
+        stop_cluster(cluster)
+    rows = [r for s in tree_shards(out) for r in pq.read_table(s, columns=["problem_id", "failed_generations"])
+            .to_pylist()]
+    return {"workers_on_distinct_nodes": len(set(worker_nodes)) == 2, "node_killed": NodeKillingDispatcher.killed_at
+            is not None, "trees": len(rows), "unique_trees": len({r["problem_id"] for r in rows}),
+            "problems": len(problems), "failed_generations": sum(r["failed_generations"] for r in rows),
+            "failed_batches": summary.failed_batches, "worker_restarts": summary.worker_restarts,
+            "seconds": round(time.time() - started, 1)}
+
+
+def annotate_losing_a_node(out: Path) -> dict:
+    """Rule annotation through Ray Data on the cluster; a worker node is killed as soon as the first
+    outcome block reaches the driver, with the other blocks running or queued on the nodes. Ray Data
+    reruns what the node held: the dataset must hold each pair once, as annotating locally does."""
+    from mmc_ray.config import Config
+    from mmc_ray.engines.simulated import SimulatedActorEngine
+    from mmc_ray.stages import annotate
+    from mmc_ray.store.dataset import finished_pair_ids
+    from mmc_ray.workers.dispatch import LocalDispatcher
+
+    trees = out / "trees"
+    search_to_dir(list(generate_problems(48, seed=8)), LocalDispatcher(SimulatedActorEngine(SimulatorConfig())),
+                  SearchConfig(num_simulations=6, expansion_width=3, rollouts_per_node=2, shard_size=4), trees,
+                  progress=False)
+    local = annotate.annotate_to_dir(trees, out / "local", Config(), local=True, progress=False)
+    cluster, nodes = start_cluster({})
+    ray_outcomes, killed = annotate._ray_outcomes, []
+
+    def outcomes_losing_a_node(*args):
+        for table in ray_outcomes(*args):
+            yield table
+            if not killed:
+                cluster.remove_node(nodes[0], allow_graceful=False)
+                killed.append(time.time())
+
+    annotate._ray_outcomes = outcomes_losing_a_node
+    started = time.time()
+    try:
+        cfg = Config()
+        streamed = annotate.annotate_to_dir(trees, out / "ray", dataclasses.replace(
+            cfg, annotate=dataclasses.replace(cfg.annotate, trees_per_batch=2)), progress=False)
+    finally:
+        stop_cluster(cluster)
+    pair_ids = [i for split in ("train", "validation", "test")
+                for i in tree_ids(out / "ray" / "data", split, "pair_id")]
+    return {"node_killed": bool(killed), "tree_shards": len(shard_paths(trees, "trees")),
+            "critiques": streamed.critiques, "drops": streamed.drops, "local_critiques": local.critiques,
+            "local_drops": local.drops, "unique_critiques": len(set(pair_ids)), "rows": len(pair_ids),
+            "same_pairs_as_local": finished_pair_ids(out / "ray") == finished_pair_ids(out / "local"),
+            "seconds": round(time.time() - started, 1)}
+
+
+SCENARIOS = {"search": search_losing_a_node, "annotate": annotate_losing_a_node}
+
+if __name__ == "__main__":
+    scenario, out_dir = sys.argv[1], Path(sys.argv[2])
+    print(json.dumps(SCENARIOS[scenario](out_dir)), flush=True)

@@ -1,0 +1,37 @@
+"""A whole node lost mid-stage, on a multi-node local Ray (a head and two worker nodes as separate
+raylets, roles kept on their nodes by custom resources). Each scenario runs in its own process
+(tests/ray/multinode.py): the session's own Ray is a single node."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+SCRIPT = Path(__file__).with_name("multinode.py")
+
+
+def run_scenario(name: str, out: Path) -> dict:
+    proc = subprocess.run([sys.executable, str(SCRIPT), name, str(out)], capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_a_node_lost_mid_search_loses_duplicates_and_poisons_nothing(tmp_path):
+    """The lost node's policy worker cannot come back (no other node has the policy resource): its
+    batches are sent again to the worker on the other node, and every tree is written once, clean."""
+    got = run_scenario("search", tmp_path)
+    assert got["workers_on_distinct_nodes"] and got["node_killed"]
+    assert got["trees"] == got["unique_trees"] == got["problems"]
+    assert got["failed_generations"] == 0 and got["failed_batches"] >= 1  # it did lose work in flight
+
+
+def test_a_node_lost_mid_annotation_gives_the_dataset_annotating_locally_gives(tmp_path):
+    got = run_scenario("annotate", tmp_path)
+    assert got["node_killed"] and got["tree_shards"] > 2 and got["local_critiques"] > 0
+    assert got["rows"] == got["unique_critiques"] == got["critiques"] == got["local_critiques"]
+    assert got["drops"] == got["local_drops"] and got["same_pairs_as_local"]
