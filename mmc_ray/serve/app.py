@@ -346,7 +346,10 @@ class CriticServer:
     @api.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
         _, version, _ = await self._served()
-        return {"status": "ok", "model": self.cfg.served_model, "version": version, "pid": os.getpid()}
+        import ray
+
+        return {"status": "ok", "model": self.cfg.served_model, "version": version, "pid": os.getpid(),
+                "node": ray.get_runtime_context().get_node_id()}
 
     @api.get("/v1/models")
     async def models(self) -> dict[str, Any]:

@@ -3,7 +3,7 @@ nodes as separate raylets on this machine), each run in its own process by tests
 (the test session's own Ray is a single node). Roles are kept on their own nodes by custom resources,
 as on a real cluster where they never share one. Prints one JSON line with what it measured.
 
-    python tests/ray/multinode.py search|annotate OUT_DIR
+    python tests/ray/multinode.py search|annotate|serve OUT_DIR
 """
 
 import dataclasses
@@ -32,9 +32,12 @@ from mmc_ray.workers.role_worker import PolicyWorker
 POLICY_NODE = "policy_node"
 
 
-def start_cluster(worker_resources: dict) -> tuple[Cluster, list]:
-    """A head (1 CPU) and two worker nodes (1 CPU and `worker_resources` each), connected."""
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+def start_cluster(worker_resources: dict, head_cpus: int = 1) -> tuple[Cluster, list]:
+    """A head and two worker nodes (1 CPU and `worker_resources` each), connected."""
+    from mmc_ray.ray_runtime import SERVE_PROXY_CALLBACK
+
+    os.environ.setdefault(*SERVE_PROXY_CALLBACK)  # as init_ray does for a Ray it starts
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": head_cpus, "include_dashboard": False})
     nodes = [cluster.add_node(num_cpus=1, resources=dict(worker_resources)) for _ in range(2)]
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False)
@@ -139,7 +142,61 @@ def annotate_losing_a_node(out: Path) -> dict:
             "seconds": round(time.time() - started, 1)}
 
 
-SCENARIOS = {"search": search_losing_a_node, "annotate": annotate_losing_a_node}
+def serve_losing_a_node(out: Path) -> dict:
+    """The critic service with its one replica on a worker node (the head takes no replica), under
+    load from `OpenAIEngine` and plain clients; the replica's node is killed. Serve starts a replica
+    on the other node; the plain requests the lost one held get a JSON 503, the engine's are retried
+    until answered."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+    from ray import serve
+
+    from mmc_ray.config import Config, ServeConfig, TinyModelConfig
+    from mmc_ray.critique.prompts import critic_messages
+    from mmc_ray.engines.openai import OpenAIEngine
+    from mmc_ray.generation import GenerationRequest
+    from mmc_ray.models.tiny import build_tiny_vlm
+    from mmc_ray.serve.deploy import deploy
+
+    model = build_tiny_vlm(TinyModelConfig(), out / "tiny-vlm")
+    cluster, nodes = start_cluster({}, head_cpus=0)
+    port = 18000 + os.getpid() % 1000
+    serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})  # one machine, one port
+    cfg = Config(serve=ServeConfig(checkpoint=str(model), port=port, num_cpus=0.5, max_batch_size=8),
+                 critic=EngineConfig(kind="hf", device="cpu", dtype="float32", min_pixels=3136, max_pixels=12544))
+    url = deploy(cfg)
+    client = httpx.Client(timeout=120)
+    problem = next(generate_problems(1, seed=4))
+    body = {"question": problem.question, "steps": ["Count: 3.", "So 3."], "answer": "3", "max_tokens": 200}
+    before = client.get(f"{url}/healthz").json()
+    victim = next(n for n in nodes if n.node_id == before["node"])
+    engine = OpenAIEngine(f"{url}/v1", "mmc-critic", max_retries=8, retry_backoff_s=1.0)
+    request = GenerationRequest(messages=critic_messages(problem, ["a", "b"], "3"), images=(problem.image,),
+                                max_new_tokens=200)
+    started = time.time()
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            plain = [pool.submit(client.post, f"{url}/v1/critique", json=body) for _ in range(4)]
+            retried = pool.submit(engine.generate, [request] * 4)
+            time.sleep(0.3)
+            cluster.remove_node(victim, allow_graceful=False)
+            replies = [f.result() for f in plain]
+            results = retried.result()
+        after = client.get(f"{url}/healthz").json()
+    finally:
+        serve.shutdown()
+        stop_cluster(cluster)
+    failed = [r for r in replies if r.status_code != 200]
+    return {"replica_on_a_worker_node": victim is not None, "plain_statuses": [r.status_code for r in replies],
+            "failed_are_json_503": all(r.status_code == 503 and r.json()["error"]["type"] == "replica_lost"
+                                       for r in failed),
+            "engine_errors": sum(c.finish_reason == "error" for r in results for c in r.completions),
+            "engine_retries": engine.retries, "new_replica": after["pid"] != before["pid"],
+            "seconds": round(time.time() - started, 1)}
+
+
+SCENARIOS = {"search": search_losing_a_node, "annotate": annotate_losing_a_node, "serve": serve_losing_a_node}
 
 if __name__ == "__main__":
     scenario, out_dir = sys.argv[1], Path(sys.argv[2])

@@ -1,4 +1,4 @@
-"""A whole node lost mid-stage, on a multi-node local Ray (a head and two worker nodes as separate
+"""A whole node lost mid-search, mid-annotation and under Serve load, on a multi-node local Ray (a head and two worker nodes as separate
 raylets, roles kept on their nodes by custom resources). Each scenario runs in its own process
 (tests/ray/multinode.py): the session's own Ray is a single node."""
 
@@ -35,3 +35,14 @@ def test_a_node_lost_mid_annotation_gives_the_dataset_annotating_locally_gives(t
     assert got["node_killed"] and got["tree_shards"] > 2 and got["local_critiques"] > 0
     assert got["rows"] == got["unique_critiques"] == got["critiques"] == got["local_critiques"]
     assert got["drops"] == got["local_drops"] and got["same_pairs_as_local"]
+
+
+def test_a_node_lost_under_serve_load_costs_only_its_requests_and_serve_recovers(tmp_path):
+    """The critic's replica is on a worker node; the node is killed with requests in flight. The
+    plain requests it held get the JSON 503 to retry, the engine's requests are all answered by the
+    replica Serve starts on the other node."""
+    got = run_scenario("serve", tmp_path)
+    assert got["replica_on_a_worker_node"] and got["new_replica"]
+    assert 503 in got["plain_statuses"] and set(got["plain_statuses"]) <= {200, 503}  # the kill was mid-flight
+    assert got["failed_are_json_503"]
+    assert got["engine_errors"] == 0 and got["engine_retries"] >= 1
