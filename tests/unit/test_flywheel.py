@@ -1,0 +1,48 @@
+"""The pipeline's per-round helpers that need no Ray: a model already exported is not trained
+again, and its recorded figures still reach the report."""
+
+import json
+
+import pytest
+
+from mmc_ray.config import Config
+from mmc_ray.orchestration import commands, flywheel
+from mmc_ray.store.layout import export_dir, fit_figures_file
+
+
+def test_an_exported_model_is_not_trained_again_and_keeps_its_figures(tmp_path, monkeypatch, capsys):
+    def never(*args, **kwargs):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(commands, "train", never)
+    out = tmp_path / "actor"
+    export_dir(out).mkdir(parents=True)
+    (export_dir(out) / "config.json").write_text("{}")
+    fit_figures_file(out).write_text(json.dumps({"steps": 3, "final_loss": 0.5, "seconds": 9.0}))
+    assert flywheel._train_once(Config(), tmp_path / "data", out, model="actor") == {
+        "steps": 3, "final_loss": 0.5, "seconds": 9.0}
+    assert f"train: actor already exported at {export_dir(out)}" in capsys.readouterr().out
+    fit_figures_file(out).unlink()  # exported by an older version: no figures, still not retrained
+    assert flywheel._train_once(Config(), tmp_path / "data", out) == {}
+
+
+@pytest.mark.parametrize(("overrides", "name"), [
+    ({"kind": "simulated"}, "simulated actor"),
+    ({"kind": "hf", "model_path": "/models/actor"}, "/models/actor"),
+])
+def test_the_report_names_the_actor_that_answered(overrides, name):
+    import dataclasses
+
+    cfg = Config()
+    cfg = dataclasses.replace(cfg, actor=dataclasses.replace(cfg.actor, **overrides))
+    assert flywheel._actor_name(cfg) == name
+
+
+def test_invocations_add_up(tmp_path):
+    import time
+
+    flywheel.record_invocation(tmp_path, time.time() - 5, "failed")
+    flywheel.record_invocation(tmp_path, time.time() - 7, "finished")
+    earlier = flywheel._earlier_invocations(flywheel.RunLayout.at(tmp_path))
+    assert [e["outcome"] for e in earlier] == ["failed", "finished"]
+    assert sum(e["seconds"] for e in earlier) == pytest.approx(12, abs=0.5)
