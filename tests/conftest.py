@@ -82,3 +82,14 @@ def ray_local():
              runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1"}})
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def ray_starts(monkeypatch):
+    """Records every call of `init_ray` (the one way our code starts or joins Ray) instead of making
+    it: a test asserts a command stopped before it. (The session's own Ray may already be up.)"""
+    from mmc_ray import ray_runtime
+
+    calls: list[int] = []
+    monkeypatch.setattr(ray_runtime, "init_ray", lambda: calls.append(1))
+    return calls

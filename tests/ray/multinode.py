@@ -3,7 +3,8 @@ nodes as separate raylets on this machine), each run in its own process by tests
 (the test session's own Ray is a single node). Roles are kept on their own nodes by custom resources,
 as on a real cluster where they never share one. Prints one JSON line with what it measured.
 
-    python tests/ray/multinode.py search|annotate|serve OUT_DIR
+    python tests/ray/multinode.py search|annotate OUT_DIR
+    python tests/ray/multinode.py serve OUT_DIR TINY_VLM
 """
 
 import dataclasses
@@ -142,7 +143,7 @@ def annotate_losing_a_node(out: Path) -> dict:
             "seconds": round(time.time() - started, 1)}
 
 
-def serve_losing_a_node(out: Path) -> dict:
+def serve_losing_a_node(out: Path, model: str) -> dict:
     """The critic service with its one replica on a worker node (the head takes no replica), under
     load from `OpenAIEngine` and plain clients; the replica's node is killed. Serve starts a replica
     on the other node; the plain requests the lost one held get a JSON 503, the engine's are retried
@@ -152,14 +153,12 @@ def serve_losing_a_node(out: Path) -> dict:
     import httpx
     from ray import serve
 
-    from mmc_ray.config import Config, ServeConfig, TinyModelConfig
+    from mmc_ray.config import Config, ServeConfig
     from mmc_ray.critique.prompts import critic_messages
     from mmc_ray.engines.openai import OpenAIEngine
     from mmc_ray.generation import GenerationRequest
-    from mmc_ray.models.tiny import build_tiny_vlm
     from mmc_ray.serve.deploy import deploy
 
-    model = build_tiny_vlm(TinyModelConfig(), out / "tiny-vlm")
     cluster, nodes = start_cluster({}, head_cpus=0)
     port = 18000 + os.getpid() % 1000
     serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})  # one machine, one port
@@ -199,5 +198,5 @@ def serve_losing_a_node(out: Path) -> dict:
 SCENARIOS = {"search": search_losing_a_node, "annotate": annotate_losing_a_node, "serve": serve_losing_a_node}
 
 if __name__ == "__main__":
-    scenario, out_dir = sys.argv[1], Path(sys.argv[2])
-    print(json.dumps(SCENARIOS[scenario](out_dir)), flush=True)
+    scenario, out_dir, *extra = sys.argv[1:]
+    print(json.dumps(SCENARIOS[scenario](Path(out_dir), *extra)), flush=True)

@@ -14,8 +14,8 @@ pytestmark = pytest.mark.slow
 SCRIPT = Path(__file__).with_name("multinode.py")
 
 
-def run_scenario(name: str, out: Path) -> dict:
-    proc = subprocess.run([sys.executable, str(SCRIPT), name, str(out)], capture_output=True, text=True,
+def run_scenario(name: str, out: Path, *extra: str) -> dict:
+    proc = subprocess.run([sys.executable, str(SCRIPT), name, str(out), *extra], capture_output=True, text=True,
                           timeout=600, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -37,11 +37,11 @@ def test_a_node_lost_mid_annotation_gives_the_dataset_annotating_locally_gives(t
     assert got["drops"] == got["local_drops"] and got["same_pairs_as_local"]
 
 
-def test_a_node_lost_under_serve_load_costs_only_its_requests_and_serve_recovers(tmp_path):
+def test_a_node_lost_under_serve_load_costs_only_its_requests_and_serve_recovers(tmp_path, tiny_vlm_path):
     """The critic's replica is on a worker node; the node is killed with requests in flight. The
     plain requests it held get the JSON 503 to retry, the engine's requests are all answered by the
     replica Serve starts on the other node."""
-    got = run_scenario("serve", tmp_path)
+    got = run_scenario("serve", tmp_path, str(tiny_vlm_path))
     assert got["replica_on_a_worker_node"] and got["new_replica"]
     assert 503 in got["plain_statuses"] and set(got["plain_statuses"]) <= {200, 503}  # the kill was mid-flight
     assert got["failed_are_json_503"]

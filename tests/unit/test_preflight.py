@@ -16,14 +16,12 @@ def bare_dir(tmp_path, monkeypatch):
     return tmp_path
 
 
-def test_the_pipeline_without_its_model_stops_before_ray_with_the_one_cause(bare_dir, capsys):
-    import ray
-
+def test_the_pipeline_without_its_model_stops_before_ray_with_the_one_cause(bare_dir, capsys, ray_starts):
     assert cli.main(["pipeline", "--out", str(bare_dir / "runs/p")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("mmc-ray pipeline: error: no model at runs/tiny-vlm (train.init_model")
     assert "--tiny-model" in err and err.count("\n") == 1
-    assert not ray.is_initialized()  # nothing started; the run folder holds only its log
+    assert ray_starts == []  # nothing started; the run folder holds only its log
     assert [p.name for p in (bare_dir / "runs/p").iterdir()] == ["mmc-ray.log"]
 
 

@@ -100,9 +100,7 @@ def test_damaged_png_pixel_data_is_refused_when_examples_are_built():
     assert decode_image(buf.getvalue()).size == (64, 64)
 
 
-def test_a_damaged_dataset_shard_stops_training_naming_it_before_ray_starts(trees, tmp_path):
-    import ray
-
+def test_a_damaged_dataset_shard_stops_training_naming_it_before_ray_starts(trees, tmp_path, ray_starts):
     from mmc_ray.train.trainer import train
 
     out = tmp_path / "dataset"
@@ -111,4 +109,4 @@ def test_a_damaged_dataset_shard_stops_training_naming_it_before_ray_starts(tree
     zero_middle(shard, count=500)
     with pytest.raises(BadInput, match=str(shard)):
         train(Config(), out, tmp_path / "critic")
-    assert not ray.is_initialized()
+    assert ray_starts == []
