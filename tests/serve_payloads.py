@@ -43,3 +43,50 @@ def statuses_across_redeploy(client, url: str, redeploy: Callable[[], None], swa
             futures.append(send())
             time.sleep(every_s)
         return [f.result().status_code for f in futures]
+
+
+def replies_across_a_kill(client, url: str, body: dict, engine, request, kill: Callable[[], None],
+                          clients: int = 4, ready_timeout_s: float = 120) -> tuple[list, list, int]:
+    """`clients` plain clients post `body` to /v1/critique and `engine` generates `request` four at a
+    time, each sending again as soon as it is answered; once every one has been answered, `kill()`
+    runs, half a second after each client sent its next request, so requests are in flight when it
+    lands (a fixed sleep from the start raced with fast replies once in CI). Returns the plain replies, the engine's results, and how many plain requests
+    were open across the kill."""
+    import threading
+
+    stop, ready, spans, results = threading.Event(), threading.Barrier(clients + 2), [], []
+    killed_at = []
+
+    opened = threading.Semaphore(0)
+
+    def post() -> None:
+        sent = time.monotonic()
+        opened.release()
+        reply = client.post(f"{url}/v1/critique", json=body)
+        spans.append((sent, reply, time.monotonic()))
+
+    def keep_posting() -> None:
+        post()
+        ready.wait(ready_timeout_s)
+        while not stop.is_set():
+            post()
+
+    def keep_generating() -> None:
+        results.extend(engine.generate([request] * 4))
+        ready.wait(ready_timeout_s)
+        while not stop.is_set():
+            results.extend(engine.generate([request] * 4))
+
+    with ThreadPoolExecutor(clients + 1) as pool:
+        running = [pool.submit(keep_posting) for _ in range(clients)] + [pool.submit(keep_generating)]
+        ready.wait(ready_timeout_s)
+        for _ in range(2 * clients):  # the first requests and the ones after the barrier
+            opened.acquire(timeout=ready_timeout_s)
+        time.sleep(0.5)  # they reach the replica
+        killed_at.append(time.monotonic())
+        kill()
+        stop.set()
+        for finished in running:
+            finished.result()
+    open_across = sum(sent < killed_at[0] < answered for sent, _, answered in spans)
+    return [reply for _, reply, _ in spans], results, open_across

@@ -314,6 +314,9 @@ class TrainConfig:
     use_gpu: bool = _opt(False, "one GPU per worker")
     cpus_per_worker: float = _opt(0.5,
                                   "CPUs each worker reserves (leave some for Ray Data on a small machine)")
+    node_resource: str = _opt("", "a custom Ray resource each worker takes one unit of, which keeps training "
+                                  "on the nodes started with it (ray start --resources "
+                                  "'{\"train_node\": 1}'); empty = any node")
     zero_stage: Literal[2, 3] = _opt(2, "DeepSpeed ZeRO stage")
     learning_rate: float = _opt(3e-3, "peak, after warmup (cosine decay)")
     weight_decay: float = _opt(0.0, "AdamW weight decay")

@@ -384,6 +384,10 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
     require_resources(f"train ({tcfg.num_workers} workers x {tcfg.cpus_per_worker:g} CPU)",
                       {"CPU": tcfg.num_workers * tcfg.cpus_per_worker}, spare={"CPU": READ_CPUS},
                       fix="Ray Data needs the spare CPU to read the dataset: lower train.cpus_per_worker")
+    if tcfg.node_resource:
+        require_resources("train", {tcfg.node_resource: float(tcfg.num_workers)},
+                          fix=f"start nodes with the custom resource {tcfg.node_resource} "
+                              f"(ray start --resources) or clear train.node_resource")
     start = time.perf_counter()
     with driver_progress(tcfg.max_steps, progress, on_step=on_step) as board:
         result = fit(tcfg, out_dir, files, resume_from=resume_from, board=board, stream=stream, hooks=hooks)
@@ -407,7 +411,9 @@ def fit(tcfg: TrainConfig, out_dir: Path, files: list[Path], *, resume_from: Pat
                            "resume_from": None if resume_from is None else str(resume_from),
                            "wandb_dir": str(out_dir), "board": board, "hooks": hooks or TrainHooks()},
         scaling_config=ScalingConfig(num_workers=tcfg.num_workers, use_gpu=tcfg.use_gpu,
-                                     resources_per_worker={"CPU": tcfg.cpus_per_worker}),
+                                     resources_per_worker={"CPU": tcfg.cpus_per_worker,
+                                                           **({tcfg.node_resource: 1.0} if tcfg.node_resource
+                                                              else {})}),
         # One run name per fit: a resumed fit is a new run that starts from the old checkpoint.
         run_config=RunConfig(storage_path=str(out_dir), name=f"{RUN_NAME}-{time.strftime('%Y%m%d-%H%M%S')}",
                              checkpoint_config=CheckpointConfig(num_to_keep=2),

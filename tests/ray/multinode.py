@@ -5,17 +5,19 @@ as on a real cluster where they never share one. Prints one JSON line with what 
 
     python tests/ray/multinode.py search|annotate OUT_DIR
     python tests/ray/multinode.py serve OUT_DIR TINY_VLM
+    python tests/ray/multinode.py train OUT_DIR DATASET TRAIN_CONFIG_JSON
+
+`run_scenario` runs one from a test; `registered_step` is shared with tests/ray/test_train.py.
 """
 
 import dataclasses
 import json
 import os
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
-
-os.environ["RAY_AUTH_MODE"] = "disabled"  # a loopback-only test cluster (see tests/conftest.py)
-os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pyarrow.parquet as pq
 import ray
@@ -26,20 +28,73 @@ from mmc_ray.stages.search import search_to_dir
 from mmc_ray.store.layout import tree_shards
 from mmc_ray.store.shards import shard_paths
 from mmc_ray.tasks.generator import generate_problems
+from mmc_ray.train.trainer import STATE_FILE, latest_checkpoint
 from mmc_ray.workers.dispatch import RayDispatcher, RetryPolicy
 from mmc_ray.workers.group import create_worker_group
 from mmc_ray.workers.role_worker import PolicyWorker
 
-POLICY_NODE = "policy_node"
+POLICY_NODE, TRAIN_NODE = "policy_node", "train_node"
 
 
-def start_cluster(worker_resources: dict, head_cpus: int = 1) -> tuple[Cluster, list]:
-    """A head and two worker nodes (1 CPU and `worker_resources` each), connected."""
+def run_scenario(name: str, out: Path, *extra: str) -> dict:
+    """One scenario in its own process (the test session's own Ray is a single node): what it measured."""
+    proc = subprocess.run([sys.executable, __file__, name, str(out), *extra], capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def train_worker_pids() -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(b"ray::RayTrainWorker"):
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def registered_step(out: Path) -> int:
+    """The step of the newest checkpoint that both our marker and Ray Train's controller count: the
+    controller takes reports when it polls (every 2 s), so a worker killed sooner loses its report."""
+    newest = latest_checkpoint(out)
+    snapshots = list(out.glob("ray-train-*/checkpoint_manager_snapshot.json"))
+    if newest is None or not snapshots:
+        return 0
+    latest = json.loads(snapshots[0].read_text()).get("latest_checkpoint_result") or {}
+    return min(json.loads((newest / STATE_FILE).read_text())["step"], latest.get("metrics", {}).get("step", 0))
+
+
+def when_checkpoint_registered(out: Path, step: int, act) -> list[float]:
+    """Run `act()` from a thread once a checkpoint at `step` is registered (while a fit runs in this
+    process); returns the list the time it acted is put in."""
+    acted: list[float] = []
+
+    def watch() -> None:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            try:
+                reached = registered_step(out) >= step
+            except (OSError, ValueError):  # a file caught mid-write
+                reached = False
+            if reached:
+                act()
+                acted.append(time.time())
+                return
+            time.sleep(0.02)
+
+    threading.Thread(target=watch, daemon=True).start()
+    return acted
+
+
+def start_cluster(worker_resources: dict, head_cpus: int = 1, workers: int = 2) -> tuple[Cluster, list]:
+    """A head and `workers` worker nodes (1 CPU and `worker_resources` each), connected."""
     from mmc_ray.ray_runtime import SERVE_PROXY_CALLBACK
 
     os.environ.setdefault(*SERVE_PROXY_CALLBACK)  # as init_ray does for a Ray it starts
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": head_cpus, "include_dashboard": False})
-    nodes = [cluster.add_node(num_cpus=1, resources=dict(worker_resources)) for _ in range(2)]
+    nodes = [cluster.add_node(num_cpus=1, resources=dict(worker_resources)) for _ in range(workers)]
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False)
     return cluster, nodes
@@ -146,12 +201,11 @@ def annotate_losing_a_node(out: Path) -> dict:
 def serve_losing_a_node(out: Path, model: str) -> dict:
     """The critic service with its one replica on a worker node (the head takes no replica), under
     load from `OpenAIEngine` and plain clients; the replica's node is killed. Serve starts a replica
-    on the other node; the plain requests the lost one held get a JSON 503, the engine's are retried
-    until answered."""
-    from concurrent.futures import ThreadPoolExecutor
-
+    on the other node; the requests the lost one held are sent there again by Serve or get a JSON 503,
+    which the engine retries until answered."""
     import httpx
     from ray import serve
+    from serve_payloads import replies_across_a_kill
 
     from mmc_ray.config import Config, ServeConfig
     from mmc_ray.critique.prompts import critic_messages
@@ -175,19 +229,15 @@ def serve_losing_a_node(out: Path, model: str) -> dict:
                                 max_new_tokens=200)
     started = time.time()
     try:
-        with ThreadPoolExecutor(8) as pool:
-            plain = [pool.submit(client.post, f"{url}/v1/critique", json=body) for _ in range(4)]
-            retried = pool.submit(engine.generate, [request] * 4)
-            time.sleep(0.3)
-            cluster.remove_node(victim, allow_graceful=False)
-            replies = [f.result() for f in plain]
-            results = retried.result()
+        replies, results, open_across = replies_across_a_kill(
+            client, url, body, engine, request, kill=lambda: cluster.remove_node(victim, allow_graceful=False))
         after = client.get(f"{url}/healthz").json()
     finally:
         serve.shutdown()
         stop_cluster(cluster)
     failed = [r for r in replies if r.status_code != 200]
-    return {"replica_on_a_worker_node": victim is not None, "plain_statuses": [r.status_code for r in replies],
+    return {"replica_on_a_worker_node": victim is not None, "open_across_the_kill": open_across,
+            "plain_statuses": [r.status_code for r in replies],
             "failed_are_json_503": all(r.status_code == 503 and r.json()["error"]["type"] == "replica_lost"
                                        for r in failed),
             "engine_errors": sum(c.finish_reason == "error" for r in results for c in r.completions),
@@ -195,8 +245,44 @@ def serve_losing_a_node(out: Path, model: str) -> dict:
             "seconds": round(time.time() - started, 1)}
 
 
-SCENARIOS = {"search": search_losing_a_node, "annotate": annotate_losing_a_node, "serve": serve_losing_a_node}
+def node_of_pid(nodes: list, pid: int):
+    """The node whose raylet started process `pid` (raylets fork their workers)."""
+    parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    return next(n for n in nodes if n.all_processes["raylet"][0].process.pid == parent)
+
+
+def train_losing_a_node(out: Path, dataset: str, train_json: str) -> dict:
+    """Two training workers on two of three worker nodes (each holds one unit of the train resource;
+    the third is spare capacity, as an autoscaler would add). Once the step-4 checkpoint is registered,
+    the node of one worker is killed: Ray Train (`train.max_failures`) starts the workers again from
+    the newest checkpoint on the nodes left, and the fit ends with the losses of a fit never stopped."""
+    from mmc_ray.config import Config, TrainConfig
+    from mmc_ray.train.trainer import train
+
+    cluster, nodes = start_cluster({TRAIN_NODE: 1}, workers=3)
+    tcfg = TrainConfig(**{**json.loads(train_json), "node_resource": TRAIN_NODE})
+    victims = []
+
+    def kill_a_training_node() -> None:  # from the watching thread: removing a node needs no main thread
+        victims.append(node_of_pid(nodes, train_worker_pids()[0]))
+        cluster.remove_node(victims[0], allow_graceful=False)
+
+    killed = when_checkpoint_registered(out / "run", 4, kill_a_training_node)
+    started = time.time()
+    try:
+        summary = train(dataclasses.replace(Config(), train=tcfg), Path(dataset), out / "run", progress=False)
+    finally:
+        stop_cluster(cluster)
+    return {"node_killed": bool(killed), "step": summary.metrics["step"],
+            "resumed_from_step": summary.metrics.get("resumed_from_step"), "losses": summary.losses,
+            "seconds": round(time.time() - started, 1)}
+
+
+SCENARIOS = {"search": search_losing_a_node, "annotate": annotate_losing_a_node, "serve": serve_losing_a_node,
+             "train": train_losing_a_node}
 
 if __name__ == "__main__":
+    os.environ["RAY_AUTH_MODE"] = "disabled"  # a loopback-only test cluster (see tests/conftest.py)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     scenario, out_dir, *extra = sys.argv[1:]
     print(json.dumps(SCENARIOS[scenario](Path(out_dir), *extra)), flush=True)

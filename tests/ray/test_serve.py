@@ -12,7 +12,14 @@ import zlib
 import httpx
 import pytest
 from PIL import Image
-from serve_payloads import B64_IMAGE, PROBLEM, critique_body, free_port, statuses_across_redeploy
+from serve_payloads import (
+    B64_IMAGE,
+    PROBLEM,
+    critique_body,
+    free_port,
+    replies_across_a_kill,
+    statuses_across_redeploy,
+)
 
 from mmc_ray.config import Config, EngineConfig, RefineConfig, ServeConfig, SimulatorConfig
 from mmc_ray.critique.prompts import critic_messages
@@ -254,30 +261,24 @@ def test_fuzzed_bodies_never_get_a_5xx(service):
 
 
 def test_a_replica_killed_under_load_costs_only_its_requests_in_flight_and_clients_retry(service):
-    """Last in this file: it replaces the open app's replica. A killed replica (as by the OOM killer)
-    fails the requests it held with a JSON 503 to retry, Serve starts another, and `OpenAIEngine`
-    retries its requests with backoff until the new one answers: nothing is lost to a client that retries."""
+    """Last in this file: it replaces the open app's replica. A replica killed (as by the OOM killer)
+    with requests in flight: Serve sends some of them again to the replica it starts; the rest get a
+    JSON 503 to retry (the proxy's middleware, tests/unit/test_proxy_errors.py), never a plain 500.
+    `OpenAIEngine` retries those with backoff: nothing is lost to a client that retries."""
     import os
     import signal
-    import time
-    from concurrent.futures import ThreadPoolExecutor
 
     client, url = service["client"], service["url"]
     engine = OpenAIEngine(f"{url}/v1", "mmc-critic", max_retries=8, retry_backoff_s=1.0)
     request = GenerationRequest(messages=critic_messages(PROBLEM, ["a", "b"], "3"), images=(PROBLEM.image,),
                                 max_new_tokens=48)
-    with ThreadPoolExecutor(8) as pool:
-        plain = [pool.submit(client.post, f"{url}/v1/critique", json=critique_body(max_tokens=64)) for _ in range(4)]
-        retried = pool.submit(engine.generate, [request] * 4)
-        time.sleep(0.3)
-        os.kill(service["pid"], signal.SIGKILL)
-        replies = [f.result() for f in plain]
-        results = retried.result()
-    failed = [r for r in replies if r.status_code != 200]
-    assert failed, "the kill came after every request was answered: nothing was in flight"
-    for reply in failed:  # answered by the proxy (mmc_ray.serve.proxy_errors), in our error format
-        assert (reply.status_code, reply.headers["retry-after"]) == (503, "1"), reply.text
-        assert reply.json()["error"]["type"] == "replica_lost"
-    assert [c.finish_reason for r in results for c in r.completions if c.finish_reason == "error"] == []
-    assert engine.retries >= 1
+    replies, results, open_across = replies_across_a_kill(
+        client, url, critique_body(max_tokens=64), engine, request,
+        kill=lambda: os.kill(service["pid"], signal.SIGKILL))
+    assert open_across >= 1, "nothing was in flight when the replica was killed"
+    for reply in replies:  # Serve's retry on the new replica, or the proxy's retryable answer
+        if reply.status_code != 200:
+            assert (reply.status_code, reply.headers["retry-after"]) == (503, "1"), reply.text
+            assert reply.json()["error"]["type"] == "replica_lost"
+    assert results and [c.finish_reason for r in results for c in r.completions if c.finish_reason == "error"] == []
     assert client.get(f"{url}/healthz").json()["pid"] != service["pid"]  # a new replica answers

@@ -6,13 +6,12 @@ import os
 import signal
 import struct
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
 import ray
 import ray.train
+from multinode import run_scenario, train_worker_pids, when_checkpoint_registered
 from ray import cloudpickle
 
 from mmc_ray.config import Config, SearchConfig, SimulatorConfig
@@ -137,49 +136,10 @@ def test_every_step_is_logged_to_an_offline_wandb_run(straight_fit):
     assert all({"learning_rate", "tokens_per_s", "samples_per_s", "data_wait_share"} <= set(row) for row in history)
 
 
-def train_worker_pids() -> list[int]:
-    pids = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(b"ray::RayTrainWorker"):
-                pids.append(int(proc.name))
-        except OSError:
-            continue
-    return pids
-
-
-def registered_step(out: Path) -> int:
-    """The step of the newest checkpoint that both our marker and Ray Train's controller count: the
-    controller takes reports when it polls (every 2 s), so a worker killed sooner loses its report."""
-    newest = latest_checkpoint(out)
-    snapshots = list(out.glob("ray-train-*/checkpoint_manager_snapshot.json"))
-    if newest is None or not snapshots:
-        return 0
-    latest = json.loads(snapshots[0].read_text()).get("latest_checkpoint_result") or {}
-    return min(json.loads((newest / STATE_FILE).read_text())["step"], latest.get("metrics", {}).get("step", 0))
-
-
-def kill_a_worker_after(out: Path, step: int) -> list[int]:
+def kill_a_worker_after(out: Path, step: int) -> list[float]:
     """Once a checkpoint at `step` is registered, SIGKILL one training worker (from a thread while the
-    fit runs); returns the list the killed pid is put in."""
-    killed: list[int] = []
-
-    def watch() -> None:
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            try:
-                reached = registered_step(out) >= step
-            except (OSError, ValueError):  # a file caught mid-write
-                reached = False
-            if reached:
-                pid = train_worker_pids()[0]
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
-                return
-            time.sleep(0.02)
-
-    threading.Thread(target=watch, daemon=True).start()
-    return killed
+    fit runs); returns the list the time of the kill is put in."""
+    return when_checkpoint_registered(out, step, lambda: os.kill(train_worker_pids()[0], signal.SIGKILL))
 
 
 def test_a_killed_run_resumed_continues_the_same_loss_curve(straight_fit, tiny_vlm_path, small_dataset, tmp_path):
@@ -195,14 +155,17 @@ def test_a_killed_run_resumed_continues_the_same_loss_curve(straight_fit, tiny_v
     assert resumed.losses == pytest.approx(straight_fit.losses, rel=1e-4)  # steps before and after the kill
 
 
-def test_ray_train_recovers_a_killed_worker_on_the_same_loss_curve(straight_fit, tiny_vlm_path, small_dataset,
-                                                                   tmp_path):
-    out = tmp_path / "run"
-    killed = kill_a_worker_after(out, step=4)
-    summary = train(train_cfg(tiny_vlm_path, max_failures=1), small_dataset, out)
-    assert killed and summary.metrics["step"] == 16
-    assert 4 <= summary.metrics["resumed_from_step"] < 16  # the last attempt started from a checkpoint
-    assert summary.losses == pytest.approx(straight_fit.losses, rel=1e-4)
+def test_ray_train_recovers_a_lost_node_on_a_new_one_on_the_same_loss_curve(straight_fit, tiny_vlm_path,
+                                                                            small_dataset, tmp_path):
+    """On a multi-node local Ray (tests/ray/multinode.py), one training worker per worker node: the node
+    of one is killed after the step-4 checkpoint and a replacement joins. Ray Train starts the workers
+    again from the newest checkpoint (train.max_failures) and the fit ends as if never stopped; a
+    killed worker on a node that lives on takes the same path."""
+    tcfg = train_cfg(tiny_vlm_path, max_failures=1).train
+    got = run_scenario("train", tmp_path, str(small_dataset), json.dumps(dataclasses.asdict(tcfg)))
+    assert got["node_killed"] and got["step"] == 16
+    assert 4 <= got["resumed_from_step"] < 16  # the last attempt started from a checkpoint
+    assert got["losses"] == pytest.approx(straight_fit.losses, rel=1e-4)
 
 
 def test_zero3_with_a_frozen_vision_tower_exports(ray_local, tiny_vlm_path, small_dataset, tmp_path):
