@@ -201,7 +201,7 @@ def test_pipeline_retrains_the_actor_on_its_correct_paths(tmp_path):
              "refine.actor_max_new_tokens=32", "refine.critic_max_new_tokens=32")
     args = ("demo", "--out", str(run), "--rounds", "2", "tasks.n=6", "pipeline.eval_problems=4",
             "pipeline.oracle_baseline=false", "pipeline.refine_train_problems=false", "train.max_steps=2",
-            "actor.kind=hf", f"actor.model_path={run / 'tiny-vlm'}", "pipeline.retrain_actor=true",
+            "train.num_workers=1", "actor.kind=hf", f"actor.model_path={run / 'tiny-vlm'}", "pipeline.retrain_actor=true",
             "pipeline.actor_max_steps=3", *small)
     proc = mmc_ray(*args, cwd=tmp_path, timeout=900)
     assert proc.returncode == 0, proc.stderr
