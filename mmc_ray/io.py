@@ -39,9 +39,14 @@ def write_text_atomic(text: str, path: str | Path) -> Path:
     return write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
+def unreadable_reason(error: BaseException) -> str:
+    """Why a Parquet file could not be read, from the error reading it raised."""
+    return f"not a readable Parquet file ({type(error).__name__}: {error})"
+
+
 def unreadable(path: str | Path, error: BaseException) -> BadInput:
     """The error for a Parquet file that cannot be read (truncated, corrupted, not Parquet), naming it."""
-    return BadInput(f"{path}: not a readable Parquet file ({type(error).__name__}: {error})")
+    return BadInput(f"{path}: {unreadable_reason(error)}")
 
 
 def read_parquet(path: str | Path, columns: Sequence[str] | None = None) -> pa.Table:

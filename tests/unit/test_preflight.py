@@ -73,3 +73,16 @@ def test_models_the_pipeline_builds_or_trains_are_not_required_to_exist_before_i
     cfg = Config(actor=EngineConfig(kind="hf", model_path=str(tiny)), train=TrainConfig(init_model=str(tiny)))
     assert preflight.pipeline_problems(cfg, bare_dir / "p", tiny_model=tiny) == []
     assert len(preflight.pipeline_problems(cfg, bare_dir / "p")) == 2  # without it: init_model and the actor's
+
+
+def test_require_says_missing_only_when_every_problem_is_something_absent(tmp_path):
+    from mmc_ray.errors import BadInput, MissingInput
+
+    absent = preflight.input_problems([("--problems", tmp_path / "none.jsonl")])
+    with pytest.raises(MissingInput, match=r"none\.jsonl: not found"):
+        preflight.require(absent, "search")
+    (tmp_path / "out").write_text("")
+    with pytest.raises(BadInput, match="search cannot start, 2 problems") as raised:
+        preflight.require(absent + preflight.output_problems(tmp_path / "out"), "search")
+    assert not isinstance(raised.value, MissingInput)
+    preflight.require([], "search")  # nothing to say

@@ -3,6 +3,7 @@ readers, and resume sets it aside and redoes its ids (#22's corruption findings)
 
 import io
 import json
+import os
 
 import pyarrow.parquet as pq
 import pytest
@@ -110,3 +111,18 @@ def test_a_damaged_dataset_shard_stops_training_naming_it_before_ray_starts(tree
     with pytest.raises(BadInput, match=str(shard)):
         train(Config(), out, tmp_path / "critic")
     assert ray_starts == []
+
+
+def test_a_settled_verified_shard_is_not_hashed_again_until_it_changes(trees, monkeypatch):
+    from mmc_ray.store import shards
+
+    shard = tree_shards(trees)[0]
+    real_sha256 = shards._sha256
+    settled = shard.stat().st_mtime_ns - 10**10  # as if written ten seconds ago
+    os.utime(shard, ns=(settled, settled))
+    hashed = []
+    monkeypatch.setattr(shards, "_sha256", lambda path: hashed.append(path) or real_sha256(path))
+    assert shard_problem(shard) is None and shard_problem(shard) is None
+    assert hashed == [shard]  # the second read trusted the first
+    zero_middle(shard)  # a new mtime: verified again, and refused
+    assert "SHA-256" in shard_problem(shard) and hashed == [shard, shard]
