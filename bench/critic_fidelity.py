@@ -33,6 +33,7 @@ from mmc_ray.critique.schema import parse_critique
 from mmc_ray.engines.hf import HFEngine
 from mmc_ray.engines.simulated import SimulatedActorEngine
 from mmc_ray.eval.metrics import critic_metrics
+from mmc_ray.eval.processbench import Judged, prediction_from_verdict, processbench_f1
 from mmc_ray.generation import GenerationRequest
 from mmc_ray.models.tiny import build_tiny_vlm
 from mmc_ray.stages.annotate import annotate_to_dir
@@ -94,7 +95,10 @@ def baselines(train: list[dict], test: list[dict]) -> dict[str, float]:
     wrong_steps = Counter(r["first_wrong_step"] for r in train if r["verdict"] == "incorrect")
     common_step = wrong_steps.most_common(1)[0][0]
     wrong = [r for r in test if r["verdict"] == "incorrect"]
+    constant = prediction_from_verdict(majority, common_step)  # one answer for every solution
+    judged = [Judged(prediction_from_verdict(r["verdict"], r["first_wrong_step"]), constant) for r in test]
     return {"majority_verdict": majority,
+            "constant_processbench_f1": processbench_f1(judged)["f1"],
             "majority_verdict_accuracy": sum(r["verdict"] == majority for r in test) / len(test),
             "most_common_step": common_step,
             "most_common_step_accuracy":
@@ -144,11 +148,13 @@ def main() -> int:
         "loss_first": losses[0], "loss_last20": sum(losses[-20:]) / len(losses[-20:]),
         "held_out": metrics, "baselines": baselines(splits["train"], held_out),
         "first_wrong_step_accuracy": metrics["step_recall"], "verdict_accuracy": metrics["verdict_accuracy"],
+        "processbench_f1": metrics["processbench_f1"],
     }
     b = results["baselines"]
     print(f"\nheld-out split: {len(held_out)} solutions")
     print(f"{'figure':<28} {'critic':>8} {'baseline':>9}")
     for name, value, baseline in (
+        ("ProcessBench F1", metrics["processbench_f1"], b["constant_processbench_f1"]),
         ("verdict accuracy", metrics["verdict_accuracy"], b["majority_verdict_accuracy"]),
         ("first-wrong-step accuracy", metrics["step_recall"], b["most_common_step_accuracy"]),
         ("step precision", metrics["step_precision"], None),

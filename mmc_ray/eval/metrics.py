@@ -10,7 +10,9 @@
   a prediction is the step of an "incorrect" verdict; it is a true positive when it names the true
   first wrong step. precision = TP / predictions, recall = TP / solutions with a known wrong step.
   Wrong answers whose wrong step is unknown (benchmark rows; every step right but the final line)
-  are left out of the step metrics and counted.
+  are left out of the step metrics and counted;
+* ProcessBench F1 over the same solutions (eval/processbench.py): exact first-wrong-step accuracy on
+  the erroneous ones, "correct" verdicts on the sound ones, and their harmonic mean.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+from mmc_ray.eval.processbench import CORRECT_LABEL, Judged, prediction_from_verdict, processbench_f1
 
 Row = Mapping[str, Any]
 
@@ -85,6 +89,9 @@ def critic_metrics(rows: Sequence[Row]) -> dict[str, Any]:
     true_positive = sum(r["critic_first_wrong_step"] == r["true_first_wrong_step"] for r in predicted)
     precision = _ratio(true_positive, len(predicted))
     recall = _ratio(true_positive, sum(r["true_first_wrong_step"] is not None for r in known))
+    processbench = processbench_f1(
+        Judged(CORRECT_LABEL if _sound(r) else r["true_first_wrong_step"],
+               prediction_from_verdict(r["critic_verdict"], r["critic_first_wrong_step"])) for r in known)
     return {
         "critiques": len(judged),
         "parse_rate": _ratio(len(parsed), len(judged)),
@@ -92,6 +99,9 @@ def critic_metrics(rows: Sequence[Row]) -> dict[str, Any]:
         "step_precision": precision,
         "step_recall": recall,
         "step_f1": _f1(precision, recall),
+        "processbench_f1": processbench["f1"],
+        "processbench_acc_err": processbench["acc_err"],
+        "processbench_acc_cor": processbench["acc_cor"],
         "step_unknown_wrong_answers": len(judged) - len(known),
     }
 

@@ -58,15 +58,18 @@ def _markdown(m: Mapping[str, Any], context: Mapping[str, Any]) -> str:
         "", "![accuracy by round](accuracy_by_round.png)", "",
         "## Critic", "",
         f"{c['critiques']} critiques; {pct(c['parse_rate'])} parsed. Verdict accuracy "
-        f"{pct(c['verdict_accuracy'])}. First wrong step: precision {pct(c['step_precision'])}, "
+        f"{pct(c['verdict_accuracy'])}. ProcessBench F1 {pct(c['processbench_f1'])} (exact first wrong "
+        f"step on erroneous solutions {pct(c['processbench_acc_err'])}, sound ones judged correct "
+        f"{pct(c['processbench_acc_cor'])}). First wrong step: precision {pct(c['step_precision'])}, "
         f"recall {pct(c['step_recall'])}, F1 {pct(c['step_f1'])} "
         f"({c['step_unknown_wrong_answers']} wrong answers without a known wrong step left out).", "",
         "## By family", "",
         *_table(["family", "problems", "single pass", "final", "wrong→right", "right→wrong",
-                 "verdict acc.", "step F1"],
+                 "verdict acc.", "ProcessBench F1", "step F1"],
                 [[name, str(f["problems"]), pct(f["single_pass_accuracy"]), pct(f["final_accuracy"]),
                   str(f["wrong_to_right"]), str(f["right_to_wrong"]), pct(f["critic"]["verdict_accuracy"]),
-                  pct(f["critic"]["step_f1"])] for name, f in m["families"].items()]),
+                  pct(f["critic"]["processbench_f1"]), pct(f["critic"]["step_f1"])]
+                 for name, f in m["families"].items()]),
         "", "## Why the loop stopped", "",
         *_table(["reason", "problems"], [[k, str(v)] for k, v in m["stop_reasons"].items()]),
         "", f"Revisions that could only repeat an answer already tried: {m['repeated_answers']}. "

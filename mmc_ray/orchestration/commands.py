@@ -144,16 +144,15 @@ def refine(cfg: Config, problems_path: Path, out: Path, local: bool = False,
 
 
 def report(refine_dir: Path, out: Path, context: dict[str, Any]) -> Any:
-    from mmc_ray.eval.report import write_report
+    from mmc_ray.eval.report import pct, write_report
 
     written = write_report(refine_dir, out, context)
     m, c = written.metrics, written.metrics["critic"]
     by_round = " -> ".join(f"{a:.1%}" for a in m["accuracy_by_round"])
-    f1 = "n/a" if c["step_f1"] is None else f"{c['step_f1']:.1%}"
     print(f"eval: {m['problems']} problems; accuracy by round {by_round}; final {m['final_accuracy']:.1%} "
           f"({m['wrong_to_right']} wrong->right, {m['right_to_wrong']} right->wrong)")
     print(f"critic: verdict accuracy {c['verdict_accuracy'] or 0:.1%}, parsed {c['parse_rate'] or 0:.1%}, "
-          f"first-wrong-step F1 {f1}")
+          f"ProcessBench F1 {pct(c['processbench_f1'])}, first-wrong-step F1 {pct(c['step_f1'])}")
     print(f"report: {written.markdown} (+ {written.json.name}, {written.plot.name})")
     return written
 

@@ -199,25 +199,26 @@ def _round_metrics(m: dict[str, Any]) -> dict[str, Any]:
     return {"single_pass_accuracy": m["single_pass_accuracy"], "final_accuracy": m["final_accuracy"],
             "accuracy_by_round": m["accuracy_by_round"], "wrong_to_right": m["wrong_to_right"],
             "right_to_wrong": m["right_to_wrong"], "verdict_accuracy": c["verdict_accuracy"],
-            "parse_rate": c["parse_rate"], "step_f1": c["step_f1"]}
+            "parse_rate": c["parse_rate"], "processbench_f1": c["processbench_f1"], "step_f1": c["step_f1"]}
 
 
 def _write_summary(summary: dict[str, Any], run: RunLayout) -> None:
     run.report_json.write_text(json.dumps(summary, indent=2, default=str))
     header = ("| critic | critique rows | single pass | after refinement | wrong→right | right→wrong | "
-              "critic parsed | verdict acc. | step F1 |\n|---|---|---|---|---|---|---|---|---|")
+              "critic parsed | verdict acc. | ProcessBench F1 | step F1 |\n" + "|---" * 10 + "|")
     lines = []
     for r in summary["rounds"]:
         lines.append(f"| round {r['round']} (trained) | {r['dataset_rows']} | "
                      f"{pct(r['single_pass_accuracy'])} | {pct(r['final_accuracy'])} | "
                      f"{r['wrong_to_right']} | {r['right_to_wrong']} | "
-                     f"{pct(r['parse_rate'])} | {pct(r['verdict_accuracy'])} | {pct(r['step_f1'])} |")
+                     f"{pct(r['parse_rate'])} | {pct(r['verdict_accuracy'])} | "
+                     f"{pct(r['processbench_f1'])} | {pct(r['step_f1'])} |")
     if "oracle" in summary:
         o = summary["oracle"]
         lines.append(f"| oracle (rule) | - | {pct(o['single_pass_accuracy'])} | "
                      f"{pct(o['final_accuracy'])} | "
                      f"{o['wrong_to_right']} | {o['right_to_wrong']} | {pct(o['parse_rate'])} | "
-                     f"{pct(o['verdict_accuracy'])} | {pct(o['step_f1'])} |")
+                     f"{pct(o['verdict_accuracy'])} | {pct(o['processbench_f1'])} | {pct(o['step_f1'])} |")
     text = "\n".join([
         f"# mmc-ray pipeline: {summary['run']}", "",
         "Held-out problems refined by the actor with each round's trained critic, and with the oracle "

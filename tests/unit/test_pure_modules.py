@@ -34,6 +34,7 @@ PURE_MODULES = [
     "mmc_ray.refine.loop",
     "mmc_ray.refine.run",
     "mmc_ray.eval.metrics",
+    "mmc_ray.eval.processbench",
     "mmc_ray.eval.report",
     "mmc_ray.cli",
 ]

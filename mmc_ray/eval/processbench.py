@@ -1,0 +1,126 @@
+"""Critic metrics as the process-supervision literature reports them. Pure Python.
+
+* **ProcessBench F1** (Qwen's ProcessBench, `code/run_eval.py`): each solution's label is its earliest
+  wrong step, or −1 for a correct solution; a critic's prediction is the step it flags, or −1 when it
+  judges the solution correct (an unparsed critique predicts nothing and matches no label).
+  acc_err = exact-step accuracy on erroneous solutions, acc_cor = share of correct solutions judged
+  correct, F1 = 2·acc_err·acc_cor / (acc_err + acc_cor). Steps are numbered from 1 here (ProcessBench
+  counts from 0): only equality is compared, so the figure is the same.
+* **Step macro-F1** (VisualProcessBench): every step labelled 1 (correct), −1 (incorrect) or 0
+  (neutral, left out); the mean of the F1 on correct steps and the F1 on incorrect steps. A step with
+  no prediction (after the step a critique flags, or in an unparsed critique) is a miss for its class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+CORRECT_LABEL = -1  # ProcessBench's label of a solution with no wrong step
+
+
+@dataclass(frozen=True)
+class Judged:
+    """One solution: its label (earliest wrong step, or −1) and the critic's prediction (the same,
+    or None when the critique could not be read)."""
+
+    label: int
+    predicted: int | None
+    group: str = ""  # a family or data source, reported on its own
+
+
+def _mean(values: Sequence[bool]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def processbench_f1(judged: Iterable[Judged]) -> dict[str, float | int | None]:
+    """acc_err, acc_cor and their harmonic mean (None where a side has no solution; 0 when either is 0)."""
+    judged = list(judged)
+    erroneous = [j.predicted == j.label for j in judged if j.label != CORRECT_LABEL]
+    correct = [j.predicted == CORRECT_LABEL for j in judged if j.label == CORRECT_LABEL]
+    acc_err, acc_cor = _mean(erroneous), _mean(correct)
+    if acc_err is None or acc_cor is None:
+        f1 = None
+    else:
+        f1 = 2 * acc_err * acc_cor / (acc_err + acc_cor) if acc_err + acc_cor else 0.0
+    return {"acc_err": acc_err, "acc_cor": acc_cor, "f1": f1, "erroneous": len(erroneous),
+            "correct": len(correct)}
+
+
+def processbench_report(judged: Iterable[Judged]) -> dict[str, object]:
+    """`processbench_f1` over everything, per group, and the mean of the groups' F1 (ProcessBench
+    reports the average over its subsets)."""
+    judged = list(judged)
+    groups: dict[str, list[Judged]] = {}
+    for j in judged:
+        groups.setdefault(j.group, []).append(j)
+    per_group = {g: processbench_f1(items) for g, items in sorted(groups.items())}
+    f1s = [s["f1"] for s in per_group.values() if s["f1"] is not None]
+    return {**processbench_f1(judged), "groups": per_group,
+            "mean_group_f1": sum(f1s) / len(f1s) if f1s else None}
+
+
+def prediction_from_verdict(verdict: str | None, first_wrong_step: int | None) -> int | None:
+    """A parsed critique as a ProcessBench prediction: −1 for "correct", the flagged step for
+    "incorrect", None when it was not parsed (or flags no step)."""
+    if verdict == "correct":
+        return CORRECT_LABEL
+    if verdict == "incorrect" and first_wrong_step is not None:
+        return first_wrong_step
+    return None
+
+
+def step_predictions_from_critique(n_steps: int, verdict: str | None,
+                                   first_wrong_step: int | None) -> list[int | None]:
+    """Per-step predictions a critique makes: every step sound for "correct"; for "incorrect" the
+    steps before the flagged one sound, the flagged one wrong, the rest unjudged; nothing unparsed."""
+    if verdict == "correct":
+        return [1] * n_steps
+    if verdict != "incorrect" or first_wrong_step is None or not 1 <= first_wrong_step <= n_steps:
+        return [None] * n_steps
+    k = first_wrong_step
+    return [1] * (k - 1) + [-1] + [None] * (n_steps - k)
+
+
+def step_predictions_from_scores(p_sound: Sequence[float], threshold: float = 0.5) -> list[int]:
+    """Per-step predictions from step soundness probabilities (`/v1/score_steps`)."""
+    return [1 if p >= threshold else -1 for p in p_sound]
+
+
+StepLabels = tuple[Sequence[int], Sequence[int | None]]
+
+
+def step_macro_f1(steps: Iterable[StepLabels]) -> dict[str, float | int | None]:
+    """Macro-F1 over (labels, predictions) per solution; neutral (0) steps are left out."""
+    counts = {c: {"tp": 0, "fp": 0, "fn": 0} for c in (1, -1)}
+    judged_steps = 0
+    for labels, predicted in steps:
+        if len(labels) != len(predicted):
+            raise ValueError(f"{len(labels)} step labels but {len(predicted)} predictions")
+        for label, guess in zip(labels, predicted, strict=True):
+            if label == 0:
+                continue
+            judged_steps += 1
+            for c, n in counts.items():
+                n["tp"] += label == c and guess == c
+                n["fp"] += label != c and guess == c
+                n["fn"] += label == c and guess != c
+    f1 = {c: (2 * n["tp"] / (2 * n["tp"] + n["fp"] + n["fn"]) if n["tp"] + n["fp"] + n["fn"] else None)
+          for c, n in counts.items()}
+    defined = [v for v in f1.values() if v is not None]
+    return {"f1_correct_steps": f1[1], "f1_wrong_steps": f1[-1],
+            "macro_f1": sum(defined) / len(defined) if len(defined) == 2 else None, "steps": judged_steps}
+
+
+def step_macro_f1_by_group(rows: Iterable[Mapping[str, object]]) -> dict[str, object]:
+    """`step_macro_f1` over rows with `labels`, `predicted` and `group`, overall and per group."""
+    rows = list(rows)
+    groups: dict[str, list[Mapping[str, object]]] = {}
+    for row in rows:
+        groups.setdefault(str(row["group"]), []).append(row)
+
+    def pairs(items):
+        return [(r["labels"], r["predicted"]) for r in items]
+
+    return {**step_macro_f1(pairs(rows)), "groups": {g: step_macro_f1(pairs(items))
+                                                     for g, items in sorted(groups.items())}}
