@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from mmc_ray.mcts.tree import Node, nodes_from_rows
@@ -30,6 +30,10 @@ class MinedPath:
     steps: tuple[str, ...]  # root to end without "Step k:" numbering; the answer line excluded
     answer: str | None
     correct: bool
+    # Each step's node value in the tree (the share of correct rollouts below it); None for the
+    # steps of a rollout, which are no nodes. What the model-free `mc` annotator reads; not part of
+    # what makes two paths the same.
+    step_values: tuple[float | None, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,15 @@ class _Miner:
         self._prefix: dict[int, tuple[str, ...]] = {}
         self._below: dict[int, list[_Candidate]] = {}
 
+    def values(self, node_id: int) -> tuple[float, ...]:
+        """The node values root→node (the node's own included; the root, which has no step, not)."""
+        chain = []
+        node = self.nodes[node_id]
+        while node.parent_id is not None:
+            chain.append(node.value)
+            node = self.nodes[node.parent_id]
+        return tuple(reversed(chain))
+
     def prefix(self, node_id: int) -> tuple[str, ...]:
         """The steps root→node (the node's own step included), "Step k:" numbering stripped."""
         chain: list[int] = []
@@ -114,11 +127,15 @@ class _Miner:
             if node.terminal:
                 # An answer line ends the path and is no step; a max-depth cut-off step is one.
                 steps = prefix[:-1] if _is_answer_line(node.step) else prefix
-                found.append(_Candidate(MinedPath(steps, node.answer, bool(node.correct)), True,
+                values = self.values(node.node_id)[:len(steps)]
+                found.append(_Candidate(MinedPath(steps, node.answer, bool(node.correct), values), True,
                                         node.visits, f"n{node.node_id}"))
                 continue
+            values = self.values(node.node_id)
             for i, rollout in enumerate(node.rollouts):
-                path = MinedPath(prefix + _rollout_steps(rollout.text), rollout.answer, rollout.correct)
+                continued = _rollout_steps(rollout.text)
+                path = MinedPath(prefix + continued, rollout.answer, rollout.correct,
+                                 values + (None,) * len(continued))
                 found.append(_Candidate(path, False, node.visits, f"n{node.node_id}r{i}"))
         self._below[root] = found
         return found

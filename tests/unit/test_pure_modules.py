@@ -19,6 +19,7 @@ PURE_MODULES = [
     "mmc_ray.critique.schema",
     "mmc_ray.critique.prompts",
     "mmc_ray.critique.rule_annotator",
+    "mmc_ray.critique.mc_annotator",
     "mmc_ray.critique.step_scores",
     "mmc_ray.seeding",
     "mmc_ray.images",
