@@ -149,6 +149,9 @@ PAIR_SCHEMA = pa.schema(
         pa.field("path_correct", pa.bool_()),
         pa.field("reference_steps", pa.list_(pa.string())),
         pa.field("reference_answer", pa.string()),
+        # each path step's node value in its search tree (None for a rollout's steps; empty for
+        # paths from no tree): what annotate.method=mc judges by
+        pa.field("path_step_values", pa.list_(pa.float64())),
     ]
 )
 

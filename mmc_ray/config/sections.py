@@ -284,8 +284,10 @@ class PairMiningConfig:
 class AnnotateConfig:
     """Pair mining and critique annotation into the MMC dataset."""
 
-    method: Literal["rule", "llm"] = _opt("rule", "rule: from the synthetic tasks' ground truth; llm: the "
-                                                  "`annotator` engine writes the critiques")
+    method: Literal["rule", "mc", "llm"] = _opt(
+        "rule", "rule: from the synthetic tasks' ground truth (step programs); mc: model-free, from the "
+                "search's values (the first step at or below mining.low_value is the wrong one); llm: "
+                "the `annotator` engine writes the critiques")
     mining: PairMiningConfig = _section(PairMiningConfig)
     max_repair_attempts: int = _opt(2, "llm: re-asks after an unparseable critique, then a counted drop")
     max_new_tokens: int = _opt(256, "llm: tokens per critique")

@@ -28,6 +28,7 @@ class PathToCritique:
     divergence_depth: int = -1          # -1: no sibling (no_error, refined)
     reference_steps: tuple[str, ...] = ()
     reference_answer: str | None = None
+    path_step_values: tuple[float | None, ...] = ()  # node values of the path's steps (mined paths)
 
     @property
     def shared_steps(self) -> tuple[str, ...]:
@@ -37,7 +38,8 @@ class PathToCritique:
         return {**self.problem.to_row(), "pair_id": self.pair_id, "kind": self.kind,
                 "divergence_depth": self.divergence_depth, "path_steps": list(self.path_steps),
                 "path_answer": self.path_answer, "path_correct": self.path_correct,
-                "reference_steps": list(self.reference_steps), "reference_answer": self.reference_answer}
+                "reference_steps": list(self.reference_steps), "reference_answer": self.reference_answer,
+                "path_step_values": list(self.path_step_values)}
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> PathToCritique:
@@ -45,4 +47,5 @@ class PathToCritique:
                    path_steps=tuple(row["path_steps"]), path_answer=row["path_answer"],
                    path_correct=bool(row["path_correct"]), divergence_depth=row["divergence_depth"],
                    reference_steps=tuple(row.get("reference_steps") or ()),
-                   reference_answer=row.get("reference_answer"))
+                   reference_answer=row.get("reference_answer"),
+                   path_step_values=tuple(row.get("path_step_values") or ()))

@@ -24,7 +24,8 @@ from tqdm import tqdm
 
 from mmc_ray.config import AnnotateConfig, Config
 from mmc_ray.critique.records import PathToCritique
-from mmc_ray.errors import MissingInput
+from mmc_ray.errors import BadInput, MissingInput
+from mmc_ray.io import read_parquet
 from mmc_ray.mcts.pairs import balanced_sample, mine_pairs_from_row
 from mmc_ray.metrics import StageMetrics
 from mmc_ray.ray_runtime import actor_pool
@@ -65,7 +66,8 @@ def mine_tree_rows(trees: Iterable[dict[str, Any]], cfg: AnnotateConfig,
                 problem, pair.pair_id, pair.kind, path.steps, path.answer, path.correct,
                 divergence_depth=pair.divergence_depth,
                 reference_steps=pair.correct.steps if divergent else (),
-                reference_answer=pair.correct.answer if divergent else None))
+                reference_answer=pair.correct.answer if divergent else None,
+                path_step_values=path.step_values))
     return balanced_sample(records, key=lambda r: (r.problem.family, r.divergence_depth), limit=None)
 
 
@@ -109,9 +111,27 @@ def annotate_to_dir(trees_dir: str | Path, out_dir: str | Path, cfg: Config, loc
     if not tree_shards(trees_dir):
         raise MissingInput(
             f"no {TREES}-*.parquet shards in {trees_dir} (run `mmc-ray search` first)")
+    if cfg.annotate.method == "rule":
+        _refuse_rows_without_step_programs(trees_dir)
     source = _local_outcomes if local else _ray_outcomes
     return _write_dataset(out_dir, cfg, lambda done, split_of: source(trees_dir, cfg, done, split_of),
                           progress, unit="pair")
+
+
+def _refuse_rows_without_step_programs(trees_dir: Path) -> None:
+    """The rule annotator needs ground-truth step programs (the synthetic tasks have them; a user's
+    problems do not): refused before any work, naming the annotators that need none."""
+    without = []
+    for shard in verified_shards(tree_shards(trees_dir)):
+        table = read_parquet(shard, columns=["problem_id", "steps"])
+        ids, steps = table["problem_id"].to_pylist(), table["steps"].to_pylist()
+        without += [i for i, s in zip(ids, steps, strict=True) if not s]
+    if without:
+        examples = ", ".join(without[:3])
+        raise BadInput(f"annotate.method=rule needs ground-truth step programs, and {len(without)} "
+                       f"problem(s) in {trees_dir} have none (e.g. {examples}): use annotate.method=mc "
+                       f"(model-free, from the search's values) or annotate.method=llm (the `annotator` "
+                       f"engine writes them)")
 
 
 def annotate_refinement_to_dir(records: Iterable[RefineRecord], problems: Iterable[Problem],

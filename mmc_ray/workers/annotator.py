@@ -1,7 +1,8 @@
 """`AnnotatorWorker`: turns mined pairs into critiques, as a Ray Data actor-pool stage.
 
-Two strategies behind one worker: the rule annotator (synthetic tasks: ground-truth step values)
-and the LLM annotator (any engine, with the annotator prompt). An LLM critique that does not parse
+Three strategies behind one worker: the rule annotator (synthetic tasks: ground-truth step values),
+the model-free `mc` annotator (the search's node values, critique/mc_annotator.py) and the LLM
+annotator (any engine, with the annotator prompt). An LLM critique that does not parse
 is asked for again with the parser's reason, up to `max_repair_attempts` times; then the pair is a
 counted drop with that reason and the raw output. Every pair in gives exactly one row out.
 """
@@ -15,6 +16,7 @@ from typing import Any
 import pyarrow as pa
 
 from mmc_ray.config import AnnotateConfig, Config
+from mmc_ray.critique.mc_annotator import mc_critique
 from mmc_ray.critique.prompts import FORMAT_SPEC, annotator_messages, critic_messages
 from mmc_ray.critique.records import PathToCritique
 from mmc_ray.critique.rule_annotator import reference_first_wrong_step, rule_critique
@@ -93,6 +95,12 @@ def _rule_outcome(item: PathToCritique) -> Outcome:
     return Dropped(result) if isinstance(result, str) else result
 
 
+def _mc_outcome(item: PathToCritique, low_value: float) -> Outcome:
+    result = mc_critique(item.path_steps, item.path_step_values, item.path_correct, low_value,
+                         key=item.pair_id, sibling_steps=item.reference_steps)
+    return Dropped(result) if isinstance(result, str) else result
+
+
 def outcome_row(item: PathToCritique, outcome: Outcome, annotator: str, split: str) -> dict[str, Any]:
     """One row of OUTCOME_SCHEMA: a critique row (status ok) or a drop (status dropped)."""
     problem = item.problem
@@ -133,6 +141,7 @@ class AnnotatorWorker:
 
     def __init__(self, cfg: Config, split_of: Any) -> None:
         self.method = cfg.annotate.method
+        self.low_value = cfg.annotate.mining.low_value
         self.split_of = split_of
         self.llm = None
         if self.method == "llm":
@@ -142,7 +151,12 @@ class AnnotatorWorker:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         items = [PathToCritique.from_row(row) for row in batch.to_pylist()]
-        outcomes = self.llm.annotate(items) if self.llm is not None else [_rule_outcome(i) for i in items]
+        if self.llm is not None:
+            outcomes = self.llm.annotate(items)
+        elif self.method == "mc":
+            outcomes = [_mc_outcome(i, self.low_value) for i in items]
+        else:
+            outcomes = [_rule_outcome(i) for i in items]
         rows = [outcome_row(item, outcome, self.method, self.split_of(item.problem.problem_id))
                 for item, outcome in zip(items, outcomes, strict=True)]
         return pa.Table.from_pylist(rows, schema=OUTCOME_SCHEMA)

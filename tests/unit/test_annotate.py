@@ -184,3 +184,34 @@ def test_a_path_to_critique_survives_its_pair_table_row():
     assert items[0].shared_steps == ("Step 1: a",) and items[1].shared_steps == ("Step 1: a",)
     refined = PathToCritique(problem, "p:refine:0", "refined", ("a",), "3", True)
     assert refined.shared_steps == () and PathToCritique.from_row(refined.to_row()) == refined
+
+
+def mc_config():
+    return dataclasses.replace(CFG, annotate=dataclasses.replace(CFG.annotate, method="mc"))
+
+
+def test_mc_annotation_needs_no_model_and_accounts_for_every_pair(trees_dir, tmp_path):
+    summary = annotate_to_dir(trees_dir, tmp_path / "mc", mc_config(), local=True, progress=False)
+    rows, drops = dataset_rows(tmp_path / "mc"), drop_rows(tmp_path / "mc")
+    ids = [r["pair_id"] for r in rows] + [d["pair_id"] for d in drops]
+    assert len(ids) == len(set(ids)) and set(ids) == all_pair_ids(trees_dir)
+    assert summary.critiques == len(rows) > 20 and {r["annotator"] for r in rows} == {"mc"}
+    wrong = [r for r in rows if r["kind"] == "divergent"]
+    assert wrong and all(r["verdict"] == "incorrect" and r["error_type"] == "other" for r in wrong)
+    assert all(r["verdict"] == "correct" for r in rows if r["kind"] == "no_error")
+    # On synthetic data the ground truth says how often the values find the first wrong step (figure
+    # in the issue note); it must beat chance by far, not be perfect.
+    agreement = sum(bool(r["agrees_with_reference"]) for r in wrong) / len(wrong)
+    assert agreement > 0.3, agreement
+
+
+def test_rule_annotation_of_problems_without_step_programs_is_refused_naming_mc_and_llm(tmp_path):
+    from mmc_ray.errors import BadInput
+
+    problems = [dataclasses.replace(p, steps=()) for p in generate_problems(3, seed=12)]
+    search_to_dir(problems, LocalDispatcher(SimulatedActorEngine(SIM)), SEARCH, tmp_path / "trees", progress=False)
+    with pytest.raises(BadInput, match=r"3 problem\(s\) .* annotate\.method=mc .* annotate\.method=llm"):
+        annotate_to_dir(tmp_path / "trees", tmp_path / "ds", CFG, local=True, progress=False)
+    assert not (tmp_path / "ds").exists()
+    summary = annotate_to_dir(tmp_path / "trees", tmp_path / "mc", mc_config(), local=True, progress=False)
+    assert summary.critiques > 0  # the values judge them without any step program
