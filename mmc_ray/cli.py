@@ -129,6 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
         pipeline.add_argument("--rounds", type=int, help="shortcut for pipeline.rounds")
         pipeline.add_argument("--tiny-model", action="store_true", default=name == "demo",
                               help="build the tiny model in <out>/tiny-vlm and train the critic from it")
+        pipeline.add_argument("--problems", type=Path, metavar="TRAIN",
+                              help="your training problems (JSONL, Parquet, a datasets.save_to_disk folder): "
+                                   "each round searches the next pipeline.problems_per_round of them; "
+                                   "without it, synthetic tasks")
+        pipeline.add_argument("--eval-problems", type=Path, metavar="EVAL",
+                              help="your held-out problems, refined and evaluated every round, never "
+                                   "searched")
         _add_config_args(pipeline)
     return parser
 
@@ -248,7 +255,9 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
     if model_path:
         extra.append(f"train.init_model={model_path}")
     cfg = _config(args, extra)
-    preflight.require(preflight.pipeline_problems(cfg, args.out, tiny_model=model_path), args.command)
+    preflight.require(preflight.pipeline_problems(cfg, args.out, tiny_model=model_path)
+                      + preflight.input_problems([("--problems", args.problems),
+                                                  ("--eval-problems", args.eval_problems)]), args.command)
     if model_path and not (model_path / "config.json").exists():
         from mmc_ray.models.tiny import build_tiny_vlm
 
@@ -256,7 +265,7 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
         print(f"built tiny Qwen2-VL (random weights) at {model_path}")
     started, outcome = time.time(), "failed"
     try:
-        run_pipeline(cfg, args.out)
+        run_pipeline(cfg, args.out, problems_file=args.problems, eval_file=args.eval_problems)
         outcome = "finished"
     except KeyboardInterrupt:
         outcome = "interrupted"

@@ -180,6 +180,8 @@ class EngineConfig:
     kind: EngineKind = _opt("hf", "hf (transformers) | vllm | simulated (synthetic tasks' solver) | rule "
                                   "(oracle critic from ground truth) | openai (a server)")
     model_path: str = _opt("runs/tiny-vlm", "a local Hugging Face model folder (hf, vllm)")
+    problems: str = _opt("", "rule: a problems file the oracle critic looks problems up in (without step "
+                             "programs it judges final answers only); empty: synthetic ids")
     device: Device = _opt("cpu", "auto picks cuda when there is one")
     dtype: DType = _opt("float32", "auto: bfloat16 on cuda, float32 on cpu")
     max_batch_size: int = _opt(16, "requests per generate call the engine runs at once")
@@ -388,6 +390,8 @@ class PipelineConfig:
 
     rounds: int = _opt(1, "flywheel rounds; each searches `tasks.n` new problems")
     eval_problems: int = _opt(64, "held-out synthetic problems refined and evaluated every round")
+    problems_per_round: int = _opt(0, "with --problems: the problems each round searches, the next slice of "
+                                      "the file; 0 = tasks.n")
     eval_seed: int = _opt(1_000_000, "seed of the held-out problems (disjoint from the training seeds)")
     refine_train_problems: bool = _opt(True, "refine each round's training problems too; their critiqued "
                                              "answers join the critic's data next round")
@@ -402,6 +406,7 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         _require(self.rounds >= 1, "rounds", "must be >= 1")
         _require(self.eval_problems >= 1, "eval_problems", "must be >= 1")
+        _require(self.problems_per_round >= 0, "problems_per_round", "must be >= 0")
         _require(self.actor_paths_per_problem >= 1, "actor_paths_per_problem", "must be >= 1")
         _require(self.actor_max_steps >= 1, "actor_max_steps", "must be >= 1")
 

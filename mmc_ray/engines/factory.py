@@ -19,7 +19,12 @@ def build_engine(cfg: EngineConfig) -> GenerationEngine:
     if cfg.kind == "rule":
         from mmc_ray.engines.rule_critic import RuleCriticEngine
 
-        return RuleCriticEngine()
+        if not cfg.problems:
+            return RuleCriticEngine()
+        from mmc_ray.tasks.benchmark import load_problem_file
+
+        by_id = {p.problem_id: p for p in load_problem_file(cfg.problems)}
+        return RuleCriticEngine(problem_lookup=by_id.__getitem__)
     if cfg.kind == "vllm":
         from mmc_ray.engines.vllm import VLLMEngine
 

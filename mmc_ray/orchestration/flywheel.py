@@ -28,12 +28,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from mmc_ray.config import Config, config_to_dict
+from mmc_ray.errors import BadInput
 from mmc_ray.eval.report import pct
 from mmc_ray.orchestration import commands
 from mmc_ray.store.layout import (
@@ -44,7 +46,7 @@ from mmc_ray.store.layout import (
     records_dir,
     tree_shards,
 )
-from mmc_ray.tasks.problem import Problem, read_problems
+from mmc_ray.tasks.problem import Problem, read_problems, write_problems
 
 
 def trained_critic_kind(cfg: Config) -> str:
@@ -105,8 +107,57 @@ def _problems(cfg: Config, path: Path, n: int, seed: int) -> Path:
     return path
 
 
-def run_pipeline(cfg: Config, run_dir: Path) -> dict[str, Any]:
-    """Run (or continue) every round of the pipeline in `run_dir`; returns the summary it writes."""
+@dataclass(frozen=True)
+class UserProblems:
+    """A user's training and held-out problems (`--problems`, `--eval-problems`), loaded once."""
+
+    train: list[Problem]
+    eval: list[Problem]
+
+    @classmethod
+    def load(cls, cfg: Config, train_file: Path, eval_file: Path) -> UserProblems:
+        from mmc_ray.tasks.benchmark import load_problem_file
+
+        train = load_problem_file(train_file, duplicate_ids=cfg.tasks.duplicate_ids)
+        held_out = load_problem_file(eval_file, duplicate_ids=cfg.tasks.duplicate_ids)
+        shared = sorted({p.problem_id for p in train} & {p.problem_id for p in held_out})
+        if shared:
+            raise BadInput(f"--problems and --eval-problems share {len(shared)} problem id(s) (e.g. "
+                           f"{', '.join(shared[:3])}): held-out problems must never be searched")
+        if cfg.annotate.method == "rule" and any(not p.steps for p in train):
+            raise BadInput("annotate.method=rule needs ground-truth step programs, which problems from "
+                           f"{train_file} do not have: use annotate.method=mc (model-free, from the "
+                           f"search's values) or annotate.method=llm (the `annotator` engine)")
+        return cls(train, held_out)
+
+    def round_slice(self, cfg: Config, round_index: int) -> list[Problem]:
+        per_round = cfg.pipeline.problems_per_round or cfg.tasks.n
+        chunk = self.train[(round_index - 1) * per_round: round_index * per_round]
+        if not chunk:
+            raise BadInput(f"--problems has {len(self.train)} problems; round {round_index} would start at "
+                           f"problem {(round_index - 1) * per_round + 1} ({per_round} per round): lower "
+                           f"pipeline.rounds or pipeline.problems_per_round")
+        return chunk
+
+
+def _written(problems: list[Problem], path: Path) -> Path:
+    """`problems` in our problems format at `path` (kept from an earlier invocation: resumable)."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_problems(problems, path)
+    return path
+
+
+def _oracle_kind(problems: list[Problem]) -> str:
+    """rule: the ground-truth step programs judge every step; answer: only final answers are known."""
+    return "rule" if all(p.steps for p in problems) else "answer"
+
+
+def run_pipeline(cfg: Config, run_dir: Path, problems_file: Path | None = None,
+                 eval_file: Path | None = None) -> dict[str, Any]:
+    """Run (or continue) every round of the pipeline in `run_dir`; returns the summary it writes.
+    `problems_file` / `eval_file`: the user's problems (both or neither); without them the rounds
+    search synthetic tasks."""
     from mmc_ray.stages.annotate import annotate_refinement_to_dir
     from mmc_ray.stages.dataset_card import card_stats
 
@@ -115,20 +166,34 @@ def run_pipeline(cfg: Config, run_dir: Path) -> dict[str, Any]:
     run.config.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     pcfg = cfg.pipeline
     start = time.perf_counter()
-    eval_path = _problems(cfg, run.eval_problems, pcfg.eval_problems, pcfg.eval_seed)
+    if (problems_file is None) != (eval_file is None):
+        raise BadInput("--problems and --eval-problems go together: the rounds search one, every round "
+                       "is evaluated on the other")
+    user = UserProblems.load(cfg, problems_file, eval_file) if problems_file is not None else None
+    if user is None:
+        eval_path = _problems(cfg, run.eval_problems, pcfg.eval_problems, pcfg.eval_seed)
+    else:
+        eval_path = _written(user.eval, run.eval_problems)
     dataset = run.dataset
-    summary: dict[str, Any] = {"run": str(run_dir), "rounds": []}
+    summary: dict[str, Any] = {"run": str(run_dir), "rounds": [],
+                               "problems": str(problems_file) if problems_file else "synthetic tasks"}
     if pcfg.oracle_baseline:
-        oracle = dataclasses.replace(cfg, critic=dataclasses.replace(cfg.critic, kind="rule"))
-        print("\n== oracle baseline: refinement with the rule critic (ground truth) ==")
-        report = commands.refine(oracle, eval_path, run.oracle_refine, title="oracle (rule) critic")
-        summary["oracle"] = _round_metrics(report.metrics)
+        kind = _oracle_kind(read_problems(eval_path))
+        oracle = dataclasses.replace(cfg, critic=dataclasses.replace(cfg.critic, kind="rule",
+                                                                     problems=str(eval_path)))
+        what = "ground-truth steps" if kind == "rule" else "final answers only: no step programs"
+        print(f"\n== oracle baseline: refinement with the {kind} oracle critic ({what}) ==")
+        report = commands.refine(oracle, eval_path, run.oracle_refine, title=f"oracle ({kind}) critic")
+        summary["oracle"] = {"kind": kind, **_round_metrics(report.metrics)}
     init_model, actor_model = cfg.train.init_model, cfg.actor.model_path
     for r in range(1, pcfg.rounds + 1):
         rdir = run.round(r)
         rcfg = _round_config(cfg, r, init_model, export_dir(rdir.critic), actor_model)
         print(f"\n== round {r}/{pcfg.rounds} ==")
-        train_path = _problems(rcfg, rdir.problems, rcfg.tasks.n, rcfg.tasks.seed)
+        if user is None:
+            train_path = _problems(rcfg, rdir.problems, rcfg.tasks.n, rcfg.tasks.seed)
+        else:
+            train_path = _written(user.round_slice(cfg, r), rdir.problems)
         fresh = not tree_shards(rdir.trees) and not rdir.critic.exists()
         if pcfg.streaming and fresh:
             from mmc_ray.orchestration.streaming import streamed_round
@@ -143,7 +208,8 @@ def run_pipeline(cfg: Config, run_dir: Path) -> dict[str, Any]:
             trained = _train_once(rcfg, dataset, rdir.critic)
         # The critic just trained (hf or vllm, as the config names) refines both problem sets on one
         # set of workers; they go before the next round's search and fit need the GPUs.
-        refine_train = pcfg.refine_train_problems and r < pcfg.rounds
+        # Refinement answers are critiqued by the rule annotator, which needs step programs.
+        refine_train = pcfg.refine_train_problems and r < pcfg.rounds and user is None
         with commands.refine_engines(rcfg) as engines:
             report = commands.refine(rcfg, eval_path, rdir.refine, title=f"round {r} critic", engines=engines)
             if refine_train:
@@ -215,14 +281,15 @@ def _write_summary(summary: dict[str, Any], run: RunLayout) -> None:
                      f"{pct(r['processbench_f1'])} | {pct(r['step_f1'])} |")
     if "oracle" in summary:
         o = summary["oracle"]
-        lines.append(f"| oracle (rule) | - | {pct(o['single_pass_accuracy'])} | "
+        lines.append(f"| oracle ({o['kind']}) | - | {pct(o['single_pass_accuracy'])} | "
                      f"{pct(o['final_accuracy'])} | "
                      f"{o['wrong_to_right']} | {o['right_to_wrong']} | {pct(o['parse_rate'])} | "
                      f"{pct(o['verdict_accuracy'])} | {pct(o['processbench_f1'])} | {pct(o['step_f1'])} |")
     text = "\n".join([
         f"# mmc-ray pipeline: {summary['run']}", "",
-        "Held-out problems refined by the actor with each round's trained critic, and with the oracle "
-        "critic (ground truth) as the bound.", "", header, *lines, "",
+        f"Problems: {summary['problems']}. Held-out problems refined by the actor with each round's "
+        "trained critic, and with the oracle critic (rule: ground-truth steps; answer: final answers "
+        "only) as the bound.", "", header, *lines, "",
         *(f"- round {r['round']}: {r['report']}; actor {r['actor']['model']}" for r in summary["rounds"]),
         _time_line(summary), "",
     ])

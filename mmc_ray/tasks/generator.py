@@ -19,7 +19,9 @@ from mmc_ray.tasks.problem import Problem
 
 DEFAULT_IMAGE_SIZE = 224
 MIN_IMAGE_SIZE = 32
-_ID = re.compile(r"^(?P<family>[a-z_]+)-d(?P<difficulty>\d+)-s(?P<seed>\d+)$")
+# A synthetic id, alone or after a prefix ("mine-counting-d2-s17": the benchmark loader names a
+# file's problems "<file name>-<row id>", so synthetic problems exported to a file stay solvable).
+_ID = re.compile(r"(?:^|.*-)(?P<family>[a-z_]+)-d(?P<difficulty>\d+)-s(?P<seed>\d+)$")
 _SEED_STRIDE = 1 << 32  # generate_problems: seed s, index i -> problem seed s * stride + i
 
 
