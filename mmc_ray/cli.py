@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     annotate = commands.add_parser("annotate", help="mine divergent pairs from trees and critique them")
     annotate.add_argument("--trees", type=Path, required=True, help="folder written by `mmc-ray search`")
     annotate.add_argument("--out", type=Path, required=True, help="dataset folder (data/, drops/, README.md)")
-    annotate.add_argument("--method", choices=["rule", "llm"], help="shortcut for annotate.method")
+    annotate.add_argument("--method", choices=["rule", "mc", "llm"], help="shortcut for annotate.method")
     annotate.add_argument("--local", action="store_true", help="run in this process instead of Ray Data")
     _add_config_args(annotate)
 
