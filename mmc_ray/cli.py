@@ -110,6 +110,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--refine", type=Path, required=True, help="folder written by `mmc-ray refine`")
     evaluate.add_argument("--out", type=Path, help="report folder (default: <refine>/report)")
 
+    bench = commands.add_parser("eval-critic", help="score a critic on step-labelled solutions: ProcessBench "
+                                "F1 and step macro-F1, per data source")
+    bench.add_argument("--bench", type=Path, required=True,
+                       help="a VisualProcessBench-layout test.jsonl (images beside it), or an MMC dataset "
+                            "folder (its test split)")
+    bench.add_argument("--out", type=Path, required=True, help="folder for report.json and judged.jsonl")
+    bench.add_argument("--critic-model", help="shortcut for critic.kind=hf critic.model_path=PATH")
+    bench.add_argument("--critic-url", help="shortcut for critic.kind=openai critic.openai.base_url=URL "
+                                            "(step scores from its /v1/score_steps, when it has one)")
+    bench.add_argument("--limit", type=int, help="only the first N solutions (a quick look)")
+    _add_config_args(bench)
+
     serve_cmd = commands.add_parser("serve", help="serve the critic with Ray Serve (OpenAI-compatible API + "
                                     "/v1/critique); run again with a new --checkpoint to hot-swap it")
     serve_cmd.add_argument("--checkpoint", help="shortcut for serve.checkpoint (a critic hf/ folder)")
@@ -192,13 +204,17 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(f"serve: app {args.serve_app} now loads {summary.exported}")
 
 
-def cmd_refine(args: argparse.Namespace) -> None:
+def _critic_overrides(args: argparse.Namespace) -> list[str]:
     extra = []
     if args.critic_model:
         extra += ["critic.kind=hf", f"critic.model_path={args.critic_model}"]
     if args.critic_url:
         extra += ["critic.kind=openai", f"critic.openai.base_url={args.critic_url}"]
-    cfg = _config(args, extra)
+    return extra
+
+
+def cmd_refine(args: argparse.Namespace) -> None:
+    cfg = _config(args, _critic_overrides(args))
     preflight.require(preflight.input_problems([("--problems", args.problems)])
                       + preflight.engine_problems("actor", cfg.actor)
                       + preflight.engine_problems("critic", cfg.critic) + preflight.output_problems(args.out),
@@ -211,6 +227,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     out = args.out or report_dir(args.refine)
     commands.report(records_dir(args.refine), out, {"title": str(args.refine)})
+
+
+def cmd_eval_critic(args: argparse.Namespace) -> None:
+    cfg = _config(args, _critic_overrides(args))
+    preflight.require(preflight.input_problems([("--bench", args.bench)])
+                      + preflight.engine_problems("critic", cfg.critic) + preflight.output_problems(args.out),
+                      "eval-critic")
+    commands.eval_critic(cfg, args.bench, args.out, args.limit)
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -283,6 +307,7 @@ COMMANDS = {
     ("train", None): cmd_train,
     ("refine", None): cmd_refine,
     ("eval", None): cmd_eval,
+    ("eval-critic", None): cmd_eval_critic,
     ("serve", None): cmd_serve,
     ("pipeline", None): cmd_pipeline,
     ("demo", None): cmd_pipeline,

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from mmc_ray.config import Config, TasksConfig
+from mmc_ray.errors import BadInput
 from mmc_ray.store.layout import records_dir, report_dir, tree_shards
 
 
@@ -191,3 +192,37 @@ def print_generate_summaries(summaries: Sequence) -> None:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
     for s in summaries:
         print(f"results ({s.engine}): {s.out_path}")
+
+
+def eval_critic(cfg: Config, bench: Path, out: Path, limit: int | None = None) -> dict[str, Any]:
+    """Score `cfg.critic` on a step-labelled benchmark (stages/critic_bench.py); prints the figures."""
+    import os
+
+    from mmc_ray.engines.factory import build_engine
+    from mmc_ray.eval.report import pct
+    from mmc_ray.stages.critic_bench import ServedStepScores, judge, load_step_bench, write_critic_bench
+
+    load = load_step_bench(bench)
+    solutions = load.solutions[:limit] if limit else load.solutions
+    if not solutions:
+        raise BadInput(f"--bench {bench}: no usable solution ({len(load.skipped)} rows skipped)")
+    api = cfg.critic.openai
+    served = ServedStepScores(api.base_url, os.environ.get(api.api_key_env), api.request_timeout_s) \
+        if cfg.critic.kind == "openai" else None
+    rows = judge(solutions, build_engine(cfg.critic), cfg.refine.critic_max_new_tokens, served_scores=served)
+    report = write_critic_bench(rows, load, out, {"bench": str(bench), "critic": cfg.critic.kind,
+                                                  "model": cfg.critic.model_path})
+    pb, crit = report["processbench"], report["step_macro_f1_from_critiques"]
+    scores = report["step_macro_f1_from_scores"]
+    print(f"eval-critic: {len(rows)} solutions ({len(load.skipped)} rows skipped), critiques parsed "
+          f"{pct(report['parse_rate'])}")
+    print(f"ProcessBench F1 {pct(pb['f1'])} (erroneous: exact first wrong step {pct(pb['acc_err'])}; "
+          f"correct: judged correct {pct(pb['acc_cor'])}); mean over sources {pct(pb['mean_group_f1'])}")
+    print(f"step macro-F1 from critiques {pct(crit['macro_f1'])}; from step scores "
+          f"{pct(scores['macro_f1']) if scores else 'n/a (the critic gave none)'}")
+    for source, figures in pb["groups"].items():
+        count = figures["erroneous"] + figures["correct"]
+        print(f"  {source}: ProcessBench F1 {pct(figures['f1'])}, step macro-F1 "
+              f"{pct(crit['groups'][source]['macro_f1'])} ({count} solutions)")
+    print(f"report: {out / 'report.json'} (+ judged.jsonl)")
+    return report

@@ -221,3 +221,21 @@ def test_pipeline_retrains_the_actor_on_its_correct_paths(tmp_path):
     assert f"actor {run / 'round-1' / 'actor' / 'hf'}" in (run / "report.md").read_text()
     # A rerun does not train an exported actor again: tests/unit/test_flywheel.py (the same
     # `_train_once` as the critic's, whose rerun test_demo_pipeline_two_rounds_and_report_matches_records runs for real).
+
+
+def test_eval_critic_scores_the_tiny_critic_on_a_visual_process_bench_file(tmp_path, tiny_vlm_path):
+    from user_data import write_visual_process_bench
+
+    bench = write_visual_process_bench(tmp_path / "vpb")
+    proc = mmc_ray("eval-critic", "--bench", str(bench), "--critic-model", str(tiny_vlm_path), "--out", "out",
+                   "refine.critic_max_new_tokens=24", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["solutions"] == report["scored_solutions"] == 3 and len(report["skipped"]) == 4
+    assert set(report["processbench"]["groups"]) == {"MathVerse", "DynaMath"}
+    scores = report["step_macro_f1_from_scores"]  # the local critic's own likelihoods, no parsing
+    assert scores["steps"] == 7 and scores["macro_f1"] is not None  # 8 steps, vpb-0's neutral one left out
+    assert "ProcessBench F1" in proc.stdout and "MathVerse" in proc.stdout
+    missing = mmc_ray("eval-critic", "--bench", "absent.jsonl", "--critic-model", str(tiny_vlm_path), "--out", "o",
+                      cwd=tmp_path)
+    assert missing.returncode == 2 and "--bench absent.jsonl: not found" in missing.stderr

@@ -1,0 +1,122 @@
+"""`mmc-ray eval-critic`: a critic scored on step-labelled solutions (a VisualProcessBench file, or
+our own held-out critique split), as the field reports critics: ProcessBench F1 from its parsed
+critiques, and step macro-F1 both from those critiques and from its step soundness probabilities
+(the local engine's likelihoods, or a served critic's `/v1/score_steps`). Per data source too."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from mmc_ray.critique.prompts import critic_messages
+from mmc_ray.critique.schema import parse_critique
+from mmc_ray.critique.step_scores import outcome_openings, step_scores
+from mmc_ray.errors import MissingInput
+from mmc_ray.eval.processbench import critic_bench_report
+from mmc_ray.generation import GenerationEngine, GenerationRequest, ScoresContinuations
+from mmc_ray.io import read_parquet, write_text_atomic
+from mmc_ray.store.layout import split_shards
+from mmc_ray.store.shards import verified_shards
+from mmc_ray.tasks.problem import Problem, SkippedRow
+from mmc_ray.tasks.step_bench import (
+    LabelledSolution,
+    StepBenchLoad,
+    critique_labels,
+    load_visual_process_bench,
+)
+
+
+def load_critique_split(dataset_dir: Path, split: str = "test") -> StepBenchLoad:
+    """An MMC dataset folder's `split` as step-labelled solutions (tasks/step_bench.py)."""
+    shards = verified_shards(split_shards(dataset_dir, split))
+    if not shards:
+        raise MissingInput(f"no {split} split in {dataset_dir} (data/{split}-*.parquet)")
+    load = StepBenchLoad()
+    for shard in shards:
+        for row in read_parquet(shard).to_pylist():
+            steps = tuple(row["path_steps"] or ())
+            step = row["first_wrong_step"]
+            if not steps or (step is not None and not 1 <= step <= len(steps)):
+                load.skipped.append(SkippedRow(row["pair_id"], "no steps, or a wrong step out of range"))
+                continue
+            problem = Problem.from_row({**row, "steps": []})  # judged by its labels, not a program
+            load.solutions.append(LabelledSolution(row["pair_id"], problem, steps,
+                                                   critique_labels(len(steps), row["verdict"], step),
+                                                   row["family"] or ""))
+    return load
+
+
+def load_step_bench(path: Path) -> StepBenchLoad:
+    """A VisualProcessBench-layout .jsonl file, or an MMC dataset folder (its test split)."""
+    return load_critique_split(path) if path.is_dir() else load_visual_process_bench(path)
+
+
+class ServedStepScores:
+    """Step soundness from a served critic's `/v1/score_steps` (our `mmc-ray serve`); None per
+    solution when the server cannot score (another kind of server, a model that cannot)."""
+
+    def __init__(self, base_url: str, api_key: str | None, timeout_s: float) -> None:
+        import httpx
+
+        root = base_url.rstrip("/").removesuffix("/v1")
+        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        self.client, self.url = httpx.Client(timeout=timeout_s, headers=headers), f"{root}/v1/score_steps"
+
+    def __call__(self, solution: LabelledSolution) -> list[float] | None:
+        problem = solution.problem
+        body = {"question": problem.question, "steps": list(solution.steps),
+                "image": base64.b64encode(problem.image).decode() if problem.image else None}
+        reply = self.client.post(self.url, json=body)
+        return reply.json()["step_sound"] if reply.status_code == 200 else None
+
+
+def _local_step_scores(engine: ScoresContinuations, request: GenerationRequest, n_steps: int) -> list[float]:
+    return list(step_scores(engine.score(request, outcome_openings(n_steps))).step_sound)
+
+
+def judge(solutions: Sequence[LabelledSolution], critic: GenerationEngine, max_new_tokens: int,
+          batch_size: int = 16, served_scores: ServedStepScores | None = None,
+          progress: bool = True) -> list[dict[str, Any]]:
+    """One row per solution: its labels and what the critic said (see `critic_bench_report`)."""
+    rows = []
+    bar = tqdm(total=len(solutions), desc="eval-critic", unit="solution", disable=not progress)
+    for begin in range(0, len(solutions), batch_size):
+        batch = solutions[begin:begin + batch_size]
+        requests = [GenerationRequest(messages=critic_messages(s.problem, s.steps, None),
+                                      images=s.problem.images, max_new_tokens=max_new_tokens, temperature=0.0,
+                                      metadata={"problem_id": s.problem.problem_id}) for s in batch]
+        for solution, request, result in zip(batch, requests, critic.generate(requests), strict=True):
+            completion = result.completions[0]
+            parsed = parse_critique(completion.text, num_steps=len(solution.steps)).critique \
+                if completion.finish_reason != "error" else None
+            if served_scores is not None:
+                sound = served_scores(solution)
+            elif isinstance(critic, ScoresContinuations):
+                sound = _local_step_scores(critic, request, len(solution.steps))
+            else:
+                sound = None
+            rows.append({"solution_id": solution.solution_id, "source": solution.source,
+                         "policy_model": solution.policy_model, "labels": list(solution.labels),
+                         "label": solution.first_wrong_step,
+                         "verdict": parsed.verdict if parsed else None,
+                         "first_wrong_step": parsed.first_wrong_step if parsed else None,
+                         "critic_text": completion.text, "step_sound": sound})
+        bar.update(len(batch))
+    bar.close()
+    return rows
+
+
+def write_critic_bench(rows: list[dict[str, Any]], load: StepBenchLoad, out: Path,
+                       context: dict[str, Any]) -> dict[str, Any]:
+    """report.json (figures, skipped rows) and judged.jsonl (every solution) in `out`."""
+    report = {**context, **critic_bench_report(rows), "skipped": [vars(s) for s in load.skipped],
+              "several_images": load.several_images}
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic("".join(json.dumps(r) + "\n" for r in rows), out / "judged.jsonl")
+    write_text_atomic(json.dumps(report, indent=2), out / "report.json")
+    return report
