@@ -260,6 +260,24 @@ def test_fuzzed_bodies_never_get_a_5xx(service):
     assert client.get(f"{url}/healthz").json()["pid"] == service["pid"]  # same replica, still up
 
 
+def test_eval_critic_on_the_service_scores_steps_through_score_steps(service, tmp_path):
+    """`mmc-ray eval-critic --critic-url`: critiques through the OpenAI-compatible API, step soundness
+    through /v1/score_steps."""
+    from user_data import write_visual_process_bench
+
+    from mmc_ray.config import OpenAIConfig
+    from mmc_ray.orchestration import commands
+
+    cfg = service["cfg"]
+    served = EngineConfig(kind="openai", openai=OpenAIConfig(base_url=f"{service['url']}/v1",
+                                                             served_model="mmc-critic"))
+    cfg = dataclasses.replace(cfg, critic=served,
+                              refine=dataclasses.replace(cfg.refine, critic_max_new_tokens=16))
+    report = commands.eval_critic(cfg, write_visual_process_bench(tmp_path), tmp_path / "out")
+    assert report["solutions"] == report["scored_solutions"] == 3
+    assert report["step_macro_f1_from_scores"]["steps"] == 7  # the neutral step left out
+
+
 def test_a_replica_killed_under_load_costs_only_its_requests_in_flight_and_clients_retry(service):
     """Last in this file: it replaces the open app's replica. A replica killed (as by the OOM killer)
     with requests in flight: Serve sends some of them again to the replica it starts; the rest get a
