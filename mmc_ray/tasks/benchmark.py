@@ -1,7 +1,8 @@
 """Load a user-supplied benchmark file (MathVista- or MathVerse-style) into `Problem`s. Nothing is
 downloaded.
 
-Accepted files: `.jsonl` (one JSON object per line) and `.parquet`. MathVerse's own `testmini.json` is
+Accepted files: `.jsonl` (one JSON object per line), `.parquet`, and a Hugging Face
+`datasets.save_to_disk` folder (its Arrow files, read with pyarrow). MathVerse's own `testmini.json` is
 one JSON array; turn it into JSONL first (`jq -c '.[]' testmini.json > testmini.jsonl`). The format is
 `fmt` when named ("mathvista" / "mathverse"), else read off the file's first row: a row with
 `sample_index` or `problem_version` means MathVerse. Either way, problem ids are "{name}-{row id}",
@@ -67,6 +68,25 @@ _ANSWER_TYPE_ALIASES = {"integer": "integer", "float": "float", "text": "text", 
 _INTEGER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)")
 _FLOAT = re.compile(r"[-+]?(?:\d+\.\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?\d+[eE][-+]?\d+")
 _PARQUET_BATCH_ROWS = 256  # bounds memory: image columns can be large
+def _saved_dataset_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.arrow"))
+
+
+def _saved_dataset_rows(folder: Path) -> Iterator[tuple[str, dict[str, Any] | str]]:
+    """Rows of a Hugging Face `datasets.save_to_disk` folder: Arrow stream files, read with pyarrow
+    (an `Image` feature is a {"bytes", "path"} struct, as `_image_bytes` takes it)."""
+    number = 0
+    for file in _saved_dataset_files(folder):
+        try:
+            with pa.memory_map(str(file)) as source:
+                for batch in pa.ipc.open_stream(source):
+                    for row in batch.to_pylist():
+                        number += 1
+                        yield f"row {number}", row
+        except (pa.ArrowException, OSError) as e:
+            raise BadInput(f"{file}: not a readable Arrow stream ({type(e).__name__}: {e})") from None
+
+
 # MathVerse's question types, as the MathVista `question_type` values `_answer_type` reads.
 _MATHVERSE_QUESTION_TYPES = {"multi-choice": "multi_choice", "free-form": "free_form"}
 _CHOICES_HEADER = re.compile(r"\s*choices?\s*[:：]?\s*", re.IGNORECASE)
@@ -287,14 +307,20 @@ def load_benchmark(path: str | Path, image_root: str | Path | None = None,
     if fmt not in FORMATS:
         raise BadInput(f"unknown benchmark format {fmt!r}: expected one of {FORMATS}")
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        if not _saved_dataset_files(path):
+            raise BadInput(f"{path} is a folder but not a `datasets.save_to_disk` one (no *.arrow files)")
+        rows = _saved_dataset_rows(path)
+    elif not path.is_file():
         raise MissingInput(f"benchmark file not found: {path}")
-    suffix = path.suffix.lower()
-    if suffix not in SUPPORTED_SUFFIXES:
-        raise BadInput(f"unsupported benchmark file {path}: expected one of {SUPPORTED_SUFFIXES}")
+    elif path.suffix.lower() not in SUPPORTED_SUFFIXES:
+        raise BadInput(f"unsupported benchmark file {path}: expected one of {SUPPORTED_SUFFIXES} or a "
+                       f"datasets.save_to_disk folder")
+    else:
+        rows = _jsonl_rows(path) if path.suffix.lower() == ".jsonl" else _parquet_rows(path)
     name = name or path.stem
-    root = Path(image_root).expanduser() if image_root is not None else path.parent
-    rows = _jsonl_rows(path) if suffix == ".jsonl" else _parquet_rows(path)
+    folder = path if path.is_dir() else path.parent
+    root = Path(image_root).expanduser() if image_root is not None else folder
 
     problems: list[Problem] = []
     skipped: list[SkippedRow] = []

@@ -328,8 +328,8 @@ def test_loaded_problems_round_trip_through_parquet(tmp_path: Path, images: Path
 def test_nonexistent_file_raises(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="not found"):
         load_benchmark(tmp_path / "nope.jsonl")
-    with pytest.raises(FileNotFoundError):
-        load_benchmark(tmp_path)  # a folder is not a benchmark file
+    with pytest.raises(BadInput, match=r"not a `datasets\.save_to_disk` one"):
+        load_benchmark(tmp_path)  # a folder that is no saved dataset
 
 
 def test_unsupported_extension_raises(tmp_path: Path) -> None:
@@ -522,3 +522,24 @@ def test_mathverse_problems_round_trip_through_parquet(tmp_path: Path, mv_images
     problems = load_benchmark(_write_jsonl(tmp_path / "testmini.jsonl", MV_ROWS)).problems
     write_problems(problems, tmp_path / "out.parquet")
     assert load_problem_file(tmp_path / "out.parquet") == problems
+
+
+def test_a_datasets_save_to_disk_folder_loads_like_a_file(tmp_path):
+    """As a user saves a Hugging Face dataset (an `Image` feature: {"bytes", "path"} structs)."""
+    import datasets
+
+    from mmc_ray.tasks.benchmark import load_benchmark
+    from mmc_ray.tasks.generator import generate_problems
+
+    problems = list(generate_problems(3, seed=8))
+    rows = [{"pid": p.problem_id, "question": p.question, "answer": p.answer, "image": {"bytes": p.image, "path": None}}
+            for p in problems]
+    features = datasets.Features({"pid": datasets.Value("string"), "question": datasets.Value("string"),
+                                  "answer": datasets.Value("string"), "image": datasets.Image()})
+    datasets.Dataset.from_list(rows, features=features).save_to_disk(str(tmp_path / "saved"))
+    loaded = load_benchmark(tmp_path / "saved")
+    assert [p.problem_id for p in loaded.problems] == [f"saved-{p.problem_id}" for p in problems]
+    assert all(p.image is not None for p in loaded.problems) and not loaded.skipped
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BadInput, match=r"not a `datasets\.save_to_disk` one"):
+        load_benchmark(tmp_path / "empty")
