@@ -208,8 +208,12 @@ def run_pipeline(cfg: Config, run_dir: Path, problems_file: Path | None = None,
             trained = _train_once(rcfg, dataset, rdir.critic)
         # The critic just trained (hf or vllm, as the config names) refines both problem sets on one
         # set of workers; they go before the next round's search and fit need the GPUs.
-        # Refinement answers are critiqued by the rule annotator, which needs step programs.
-        refine_train = pcfg.refine_train_problems and r < pcfg.rounds and user is None
+        # Refinement answers are no search paths: the mc annotator, which reads node values, cannot
+        # critique them (rule and llm can).
+        refine_train = pcfg.refine_train_problems and r < pcfg.rounds and cfg.annotate.method != "mc"
+        if pcfg.refine_train_problems and r < pcfg.rounds and not refine_train:
+            print("annotate: refinement answers on training problems are not critiqued with "
+                  "annotate.method=mc (they carry no search values)")
         with commands.refine_engines(rcfg) as engines:
             report = commands.refine(rcfg, eval_path, rdir.refine, title=f"round {r} critic", engines=engines)
             if refine_train:

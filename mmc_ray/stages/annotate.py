@@ -13,8 +13,8 @@ no problem leaks between train and test. Reruns skip pair ids already written or
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -136,26 +136,45 @@ def _refuse_rows_without_step_programs(trees_dir: Path) -> None:
 
 def annotate_refinement_to_dir(records: Iterable[RefineRecord], problems: Iterable[Problem],
                                out_dir: str | Path, cfg: Config, progress: bool = True) -> AnnotateSummary:
-    """Critique every answer the actor wrote while being refined with the rule annotator and add them
-    to the dataset in `out_dir`: the critic then also learns from whole answers of the kind it judges
-    at inference, revisions included. Synthetic problems only."""
+    """Critique every answer the actor wrote while being refined and add them to the dataset in
+    `out_dir`: the critic then also learns from whole answers of the kind it judges at inference,
+    revisions included. `rule` (synthetic problems) critiques each answer from the step program; `llm`
+    sees each wrong answer beside a right answer the actor gave the same problem (the annotator
+    prompt), and an answer without such a partner alone (the critic prompt). `mc` cannot: refinement
+    answers are no search paths, so they carry no values."""
+    method = cfg.annotate.method
+    if method == "mc":
+        raise BadInput("annotate.method=mc judges search paths by their node values; refinement "
+                       "answers have none: use rule (synthetic tasks) or llm, or "
+                       "pipeline.refine_train_problems=false")
     by_id = {p.problem_id: p for p in problems}
-    pairs = []
+    answers: dict[str, list[tuple[RefineRecord, Any]]] = {}
     for r in records:
-        problem = by_id.get(r.problem_id)
-        if problem is None:
+        if r.problem_id not in by_id:
             raise ValueError(f"refinement record of unknown problem {r.problem_id}")
-        parsed = parse_reasoning(r.text)
-        pairs.append(PathToCritique(problem, f"{r.problem_id}:refine:{r.round}", "refined",
-                                    tuple(parsed.steps), parsed.answer, r.correct))
-    rule_cfg = replace(cfg, annotate=replace(cfg.annotate, method="rule"))
+        answers.setdefault(r.problem_id, []).append((r, parse_reasoning(r.text)))
+    pairs = []
+    for problem_id, written in answers.items():
+        right = next((parsed for r, parsed in written if r.correct), None) if method == "llm" else None
+        for r, parsed in written:
+            partner = right if right is not None and not r.correct else None
+            reference = {} if partner is None else {
+                "divergence_depth": _shared_steps(parsed.steps, partner.steps),
+                "reference_steps": tuple(partner.steps), "reference_answer": partner.answer}
+            pairs.append(PathToCritique(by_id[problem_id], f"{problem_id}:refine:{r.round}", "refined",
+                                        tuple(parsed.steps), parsed.answer, r.correct, **reference))
 
     def outcomes(done: frozenset[str], split_of: Callable[[str], str]) -> Iterator[pa.Table]:
-        worker = AnnotatorWorker(rule_cfg, split_of)
+        worker = AnnotatorWorker(cfg, split_of)
         todo = [p for p in pairs if p.pair_id not in done]
         for begin in range(0, len(todo), cfg.annotate.trees_per_batch):
             yield worker(pair_table(todo[begin:begin + cfg.annotate.trees_per_batch]))
-    return _write_dataset(out_dir, rule_cfg, outcomes, progress, unit="answer")
+    return _write_dataset(out_dir, cfg, outcomes, progress, unit="answer")
+
+
+def _shared_steps(a: Sequence[str], b: Sequence[str]) -> int:
+    """How many leading steps two answers share."""
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
 
 
 def annotate_metrics() -> StageMetrics:
