@@ -185,44 +185,6 @@ def test_refine_and_report_on_a_mathverse_style_file(tmp_path, tiny_vlm_path):
     assert report["critic"]["step_f1"] is None  # no ground-truth steps on benchmark rows
 
 
-@pytest.mark.slow
-def test_pipeline_retrains_the_actor_on_its_correct_paths(tmp_path):
-    """pipeline.retrain_actor with the tiny HF actor. A random-weight model never answers right, so
-    round 1's trees are searched beforehand with the simulated actor (the pipeline resumes from
-    trees on disk); the actor fine-tuned on their correct paths then searches and refines round 2."""
-    run = tmp_path / "run"
-    problems = run / "round-1" / "problems.parquet"
-    assert mmc_ray("tasks", "generate", "--n", "6", "--out", str(problems), cwd=tmp_path).returncode == 0
-    searched = mmc_ray("search", "--local", "--problems", str(problems), "--out", str(run / "round-1" / "trees"),
-                       "search.num_simulations=6", cwd=tmp_path)
-    assert searched.returncode == 0, searched.stderr
-    small = ("search.num_simulations=2", "search.expansion_width=2", "search.rollouts_per_node=1",
-             "search.step_max_tokens=16", "search.rollout_max_tokens=32", "refine.max_rounds=1",
-             "refine.actor_max_new_tokens=32", "refine.critic_max_new_tokens=32")
-    args = ("demo", "--out", str(run), "--rounds", "2", "tasks.n=6", "pipeline.eval_problems=4",
-            "pipeline.oracle_baseline=false", "pipeline.refine_train_problems=false", "train.max_steps=2",
-            "train.num_workers=1", "actor.kind=hf", f"actor.model_path={run / 'tiny-vlm'}", "pipeline.retrain_actor=true",
-            "pipeline.actor_max_steps=3", *small)
-    proc = mmc_ray(*args, cwd=tmp_path, timeout=900)
-    assert proc.returncode == 0, proc.stderr
-    by_id = {p.problem_id: p for p in read_problems(problems)}
-    solutions = pq.read_table(run / "round-1" / "actor-sft" / "actor-sft.parquet").to_pylist()
-    assert solutions and all(r["problem_id"] in by_id for r in solutions)
-    for row in solutions:  # every solution is a path the search judged correct, ending in the answer
-        assert row["solution"].startswith("Step 1: ")
-        assert row["solution"].rsplit("Answer: ", 1)[1].strip() == by_id[row["problem_id"]].answer
-    assert (run / "round-1" / "actor" / "hf" / "config.json").exists()
-    summary = json.loads((run / "report.json").read_text())
-    first, second = (r["actor"] for r in summary["rounds"])
-    assert first["model"] == str(run / "tiny-vlm")
-    assert first["fine_tuned"]["solutions"] == len(solutions) and first["fine_tuned"]["steps"] == 3
-    assert second == {"model": str(run / "round-1" / "actor" / "hf")}  # the last round trains no actor
-    assert len(pq.read_table(run / "round-2" / "trees").to_pylist()) == 6
-    assert f"actor {run / 'round-1' / 'actor' / 'hf'}" in (run / "report.md").read_text()
-    # A rerun does not train an exported actor again: tests/unit/test_flywheel.py (the same
-    # `_train_once` as the critic's, whose rerun test_demo_pipeline_two_rounds_and_report_matches_records runs for real).
-
-
 def test_eval_critic_scores_the_tiny_critic_on_a_visual_process_bench_file(tmp_path, tiny_vlm_path):
     from user_data import write_visual_process_bench
 
