@@ -180,7 +180,7 @@ def run_pipeline(cfg: Config, run_dir: Path, problems_file: Path | None = None,
     if pcfg.oracle_baseline:
         kind = _oracle_kind(read_problems(eval_path))
         oracle = dataclasses.replace(cfg, critic=dataclasses.replace(cfg.critic, kind="rule",
-                                                                     problems=str(eval_path)))
+                                                                     problems=str(eval_path.resolve())))
         what = "ground-truth steps" if kind == "rule" else "final answers only: no step programs"
         print(f"\n== oracle baseline: refinement with the {kind} oracle critic ({what}) ==")
         report = commands.refine(oracle, eval_path, run.oracle_refine, title=f"oracle ({kind}) critic")
