@@ -47,7 +47,7 @@ class LLMAnnotator:
 
     @staticmethod
     def _messages(item: PathToCritique) -> tuple[dict[str, Any], ...]:
-        if not item.reference_steps:  # no correct sibling to compare with: judge the path alone
+        if item.kind != "divergent" and item.reference_answer is None:  # no right answer beside it
             return critic_messages(item.problem, item.path_steps, item.path_answer)
         shared = len(item.shared_steps)
         return annotator_messages(item.problem, item.shared_steps, item.reference_steps[shared:],

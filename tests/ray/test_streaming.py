@@ -84,8 +84,11 @@ def test_a_failed_fit_stops_the_search_and_keeps_its_finished_trees(ray_local, t
     broken.mkdir()
     (broken / "config.json").write_text(json.dumps({"model_type": "no-such-model"}))
     cfg = round_cfg(tiny_vlm_path)
+    # A search of minutes (24 simulations of 3 s calls) that the fit's failure (~30 s, more on a busy
+    # machine) always interrupts: with 6 it could finish first (CI once).
     cfg = dataclasses.replace(
         cfg, actor=dataclasses.replace(cfg.actor, simulator=SimulatorConfig(call_latency_s=3.0)),
+        search=dataclasses.replace(cfg.search, num_simulations=24),
         train=dataclasses.replace(cfg.train, init_model=str(broken), max_failures=0))
     problems = tmp_path / "p.parquet"
     commands.write_tasks(cfg.tasks, problems)
@@ -109,8 +112,11 @@ def test_a_fit_that_ends_early_waits_for_the_search(ray_local, tiny_vlm_path, tm
     commands.search(cfg, earlier, tmp_path / "round-1-trees")
     commands.annotate(cfg, tmp_path / "round-1-trees", tmp_path / "ds")
     rows_before = card_stats(tmp_path / "ds")["rows"]
+    # 12 simulations of 3 s calls: a search of well over a minute, which a one-step fit (~40 s, more
+    # on a busy machine) ends before; with 6 the two raced (CI once).
     cfg = dataclasses.replace(
         cfg, actor=dataclasses.replace(cfg.actor, simulator=SimulatorConfig(observe_error_rate=0.3, call_latency_s=3.0)),
+        search=dataclasses.replace(cfg.search, num_simulations=12),
         train=dataclasses.replace(cfg.train, max_steps=1, checkpoint_every=1, num_workers=1))
     problems = tmp_path / "p.parquet"
     commands.write_tasks(cfg.tasks, problems)
