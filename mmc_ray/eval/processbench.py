@@ -13,8 +13,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
 
 CORRECT_LABEL = -1  # ProcessBench's label of a solution with no wrong step
 
@@ -31,6 +34,14 @@ class Judged:
 
 def _mean(values: Sequence[bool]) -> float | None:
     return sum(values) / len(values) if values else None
+
+
+def _by_group(items: Iterable[T], group: Callable[[T], str]) -> dict[str, list[T]]:
+    """`items` split by their group, groups in sorted order."""
+    groups: dict[str, list[T]] = {}
+    for item in items:
+        groups.setdefault(group(item), []).append(item)
+    return dict(sorted(groups.items()))
 
 
 def processbench_f1(judged: Iterable[Judged]) -> dict[str, float | int | None]:
@@ -51,10 +62,7 @@ def processbench_report(judged: Iterable[Judged]) -> dict[str, object]:
     """`processbench_f1` over everything, per group, and the mean of the groups' F1 (ProcessBench
     reports the average over its subsets)."""
     judged = list(judged)
-    groups: dict[str, list[Judged]] = {}
-    for j in judged:
-        groups.setdefault(j.group, []).append(j)
-    per_group = {g: processbench_f1(items) for g, items in sorted(groups.items())}
+    per_group = {g: processbench_f1(items) for g, items in _by_group(judged, lambda j: j.group).items()}
     f1s = [s["f1"] for s in per_group.values() if s["f1"] is not None]
     return {**processbench_f1(judged), "groups": per_group,
             "mean_group_f1": sum(f1s) / len(f1s) if f1s else None}
@@ -115,15 +123,12 @@ def step_macro_f1(steps: Iterable[StepLabels]) -> dict[str, float | int | None]:
 def step_macro_f1_by_group(rows: Iterable[Mapping[str, object]]) -> dict[str, object]:
     """`step_macro_f1` over rows with `labels`, `predicted` and `group`, overall and per group."""
     rows = list(rows)
-    groups: dict[str, list[Mapping[str, object]]] = {}
-    for row in rows:
-        groups.setdefault(str(row["group"]), []).append(row)
 
     def pairs(items):
         return [(r["labels"], r["predicted"]) for r in items]
 
-    return {**step_macro_f1(pairs(rows)), "groups": {g: step_macro_f1(pairs(items))
-                                                     for g, items in sorted(groups.items())}}
+    return {**step_macro_f1(pairs(rows)), "groups": {g: step_macro_f1(pairs(items)) for g, items
+                                                     in _by_group(rows, lambda r: str(r["group"])).items()}}
 
 
 def critic_bench_report(rows: Sequence[Mapping[str, object]]) -> dict[str, object]:

@@ -17,18 +17,20 @@ from mmc_ray.critique.prompts import critic_messages
 from mmc_ray.critique.schema import parse_critique
 from mmc_ray.critique.step_scores import outcome_openings, step_scores
 from mmc_ray.errors import MissingInput
-from mmc_ray.eval.processbench import critic_bench_report
+from mmc_ray.eval.processbench import critic_bench_report, step_predictions_from_critique
 from mmc_ray.generation import GenerationEngine, GenerationRequest, ScoresContinuations
 from mmc_ray.io import read_parquet, write_text_atomic
 from mmc_ray.store.layout import split_shards
 from mmc_ray.store.shards import verified_shards
 from mmc_ray.tasks.problem import Problem, SkippedRow
-from mmc_ray.tasks.step_bench import (
-    LabelledSolution,
-    StepBenchLoad,
-    critique_labels,
-    load_visual_process_bench,
-)
+from mmc_ray.tasks.step_bench import LabelledSolution, StepBenchLoad, load_visual_process_bench
+
+
+def critique_labels(n_steps: int, verdict: str, first_wrong_step: int | None) -> tuple[int, ...]:
+    """Step labels a critique implies: the steps it judges (sound before its first wrong step, that
+    one wrong; every step of a "correct" one), the rest neutral (0): the annotator says nothing of them."""
+    judged = step_predictions_from_critique(n_steps, verdict, first_wrong_step)
+    return tuple(0 if p is None else p for p in judged)
 
 
 def load_critique_split(dataset_dir: Path, split: str = "test") -> StepBenchLoad:

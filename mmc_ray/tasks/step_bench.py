@@ -8,7 +8,7 @@ Two sources, one record (`LabelledSolution`):
   and `process_correctness` (1 correct, 0 neutral, −1 incorrect, one per step), `policy_model` and
   `data_source` (results are reported per source). The id is `id`, else the line number.
 * **Our own held-out critique split** (`stages/critic_bench.py: load_critique_split`, labels from
-  `critique_labels`): the steps before a critique's first wrong step are labelled correct, that step
+  `critique_labels` there): the steps before a critique's first wrong step are labelled correct, that step
   incorrect, the later ones neutral (the annotator says nothing about them); a "correct" critique
   labels every step correct.
 
@@ -92,11 +92,3 @@ def load_visual_process_bench(path: str | Path, image_root: str | Path | None = 
             load.skipped.append(SkippedRow(row_id=row_id, reason=str(err)))
             log.warning("%s: skipping row %s: %s", path.name, row_id, err)
     return load
-
-
-def critique_labels(n_steps: int, verdict: str, first_wrong_step: int | None) -> tuple[int, ...]:
-    """Step labels a critique implies: sound before its first wrong step, that one wrong, the rest unknown."""
-    if verdict == "correct" or first_wrong_step is None:
-        return (1,) * n_steps
-    k = first_wrong_step
-    return (1,) * (k - 1) + (-1,) + (0,) * (n_steps - k)
