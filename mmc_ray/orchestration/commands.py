@@ -214,7 +214,8 @@ def eval_critic(cfg: Config, bench: Path, out: Path, limit: int | None = None) -
                                                   "model": cfg.critic.model_path})
     pb, crit = report["processbench"], report["step_macro_f1_from_critiques"]
     scores = report["step_macro_f1_from_scores"]
-    print(f"eval-critic: {len(rows)} solutions ({len(load.skipped)} rows skipped), critiques parsed "
+    print(f"eval-critic: {report['solutions']} solutions judged ({len(load.skipped)} rows skipped, "
+          f"{len(report['engine_errors'])} left out for engine errors), critiques parsed "
           f"{pct(report['parse_rate'])}")
     print(f"ProcessBench F1 {pct(pb['f1'])} (erroneous: exact first wrong step {pct(pb['acc_err'])}; "
           f"correct: judged correct {pct(pb['acc_cor'])}); mean over sources {pct(pb['mean_group_f1'])}")

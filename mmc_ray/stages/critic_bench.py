@@ -107,7 +107,8 @@ def judge(solutions: Sequence[LabelledSolution], critic: GenerationEngine, max_n
                          "label": solution.first_wrong_step,
                          "verdict": parsed.verdict if parsed else None,
                          "first_wrong_step": parsed.first_wrong_step if parsed else None,
-                         "critic_text": completion.text, "step_sound": sound})
+                         "critic_text": completion.text, "step_sound": sound,
+                         "engine_error": completion.error if completion.finish_reason == "error" else None})
         bar.update(len(batch))
     bar.close()
     return rows
@@ -115,8 +116,14 @@ def judge(solutions: Sequence[LabelledSolution], critic: GenerationEngine, max_n
 
 def write_critic_bench(rows: list[dict[str, Any]], load: StepBenchLoad, out: Path,
                        context: dict[str, Any]) -> dict[str, Any]:
-    """report.json (figures, skipped rows) and judged.jsonl (every solution) in `out`."""
-    report = {**context, **critic_bench_report(rows), "skipped": [vars(s) for s in load.skipped],
+    """report.json (figures, skipped rows) and judged.jsonl (every solution) in `out`. A solution the
+    engine failed on (a server that stayed unreachable, a request it refused) says nothing of the
+    critic: it is left out of the figures and listed with its error, never scored as a bad critique."""
+    judged = [r for r in rows if r["engine_error"] is None]
+    failed = [{"solution_id": r["solution_id"], "error": r["engine_error"]}
+              for r in rows if r["engine_error"] is not None]
+    report = {**context, **critic_bench_report(judged), "engine_errors": failed,
+              "skipped": [vars(s) for s in load.skipped],
               "several_images": load.several_images}
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic("".join(json.dumps(r) + "\n" for r in rows), out / "judged.jsonl")

@@ -94,3 +94,19 @@ def test_our_own_critique_split_is_a_step_labelled_benchmark(tmp_path):
         assert len(s.labels) == len(s.steps) and s.problem.image is not None
     assert any(s.first_wrong_step > 0 for s in load.solutions) and any(s.first_wrong_step == -1 for s in load.solutions)
     assert critique_labels(4, "incorrect", 2) == (1, -1, 0, 0) and critique_labels(2, "correct", None) == (1, 1)
+
+
+def test_a_solution_the_engine_failed_on_is_listed_not_scored_as_a_bad_critique(bench, tmp_path):
+    class FailsOnOne(ScriptedCritic):
+        def generate(self, requests):
+            failed = GenerationResult((Completion("", "error", 0, error="server unreachable"),), 0)
+            return [failed if PROBLEMS[2].question in json.dumps(r.messages) else o
+                    for r, o in zip(requests, super().generate(requests), strict=True)]
+
+    load = load_visual_process_bench(bench)
+    critic = FailsOnOne({p.question: Critique("correct", "x").to_text() for p in PROBLEMS})
+    report = write_critic_bench(judge(load.solutions, critic, max_new_tokens=16, progress=False), load,
+                                tmp_path / "out", {})
+    assert report["engine_errors"] == [{"solution_id": "vpb-2", "error": "server unreachable"}]
+    assert report["solutions"] == 2 and report["parse_rate"] == 1.0
+    assert report["processbench"]["groups"].keys() == {"MathVerse"}  # vpb-2 (DynaMath) is not counted
