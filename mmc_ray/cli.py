@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(annotate)
 
     train = commands.add_parser("train", help="train the critic (or actor SFT) with Ray Train + DeepSpeed")
-    train.add_argument("--task", choices=["critic", "actor-sft"], help="shortcut for train.task")
+    train.add_argument("--task", choices=["critic", "annotator", "actor-sft"], help="shortcut for train.task")
     train.add_argument("--data", type=Path, required=True,
                        help="critic: a dataset folder from `annotate`; actor-sft: a folder of problem files")
     train.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, hf/ export)")

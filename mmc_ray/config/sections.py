@@ -312,7 +312,9 @@ class AnnotateConfig:
 class TrainConfig:
     """Critic (or actor SFT) training with Ray Train + DeepSpeed ZeRO."""
 
-    task: Literal["critic", "actor-sft"] = _opt("critic", "what the examples teach")
+    task: Literal["critic", "annotator", "actor-sft"] = _opt(
+        "critic", "what the examples teach: critic (critic prompt → critique), annotator (the annotator "
+                  "prompt of the same MMC rows → critique: a model for annotate.method=llm), actor-sft")
     init_model: str = _opt("runs/tiny-vlm", "a local Hugging Face model folder to start from")
     num_workers: int = _opt(2, "Ray Train workers (data-parallel ranks)")
     use_gpu: bool = _opt(False, "one GPU per worker")

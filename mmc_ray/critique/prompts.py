@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from mmc_ray.critique.records import PathToCritique
 from mmc_ray.critique.schema import ERROR_TYPES
 from mmc_ray.tasks.problem import Problem
 from mmc_ray.tasks.prompts import solve_messages
@@ -82,6 +83,17 @@ def annotator_messages(problem: Problem, shared: Sequence[str], correct: Sequenc
         "Critique solution B: find its first wrong step (numbered as in solution B), say why it is "
         "wrong and how to fix it. Use solution A and the image as evidence.\n" + FORMAT_SPEC
     ))
+
+
+def annotation_messages(item: PathToCritique) -> tuple[dict[str, Any], ...]:
+    """What an LLM annotator is shown for one path: the annotator prompt when a right answer stands
+    beside it (a divergent pair's sibling, a refinement answer's correct partner), else the critic
+    prompt. A model trained as an annotator (`train.task=annotator`) learns on exactly these."""
+    if item.kind != "divergent" and item.reference_answer is None:
+        return critic_messages(item.problem, item.path_steps, item.path_answer)
+    shared = len(item.shared_steps)
+    return annotator_messages(item.problem, item.shared_steps, item.reference_steps[shared:],
+                              item.reference_answer, item.path_steps[shared:], item.path_answer)
 
 
 def refine_messages(problem: Problem, reasoning: str, critique_text: str) -> tuple[dict[str, Any], ...]:

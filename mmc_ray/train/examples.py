@@ -1,7 +1,8 @@
 """Training examples: chat-formatted token ids with the loss on the target only.
 
 A critic example is the critic prompt (image, question, numbered steps) with the critique text as
-the assistant's reply; an actor-SFT example is the solve prompt with the reference solution. Image
+the assistant's reply; an annotator example the annotator prompt (the same path beside its correct
+sibling) with the same reply; an actor-SFT example is the solve prompt with the reference solution. Image
 placeholders are expanded to the image's visual tokens under the model's pixel budget. An example
 longer than `max_seq_len` is skipped and counted, never cut: a truncated critique would teach the
 critic to stop mid-sentence.
@@ -17,7 +18,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mmc_ray.critique.prompts import critic_messages
+from mmc_ray.critique.prompts import annotation_messages, critic_messages
+from mmc_ray.critique.records import PathToCritique
 from mmc_ray.models.loading import LoadedVLM, decode_image
 from mmc_ray.tasks.problem import Problem
 from mmc_ray.tasks.prompts import solve_messages
@@ -60,6 +62,12 @@ class ExampleBuilder:
         messages = critic_messages(problem, row["path_steps"], row["path_answer"])
         return self._build(row["pair_id"], problem, messages, row["critique_text"])
 
+    def annotator(self, row: Mapping[str, Any]) -> TrainExample | None:
+        """A CRITIQUE_SCHEMA row → annotator example: the prompt an `annotate.method=llm` annotator
+        sees for that path (its correct sibling beside a divergent one) with the same critique."""
+        item = PathToCritique.from_row(dict(row))
+        return self._build(row["pair_id"], item.problem, annotation_messages(item), row["critique_text"])
+
     def actor_sft(self, row: Mapping[str, Any]) -> TrainExample | None:
         """A problem row (`PROBLEM_SCHEMA`, or `ACTOR_SFT_SCHEMA` with its `solution` text) → actor
         example answering with that solution, else with the problem's reference solution."""
@@ -72,7 +80,7 @@ class ExampleBuilder:
                            problem.reference_solution if solution is None else solution)
 
     def build_all(self, rows: Iterable[Mapping[str, Any]], task: str) -> list[TrainExample]:
-        make = self.critic if task == "critic" else self.actor_sft
+        make = {"critic": self.critic, "annotator": self.annotator, "actor-sft": self.actor_sft}[task]
         return [ex for row in rows if (ex := make(row)) is not None]
 
     def _build(self, example_id: str, problem: Problem, messages: Any, target: str) -> TrainExample | None:

@@ -368,10 +368,11 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
 
     data_dir, out_dir = Path(data_dir).resolve(), Path(out_dir).resolve()
     tcfg = cfg.train
-    files = split_shards(data_dir, "train") if tcfg.task == "critic" else sorted(data_dir.glob("*.parquet"))
+    files = (sorted(data_dir.glob("*.parquet")) if tcfg.task == "actor-sft"
+             else split_shards(data_dir, "train"))
     files = verified_shards(files)  # before Ray starts: a damaged shard is named, not a worker's traceback
     if not files and stream is None:
-        raise MissingInput(f"no training data in {data_dir} (critic: data/train-*.parquet; "
+        raise MissingInput(f"no training data in {data_dir} (critic, annotator: data/train-*.parquet; "
                                 f"actor-sft: problems *.parquet)")
     if not (Path(tcfg.init_model) / "config.json").exists():
         raise MissingInput(f"no model at {tcfg.init_model} (train.init_model)")

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from mmc_ray.config import AnnotateConfig, Config
 from mmc_ray.critique.mc_annotator import mc_critique
-from mmc_ray.critique.prompts import FORMAT_SPEC, annotator_messages, critic_messages
+from mmc_ray.critique.prompts import FORMAT_SPEC, annotation_messages
 from mmc_ray.critique.records import PathToCritique
 from mmc_ray.critique.rule_annotator import reference_first_wrong_step, rule_critique
 from mmc_ray.critique.schema import Critique, parse_critique
@@ -45,16 +45,8 @@ class LLMAnnotator:
         self.engine = engine
         self.cfg = cfg
 
-    @staticmethod
-    def _messages(item: PathToCritique) -> tuple[dict[str, Any], ...]:
-        if item.kind != "divergent" and item.reference_answer is None:  # no right answer beside it
-            return critic_messages(item.problem, item.path_steps, item.path_answer)
-        shared = len(item.shared_steps)
-        return annotator_messages(item.problem, item.shared_steps, item.reference_steps[shared:],
-                                  item.reference_answer, item.path_steps[shared:], item.path_answer)
-
     def annotate(self, items: Sequence[PathToCritique]) -> list[Outcome]:
-        conversations = [list(self._messages(item)) for item in items]
+        conversations = [list(annotation_messages(item)) for item in items]
         outcomes: list[Outcome | None] = [None] * len(items)
         last = [Dropped("not attempted")] * len(items)
         pending = list(range(len(items)))

@@ -49,6 +49,22 @@ def test_loss_is_only_on_the_critique(vlm):
         assert image_tokens == int(torch.tensor(ex.image_grid_thw).prod()) // vlm.merge_size**2 > 0
 
 
+def test_annotator_examples_show_the_correct_sibling_and_teach_the_same_critique(vlm):
+    rows = critique_rows(2)
+    for row in rows:  # a divergent pair: the wrong path split from the reference after 0 shared steps
+        reference = parse_reasoning(next(p for p in generate_problems(2, seed=31)
+                                         if p.problem_id == row["problem_id"]).reference_solution)
+        row.update(kind="divergent", divergence_depth=0, path_correct=False,
+                   reference_steps=list(reference.steps), reference_answer=reference.answer)
+    builder = ExampleBuilder(vlm, max_seq_len=2048)
+    critic, annotator = builder.build_all(rows, "critic"), builder.build_all(rows, "annotator")
+    for c, a, row in zip(critic, annotator, rows, strict=True):
+        prompt = vlm.tokenizer.decode([t for t, lab in zip(a.input_ids, a.labels, strict=True) if lab == IGNORE_INDEX])
+        assert "Solution A:" in prompt and row["reference_steps"][0] in prompt and "Solution A:" not in \
+            vlm.tokenizer.decode(c.input_ids)
+        assert [t for t in a.labels if t != IGNORE_INDEX] == [t for t in c.labels if t != IGNORE_INDEX]
+
+
 def test_too_long_and_broken_images_are_counted_skips(vlm):
     rows = critique_rows(3)
     rows[1]["image"] = b"not an image"
