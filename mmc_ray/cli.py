@@ -223,10 +223,10 @@ def cmd_refine(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from mmc_ray.store.layout import records_dir, report_dir
+    from mmc_ray.store.layout import best_of_n_dir, records_dir, report_dir
 
     out = args.out or report_dir(args.refine)
-    commands.report(records_dir(args.refine), out, {"title": str(args.refine)})
+    commands.report(records_dir(args.refine), out, {"title": str(args.refine)}, best_of_n_dir(args.refine))
 
 
 def cmd_eval_critic(args: argparse.Namespace) -> None:

@@ -158,6 +158,26 @@ PAIR_SCHEMA = pa.schema(
 # One round of refinement for one problem: the actor's answer and the critic's critique of it.
 # Round 0 is the single-pass answer; the row marked `final` is the answer the loop returns, and the
 # problem's last round carries why the loop stopped.
+# One of the N sampled answers to a problem with the critic's scores (refine.strategy best_of_n|both).
+BEST_OF_N_SCHEMA = pa.schema(
+    [
+        pa.field("problem_id", pa.string(), nullable=False),
+        pa.field("sample", pa.int32(), nullable=False),       # sampling order: prefixes of it make each N
+        pa.field("family", pa.string()),
+        pa.field("source", pa.string()),
+        pa.field("text", pa.string()),
+        pa.field("num_steps", pa.int32()),
+        pa.field("extracted_answer", pa.string()),
+        pa.field("correct", pa.bool_()),
+        pa.field("actor_finish_reason", pa.string()),
+        pa.field("critic_verdict", pa.string()),             # its greedy critique (None: unparseable)
+        pa.field("critic_first_wrong_step", pa.int32()),
+        pa.field("scored_by", pa.string()),                  # likelihood | verdict | error
+        pa.field("p_correct", pa.float64()),
+        pa.field("step_sound", pa.list_(pa.float64())),
+    ]
+)
+
 REFINE_SCHEMA = pa.schema(
     [
         pa.field("problem_id", pa.string(), nullable=False),

@@ -371,10 +371,19 @@ class RefineConfig:
     critic_max_new_tokens: int = _opt(160, "tokens per critique")
     critic_temperature: float = _opt(0.0, "0 = greedy critiques")
     problems_per_batch: int = _opt(64, "problems refined together (one engine call per role per round)")
+    strategy: Literal["refine", "best_of_n", "both"] = _opt(
+        "refine", "refine: critique-then-revise; best_of_n: the critic as a verifier picks one of N sampled "
+                  "answers (accuracy vs N beside majority vote); both: each, on the same problems")
+    best_of_n: tuple[int, ...] = _opt((1, 2, 4, 8), "the N reported; max(N) answers are sampled per problem")
+    best_of_n_temperature: float = _opt(0.8, "actor temperature of the N samples (> 0)")
     seed: int = _opt(0, "sampling seed")
 
     def __post_init__(self) -> None:
         _require(self.max_rounds >= 0, "max_rounds", "must be >= 0")
+        _require(bool(self.best_of_n) and min(self.best_of_n) >= 1 and list(self.best_of_n) == sorted(
+            set(self.best_of_n)), "best_of_n", "must be increasing sample counts, each >= 1")
+        _require(self.best_of_n_temperature > 0, "best_of_n_temperature",
+                 "must be > 0 (greedy samples would all be one answer)")
         _require(bool(self.temperatures) and min(self.temperatures) >= 0, "temperatures",
                  "needs at least one temperature, each >= 0")
         for name in ("revision_samples", "actor_max_new_tokens", "critic_max_new_tokens",

@@ -1,10 +1,10 @@
 """Evaluation report of a refinement run: `report.json` (every figure), `report.md` (for people) and
-`accuracy_by_round.png`, all computed from the stored refinement records."""
+`accuracy_by_round.png`, all computed from the stored refinement records (and best-of-N samples)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,9 +12,10 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from mmc_ray.errors import MissingInput
+from mmc_ray.eval.best_of_n import best_of_n_metrics, sample_counts
 from mmc_ray.eval.metrics import evaluate
 from mmc_ray.eval.plot import line_chart
-from mmc_ray.store.layout import REFINE, refine_shards
+from mmc_ray.store.layout import REFINE, best_of_n_shards, refine_shards
 from mmc_ray.store.shards import verified_shards
 
 
@@ -23,7 +24,7 @@ class Report:
     metrics: dict[str, Any]
     markdown: Path
     json: Path
-    plot: Path
+    plot: Path | None  # accuracy by round (none for a best-of-N-only run)
 
 
 def read_refine_rows(refine_dir: str | Path) -> list[dict[str, Any]]:
@@ -43,12 +44,31 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
             *("| " + " | ".join(r) + " |" for r in rows)]
 
 
+def _best_of_n_markdown(b: Mapping[str, Any]) -> list[str]:
+    return [
+        "## Best-of-N (the critic as a verifier)", "",
+        f"{b['problems']} problems, {b['n'][-1]} sampled answers each; every N is the first N of them. "
+        f"Gain of best-of-{b['n'][-1]} (by P(correct)) over one sample: {b['gain']:+.1%}. Critic scores: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(b["scored_by"].items())) + ".", "",
+        *_table(["N", *map(str, b["n"])],
+                [["best-of-N, by P(correct)", *map(pct, b["best_of_n_p_correct"])],
+                 ["best-of-N, by min step soundness", *map(pct, b["best_of_n_min_step"])],
+                 ["majority vote", *map(pct, b["majority_vote"])],
+                 ["any sample correct (bound)", *map(pct, b["any_correct"])]]),
+        "",
+    ]
+
+
 def _markdown(m: Mapping[str, Any], context: Mapping[str, Any]) -> str:
+    head = [f"# Refinement report: {context.get('title', 'refinement')}", "",
+            *(f"- {k}: {v}" for k, v in context.items() if k != "title"), ""]
+    best = _best_of_n_markdown(m["best_of_n"]) if m.get("best_of_n") else []
+    if "critic" not in m:  # best-of-N only (refine.strategy=best_of_n)
+        return "\n".join([*head, *best])
     c = m["critic"]
     rounds = len(m["accuracy_by_round"])
     lines = [
-        f"# Refinement report: {context.get('title', 'refinement')}", "",
-        *(f"- {k}: {v}" for k, v in context.items() if k != "title"), "",
+        *head,
         "## Accuracy", "",
         f"{m['problems']} problems. Single pass {pct(m['single_pass_accuracy'])}, after refinement "
         f"{pct(m['final_accuracy'])} ({m['wrong_to_right']} wrong→right, {m['right_to_wrong']} "
@@ -74,21 +94,30 @@ def _markdown(m: Mapping[str, Any], context: Mapping[str, Any]) -> str:
         *_table(["reason", "problems"], [[k, str(v)] for k, v in m["stop_reasons"].items()]),
         "", f"Revisions that could only repeat an answer already tried: {m['repeated_answers']}. "
         f"Tokens: actor {m['actor_tokens']}, critic {m['critic_tokens']}.", "",
+        *best,
     ]
     return "\n".join(lines)
 
 
-def write_report(refine_dir: str | Path, out_dir: str | Path,
-                 context: Mapping[str, Any] | None = None) -> Report:
-    """Evaluate the records in `refine_dir` and write the three report files to `out_dir`."""
+def write_report(refine_dir: str | Path, out_dir: str | Path, context: Mapping[str, Any] | None = None,
+                 best_of_n_dir: str | Path | None = None, best_of_n: Sequence[int] | None = None) -> Report:
+    """Evaluate the records in `refine_dir` (and the best-of-N samples in `best_of_n_dir`, when it
+    holds any, at the N of `best_of_n`: by default 1, 2, 4, ... up to the samples per problem) and
+    write the report files to `out_dir`. Either may be all there is."""
     context = dict(context or {})
-    metrics = evaluate(read_refine_rows(refine_dir))
+    samples = [row for p in verified_shards(best_of_n_shards(best_of_n_dir))
+               for row in pq.read_table(p).to_pylist()] if best_of_n_dir is not None else []
+    metrics = evaluate(read_refine_rows(refine_dir)) if not samples or refine_shards(refine_dir) else {}
+    if samples:
+        metrics["best_of_n"] = best_of_n_metrics(samples, best_of_n or sample_counts(samples))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    series = {"all": metrics["accuracy_by_round"],
-              **{name: f["accuracy_by_round"] for name, f in metrics["families"].items()}}
-    plot = line_chart(series, out_dir / "accuracy_by_round.png", "Accuracy by refinement round",
-                      "round (0 = single pass)", "accuracy")
+    plot = None
+    if "accuracy_by_round" in metrics:
+        series = {"all": metrics["accuracy_by_round"],
+                  **{name: f["accuracy_by_round"] for name, f in metrics["families"].items()}}
+        plot = line_chart(series, out_dir / "accuracy_by_round.png", "Accuracy by refinement round",
+                          "round (0 = single pass)", "accuracy")
     json_path = out_dir / "report.json"
     json_path.write_text(json.dumps({"context": context, "metrics": metrics}, indent=2, default=str))
     md_path = out_dir / "report.md"

@@ -12,7 +12,7 @@ from typing import Any
 
 from mmc_ray.config import Config, TasksConfig
 from mmc_ray.errors import BadInput
-from mmc_ray.store.layout import records_dir, report_dir, tree_shards
+from mmc_ray.store.layout import best_of_n_dir, records_dir, report_dir, tree_shards
 
 
 def write_tasks(cfg: TasksConfig, out: Path) -> int:
@@ -124,37 +124,57 @@ def refine(cfg: Config, problems_path: Path, out: Path, local: bool = False,
            title: str = "refinement", engines: tuple[Any, Any] | None = None) -> Any:
     """Refine and evaluate (on `engines` from `refine_engines`, or on engines of its own); returns
     the evaluation `Report`."""
-    from mmc_ray.refine.run import refine_to_dir
+    from mmc_ray.refine.run import best_of_n_to_dir, refine_to_dir
     from mmc_ray.tasks.benchmark import load_problem_file
 
     problems = load_problem_file(problems_path, duplicate_ids=cfg.tasks.duplicate_ids)
-    with nullcontext(engines) if engines is not None else refine_engines(cfg, local) as (actor, critic):
-        summary = refine_to_dir(problems, actor, critic, cfg.refine, records_dir(out))
-        names = {"actor": actor.name, "critic": critic.name}
-    print(f"refine: {summary.problems} problems refined, {summary.resumed} already done; "
-          f"{summary.rounds} rounds in {summary.seconds:.1f}s")
     r = cfg.refine
+    with nullcontext(engines) if engines is not None else refine_engines(cfg, local) as (actor, critic):
+        if r.strategy != "best_of_n":
+            summary = refine_to_dir(problems, actor, critic, r, records_dir(out))
+            print(f"refine: {summary.problems} problems refined, {summary.resumed} already done; "
+                  f"{summary.rounds} rounds in {summary.seconds:.1f}s")
+        if r.strategy != "refine":
+            sampled = best_of_n_to_dir(problems, actor, critic, r, best_of_n_dir(out))
+            print(f"best-of-n: {sampled.problems} problems sampled and verified, {sampled.resumed} already "
+                  f"done; {sampled.rounds} answers in {sampled.seconds:.1f}s")
+        names = {"actor": actor.name, "critic": critic.name}
     return report(records_dir(out), report_dir(out), {
         "title": title, "problems": str(problems_path), **names,
         "critic model": {"hf": cfg.critic.model_path, "vllm": cfg.critic.model_path,
                          "openai": cfg.critic.openai.base_url}.get(cfg.critic.kind, cfg.critic.kind),
-        "max rounds": r.max_rounds, "temperatures": list(r.temperatures),
+        "strategy": r.strategy, "max rounds": r.max_rounds, "temperatures": list(r.temperatures),
         "mitigations": f"reject_repeats={r.reject_repeats} (samples {r.revision_samples}), "
                        f"keep_best={r.keep_best}",
-    })
+        **({"best-of-N": f"N = {', '.join(map(str, r.best_of_n))} at temperature {r.best_of_n_temperature}"}
+           if r.strategy != "refine" else {}),
+    }, best_of_n_dir(out) if r.strategy != "refine" else None, r.best_of_n)
 
 
-def report(refine_dir: Path, out: Path, context: dict[str, Any]) -> Any:
+def report(refine_dir: Path, out: Path, context: dict[str, Any], best_of_n: Path | None = None,
+           sizes: tuple[int, ...] | None = None) -> Any:
     from mmc_ray.eval.report import pct, write_report
 
-    written = write_report(refine_dir, out, context)
-    m, c = written.metrics, written.metrics["critic"]
-    by_round = " -> ".join(f"{a:.1%}" for a in m["accuracy_by_round"])
-    print(f"eval: {m['problems']} problems; accuracy by round {by_round}; final {m['final_accuracy']:.1%} "
-          f"({m['wrong_to_right']} wrong->right, {m['right_to_wrong']} right->wrong)")
-    print(f"critic: verdict accuracy {c['verdict_accuracy'] or 0:.1%}, parsed {c['parse_rate'] or 0:.1%}, "
-          f"ProcessBench F1 {pct(c['processbench_f1'])}, first-wrong-step F1 {pct(c['step_f1'])}")
-    print(f"report: {written.markdown} (+ {written.json.name}, {written.plot.name})")
+    written = write_report(refine_dir, out, context, best_of_n, sizes)
+    m = written.metrics
+    if "critic" in m:
+        c = m["critic"]
+        by_round = " -> ".join(f"{a:.1%}" for a in m["accuracy_by_round"])
+        print(f"eval: {m['problems']} problems; accuracy by round {by_round}; "
+              f"final {m['final_accuracy']:.1%} ({m['wrong_to_right']} wrong->right, "
+              f"{m['right_to_wrong']} right->wrong)")
+        print(f"critic: verdict accuracy {c['verdict_accuracy'] or 0:.1%}, "
+              f"parsed {c['parse_rate'] or 0:.1%}, ProcessBench F1 {pct(c['processbench_f1'])}, "
+              f"first-wrong-step F1 {pct(c['step_f1'])}")
+    if "best_of_n" in m:
+        b = m["best_of_n"]
+        pairs = ", ".join(f"N={n} {pct(a)} (vote {pct(v)})"
+                          for n, a, v in zip(b["n"], b["best_of_n_p_correct"], b["majority_vote"],
+                                             strict=True))
+        print(f"best-of-n: {b['problems']} problems; by the critic's P(correct) {pairs}; "
+              f"any sample correct at N={b['n'][-1]}: {pct(b['any_correct'][-1])}")
+    extra = ", ".join(p.name for p in (written.json, written.plot) if p is not None)
+    print(f"report: {written.markdown} (+ {extra})")
     return written
 
 

@@ -216,8 +216,10 @@ def run_pipeline(cfg: Config, run_dir: Path, problems_file: Path | None = None,
                   "annotate.method=mc (they carry no search values)")
         with commands.refine_engines(rcfg) as engines:
             report = commands.refine(rcfg, eval_path, rdir.refine, title=f"round {r} critic", engines=engines)
-            if refine_train:
-                commands.refine(rcfg, train_path, rdir.refine_train,
+            if refine_train:  # its records are critic data: refinement only, no best-of-N samples
+                only_refine = dataclasses.replace(
+                    rcfg, refine=dataclasses.replace(rcfg.refine, strategy="refine"))
+                commands.refine(only_refine, train_path, rdir.refine_train,
                                 title=f"round {r} critic on training problems", engines=engines)
         if refine_train:
             from mmc_ray.eval.report import read_refine_rows
@@ -269,7 +271,24 @@ def _round_metrics(m: dict[str, Any]) -> dict[str, Any]:
     return {"single_pass_accuracy": m["single_pass_accuracy"], "final_accuracy": m["final_accuracy"],
             "accuracy_by_round": m["accuracy_by_round"], "wrong_to_right": m["wrong_to_right"],
             "right_to_wrong": m["right_to_wrong"], "verdict_accuracy": c["verdict_accuracy"],
-            "parse_rate": c["parse_rate"], "processbench_f1": c["processbench_f1"], "step_f1": c["step_f1"]}
+            "parse_rate": c["parse_rate"], "processbench_f1": c["processbench_f1"], "step_f1": c["step_f1"],
+            **({"best_of_n": m["best_of_n"]} if "best_of_n" in m else {})}
+
+
+def _best_of_n_lines(summary: dict[str, Any]) -> list[str]:
+    """The best-of-N table (refine.strategy=both): accuracy by N, picked by each critic's P(correct)."""
+    rows = [(f"round {r['round']} (trained)", r["best_of_n"]) for r in summary["rounds"] if "best_of_n" in r]
+    if "best_of_n" in summary.get("oracle", {}):
+        rows.append((f"oracle ({summary['oracle']['kind']})", summary["oracle"]["best_of_n"]))
+    if not rows:
+        return []
+    ns = rows[0][1]["n"]
+    return ["Best-of-N on the held-out problems: the critic picks one of N sampled answers by its "
+            "P(correct).", "",
+            "| critic | " + " | ".join(f"N={n}" for n in ns)
+            + f" | majority vote, N={ns[-1]} | any correct, N={ns[-1]} |", "|---" * (len(ns) + 3) + "|",
+            *(f"| {name} | " + " | ".join(map(pct, b["best_of_n_p_correct"]))
+              + f" | {pct(b['majority_vote'][-1])} | {pct(b['any_correct'][-1])} |" for name, b in rows), ""]
 
 
 def _write_summary(summary: dict[str, Any], run: RunLayout) -> None:
@@ -293,7 +312,7 @@ def _write_summary(summary: dict[str, Any], run: RunLayout) -> None:
         f"# mmc-ray pipeline: {summary['run']}", "",
         f"Problems: {summary['problems']}. Held-out problems refined by the actor with each round's "
         "trained critic, and with the oracle critic (rule: ground-truth steps; answer: final answers "
-        "only) as the bound.", "", header, *lines, "",
+        "only) as the bound.", "", header, *lines, "", *_best_of_n_lines(summary),
         *(f"- round {r['round']}: {r['report']}; actor {r['actor']['model']}" for r in summary["rounds"]),
         _time_line(summary), "",
     ])

@@ -74,6 +74,9 @@ def pipeline_problems(cfg: Config, out: Path, tiny_model: Path | None = None) ->
         problems += engine_problems("annotator", cfg.annotator, tiny_model)
     if cfg.critic.kind == "vllm":
         problems += engine_problems("critic", cfg.critic, model_built_later=True)
+    if cfg.refine.strategy == "best_of_n":
+        problems.append("refine.strategy=best_of_n: the pipeline measures each round by refinement (and "
+                        "critiques its refinement answers); refine.strategy=both adds best-of-N beside it")
     return problems
 
 

@@ -4,7 +4,8 @@ pipeline's run folder keeps it. Stages and readers take paths from here, never s
     trees folder      trees-NNNNN.parquet                             mmc-ray search
     dataset folder    data/{train,validation,test}-NNNNN.parquet,     mmc-ray annotate
                       drops/drops-NNNNN.parquet, README.md
-    refine folder     records/refine-NNNNN.parquet, report/          mmc-ray refine
+    refine folder     records/refine-NNNNN.parquet, report/,         mmc-ray refine
+                      best-of-n/best-of-n-NNNNN.parquet               (refine.strategy best_of_n|both)
     actor data        actor-sft.parquet                               pipeline.retrain_actor
     a trained model   checkpoints and hf/ (the export)                mmc-ray train
 
@@ -24,6 +25,7 @@ SPLITS = ("train", "validation", "test")
 DROPS = "drops"
 RECORDS = "records"
 REFINE = "refine"
+BEST_OF_N = "best-of-n"
 REPORT = "report"
 ACTOR_SFT_FILE = "actor-sft.parquet"
 EXPORT = "hf"
@@ -50,6 +52,15 @@ def split_shards(dataset_dir: str | Path, split: str) -> list[Path]:
 def records_dir(refine_dir: str | Path) -> Path:
     """Where `mmc-ray refine --out DIR` keeps its records (its report goes to `report_dir`)."""
     return Path(refine_dir) / RECORDS
+
+
+def best_of_n_dir(refine_dir: str | Path) -> Path:
+    """Where `mmc-ray refine --out DIR` keeps its best-of-N samples (refine.strategy best_of_n|both)."""
+    return Path(refine_dir) / BEST_OF_N
+
+
+def best_of_n_shards(folder: str | Path) -> list[Path]:
+    return shard_paths(folder, BEST_OF_N)
 
 
 def report_dir(refine_dir: str | Path) -> Path:

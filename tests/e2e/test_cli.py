@@ -66,15 +66,17 @@ def test_refine_and_eval_commands_with_the_oracle_critic(tmp_path):
     problems = tmp_path / "p.parquet"
     assert mmc_ray("tasks", "generate", "--n", "12", "--out", str(problems), cwd=tmp_path).returncode == 0
     proc = mmc_ray("refine", "--local", "--problems", str(problems), "--out", "refined", "critic.kind=rule",
-                   "actor.simulator.observe_error_rate=0.4", cwd=tmp_path)
+                   "actor.simulator.observe_error_rate=0.4", "refine.strategy=both", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "refine: 12 problems refined" in proc.stdout and "verdict accuracy 100.0%" in proc.stdout
+    assert "best-of-n: 12 problems sampled and verified" in proc.stdout and "N=8 " in proc.stdout
     assert (tmp_path / "refined" / "mmc-ray.log").exists() and "refined/mmc-ray.log (this run)" in proc.stdout
     proc = mmc_ray("eval", "--refine", "refined", "--out", "again", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     ours = json.loads((tmp_path / "again" / "report.json").read_text())["metrics"]
     first = json.loads((tmp_path / "refined" / "report" / "report.json").read_text())["metrics"]
     assert ours == first and (tmp_path / "again" / "accuracy_by_round.png").exists()
+    assert ours["best_of_n"]["n"] == [1, 2, 4, 8] and ours["best_of_n"]["problems"] == 12
 
 
 def test_search_local_resumes(tmp_path):

@@ -3,7 +3,7 @@ figures are worked out by hand."""
 
 import pytest
 
-from mmc_ray.refine.best_of_n import Candidate, accuracy_vs_n, majority_vote, pick_best
+from mmc_ray.eval.best_of_n import Candidate, accuracy_vs_n, majority_vote, pick_best
 
 
 def c(answer, correct, p, steps=()):
@@ -37,3 +37,11 @@ def test_accuracy_vs_n_on_prefixes_of_the_same_samples():
     assert got["any_correct"] == [0.5, 1.0, 1.0]
     with pytest.raises(ValueError, match="N up to 8 needs that many samples"):
         accuracy_vs_n(problems)
+
+
+def test_default_sample_counts_are_powers_of_two_up_to_the_fewest_samples():
+    from mmc_ray.eval.best_of_n import sample_counts
+
+    rows = [{"problem_id": "a"}] * 6 + [{"problem_id": "b"}] * 8
+    assert sample_counts(rows) == [1, 2, 4, 6]
+    assert sample_counts([{"problem_id": "a"}] * 8) == [1, 2, 4, 8]

@@ -46,3 +46,14 @@ def test_invocations_add_up(tmp_path):
     earlier = flywheel._earlier_invocations(flywheel.RunLayout.at(tmp_path))
     assert [e["outcome"] for e in earlier] == ["failed", "finished"]
     assert sum(e["seconds"] for e in earlier) == pytest.approx(12, abs=0.5)
+
+
+def test_the_pipeline_report_has_a_best_of_n_table_when_rounds_measured_it():
+    from mmc_ray.orchestration.flywheel import _best_of_n_lines
+
+    b = {"n": [1, 2], "best_of_n_p_correct": [0.5, 0.75], "majority_vote": [0.5, 0.5], "any_correct": [0.5, 1.0]}
+    summary = {"rounds": [{"round": 1, "best_of_n": b}, {"round": 2}], "oracle": {"kind": "rule", "best_of_n": b}}
+    lines = _best_of_n_lines(summary)
+    assert "| round 1 (trained) | 50.0% | 75.0% | 50.0% | 100.0% |" in lines
+    assert "| oracle (rule) | 50.0% | 75.0% | 50.0% | 100.0% |" in lines and not any("round 2" in x for x in lines)
+    assert _best_of_n_lines({"rounds": [{"round": 1}]}) == []

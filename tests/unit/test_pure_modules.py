@@ -36,7 +36,7 @@ PURE_MODULES = [
     "mmc_ray.refine.run",
     "mmc_ray.eval.metrics",
     "mmc_ray.eval.processbench",
-    "mmc_ray.refine.best_of_n",
+    "mmc_ray.eval.best_of_n",
     "mmc_ray.eval.report",
     "mmc_ray.cli",
 ]

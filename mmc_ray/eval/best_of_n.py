@@ -10,9 +10,9 @@ every N sees the same draws, as MM-PRM and VisualPRM report it.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 PickBy = Literal["p_correct", "min_step"]
 
@@ -64,3 +64,28 @@ def accuracy_vs_n(problems: Sequence[Sequence[Candidate]], ns: Sequence[int] = (
         vote.append(sum(p[majority_vote(p[:n])].correct for p in problems) / len(problems))
         oracle.append(sum(any(c.correct for c in p[:n]) for p in problems) / len(problems))
     return {"n": list(ns), "best_of_n": best, "majority_vote": vote, "any_correct": oracle}
+
+
+def best_of_n_metrics(rows: Sequence[Mapping[str, Any]], ns: Sequence[int]) -> dict[str, Any]:
+    """Accuracy vs N from BEST_OF_N_SCHEMA rows: picked by `p_correct` and by the minimum step
+    soundness, beside majority vote and the any-correct bound; the gain is best-of-max(N) by
+    `p_correct` over one sample."""
+    by_problem: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        by_problem.setdefault(row["problem_id"], []).append(row)
+    problems = [[Candidate(r["extracted_answer"], bool(r["correct"]), r["p_correct"],
+                           tuple(r["step_sound"] or ())) for r in sorted(samples, key=lambda r: r["sample"])]
+                for samples in by_problem.values()]
+    by_p = accuracy_vs_n(problems, ns, by="p_correct")
+    by_step = accuracy_vs_n(problems, ns, by="min_step")
+    return {"problems": len(problems), "n": by_p["n"], "best_of_n_p_correct": by_p["best_of_n"],
+            "best_of_n_min_step": by_step["best_of_n"], "majority_vote": by_p["majority_vote"],
+            "any_correct": by_p["any_correct"], "gain": by_p["best_of_n"][-1] - by_p["best_of_n"][0],
+            "scored_by": dict(Counter(r["scored_by"] for r in rows))}
+
+
+def sample_counts(rows: Sequence[Mapping[str, Any]]) -> list[int]:
+    """1, 2, 4, ... up to the fewest samples any problem has, that count included."""
+    per_problem = Counter(r["problem_id"] for r in rows)
+    fewest = min(per_problem.values())
+    return sorted({*(1 << k for k in range(fewest.bit_length()) if 1 << k <= fewest), fewest})
