@@ -53,8 +53,10 @@ def sample_and_verify(problems: Sequence[Problem], actor: GenerationEngine, crit
     samples: list[tuple[Problem, int, Completion]] = []
     for problem, result in zip(problems, actor.generate(requests), strict=True):
         completions = list(result.completions)[:n]
-        # An actor error answers with one errored completion: it stands for every missing sample.
-        completions += [completions[-1]] * (n - len(completions))
+        # An actor error answers with one errored completion: every missing sample is an error too.
+        missing = completions[-1] if completions and completions[-1].finish_reason == "error" else \
+            Completion("", "error", 0, error=f"the actor returned {len(completions)} of {n} samples")
+        completions += [missing] * (n - len(completions))
         samples += [(problem, k, c) for k, c in enumerate(completions)]
     rows = [_row(problem, k, c) for problem, k, c in samples]
     judged = [(row, problem) for row, (problem, _, c) in zip(rows, samples, strict=True)

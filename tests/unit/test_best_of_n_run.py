@@ -84,3 +84,21 @@ def test_the_pipeline_refuses_best_of_n_alone_and_names_both(tmp_path):
     cfg = Config()
     cfg = dataclasses.replace(cfg, refine=dataclasses.replace(cfg.refine, strategy="best_of_n"))
     assert any("refine.strategy=both" in p for p in pipeline_problems(cfg, tmp_path / "run"))
+
+
+class OneSampleActor:
+    """Answers every request with a single sample, whatever n it asked for."""
+
+    name = "one-sample"
+
+    def __init__(self):
+        self.inner = actor()
+
+    def generate(self, requests):
+        return [GenerationResult(r.completions[:1], r.prompt_tokens) for r in self.inner.generate(requests)]
+
+
+def test_samples_an_actor_did_not_return_are_errors_not_copies():
+    rows = sample_and_verify(list(generate_problems(1, seed=3)), OneSampleActor(), RuleCriticEngine(), CFG)
+    assert [r["scored_by"] for r in rows] == ["verdict", "error", "error", "error"]
+    assert rows[1]["actor_finish_reason"] == "error" and not any(r["correct"] for r in rows[1:])
