@@ -231,7 +231,13 @@ def serve_losing_a_node(out: Path, model: str) -> dict:
     try:
         replies, results, open_across = replies_across_a_kill(
             client, url, body, engine, request, kill=lambda: cluster.remove_node(victim, allow_graceful=False))
-        after = client.get(f"{url}/healthz").json()
+        # The killed node's worker processes die a moment after its raylet, and until then the old
+        # replica may still answer: wait (bounded) for the replica Serve starts in its place.
+        deadline, after = time.monotonic() + 60, {"pid": before["pid"]}
+        while after.get("pid") in (None, before["pid"]) and time.monotonic() < deadline:
+            reply = client.get(f"{url}/healthz")
+            after = reply.json() if reply.status_code == 200 else {}
+            time.sleep(0.5)
     finally:
         serve.shutdown()
         stop_cluster(cluster)
@@ -241,7 +247,7 @@ def serve_losing_a_node(out: Path, model: str) -> dict:
             "failed_are_json_503": all(r.status_code == 503 and r.json()["error"]["type"] == "replica_lost"
                                        for r in failed),
             "engine_errors": sum(c.finish_reason == "error" for r in results for c in r.completions),
-            "engine_retries": engine.retries, "new_replica": after["pid"] != before["pid"],
+            "engine_retries": engine.retries, "new_replica": after.get("pid") not in (None, before["pid"]),
             "seconds": round(time.time() - started, 1)}
 
 
