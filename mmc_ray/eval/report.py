@@ -27,11 +27,15 @@ class Report:
     plot: Path | None  # accuracy by round (none for a best-of-N-only run)
 
 
+def _shard_rows(paths: list[Path]) -> list[dict[str, Any]]:
+    return [row for p in verified_shards(paths) for row in pq.read_table(p).to_pylist()]
+
+
 def read_refine_rows(refine_dir: str | Path) -> list[dict[str, Any]]:
     paths = refine_shards(refine_dir)
     if not paths:
         raise MissingInput(f"no {REFINE}-*.parquet records in {refine_dir}")
-    return [row for p in verified_shards(paths) for row in pq.read_table(p).to_pylist()]
+    return _shard_rows(paths)
 
 
 def pct(x: float | None) -> str:
@@ -105,8 +109,7 @@ def write_report(refine_dir: str | Path, out_dir: str | Path, context: Mapping[s
     holds any, at the N of `best_of_n`: by default 1, 2, 4, ... up to the samples per problem) and
     write the report files to `out_dir`. Either may be all there is."""
     context = dict(context or {})
-    samples = [row for p in verified_shards(best_of_n_shards(best_of_n_dir))
-               for row in pq.read_table(p).to_pylist()] if best_of_n_dir is not None else []
+    samples = _shard_rows(best_of_n_shards(best_of_n_dir)) if best_of_n_dir is not None else []
     metrics = evaluate(read_refine_rows(refine_dir)) if not samples or refine_shards(refine_dir) else {}
     if samples:
         metrics["best_of_n"] = best_of_n_metrics(samples, best_of_n or sample_counts(samples))

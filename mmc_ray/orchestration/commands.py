@@ -133,11 +133,11 @@ def refine(cfg: Config, problems_path: Path, out: Path, local: bool = False,
         if r.strategy != "best_of_n":
             summary = refine_to_dir(problems, actor, critic, r, records_dir(out))
             print(f"refine: {summary.problems} problems refined, {summary.resumed} already done; "
-                  f"{summary.rounds} rounds in {summary.seconds:.1f}s")
+                  f"{summary.rows} rounds in {summary.seconds:.1f}s")
         if r.strategy != "refine":
             sampled = best_of_n_to_dir(problems, actor, critic, r, best_of_n_dir(out))
             print(f"best-of-n: {sampled.problems} problems sampled and verified, {sampled.resumed} already "
-                  f"done; {sampled.rounds} answers in {sampled.seconds:.1f}s")
+                  f"done; {sampled.rows} answers in {sampled.seconds:.1f}s")
         names = {"actor": actor.name, "critic": critic.name}
     return report(records_dir(out), report_dir(out), {
         "title": title, "problems": str(problems_path), **names,

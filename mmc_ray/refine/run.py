@@ -28,7 +28,7 @@ from mmc_ray.tasks.problem import Problem
 class RefineSummary:
     problems: int
     resumed: int
-    rounds: int  # refinement: records written; best-of-N: answers sampled
+    rows: int  # rows written: refinement rounds, or best-of-N answers
     seconds: float
 
 
@@ -50,7 +50,7 @@ def _in_batches(problems: Sequence[Problem], out_dir: str | Path, prefix: str, s
                 writer.add(row)
             writer.flush()
             bar.update(len(batch))
-    return RefineSummary(problems=len(todo), resumed=len(problems) - len(todo), rounds=writer.rows_written,
+    return RefineSummary(problems=len(todo), resumed=len(problems) - len(todo), rows=writer.rows_written,
                          seconds=time.perf_counter() - start)
 
 

@@ -28,7 +28,7 @@ def actor():
 def test_the_oracle_as_verifier_finds_a_right_sample_whenever_one_exists_and_beats_one_sample(tmp_path):
     problems = list(generate_problems(24, seed=5))
     summary = best_of_n_to_dir(problems, actor(), RuleCriticEngine(), CFG, tmp_path / "bon", progress=False)
-    assert (summary.problems, summary.rounds) == (24, 24 * 4)
+    assert (summary.problems, summary.rows) == (24, 24 * 4)
     rows = [r for p in best_of_n_shards(tmp_path / "bon") for r in pq.read_table(p).to_pylist()]
     assert sorted({r["sample"] for r in rows}) == [0, 1, 2, 3] and {r["scored_by"] for r in rows} == {"verdict"}
     written = write_report(tmp_path / "records", tmp_path / "report", {"title": "t"}, tmp_path / "bon", CFG.best_of_n)
