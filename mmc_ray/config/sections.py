@@ -331,11 +331,14 @@ class TrainConfig:
     grad_accum: int = _opt(1, "micro-batches per optimizer step")
     grad_clip: float = _opt(1.0, "gradient norm clip")
     max_seq_len: int = _opt(2048, "longer examples are skipped and counted, never cut")
-    pack: bool = _opt(True, "pack samples into sequences; false = length-bucketed padding")
+    pack: bool = _opt(True, "pack samples into sequences; false = length-bucketed padding (a batch's "
+                            "samples are then alike in length, for critiques alike in verdict)")
     tokens_per_step: int = _opt(4096, "token budget of one micro-batch per worker (image tokens count)")
     min_pixels: int = _opt(56 * 56, "visual-token budget applied when examples are built")
     max_pixels: int = _opt(112 * 112, "...its upper end")
     freeze: tuple[str, ...] = _opt((), "parts left untrained: any of vision, projector, language")
+    text_only: bool = _opt(False, "ablation: train on the text alone, images dropped (the baseline that "
+                                  "shows a critic uses its images)")
     checkpoint_every: int = _opt(100, "optimizer steps between checkpoints")
     max_failures: int = _opt(0, "worker failures Ray Train recovers from (from the newest checkpoint)")
     wandb_project: str = _opt("mmc-ray",

@@ -127,3 +127,21 @@ def evaluate(rows: Iterable[Row]) -> dict[str, Any]:
             for family, group in sorted(families.items())
         },
     }
+
+
+def frequency_baselines(train: Sequence[Row], test: Sequence[Row]) -> dict[str, Any]:
+    """What a critic answering from label frequencies alone (learned on `train`, MMC dataset rows)
+    scores on `test`: always the majority verdict, always the most common first wrong step, and
+    ProcessBench F1 of the one constant answer that pairs them."""
+    majority = Counter(r["verdict"] for r in train).most_common(1)[0][0]
+    wrong_steps = Counter(r["first_wrong_step"] for r in train if r["verdict"] == "incorrect")
+    common_step = wrong_steps.most_common(1)[0][0] if wrong_steps else None
+    wrong = [r for r in test if r["verdict"] == "incorrect"]
+    constant = prediction_from_verdict(majority, common_step)
+    judged = [Judged(prediction_from_verdict(r["verdict"], r["first_wrong_step"]), constant) for r in test]
+    return {"majority_verdict": majority,
+            "majority_verdict_accuracy": _ratio(sum(r["verdict"] == majority for r in test), len(test)),
+            "most_common_step": common_step,
+            "most_common_step_accuracy": _ratio(sum(r["first_wrong_step"] == common_step for r in wrong),
+                                                len(wrong)),
+            "constant_processbench_f1": processbench_f1(judged)["f1"]}

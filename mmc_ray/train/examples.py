@@ -10,6 +10,7 @@ critic to stop mid-sentence.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -49,16 +50,17 @@ class ExampleStats:
 class ExampleBuilder:
     """Turns dataset rows into `TrainExample`s for one model (its tokenizer, template, pixel budget)."""
 
-    def __init__(self, vlm: LoadedVLM, max_seq_len: int) -> None:
+    def __init__(self, vlm: LoadedVLM, max_seq_len: int, text_only: bool = False) -> None:
         self.vlm = vlm
         self.max_seq_len = max_seq_len
+        self.text_only = text_only  # the images are dropped from every prompt (an ablation)
         size = vlm.image_processor.size
         self.min_pixels, self.max_pixels = size["shortest_edge"], size["longest_edge"]
         self.stats = ExampleStats()
 
     def critic(self, row: Mapping[str, Any]) -> TrainExample | None:
         """A CRITIQUE_SCHEMA row → critic example."""
-        problem = Problem.from_row(row)
+        problem = self._seen(Problem.from_row(row))
         messages = critic_messages(problem, row["path_steps"], row["path_answer"])
         return self._build(row["pair_id"], problem, messages, row["critique_text"])
 
@@ -66,12 +68,13 @@ class ExampleBuilder:
         """A CRITIQUE_SCHEMA row → annotator example: the prompt an `annotate.method=llm` annotator
         sees for that path (its correct sibling beside a divergent one) with the same critique."""
         item = PathToCritique.from_row(dict(row))
+        item = dataclasses.replace(item, problem=self._seen(item.problem))
         return self._build(row["pair_id"], item.problem, annotation_messages(item), row["critique_text"])
 
     def actor_sft(self, row: Mapping[str, Any]) -> TrainExample | None:
         """A problem row (`PROBLEM_SCHEMA`, or `ACTOR_SFT_SCHEMA` with its `solution` text) → actor
         example answering with that solution, else with the problem's reference solution."""
-        problem = Problem.from_row(dict(row))
+        problem = self._seen(Problem.from_row(dict(row)))
         solution = row.get("solution")
         if solution is None and not problem.steps:
             self.stats.skipped["no reference solution"] += 1
@@ -82,6 +85,10 @@ class ExampleBuilder:
     def build_all(self, rows: Iterable[Mapping[str, Any]], task: str) -> list[TrainExample]:
         make = {"critic": self.critic, "annotator": self.annotator, "actor-sft": self.actor_sft}[task]
         return [ex for row in rows if (ex := make(row)) is not None]
+
+    def _seen(self, problem: Problem) -> Problem:
+        """The problem as the model is shown it: without its image when `text_only`."""
+        return dataclasses.replace(problem, image=None) if self.text_only else problem
 
     def _build(self, example_id: str, problem: Problem, messages: Any, target: str) -> TrainExample | None:
         vision = None

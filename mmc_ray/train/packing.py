@@ -8,21 +8,32 @@ small batch instead of an out-of-memory one.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TypeVar
 
 Item = TypeVar("Item")
 
 
-def plan_packs(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
-    """Group sample indices into packs of at most `max_tokens` tokens (first-fit decreasing).
-    A sample longer than `max_tokens` is an error: examples are filtered by length before this."""
+def plan_packs(lengths: Sequence[int], max_tokens: int,
+               rng: random.Random | None = None) -> list[list[int]]:
+    """Group sample indices into packs of at most `max_tokens` tokens: first fit, in an order
+    shuffled by `rng` (in index order without one), packs in the order they were opened.
+    A sample longer than `max_tokens` is an error: examples are filtered by length before this.
+
+    Not first-fit decreasing: that fills packs a little better, but it puts samples of like length
+    together, and a critique's length follows its verdict (a wrong path's critique names a step,
+    an error type and a correction). Every optimizer step then held only incorrect or only correct
+    examples, and the critic learned a constant verdict instead of judging (issue #20)."""
     too_long = [i for i, n in enumerate(lengths) if n > max_tokens]
     if too_long:
         raise ValueError(f"samples {too_long[:5]} are longer than the pack size {max_tokens}")
+    order = list(range(len(lengths)))
+    if rng is not None:
+        rng.shuffle(order)
     packs: list[list[int]] = []
     room: list[int] = []
-    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+    for i in order:
         slot = next((p for p, free in enumerate(room) if free >= lengths[i]), None)
         if slot is None:
             packs.append([i])

@@ -103,19 +103,26 @@ class ShardTables:
 
 
 def micro_batches(tables: Iterable[Any], builder: Any, cfg: TrainConfig, model: Any,
-                  image_token_id: int, pad_token_id: int) -> Iterator[tuple[dict[str, Any], int, int]]:
+                  image_token_id: int, pad_token_id: int,
+                  rank: int = 0) -> Iterator[tuple[dict[str, Any], int, int]]:
     """Endless (epoch after epoch over `tables`) stream of (model inputs, real tokens, samples)
     under the token budget, grouped across tables (`pooled_groups`), so the few rows at a time of a
-    streamed upstream still make full steps."""
+    streamed upstream still make full steps. Packs are drawn in a shuffled order seeded by
+    (`cfg.seed`, `rank`): the same stream on a resume, different packs each epoch."""
     from mmc_ray.train.collate import collate_packed, collate_padded
     from mmc_ray.train.packing import plan_packs, pooled_groups, token_budget_batches
 
-    plan = plan_packs if cfg.pack else token_budget_batches
+    rng = random.Random(f"{cfg.seed}:{rank}")
+
+    def plan(lengths: list[int]) -> list[list[int]]:
+        if cfg.pack:
+            return plan_packs(lengths, cfg.tokens_per_step, rng)
+        return token_budget_batches(lengths, cfg.tokens_per_step)
+
     while True:
         produced = False
         examples = (builder.build_all(table.to_pylist(), cfg.task) for table in tables)
-        for chosen in pooled_groups(examples, len, lambda lengths: plan(lengths, cfg.tokens_per_step),
-                                    POOL_STEPS * cfg.tokens_per_step):
+        for chosen in pooled_groups(examples, len, plan, POOL_STEPS * cfg.tokens_per_step):
             batch = (collate_packed(chosen, model, image_token_id) if cfg.pack
                      else collate_padded(chosen, pad_token_id, image_token_id))
             produced = True
@@ -261,9 +268,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     worker = _set_up(cfg, rank)
     step, curve = _restore(worker.engine, config["resume_from"], rank)  # curve: all-rank mean loss per step
     resumed_from = step
-    builder = ExampleBuilder(worker.vlm, cfg.max_seq_len)
+    builder = ExampleBuilder(worker.vlm, cfg.max_seq_len, cfg.text_only)
     stream = micro_batches(tables, builder, cfg, worker.model, worker.vlm.image_token_id,
-                           worker.vlm.tokenizer.pad_token_id)
+                           worker.vlm.tokenizer.pad_token_id, rank)
     for _ in range(step * cfg.grad_accum):  # data position: skip what the resumed steps consumed
         next(stream)
     flops_per_token = model_flops_per_token(worker.total, worker.trainable)

@@ -49,6 +49,17 @@ def test_loss_is_only_on_the_critique(vlm):
         assert image_tokens == int(torch.tensor(ex.image_grid_thw).prod()) // vlm.merge_size**2 > 0
 
 
+def test_text_only_examples_drop_the_image_and_keep_the_target(vlm):
+    rows = critique_rows(2)
+    seen, blind = (ExampleBuilder(vlm, max_seq_len=2048, text_only=t).build_all(rows, "critic")
+                   for t in (False, True))
+    for with_image, without in zip(seen, blind, strict=True):
+        assert without.pixel_values is None and without.image_grid_thw == []
+        assert vlm.image_token_id not in without.input_ids and vlm.image_token_id in with_image.input_ids
+        target = [t for t, lab in zip(with_image.input_ids, with_image.labels, strict=True) if lab != IGNORE_INDEX]
+        assert [t for t in without.labels if t != IGNORE_INDEX] == target
+
+
 def test_annotator_examples_show_the_correct_sibling_and_teach_the_same_critique(vlm):
     rows = critique_rows(2)
     for row in rows:  # a divergent pair: the wrong path split from the reference after 0 shared steps
