@@ -1,11 +1,17 @@
 """Fidelity of a tiny critic trained from scratch by our trainer on the synthetic MMC dataset.
 
 Synthetic problems → MCTS with the simulated actor → rule-annotated MMC dataset → a random-weight tiny
-Qwen2-VL fine-tuned on the train split (Ray Train, 2 CPU workers, DeepSpeed ZeRO-2) → greedy critiques
-of every held-out (test split) solution, scored against the ground truth: verdict accuracy, and
-first-wrong-step accuracy (of the truly wrong solutions, the share whose first wrong step the critic
-names; = step recall), with step precision/F1 and the parse rate. For scale, the baselines a critic
-must beat: always answering the majority verdict, and always naming the most common wrong step.
+Qwen2-VL fine-tuned on the train split (Ray Train + DeepSpeed ZeRO-2 on CPU) → greedy critiques of
+every held-out (validation and test split) path, scored against the ground truth:
+
+* `processbench_f1` (earliest wrong step or −1; F1 of acc_err and acc_cor), `verdict_accuracy`,
+  first-wrong-step accuracy (= step recall), step precision/F1, parse rate;
+* `refine_gain`: refinement of fresh problems (simulated actor, this critic) final minus single-pass
+  accuracy, a fraction (0.10 = +10 points);
+* beside each, its baselines: label frequencies (always the majority verdict, always the most
+  common step), a **text-only critic** (the same fit with the images dropped, judged without them:
+  what a critic gets from the text alone), and for refinement the oracle critic (ground truth);
+* a learning curve: the figures at every `--curve-points`th of the fit against its token budget.
 
     .venv/bin/python bench/critic_fidelity.py --quick --json bench/results/critic_fidelity_quick.json
 """
@@ -18,8 +24,8 @@ import os
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -28,20 +34,21 @@ os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(__file__).resolve().paren
 from _results import write_results
 
 from mmc_ray.config import Config, TinyModelConfig, TrainConfig
-from mmc_ray.critique.prompts import critic_messages
-from mmc_ray.critique.schema import parse_critique
+from mmc_ray.critique.judge import judge_rows
 from mmc_ray.engines.hf import HFEngine
+from mmc_ray.engines.rule_critic import RuleCriticEngine
 from mmc_ray.engines.simulated import SimulatedActorEngine
-from mmc_ray.eval.metrics import critic_metrics
-from mmc_ray.eval.processbench import Judged, prediction_from_verdict, processbench_f1
-from mmc_ray.generation import GenerationRequest
+from mmc_ray.eval.metrics import critic_metrics, evaluate, frequency_baselines
 from mmc_ray.models.tiny import build_tiny_vlm
+from mmc_ray.refine.loop import RefinementLoop
 from mmc_ray.stages.annotate import annotate_to_dir
 from mmc_ray.stages.search import search_to_dir
 from mmc_ray.store.shards import shard_paths
 from mmc_ray.tasks.generator import generate_problems
-from mmc_ray.tasks.problem import Problem
+from mmc_ray.train.trainer import TrainHooks, save_and_report, save_hf
 from mmc_ray.workers.dispatch import LocalDispatcher
+
+CRITIQUE_TOKENS = 160
 
 
 def dataset_config() -> Config:
@@ -68,102 +75,169 @@ def build_dataset(cfg: Config, n_problems: int, out: Path) -> dict[str, list[dic
             for split in ("train", "validation", "test")}
 
 
-def critique_rows(engine: HFEngine, rows: list[dict], max_new_tokens: int) -> list[dict]:
-    """Greedy critiques of `rows` as eval-metric rows (the fields `critic_metrics` reads)."""
-    problems = [Problem.from_row(r) for r in rows]
-    requests = [GenerationRequest(messages=critic_messages(p, r["path_steps"], r["path_answer"]),
-                                  images=p.images, max_new_tokens=max_new_tokens, temperature=0.0)
-                for p, r in zip(problems, rows, strict=True)]
-    scored = []
-    for row, result in zip(rows, engine.generate(requests), strict=True):
-        text = result.completions[0].text
-        parsed = parse_critique(text, len(row["path_steps"]))
-        critique = parsed.critique
-        scored.append({
-            "correct": row["verdict"] == "correct",
-            "true_first_wrong_step": row["first_wrong_step"] if row["verdict"] == "incorrect" else None,
-            "critic_text": text, "critic_parse_error": parsed.error,
-            "critic_verdict": critique.verdict if critique else None,
-            "critic_first_wrong_step": critique.first_wrong_step if critique else None,
-        })
-    return scored
+class WeightsAtCheckpoints(TrainHooks):
+    """Checkpoints as a fit always does, and rank 0 also keeps the full weights of each (one
+    ZeRO-2 worker holds them all), for the learning curve."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = str(folder)
+
+    def checkpoint(self, engine: Any, step: int, curve: list[float], metrics: dict[str, Any], rank: int,
+                   world: int) -> None:
+        import torch
+
+        save_and_report(engine, step, curve, metrics, rank, world)
+        if rank == 0:
+            torch.save(engine.module.state_dict(), Path(self.folder, f"step_{step:07d}.pt"))
 
 
-def baselines(train: list[dict], test: list[dict]) -> dict[str, float]:
-    """What answering from label frequencies alone (learned on train) scores on test."""
-    majority = Counter(r["verdict"] for r in train).most_common(1)[0][0]
-    wrong_steps = Counter(r["first_wrong_step"] for r in train if r["verdict"] == "incorrect")
-    common_step = wrong_steps.most_common(1)[0][0]
-    wrong = [r for r in test if r["verdict"] == "incorrect"]
-    constant = prediction_from_verdict(majority, common_step)  # one answer for every solution
-    judged = [Judged(prediction_from_verdict(r["verdict"], r["first_wrong_step"]), constant) for r in test]
-    return {"majority_verdict": majority,
-            "constant_processbench_f1": processbench_f1(judged)["f1"],
-            "majority_verdict_accuracy": sum(r["verdict"] == majority for r in test) / len(test),
-            "most_common_step": common_step,
-            "most_common_step_accuracy":
-                sum(r["first_wrong_step"] == common_step for r in wrong) / max(len(wrong), 1)}
+def fit(cfg: Config, tcfg: TrainConfig, data: Path, out: Path) -> tuple[Any, list[tuple[int, Path]]]:
+    """One fit; its summary and an exported critic at each checkpoint (step, folder)."""
+    import torch
+
+    from mmc_ray.train.trainer import train
+
+    weights = out / "weights"
+    weights.mkdir(parents=True)
+    summary = train(dataclasses.replace(cfg, train=tcfg), data, out / "fit",
+                    hooks=WeightsAtCheckpoints(weights))
+    exported = []
+    for path in sorted(weights.glob("step_*.pt")):
+        step = int(path.stem.split("_")[1])
+        exported.append((step, save_hf(torch.load(path), tcfg, out / f"critic-{step}")))
+    return summary, exported
+
+
+def critic_engine(path: Path, tcfg: TrainConfig) -> HFEngine:
+    return HFEngine.from_path(path, device="cpu", dtype="float32", max_batch_size=16,
+                              min_pixels=tcfg.min_pixels, max_pixels=tcfg.max_pixels)
+
+
+def refine_gain(cfg: Config, critic: Any, problems: list) -> dict[str, Any]:
+    """Refinement of `problems` by the simulated actor with `critic`: accuracies and the gain."""
+    records = RefinementLoop(SimulatedActorEngine(cfg.actor.simulator), critic, cfg.refine).run(problems)
+    metrics = evaluate([r.to_row() for r in records])
+    return {"single_pass_accuracy": metrics["single_pass_accuracy"],
+            "final_accuracy": metrics["final_accuracy"],
+            "refine_gain": metrics["final_accuracy"] - metrics["single_pass_accuracy"],
+            "wrong_to_right": metrics["wrong_to_right"], "right_to_wrong": metrics["right_to_wrong"],
+            "critic_in_the_loop": metrics["critic"]}
+
+
+def judged(metrics: dict[str, Any]) -> dict[str, Any]:
+    keys = ("processbench_f1", "verdict_accuracy", "step_recall", "step_precision", "step_f1", "parse_rate")
+    return {k: metrics[k] for k in keys}
+
+
+def by_error_type(rows: list[dict], judgements: list[dict]) -> dict[str, dict[str, Any]]:
+    """Of the wrong paths of each true error type: how many, and the share whose first wrong step
+    the critic named (where the critic fails: in what it must see, or in what it must compute)."""
+    found: dict[str, list[bool]] = {}
+    for row, j in zip(rows, judgements, strict=True):
+        if row["verdict"] == "incorrect":
+            step = j["critic_first_wrong_step"] if j["critic_verdict"] == "incorrect" else None
+            named = step == row["first_wrong_step"]
+            found.setdefault(row["error_type"] or "unknown", []).append(named)
+    return {kind: {"paths": len(hits), "first_wrong_step_accuracy": sum(hits) / len(hits)}
+            for kind, hits in sorted(found.items())}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer problems and steps (a smoke run)")
-    parser.add_argument("--problems", type=int, help="synthetic problems to search (default 2000; quick 160)")
-    parser.add_argument("--steps", type=int, help="optimizer steps (default 800; quick 60)")
+    parser.add_argument("--problems", type=int, help="synthetic problems to search (default 2000; quick 400)")
+    parser.add_argument("--steps", type=int, help="optimizer steps (default 1600; quick 400)")
+    parser.add_argument("--refine-problems", type=int, help="fresh problems refined (default 200; quick 60)")
+    parser.add_argument("--curve-points", type=int, default=4, help="checkpoints on the learning curve")
+    parser.add_argument("--hidden", type=int, default=TinyModelConfig.hidden_size, help="model width")
+    parser.add_argument("--layers", type=int, default=TinyModelConfig.num_layers, help="model layers")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    n_problems = args.problems or (160 if args.quick else 2000)
-    steps = args.steps or (60 if args.quick else 800)
-
-    from mmc_ray.train.trainer import train
+    n_problems = args.problems or (400 if args.quick else 2000)
+    steps = args.steps or (400 if args.quick else 1600)
+    n_refine = args.refine_problems or (60 if args.quick else 200)
 
     cfg = dataset_config()
+    model_cfg = TinyModelConfig(hidden_size=args.hidden, intermediate_size=2 * args.hidden,
+                                num_layers=args.layers, num_heads=max(2, args.hidden // 32))
+    refine_problems = list(generate_problems(n_refine, seed=900_001, families=cfg.tasks.families,
+                                             difficulties=cfg.tasks.difficulties,
+                                             image_size=cfg.tasks.image_size))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         start = time.perf_counter()
         splits = build_dataset(cfg, n_problems, tmp)
         data_seconds = time.perf_counter() - start
+        held_out = splits["validation"] + splits["test"]  # the problems no fit trains on
         print(f"dataset: {n_problems} problems → " + ", ".join(f"{s} {len(r)}" for s, r in splits.items())
               + f" examples ({data_seconds:.0f} s)", flush=True)
-        model = build_tiny_vlm(TinyModelConfig(), tmp / "tiny-vlm")
-        tcfg = TrainConfig(init_model=str(model), num_workers=2, cpus_per_worker=0.5, learning_rate=3e-3,
-                           warmup_steps=max(steps // 20, 1), max_steps=steps, checkpoint_every=steps,
-                           tokens_per_step=4096, wandb_project="")
-        summary = train(dataclasses.replace(cfg, train=tcfg), tmp / "dataset", tmp / "critic")
-        losses = summary.losses
-        print(f"trained {steps} steps in {summary.seconds:.0f} s: loss {losses[0]:.3f} → "
-              f"{sum(losses[-20:]) / len(losses[-20:]):.3f} (mean of the last 20)", flush=True)
-        engine = HFEngine.from_path(summary.exported, device="cpu", dtype="float32", max_batch_size=16,
-                                    min_pixels=tcfg.min_pixels, max_pixels=tcfg.max_pixels)
+        model = build_tiny_vlm(model_cfg, tmp / "tiny-vlm")
+        tcfg = TrainConfig(init_model=str(model), num_workers=1, cpus_per_worker=1.0, learning_rate=3e-3,
+                           warmup_steps=max(steps // 40, 1), max_steps=steps,
+                           checkpoint_every=max(steps // args.curve_points, 1), tokens_per_step=4096,
+                           wandb_project="")
+        fits = {}
+        for name, text_only in (("critic", False), ("text_only", True)):
+            summary, exported = fit(cfg, dataclasses.replace(tcfg, text_only=text_only), tmp / "dataset",
+                                    tmp / name)
+            losses = summary.losses
+            print(f"{name}: {steps} steps in {summary.seconds:.0f} s, loss {losses[0]:.3f} → "
+                  f"{sum(losses[-20:]) / len(losses[-20:]):.3f}", flush=True)
+            curve = []
+            for step, path in exported:
+                start = time.perf_counter()
+                judgements = judge_rows(critic_engine(path, tcfg), held_out, CRITIQUE_TOKENS,
+                                        text_only=text_only)
+                metrics = critic_metrics(judgements)
+                curve.append({"step": step, "token_budget": step * tcfg.tokens_per_step, **judged(metrics),
+                              "by_error_type": by_error_type(held_out, judgements)})
+                print(f"  step {step}: ProcessBench F1 {metrics['processbench_f1']:.3f}, verdict "
+                      f"{metrics['verdict_accuracy']:.3f}, first wrong step {metrics['step_recall']:.3f} "
+                      f"({time.perf_counter() - start:.0f} s)", flush=True)
+            fits[name] = {"train_seconds": round(summary.seconds, 1), "loss_first": losses[0],
+                          "loss_last20": sum(losses[-20:]) / len(losses[-20:]),
+                          "tokens_per_s": summary.metrics.get("tokens_per_s"),
+                          "params": summary.metrics.get("total_params"), "curve": curve,
+                          "held_out": curve[-1], "final": exported[-1][1]}
         start = time.perf_counter()
-        held_out = splits["test"]
-        metrics = critic_metrics(critique_rows(engine, held_out, max_new_tokens=160))
-        eval_seconds = time.perf_counter() - start
-
+        refinement = {
+            "critic": refine_gain(cfg, critic_engine(fits["critic"]["final"], tcfg), refine_problems),
+            "oracle": refine_gain(cfg, RuleCriticEngine(), refine_problems),
+        }
+        refine_seconds = time.perf_counter() - start
+    for f in fits.values():
+        f.pop("final")
+    critic, text_only = fits["critic"]["held_out"], fits["text_only"]["held_out"]
+    baseline = frequency_baselines(splits["train"], held_out)
     results = {
-        "problems": n_problems, "examples": {s: len(r) for s, r in splits.items()},
-        "steps": steps, "train_seconds": round(summary.seconds, 1), "data_seconds": round(data_seconds, 1),
-        "eval_seconds": round(eval_seconds, 1), "tokens_per_s": summary.metrics.get("tokens_per_s"),
-        "loss_first": losses[0], "loss_last20": sum(losses[-20:]) / len(losses[-20:]),
-        "held_out": metrics, "baselines": baselines(splits["train"], held_out),
-        "first_wrong_step_accuracy": metrics["step_recall"], "verdict_accuracy": metrics["verdict_accuracy"],
-        "processbench_f1": metrics["processbench_f1"],
+        "problems": n_problems, "examples": {s: len(r) for s, r in splits.items()}, "steps": steps,
+        "model": dataclasses.asdict(model_cfg), "data_seconds": round(data_seconds, 1),
+        "refine_seconds": round(refine_seconds, 1), "refine_problems": n_refine,
+        "processbench_f1": critic["processbench_f1"], "verdict_accuracy": critic["verdict_accuracy"],
+        "first_wrong_step_accuracy": critic["step_recall"],
+        "refine_gain": refinement["critic"]["refine_gain"],
+        "baselines": {**baseline, "text_only": text_only,
+                      "oracle_refine_gain": refinement["oracle"]["refine_gain"]},
+        "fits": fits, "refinement": refinement,
     }
-    b = results["baselines"]
-    print(f"\nheld-out split: {len(held_out)} solutions")
-    print(f"{'figure':<28} {'critic':>8} {'baseline':>9}")
-    for name, value, baseline in (
-        ("ProcessBench F1", metrics["processbench_f1"], b["constant_processbench_f1"]),
-        ("verdict accuracy", metrics["verdict_accuracy"], b["majority_verdict_accuracy"]),
-        ("first-wrong-step accuracy", metrics["step_recall"], b["most_common_step_accuracy"]),
-        ("step precision", metrics["step_precision"], None),
-        ("step F1", metrics["step_f1"], None),
-        ("parse rate", metrics["parse_rate"], None),
+    print(f"\nheld-out splits: {len(held_out)} paths; refinement: {n_refine} fresh problems")
+    print(f"{'figure':<26} {'critic':>8} {'text-only':>10} {'frequencies':>12}")
+    for name, key, frequency in (
+        ("ProcessBench F1", "processbench_f1", baseline["constant_processbench_f1"]),
+        ("verdict accuracy", "verdict_accuracy", baseline["majority_verdict_accuracy"]),
+        ("first-wrong-step accuracy", "step_recall", baseline["most_common_step_accuracy"]),
+        ("parse rate", "parse_rate", None),
     ):
-        shown = "-" if baseline is None else f"{baseline:.1%}"
-        print(f"{name:<28} {'-' if value is None else f'{value:.1%}':>8} {shown:>9}")
-    print(f"training time {summary.seconds:.0f} s for {steps} steps on 2 CPU workers")
+        print(f"{name:<26} {critic[key]:>8.1%} {text_only[key]:>10.1%} "
+              f"{'-' if frequency is None else f'{frequency:.1%}':>12}")
+    print("first-wrong-step accuracy by true error type (critic / text-only): " + "; ".join(
+        f"{kind} {v['first_wrong_step_accuracy']:.0%} / "
+        f"{text_only['by_error_type'][kind]['first_wrong_step_accuracy']:.0%} of {v['paths']}"
+        for kind, v in critic["by_error_type"].items()))
+    r = refinement["critic"]
+    print(f"refinement with the critic: {r['single_pass_accuracy']:.1%} → {r['final_accuracy']:.1%} "
+          f"(gain {r['refine_gain']:+.1%}); with the oracle: {refinement['oracle']['refine_gain']:+.1%}")
     write_results(results, args.json)
     return 0
 

@@ -24,7 +24,8 @@ def judge_rows(critic: Generates, rows: Sequence[Mapping[str, Any]], max_new_tok
     the critic's text, verdict and first wrong step (None where it does not parse)."""
     problems = [Problem.from_row(dict(r, image=None) if text_only else dict(r)) for r in rows]
     requests = [GenerationRequest(messages=critic_messages(p, r["path_steps"], r["path_answer"]),
-                                  images=p.images, max_new_tokens=max_new_tokens, temperature=0.0)
+                                  images=p.images, max_new_tokens=max_new_tokens, temperature=0.0,
+                                  metadata={"problem_id": p.problem_id})
                 for p, r in zip(problems, rows, strict=True)]
     judged = []
     for row, result in zip(rows, critic.generate(requests), strict=True):

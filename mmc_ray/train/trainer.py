@@ -453,13 +453,15 @@ def export_hf(checkpoint: Path, tcfg: TrainConfig, out: Path) -> Path:
     bars_were_on = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # loading and writing shards of a small model: no bars needed
     try:
-        return _save_hf(state, tcfg, out)
+        return save_hf(state, tcfg, out)
     finally:
         if bars_were_on:
             hf_logging.enable_progress_bar()
 
 
-def _save_hf(state: dict[str, Any], tcfg: TrainConfig, out: Path) -> Path:
+def save_hf(state: dict[str, Any], tcfg: TrainConfig, out: Path) -> Path:
+    """`state` (a full model state dict) as a Hugging Face folder of `tcfg.init_model`'s model, with
+    its tokenizer and the image processor under the fit's pixel budget, written atomically."""
     import shutil
 
     from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
