@@ -8,6 +8,9 @@ every held-out (validation and test split) path, scored against the ground truth
   first-wrong-step accuracy (= step recall), step precision/F1, parse rate;
 * `refine_gain`: refinement of fresh problems (simulated actor, this critic) final minus single-pass
   accuracy, a fraction (0.10 = +10 points);
+* best-of-N on the same fresh problems: N = 1, 2, 4, 8 sampled answers, the one the critic scores
+  highest (P(correct) from the likelihoods of its openings, and min step soundness) beside majority
+  vote and the any-correct bound;
 * beside each, its baselines: label frequencies (always the majority verdict, always the most
   common step), a **text-only critic** (the same fit with the images dropped, judged without them:
   what a critic gets from the text alone), and for refinement the oracle critic (ground truth);
@@ -38,9 +41,11 @@ from mmc_ray.critique.judge import judge_rows
 from mmc_ray.engines.hf import HFEngine
 from mmc_ray.engines.rule_critic import RuleCriticEngine
 from mmc_ray.engines.simulated import SimulatedActorEngine
+from mmc_ray.eval.best_of_n import best_of_n_metrics
 from mmc_ray.eval.metrics import critic_metrics, evaluate, frequency_baselines
 from mmc_ray.models.tiny import build_tiny_vlm
 from mmc_ray.refine.loop import RefinementLoop
+from mmc_ray.refine.verify import sample_and_verify
 from mmc_ray.stages.annotate import annotate_to_dir
 from mmc_ray.stages.search import search_to_dir
 from mmc_ray.store.shards import shard_paths
@@ -122,6 +127,11 @@ def refine_gain(cfg: Config, critic: Any, problems: list) -> dict[str, Any]:
             "refine_gain": metrics["final_accuracy"] - metrics["single_pass_accuracy"],
             "wrong_to_right": metrics["wrong_to_right"], "right_to_wrong": metrics["right_to_wrong"],
             "critic_in_the_loop": metrics["critic"]}
+
+
+def best_of_n(cfg: Config, critic: Any, problems: list) -> dict[str, Any]:
+    rows = sample_and_verify(problems, SimulatedActorEngine(cfg.actor.simulator), critic, cfg.refine)
+    return best_of_n_metrics(rows, cfg.refine.best_of_n)
 
 
 def judged(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -206,6 +216,14 @@ def main() -> int:
             "oracle": refine_gain(cfg, RuleCriticEngine(), refine_problems),
         }
         refine_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        blind_problems = [dataclasses.replace(p, image=None) for p in refine_problems]
+        selection = {
+            "critic": best_of_n(cfg, critic_engine(fits["critic"]["final"], tcfg), refine_problems),
+            "text_only": best_of_n(cfg, critic_engine(fits["text_only"]["final"], tcfg), blind_problems),
+            "oracle": best_of_n(cfg, RuleCriticEngine(), refine_problems),
+        }
+        best_of_n_seconds = time.perf_counter() - start
     for f in fits.values():
         f.pop("final")
     critic, text_only = fits["critic"]["held_out"], fits["text_only"]["held_out"]
@@ -214,12 +232,14 @@ def main() -> int:
         "problems": n_problems, "examples": {s: len(r) for s, r in splits.items()}, "steps": steps,
         "model": dataclasses.asdict(model_cfg), "data_seconds": round(data_seconds, 1),
         "refine_seconds": round(refine_seconds, 1), "refine_problems": n_refine,
+        "best_of_n_seconds": round(best_of_n_seconds, 1),
         "processbench_f1": critic["processbench_f1"], "verdict_accuracy": critic["verdict_accuracy"],
         "first_wrong_step_accuracy": critic["step_recall"],
         "refine_gain": refinement["critic"]["refine_gain"],
         "baselines": {**baseline, "text_only": text_only,
                       "oracle_refine_gain": refinement["oracle"]["refine_gain"]},
-        "fits": fits, "refinement": refinement,
+        "best_of_n_gain": selection["critic"]["gain"],
+        "fits": fits, "refinement": refinement, "best_of_n": selection,
     }
     print(f"\nheld-out splits: {len(held_out)} paths; refinement: {n_refine} fresh problems")
     print(f"{'figure':<26} {'critic':>8} {'text-only':>10} {'frequencies':>12}")
@@ -238,6 +258,14 @@ def main() -> int:
     r = refinement["critic"]
     print(f"refinement with the critic: {r['single_pass_accuracy']:.1%} → {r['final_accuracy']:.1%} "
           f"(gain {r['refine_gain']:+.1%}); with the oracle: {refinement['oracle']['refine_gain']:+.1%}")
+    n_values = selection["critic"]["n"]
+    print(f"\nbest-of-N accuracy on the {n_refine} fresh problems, N = {n_values}:")
+    rows = [(f"{name}, by P(correct)", m["best_of_n_p_correct"]) for name, m in selection.items()]
+    rows += [("critic, by min step soundness", selection["critic"]["best_of_n_min_step"]),
+             ("majority vote", selection["critic"]["majority_vote"]),
+             ("any sample correct", selection["critic"]["any_correct"])]
+    for name, values in rows:
+        print(f"  {name:<32} " + " ".join(f"{v:>6.1%}" for v in values))
     write_results(results, args.json)
     return 0
 
