@@ -7,6 +7,12 @@ from mmc_ray.config import EngineConfig
 from mmc_ray.generation import GenerationEngine
 
 
+def engine_scores(cfg: EngineConfig) -> bool:
+    """Whether `build_engine(cfg)` scores continuations (`ScoresContinuations`), known without
+    building it: a pool of Ray workers says so before any of them loads its model."""
+    return cfg.kind == "hf"
+
+
 def build_engine(cfg: EngineConfig) -> GenerationEngine:
     if cfg.kind == "hf":
         from mmc_ray.engines.hf import HFEngine

@@ -3,6 +3,7 @@ engine interface (refinement, generation) runs unchanged on a pool of Ray actors
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections.abc import Iterator, Sequence
@@ -10,7 +11,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from mmc_ray.config import EngineConfig
-from mmc_ray.engines.factory import build_engine
+from mmc_ray.engines.factory import build_engine, engine_scores
 from mmc_ray.generation import Closable, GenerationEngine, GenerationRequest, GenerationResult, error_result
 from mmc_ray.workers.dispatch import Attempts, CapacityLost, RayDispatcher, RetryPolicy
 from mmc_ray.workers.role_worker import RoleWorker
@@ -59,6 +60,22 @@ class WorkerPoolEngine:
         return results  # type: ignore[return-value]
 
 
+class ScoringWorkerPoolEngine(WorkerPoolEngine):
+    """A pool whose engines score continuations (`ScoresContinuations`): the critic as a verifier
+    (best-of-N) scores on the workers, each request on the next worker in turn. A worker lost mid-call
+    raises: `best_of_n_to_dir` keeps the shards written before it and resumes from there."""
+
+    def __init__(self, workers: Sequence[Any], name: str, max_chunk: int = 64,
+                 retry: RetryPolicy = RetryPolicy()) -> None:
+        super().__init__(workers, name, max_chunk, retry)
+        self._turn = itertools.cycle(range(len(self.workers)))
+
+    def score(self, request: GenerationRequest, continuations: Sequence[str]) -> list[float]:
+        import ray
+
+        return ray.get(self.workers[next(self._turn)].score.remote(request, list(continuations)))
+
+
 @contextmanager
 def role_engine(worker_cls: type[RoleWorker], cfg: EngineConfig,
                 local: bool = False) -> Iterator[GenerationEngine]:
@@ -79,7 +96,8 @@ def role_engine(worker_cls: type[RoleWorker], cfg: EngineConfig,
     init_ray()
     group = create_worker_group(worker_cls, cfg)
     try:
-        yield WorkerPoolEngine(group.workers, name=f"{worker_cls.role}[{cfg.kind}]x{len(group.workers)}",
-                               max_chunk=cfg.max_batch_size * 4, retry=RetryPolicy.for_role(cfg.resources))
+        pool = ScoringWorkerPoolEngine if engine_scores(cfg) else WorkerPoolEngine
+        yield pool(group.workers, name=f"{worker_cls.role}[{cfg.kind}]x{len(group.workers)}",
+                   max_chunk=cfg.max_batch_size * 4, retry=RetryPolicy.for_role(cfg.resources))
     finally:
         group.shutdown()

@@ -18,7 +18,7 @@ import ray
 
 from mmc_ray.config import EngineConfig
 from mmc_ray.engines.factory import build_engine
-from mmc_ray.generation import GenerationRequest, GenerationResult, ReloadsInPlace
+from mmc_ray.generation import GenerationRequest, GenerationResult, ReloadsInPlace, ScoresContinuations
 
 
 def concurrency_groups(cfg: EngineConfig) -> dict[str, int]:
@@ -53,6 +53,14 @@ class RoleWorker:
                 self._batches -= 1
                 self.requests_served += served
         return results
+
+    @ray.method(concurrency_group="generate")
+    def score(self, request: GenerationRequest, continuations: Sequence[str]) -> list[float]:
+        """The engine's log-probability of each continuation (`ScoresContinuations` engines only)."""
+        engine = self.engine
+        if not isinstance(engine, ScoresContinuations):
+            raise TypeError(f"the {engine.name} engine does not score continuations")
+        return engine.score(request, continuations)
 
     @ray.method(concurrency_group="control")
     def health(self) -> dict[str, Any]:
