@@ -37,16 +37,17 @@ os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(__file__).resolve().paren
 from _results import write_results
 
 from mmc_ray.config import Config, TinyModelConfig, TrainConfig
-from mmc_ray.critique.judge import judge_rows
 from mmc_ray.engines.hf import HFEngine
 from mmc_ray.engines.rule_critic import RuleCriticEngine
 from mmc_ray.engines.simulated import SimulatedActorEngine
 from mmc_ray.eval.best_of_n import best_of_n_metrics
-from mmc_ray.eval.metrics import critic_metrics, evaluate, frequency_baselines
+from mmc_ray.eval.metrics import evaluate, frequency_baselines
+from mmc_ray.eval.processbench import critic_bench_report
 from mmc_ray.models.tiny import build_tiny_vlm
 from mmc_ray.refine.loop import RefinementLoop
 from mmc_ray.refine.verify import sample_and_verify
 from mmc_ray.stages.annotate import annotate_to_dir
+from mmc_ray.stages.critic_bench import critique_solution, judge
 from mmc_ray.stages.search import search_to_dir
 from mmc_ray.store.shards import shard_paths
 from mmc_ray.tasks.generator import generate_problems
@@ -134,9 +135,26 @@ def best_of_n(cfg: Config, critic: Any, problems: list) -> dict[str, Any]:
     return best_of_n_metrics(rows, cfg.refine.best_of_n)
 
 
-def judged(metrics: dict[str, Any]) -> dict[str, Any]:
-    keys = ("processbench_f1", "verdict_accuracy", "step_recall", "step_precision", "step_f1", "parse_rate")
-    return {k: metrics[k] for k in keys}
+def verifier_auc(judgements: list[dict]) -> float | None:
+    """P(a right path's P(correct) > a wrong path's), ties half: how well the critic's likelihood
+    of "correct" (its last step's soundness) ranks paths, whatever threshold a pick would use."""
+    right = [j["step_sound"][-1] for j in judgements if j["step_sound"] and j["label"] == -1]
+    wrong = [j["step_sound"][-1] for j in judgements if j["step_sound"] and j["label"] != -1]
+    if not right or not wrong:
+        return None
+    return sum((r > w) + 0.5 * (r == w) for r in right for w in wrong) / (len(right) * len(wrong))
+
+
+def judged(judgements: list[dict], rows: list[dict]) -> dict[str, Any]:
+    """The held-out figures of one checkpoint, by true error type too."""
+    report = critic_bench_report(judgements)
+    pb, scores = report["processbench"], report["step_macro_f1_from_scores"]
+    return {"processbench_f1": pb["f1"], "verdict_accuracy": report["verdict_accuracy"],
+            "first_wrong_step_accuracy": pb["acc_err"], "judged_correct_accuracy": pb["acc_cor"],
+            "parse_rate": report["parse_rate"],
+            "step_macro_f1": report["step_macro_f1_from_critiques"]["macro_f1"],
+            "step_macro_f1_from_scores": scores["macro_f1"] if scores else None,
+            "verifier_auc": verifier_auc(judgements), "by_error_type": by_error_type(rows, judgements)}
 
 
 def by_error_type(rows: list[dict], judgements: list[dict]) -> dict[str, dict[str, Any]]:
@@ -145,9 +163,8 @@ def by_error_type(rows: list[dict], judgements: list[dict]) -> dict[str, dict[st
     found: dict[str, list[bool]] = {}
     for row, j in zip(rows, judgements, strict=True):
         if row["verdict"] == "incorrect":
-            step = j["critic_first_wrong_step"] if j["critic_verdict"] == "incorrect" else None
-            named = step == row["first_wrong_step"]
-            found.setdefault(row["error_type"] or "unknown", []).append(named)
+            step = j["first_wrong_step"] if j["verdict"] == "incorrect" else None
+            found.setdefault(row["error_type"] or "unknown", []).append(step == row["first_wrong_step"])
     return {kind: {"paths": len(hits), "first_wrong_step_accuracy": sum(hits) / len(hits)}
             for kind, hits in sorted(found.items())}
 
@@ -180,6 +197,7 @@ def main() -> int:
         splits = build_dataset(cfg, n_problems, tmp)
         data_seconds = time.perf_counter() - start
         held_out = splits["validation"] + splits["test"]  # the problems no fit trains on
+        solutions = [critique_solution(r) for r in held_out]
         print(f"dataset: {n_problems} problems → " + ", ".join(f"{s} {len(r)}" for s, r in splits.items())
               + f" examples ({data_seconds:.0f} s)", flush=True)
         model = build_tiny_vlm(model_cfg, tmp / "tiny-vlm")
@@ -197,14 +215,14 @@ def main() -> int:
             curve = []
             for step, path in exported:
                 start = time.perf_counter()
-                judgements = judge_rows(critic_engine(path, tcfg), held_out, CRITIQUE_TOKENS,
-                                        text_only=text_only)
-                metrics = critic_metrics(judgements)
-                curve.append({"step": step, "token_budget": step * tcfg.tokens_per_step, **judged(metrics),
-                              "by_error_type": by_error_type(held_out, judgements)})
+                judgements = judge(solutions, critic_engine(path, tcfg), CRITIQUE_TOKENS, progress=False,
+                                   text_only=text_only, score_steps=step == exported[-1][0])
+                metrics = judged(judgements, held_out)
+                curve.append({"step": step, "token_budget": step * tcfg.tokens_per_step, **metrics})
                 print(f"  step {step}: ProcessBench F1 {metrics['processbench_f1']:.3f}, verdict "
-                      f"{metrics['verdict_accuracy']:.3f}, first wrong step {metrics['step_recall']:.3f} "
-                      f"({time.perf_counter() - start:.0f} s)", flush=True)
+                      f"{metrics['verdict_accuracy']:.3f}, first wrong step "
+                      f"{metrics['first_wrong_step_accuracy']:.3f} ({time.perf_counter() - start:.0f} s)",
+                      flush=True)
             fits[name] = {"train_seconds": round(summary.seconds, 1), "loss_first": losses[0],
                           "loss_last20": sum(losses[-20:]) / len(losses[-20:]),
                           "tokens_per_s": summary.metrics.get("tokens_per_s"),
@@ -234,7 +252,8 @@ def main() -> int:
         "refine_seconds": round(refine_seconds, 1), "refine_problems": n_refine,
         "best_of_n_seconds": round(best_of_n_seconds, 1),
         "processbench_f1": critic["processbench_f1"], "verdict_accuracy": critic["verdict_accuracy"],
-        "first_wrong_step_accuracy": critic["step_recall"],
+        "first_wrong_step_accuracy": critic["first_wrong_step_accuracy"],
+        "verifier_auc": critic["verifier_auc"],
         "refine_gain": refinement["critic"]["refine_gain"],
         "baselines": {**baseline, "text_only": text_only,
                       "oracle_refine_gain": refinement["oracle"]["refine_gain"]},
@@ -246,8 +265,9 @@ def main() -> int:
     for name, key, frequency in (
         ("ProcessBench F1", "processbench_f1", baseline["constant_processbench_f1"]),
         ("verdict accuracy", "verdict_accuracy", baseline["majority_verdict_accuracy"]),
-        ("first-wrong-step accuracy", "step_recall", baseline["most_common_step_accuracy"]),
+        ("first-wrong-step accuracy", "first_wrong_step_accuracy", baseline["most_common_step_accuracy"]),
         ("parse rate", "parse_rate", None),
+        ("verifier AUC", "verifier_auc", None),
     ):
         print(f"{name:<26} {critic[key]:>8.1%} {text_only[key]:>10.1%} "
               f"{'-' if frequency is None else f'{frequency:.1%}':>12}")

@@ -134,7 +134,8 @@ def step_macro_f1_by_group(rows: Iterable[Mapping[str, object]]) -> dict[str, ob
 def critic_bench_report(rows: Sequence[Mapping[str, object]]) -> dict[str, object]:
     """The figures of a critic on step-labelled solutions, from rows with `labels`, `label` (the
     earliest wrong step or -1), `source`, the parsed `verdict` / `first_wrong_step` (None when the
-    critique did not parse) and `step_sound` (None when the critic gave no step scores)."""
+    critique did not parse) and `step_sound` (None when the critic gave no step scores). Verdict
+    accuracy counts an unparsed critique as wrong; a solution is correct when no step is wrong."""
     judged = [Judged(r["label"], prediction_from_verdict(r["verdict"], r["first_wrong_step"]), r["source"])
               for r in rows]
     from_critiques = [{"labels": r["labels"], "group": r["source"],
@@ -143,7 +144,9 @@ def critic_bench_report(rows: Sequence[Mapping[str, object]]) -> dict[str, objec
     scored = [r for r in rows if r["step_sound"] is not None]
     from_scores = [{"labels": r["labels"], "group": r["source"],
                     "predicted": step_predictions_from_scores(r["step_sound"])} for r in scored]
+    truth = ["correct" if r["label"] == CORRECT_LABEL else "incorrect" for r in rows]
     return {"solutions": len(rows), "parse_rate": _mean([r["verdict"] is not None for r in rows]),
+            "verdict_accuracy": _mean([r["verdict"] == t for r, t in zip(rows, truth, strict=True)]),
             "processbench": processbench_report(judged),
             "step_macro_f1_from_critiques": step_macro_f1_by_group(from_critiques),
             "step_macro_f1_from_scores": step_macro_f1_by_group(from_scores) if scored else None,

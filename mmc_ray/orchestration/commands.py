@@ -229,14 +229,19 @@ def eval_critic(cfg: Config, bench: Path, out: Path, limit: int | None = None) -
     api = cfg.critic.openai
     served = ServedStepScores(api.base_url, os.environ.get(api.api_key_env), api.request_timeout_s) \
         if cfg.critic.kind == "openai" else None
-    rows = judge(solutions, build_engine(cfg.critic), cfg.refine.critic_max_new_tokens, served_scores=served)
+    try:
+        rows = judge(solutions, build_engine(cfg.critic), cfg.refine.critic_max_new_tokens,
+                     served_scores=served)
+    finally:
+        if served is not None:
+            served.close()
     report = write_critic_bench(rows, load, out, {"bench": str(bench), "critic": cfg.critic.kind,
                                                   "model": cfg.critic.model_path})
     pb, crit = report["processbench"], report["step_macro_f1_from_critiques"]
     scores = report["step_macro_f1_from_scores"]
     print(f"eval-critic: {report['solutions']} solutions judged ({len(load.skipped)} rows skipped, "
           f"{len(report['engine_errors'])} left out for engine errors), critiques parsed "
-          f"{pct(report['parse_rate'])}")
+          f"{pct(report['parse_rate'])}, verdict accuracy {pct(report['verdict_accuracy'])}")
     print(f"ProcessBench F1 {pct(pb['f1'])} (erroneous: exact first wrong step {pct(pb['acc_err'])}; "
           f"correct: judged correct {pct(pb['acc_cor'])}); mean over sources {pct(pb['mean_group_f1'])}")
     print(f"step macro-F1 from critiques {pct(crit['macro_f1'])}; from step scores "

@@ -6,6 +6,7 @@ critiques, and step macro-F1 both from those critiques and from its step soundne
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +34,19 @@ def critique_labels(n_steps: int, verdict: str, first_wrong_step: int | None) ->
     return tuple(0 if p is None else p for p in judged)
 
 
+def critique_solution(row: dict[str, Any]) -> LabelledSolution | SkippedRow:
+    """An MMC dataset row (CRITIQUE_SCHEMA) as a step-labelled solution with the path's own answer
+    line, as the critic is trained to read it; a row with no steps or a wrong step out of range is
+    skipped."""
+    steps = tuple(row["path_steps"] or ())
+    step = row["first_wrong_step"]
+    if not steps or (step is not None and not 1 <= step <= len(steps)):
+        return SkippedRow(row["pair_id"], "no steps, or a wrong step out of range")
+    problem = Problem.from_row({**row, "steps": []})  # judged by its labels, not a program
+    return LabelledSolution(row["pair_id"], problem, steps, critique_labels(len(steps), row["verdict"], step),
+                            row["family"] or "", answer=row["path_answer"])
+
+
 def load_critique_split(dataset_dir: Path, split: str = "test") -> StepBenchLoad:
     """An MMC dataset folder's `split` as step-labelled solutions (tasks/step_bench.py)."""
     shards = verified_shards(split_shards(dataset_dir, split))
@@ -41,15 +55,8 @@ def load_critique_split(dataset_dir: Path, split: str = "test") -> StepBenchLoad
     load = StepBenchLoad()
     for shard in shards:
         for row in read_parquet(shard).to_pylist():
-            steps = tuple(row["path_steps"] or ())
-            step = row["first_wrong_step"]
-            if not steps or (step is not None and not 1 <= step <= len(steps)):
-                load.skipped.append(SkippedRow(row["pair_id"], "no steps, or a wrong step out of range"))
-                continue
-            problem = Problem.from_row({**row, "steps": []})  # judged by its labels, not a program
-            load.solutions.append(LabelledSolution(row["pair_id"], problem, steps,
-                                                   critique_labels(len(steps), row["verdict"], step),
-                                                   row["family"] or ""))
+            solution = critique_solution(row)
+            (load.skipped if isinstance(solution, SkippedRow) else load.solutions).append(solution)
     return load
 
 
@@ -71,10 +78,13 @@ class ServedStepScores:
 
     def __call__(self, solution: LabelledSolution) -> list[float] | None:
         problem = solution.problem
-        body = {"question": problem.question, "steps": list(solution.steps),
+        body = {"question": problem.question, "steps": list(solution.steps), "answer": solution.answer,
                 "image": base64.b64encode(problem.image).decode() if problem.image else None}
         reply = self.client.post(self.url, json=body)
         return reply.json()["step_sound"] if reply.status_code == 200 else None
+
+    def close(self) -> None:
+        self.client.close()
 
 
 def _local_step_scores(engine: ScoresContinuations, request: GenerationRequest, n_steps: int) -> list[float]:
@@ -83,20 +93,26 @@ def _local_step_scores(engine: ScoresContinuations, request: GenerationRequest, 
 
 def judge(solutions: Sequence[LabelledSolution], critic: GenerationEngine, max_new_tokens: int,
           batch_size: int = 16, served_scores: ServedStepScores | None = None,
-          progress: bool = True) -> list[dict[str, Any]]:
-    """One row per solution: its labels and what the critic said (see `critic_bench_report`)."""
+          progress: bool = True, text_only: bool = False, score_steps: bool = True) -> list[dict[str, Any]]:
+    """One row per solution: its labels and what the critic said (see `critic_bench_report`), with
+    step soundness where the critic gives it and `score_steps` asks for it. `text_only` asks
+    without the image: the baseline that shows whether a critic uses what it sees."""
     rows = []
     bar = tqdm(total=len(solutions), desc="eval-critic", unit="solution", disable=not progress)
     for begin in range(0, len(solutions), batch_size):
         batch = solutions[begin:begin + batch_size]
-        requests = [GenerationRequest(messages=critic_messages(s.problem, s.steps, None),
-                                      images=s.problem.images, max_new_tokens=max_new_tokens, temperature=0.0,
-                                      metadata={"problem_id": s.problem.problem_id}) for s in batch]
+        problems = [dataclasses.replace(s.problem, image=None) if text_only else s.problem for s in batch]
+        requests = [GenerationRequest(messages=critic_messages(p, s.steps, s.answer), images=p.images,
+                                      max_new_tokens=max_new_tokens, temperature=0.0,
+                                      metadata={"problem_id": p.problem_id})
+                    for s, p in zip(batch, problems, strict=True)]
         for solution, request, result in zip(batch, requests, critic.generate(requests), strict=True):
             completion = result.completions[0]
             parsed = parse_critique(completion.text, num_steps=len(solution.steps)).critique \
                 if completion.finish_reason != "error" else None
-            if served_scores is not None:
+            if not score_steps:
+                sound = None
+            elif served_scores is not None:
                 sound = served_scores(solution)
             elif isinstance(critic, ScoresContinuations):
                 sound = _local_step_scores(critic, request, len(solution.steps))

@@ -39,6 +39,7 @@ class LabelledSolution:
     labels: tuple[int, ...]  # per step: 1 correct, 0 neutral, -1 incorrect
     source: str
     policy_model: str = ""
+    answer: str | None = None  # the solution's own answer line, where it is apart from its steps
 
     @property
     def first_wrong_step(self) -> int:

@@ -13,12 +13,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from mmc_ray.config import Config, SimulatorConfig, TinyModelConfig
-from mmc_ray.critique.judge import judge_rows
 from mmc_ray.engines.hf import HFEngine
 from mmc_ray.engines.simulated import SimulatedActorEngine
-from mmc_ray.eval.metrics import critic_metrics, frequency_baselines
+from mmc_ray.eval.metrics import frequency_baselines
+from mmc_ray.eval.processbench import critic_bench_report
 from mmc_ray.models.tiny import build_tiny_vlm
 from mmc_ray.stages.annotate import annotate_to_dir
+from mmc_ray.stages.critic_bench import critique_solution, judge
 from mmc_ray.stages.search import search_to_dir
 from mmc_ray.store.shards import shard_paths
 from mmc_ray.tasks.generator import generate_problems
@@ -49,9 +50,10 @@ def test_the_tiny_critic_learns_to_find_a_text_visible_wrong_step(ray_local, tmp
     summary = train(fit, tmp_path / "train" / "ds", tmp_path / "critic", progress=False)
 
     critic = HFEngine.from_path(summary.exported, device="cpu", dtype="float32", max_batch_size=16)
-    metrics = critic_metrics(judge_rows(critic, held_out, max_new_tokens=120))
-    baseline = frequency_baselines(train_rows, held_out)
-    assert len(held_out) >= 60 and metrics["parse_rate"] > 0.9
-    assert metrics["verdict_accuracy"] >= baseline["majority_verdict_accuracy"] + 0.25, (metrics, baseline)
-    assert metrics["step_recall"] >= baseline["most_common_step_accuracy"] + 0.15, (metrics, baseline)
-    assert metrics["processbench_f1"] >= 0.6, (metrics, baseline)
+    report = critic_bench_report(judge([critique_solution(r) for r in held_out], critic, 120, progress=False,
+                                         score_steps=False))
+    pb, baseline = report["processbench"], frequency_baselines(train_rows, held_out)
+    assert len(held_out) >= 60 and report["parse_rate"] > 0.9
+    assert report["verdict_accuracy"] >= baseline["majority_verdict_accuracy"] + 0.25, (report, baseline)
+    assert pb["acc_err"] >= baseline["most_common_step_accuracy"] + 0.15, (report, baseline)
+    assert pb["f1"] >= 0.6, (report, baseline)

@@ -1,10 +1,13 @@
-"""Judging MMC dataset rows with a critic (`critique.judge`) and the label-frequency baselines."""
+"""Judging MMC dataset rows with a critic (`stages.critic_bench`: the rows as labelled solutions, the
+critic asked as it was trained) and the label-frequency baselines."""
 
-from mmc_ray.critique.judge import judge_rows
+from mmc_ray.critique.prompts import solution_in_critic_prompt
 from mmc_ray.critique.rule_annotator import rule_critique
 from mmc_ray.engines.rule_critic import RuleCriticEngine
-from mmc_ray.eval.metrics import critic_metrics, frequency_baselines
-from mmc_ray.generation import Completion, GenerationResult
+from mmc_ray.eval.metrics import frequency_baselines
+from mmc_ray.eval.processbench import critic_bench_report
+from mmc_ray.generation import Completion, GenerationResult, message_text
+from mmc_ray.stages.critic_bench import critique_solution, judge
 from mmc_ray.tasks.generator import generate_problems
 from mmc_ray.tasks.solution import parse_reasoning
 
@@ -32,24 +35,44 @@ class Recording:
         return [GenerationResult((Completion(self.text, "stop", 3),), 10) for _ in requests]
 
 
+def solutions(rows):
+    return [critique_solution(r) for r in rows]
+
+
 def test_the_oracle_critic_judges_every_row_right():
     rows = dataset_rows()
     assert {r["verdict"] for r in rows} == {"correct", "incorrect"}
-    metrics = critic_metrics(judge_rows(RuleCriticEngine(), rows))
-    assert metrics["critiques"] == len(rows) and metrics["verdict_accuracy"] == 1.0
-    assert metrics["processbench_f1"] == 1.0 and metrics["step_recall"] == 1.0
+    report = critic_bench_report(judge(solutions(rows), RuleCriticEngine(), 160, progress=False))
+    assert report["solutions"] == len(rows) and report["verdict_accuracy"] == 1.0
+    assert report["processbench"]["f1"] == 1.0 and report["processbench"]["acc_err"] == 1.0
+
+
+def test_the_critic_is_asked_with_the_paths_answer_line_as_in_training():
+    rows = dataset_rows(2)
+    rows[1]["path_answer"] = None
+    critic = Recording("Verdict: correct\nExplanation: fine.")
+    judge(solutions(rows), critic, 16, progress=False)
+    answers = [solution_in_critic_prompt(message_text(r.messages[-1]))[1] for r in critic.requests]
+    assert answers == [rows[0]["path_answer"], None]
 
 
 def test_text_only_judging_sends_no_image_and_garbage_counts_as_unparsed():
     rows = dataset_rows(4)
     critic = Recording("no idea")
-    judged = judge_rows(critic, rows, max_new_tokens=7, text_only=True)
+    judged = judge(solutions(rows), critic, max_new_tokens=7, progress=False, text_only=True)
     assert all(r.images == () and r.max_new_tokens == 7 and r.temperature == 0.0 for r in critic.requests)
-    assert all(j["critic_verdict"] is None and j["critic_parse_error"] for j in judged)
-    assert critic_metrics(judged)["parse_rate"] == 0.0
+    assert all(j["verdict"] is None for j in judged)
+    report = critic_bench_report(judged)
+    assert report["parse_rate"] == 0.0 and report["verdict_accuracy"] == 0.0
     with_images = Recording("Verdict: correct\nExplanation: fine.")
-    judge_rows(with_images, rows)
+    judge(solutions(rows), with_images, 16, progress=False)
     assert all(len(r.images) == 1 for r in with_images.requests)
+
+
+def test_a_row_with_a_wrong_step_out_of_range_is_skipped_with_its_id():
+    row = dict(dataset_rows(1)[0], verdict="incorrect", first_wrong_step=99)
+    skipped = critique_solution(row)
+    assert skipped.row_id == row["pair_id"] and "out of range" in skipped.reason
 
 
 def test_frequency_baselines_answer_from_the_training_labels():
