@@ -169,6 +169,10 @@ def by_error_type(rows: list[dict], judgements: list[dict]) -> dict[str, dict[st
             for kind, hits in sorted(found.items())}
 
 
+def pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -179,6 +183,12 @@ def main() -> int:
     parser.add_argument("--curve-points", type=int, default=4, help="checkpoints on the learning curve")
     parser.add_argument("--hidden", type=int, default=TinyModelConfig.hidden_size, help="model width")
     parser.add_argument("--layers", type=int, default=TinyModelConfig.num_layers, help="model layers")
+    parser.add_argument("--vision-dim", type=int, default=TinyModelConfig.vision_embed_dim,
+                        help="vision encoder width")
+    parser.add_argument("--vision-depth", type=int, default=TinyModelConfig.vision_depth,
+                        help="vision encoder blocks")
+    parser.add_argument("--no-text-only", action="store_true",
+                        help="skip the text-only fit (a point of a model-size sweep: half the time)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     n_problems = args.problems or (400 if args.quick else 2000)
@@ -187,7 +197,9 @@ def main() -> int:
 
     cfg = dataset_config()
     model_cfg = TinyModelConfig(hidden_size=args.hidden, intermediate_size=2 * args.hidden,
-                                num_layers=args.layers, num_heads=max(2, args.hidden // 32))
+                                num_layers=args.layers, num_heads=max(2, args.hidden // 32),
+                                vision_embed_dim=args.vision_dim, vision_depth=args.vision_depth,
+                                vision_heads=max(2, args.vision_dim // 32))
     refine_problems = list(generate_problems(n_refine, seed=900_001, families=cfg.tasks.families,
                                              difficulties=cfg.tasks.difficulties,
                                              image_size=cfg.tasks.image_size))
@@ -206,7 +218,7 @@ def main() -> int:
                            checkpoint_every=max(steps // args.curve_points, 1), tokens_per_step=4096,
                            wandb_project="")
         fits = {}
-        for name, text_only in (("critic", False), ("text_only", True)):
+        for name, text_only in (("critic", False), ("text_only", True))[:1 if args.no_text_only else 2]:
             summary, exported = fit(cfg, dataclasses.replace(tcfg, text_only=text_only), tmp / "dataset",
                                     tmp / name)
             losses = summary.losses
@@ -238,13 +250,14 @@ def main() -> int:
         blind_problems = [dataclasses.replace(p, image=None) for p in refine_problems]
         selection = {
             "critic": best_of_n(cfg, critic_engine(fits["critic"]["final"], tcfg), refine_problems),
-            "text_only": best_of_n(cfg, critic_engine(fits["text_only"]["final"], tcfg), blind_problems),
+            **({} if args.no_text_only else {"text_only": best_of_n(
+                cfg, critic_engine(fits["text_only"]["final"], tcfg), blind_problems)}),
             "oracle": best_of_n(cfg, RuleCriticEngine(), refine_problems),
         }
         best_of_n_seconds = time.perf_counter() - start
     for f in fits.values():
         f.pop("final")
-    critic, text_only = fits["critic"]["held_out"], fits["text_only"]["held_out"]
+    critic, text_only = fits["critic"]["held_out"], fits.get("text_only", {}).get("held_out")
     baseline = frequency_baselines(splits["train"], held_out)
     results = {
         "problems": n_problems, "examples": {s: len(r) for s, r in splits.items()}, "steps": steps,
@@ -269,11 +282,11 @@ def main() -> int:
         ("parse rate", "parse_rate", None),
         ("verifier AUC", "verifier_auc", None),
     ):
-        print(f"{name:<26} {critic[key]:>8.1%} {text_only[key]:>10.1%} "
-              f"{'-' if frequency is None else f'{frequency:.1%}':>12}")
+        blind = text_only and text_only[key]
+        print(f"{name:<26} {pct(critic[key]):>8} {pct(blind):>10} {pct(frequency):>12}")
     print("first-wrong-step accuracy by true error type (critic / text-only): " + "; ".join(
-        f"{kind} {v['first_wrong_step_accuracy']:.0%} / "
-        f"{text_only['by_error_type'][kind]['first_wrong_step_accuracy']:.0%} of {v['paths']}"
+        f"{kind} {pct(v['first_wrong_step_accuracy'])} / "
+        f"{pct(text_only and text_only['by_error_type'][kind]['first_wrong_step_accuracy'])} of {v['paths']}"
         for kind, v in critic["by_error_type"].items()))
     r = refinement["critic"]
     print(f"refinement with the critic: {r['single_pass_accuracy']:.1%} → {r['final_accuracy']:.1%} "

@@ -410,8 +410,14 @@ def fit(tcfg: TrainConfig, out_dir: Path, files: list[Path], *, resume_from: Pat
     """One Ray Train run on `files` (or `stream`) into `out_dir`; returns Ray Train's `Result`.
     `train` is what users call: it checks the inputs and the cluster, shows progress and exports."""
     import ray.data
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
+
+    # Files are handed over in their order, not as their reads finish: a resume's data-position skip
+    # then skips what the killed run consumed, and two fits of one config see one stream. A growing
+    # stream has no fixed order to keep, and waiting on its slowest block would stall training.
+    ingest = DataConfig.default_ingest_options()
+    ingest.preserve_order = stream is None
 
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -428,6 +434,7 @@ def fit(tcfg: TrainConfig, out_dir: Path, files: list[Path], *, resume_from: Pat
                              failure_config=FailureConfig(max_failures=tcfg.max_failures)),
         datasets={"train": stream if stream is not None else ray.data.read_parquet(
             [str(f) for f in files], num_cpus=READ_CPUS)},
+        dataset_config=DataConfig(execution_options=ingest),
     )
     return trainer.fit()
 
