@@ -159,16 +159,21 @@ PAIR_SCHEMA = pa.schema(
 # Round 0 is the single-pass answer; the row marked `final` is the answer the loop returns, and the
 # problem's last round carries why the loop stopped.
 # One of the N sampled answers to a problem with the critic's scores (refine.strategy best_of_n|both).
+# One answer of the actor, as refinement and best-of-N records both hold it.
+_ANSWER_FIELDS = (
+    pa.field("family", pa.string()),
+    pa.field("source", pa.string()),
+    pa.field("text", pa.string()),
+    pa.field("num_steps", pa.int32()),
+    pa.field("extracted_answer", pa.string()),
+    pa.field("correct", pa.bool_()),
+)
+
 BEST_OF_N_SCHEMA = pa.schema(
     [
         pa.field("problem_id", pa.string(), nullable=False),
         pa.field("sample", pa.int32(), nullable=False),       # sampling order: prefixes of it make each N
-        pa.field("family", pa.string()),
-        pa.field("source", pa.string()),
-        pa.field("text", pa.string()),
-        pa.field("num_steps", pa.int32()),
-        pa.field("extracted_answer", pa.string()),
-        pa.field("correct", pa.bool_()),
+        *_ANSWER_FIELDS,
         pa.field("actor_finish_reason", pa.string()),
         pa.field("critic_verdict", pa.string()),             # its greedy critique (None: unparseable)
         pa.field("critic_first_wrong_step", pa.int32()),
@@ -182,12 +187,7 @@ REFINE_SCHEMA = pa.schema(
     [
         pa.field("problem_id", pa.string(), nullable=False),
         pa.field("round", pa.int32(), nullable=False),
-        pa.field("family", pa.string()),
-        pa.field("source", pa.string()),
-        pa.field("text", pa.string()),
-        pa.field("num_steps", pa.int32()),
-        pa.field("extracted_answer", pa.string()),
-        pa.field("correct", pa.bool_()),
+        *_ANSWER_FIELDS,
         # Synthetic tasks: the first step that disagrees with the ground truth (a right answer can
         # rest on a wrong step); null when every step agrees or there is no ground truth.
         pa.field("true_first_wrong_step", pa.int32()),
