@@ -135,14 +135,17 @@ def best_of_n(cfg: Config, critic: Any, problems: list) -> dict[str, Any]:
     return best_of_n_metrics(rows, cfg.refine.best_of_n)
 
 
-def verifier_auc(judgements: list[dict]) -> float | None:
+def verifier_auc(judgements: list[dict], problem_of: dict[str, str] | None = None) -> float | None:
     """P(a right path's P(correct) > a wrong path's), ties half: how well the critic's likelihood
-    of "correct" (its last step's soundness) ranks paths, whatever threshold a pick would use."""
-    right = [j["step_sound"][-1] for j in judgements if j["step_sound"] and j["label"] == -1]
-    wrong = [j["step_sound"][-1] for j in judgements if j["step_sound"] and j["label"] != -1]
-    if not right or not wrong:
-        return None
-    return sum((r > w) + 0.5 * (r == w) for r in right for w in wrong) / (len(right) * len(wrong))
+    of "correct" (its last step's soundness) ranks paths, whatever threshold a pick would use. With
+    `problem_of` (solution id → problem id) only paths of one problem are compared: what best-of-N
+    needs, without the credit a critic gets for telling hard problems from easy ones."""
+    scored = [j for j in judgements if j["step_sound"]]
+    problem_of = problem_of or {}
+    pairs = [(r["step_sound"][-1], w["step_sound"][-1]) for r in scored if r["label"] == -1
+             for w in scored if w["label"] != -1
+             and problem_of.get(r["solution_id"]) == problem_of.get(w["solution_id"])]
+    return sum((r > w) + 0.5 * (r == w) for r, w in pairs) / len(pairs) if pairs else None
 
 
 def judged(judgements: list[dict], rows: list[dict]) -> dict[str, Any]:
@@ -154,7 +157,10 @@ def judged(judgements: list[dict], rows: list[dict]) -> dict[str, Any]:
             "parse_rate": report["parse_rate"],
             "step_macro_f1": report["step_macro_f1_from_critiques"]["macro_f1"],
             "step_macro_f1_from_scores": scores["macro_f1"] if scores else None,
-            "verifier_auc": verifier_auc(judgements), "by_error_type": by_error_type(rows, judgements)}
+            "verifier_auc": verifier_auc(judgements),
+            "verifier_auc_within_problem": verifier_auc(
+                judgements, {r["pair_id"]: r["problem_id"] for r in rows}),
+            "by_error_type": by_error_type(rows, judgements)}
 
 
 def by_error_type(rows: list[dict], judgements: list[dict]) -> dict[str, dict[str, Any]]:
@@ -267,6 +273,7 @@ def main() -> int:
         "processbench_f1": critic["processbench_f1"], "verdict_accuracy": critic["verdict_accuracy"],
         "first_wrong_step_accuracy": critic["first_wrong_step_accuracy"],
         "verifier_auc": critic["verifier_auc"],
+        "verifier_auc_within_problem": critic["verifier_auc_within_problem"],
         "refine_gain": refinement["critic"]["refine_gain"],
         "baselines": {**baseline, "text_only": text_only,
                       "oracle_refine_gain": refinement["oracle"]["refine_gain"]},
@@ -281,6 +288,7 @@ def main() -> int:
         ("first-wrong-step accuracy", "first_wrong_step_accuracy", baseline["most_common_step_accuracy"]),
         ("parse rate", "parse_rate", None),
         ("verifier AUC", "verifier_auc", None),
+        ("  within a problem", "verifier_auc_within_problem", None),
     ):
         blind = text_only and text_only[key]
         print(f"{name:<26} {pct(critic[key]):>8} {pct(blind):>10} {pct(frequency):>12}")
