@@ -155,10 +155,6 @@ PAIR_SCHEMA = pa.schema(
     ]
 )
 
-# One round of refinement for one problem: the actor's answer and the critic's critique of it.
-# Round 0 is the single-pass answer; the row marked `final` is the answer the loop returns, and the
-# problem's last round carries why the loop stopped.
-# One of the N sampled answers to a problem with the critic's scores (refine.strategy best_of_n|both).
 # One answer of the actor, as refinement and best-of-N records both hold it.
 _ANSWER_FIELDS = (
     pa.field("family", pa.string()),
@@ -169,6 +165,7 @@ _ANSWER_FIELDS = (
     pa.field("correct", pa.bool_()),
 )
 
+# One of the N sampled answers to a problem with the critic's scores (refine.strategy best_of_n|both).
 BEST_OF_N_SCHEMA = pa.schema(
     [
         pa.field("problem_id", pa.string(), nullable=False),
@@ -183,6 +180,9 @@ BEST_OF_N_SCHEMA = pa.schema(
     ]
 )
 
+# One round of refinement for one problem: the actor's answer and the critic's critique of it.
+# Round 0 is the single-pass answer; the row marked `final` is the answer the loop returns, and the
+# problem's last round carries why the loop stopped.
 REFINE_SCHEMA = pa.schema(
     [
         pa.field("problem_id", pa.string(), nullable=False),

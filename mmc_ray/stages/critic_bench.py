@@ -101,11 +101,12 @@ def judge(solutions: Sequence[LabelledSolution], critic: GenerationEngine, max_n
     bar = tqdm(total=len(solutions), desc="eval-critic", unit="solution", disable=not progress)
     for begin in range(0, len(solutions), batch_size):
         batch = solutions[begin:begin + batch_size]
-        problems = [dataclasses.replace(s.problem, image=None) if text_only else s.problem for s in batch]
-        requests = [GenerationRequest(messages=critic_messages(p, s.steps, s.answer), images=p.images,
-                                      max_new_tokens=max_new_tokens, temperature=0.0,
-                                      metadata={"problem_id": p.problem_id})
-                    for s, p in zip(batch, problems, strict=True)]
+        if text_only:
+            batch = [dataclasses.replace(s, problem=dataclasses.replace(s.problem, image=None))
+                     for s in batch]
+        requests = [GenerationRequest(messages=critic_messages(s.problem, s.steps, s.answer),
+                                      images=s.problem.images, max_new_tokens=max_new_tokens, temperature=0.0,
+                                      metadata={"problem_id": s.problem.problem_id}) for s in batch]
         for solution, request, result in zip(batch, requests, critic.generate(requests), strict=True):
             completion = result.completions[0]
             parsed = parse_critique(completion.text, num_steps=len(solution.steps)).critique \
