@@ -43,6 +43,7 @@ from mmc_ray.engines.simulated import SimulatedActorEngine
 from mmc_ray.eval.best_of_n import best_of_n_metrics
 from mmc_ray.eval.metrics import evaluate, frequency_baselines
 from mmc_ray.eval.processbench import critic_bench_report
+from mmc_ray.eval.report import pct
 from mmc_ray.models.tiny import build_tiny_vlm
 from mmc_ray.refine.loop import RefinementLoop
 from mmc_ray.refine.verify import sample_and_verify
@@ -173,10 +174,6 @@ def by_error_type(rows: list[dict], judgements: list[dict]) -> dict[str, dict[st
             found.setdefault(row["error_type"] or "unknown", []).append(step == row["first_wrong_step"])
     return {kind: {"paths": len(hits), "first_wrong_step_accuracy": sum(hits) / len(hits)}
             for kind, hits in sorted(found.items())}
-
-
-def pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1%}"
 
 
 def main() -> int:
