@@ -190,6 +190,9 @@ def main() -> int:
                         help="vision encoder width")
     parser.add_argument("--vision-depth", type=int, default=TinyModelConfig.vision_depth,
                         help="vision encoder blocks")
+    parser.add_argument("--freeze", nargs="*", default=list(TrainConfig.freeze),
+                        choices=["vision", "projector", "language"],
+                        help="parts left untrained in both fits (train.freeze; default: its default)")
     parser.add_argument("--no-text-only", action="store_true",
                         help="skip the text-only fit (a point of a model-size sweep: half the time)")
     parser.add_argument("--json", type=Path)
@@ -219,7 +222,7 @@ def main() -> int:
         tcfg = TrainConfig(init_model=str(model), num_workers=1, cpus_per_worker=1.0, learning_rate=3e-3,
                            warmup_steps=max(steps // 40, 1), max_steps=steps,
                            checkpoint_every=max(steps // args.curve_points, 1), tokens_per_step=4096,
-                           wandb_project="")
+                           freeze=tuple(args.freeze), wandb_project="")
         fits = {}
         for name, text_only in (("critic", False), ("text_only", True))[:1 if args.no_text_only else 2]:
             summary, exported = fit(cfg, dataclasses.replace(tcfg, text_only=text_only), tmp / "dataset",
@@ -264,7 +267,8 @@ def main() -> int:
     baseline = frequency_baselines(splits["train"], held_out)
     results = {
         "problems": n_problems, "examples": {s: len(r) for s, r in splits.items()}, "steps": steps,
-        "model": dataclasses.asdict(model_cfg), "data_seconds": round(data_seconds, 1),
+        "model": dataclasses.asdict(model_cfg), "freeze": list(tcfg.freeze),
+        "data_seconds": round(data_seconds, 1),
         "refine_seconds": round(refine_seconds, 1), "refine_problems": n_refine,
         "best_of_n_seconds": round(best_of_n_seconds, 1),
         "processbench_f1": critic["processbench_f1"], "verdict_accuracy": critic["verdict_accuracy"],

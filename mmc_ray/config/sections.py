@@ -336,7 +336,9 @@ class TrainConfig:
     tokens_per_step: int = _opt(4096, "token budget of one micro-batch per worker (image tokens count)")
     min_pixels: int = _opt(56 * 56, "visual-token budget applied when examples are built")
     max_pixels: int = _opt(112 * 112, "...its upper end")
-    freeze: tuple[str, ...] = _opt((), "parts left untrained: any of vision, projector, language")
+    freeze: tuple[str, ...] = _opt(("vision",), "parts left untrained: any of vision, projector, language. "
+                                   "The vision tower stays as loaded by default: trained at the language "
+                                   "model's rate it loses what it sees (the tiny VLM then counts at chance)")
     text_only: bool = _opt(False, "ablation: train on the text alone, images dropped (the baseline that "
                                   "shows a critic uses its images)")
     checkpoint_every: int = _opt(100, "optimizer steps between checkpoints")
