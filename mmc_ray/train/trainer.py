@@ -141,6 +141,15 @@ def _lr_lambda(cfg: TrainConfig):
     return factor
 
 
+def optimizer_and_schedule(model: Any, cfg: TrainConfig) -> tuple[Any, Any]:
+    """AdamW over the parameters left trainable, with warmup and cosine decay."""
+    import torch
+
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate,
+                                  weight_decay=cfg.weight_decay)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
+
+
 class TrainHooks:
     """Where a caller (a benchmark, a test) looks into a fit without replacing its parts. A copy
     runs on every Ray Train worker, so a subclass must pickle (define it at module level). The
@@ -187,9 +196,7 @@ def _set_up(cfg: TrainConfig, rank: int) -> _Worker:
     if cfg.pack:
         use_packed_attention(model)
     trainable, total = freeze_parts(model, cfg.freeze)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
+    optimizer, scheduler = optimizer_and_schedule(model, cfg)
     engine, optimizer, _, scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config={
             "train_micro_batch_size_per_gpu": 1,

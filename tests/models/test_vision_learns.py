@@ -25,7 +25,7 @@ from mmc_ray.train.collate import collate_packed
 from mmc_ray.train.examples import ExampleBuilder
 from mmc_ray.train.packed_attention import use_packed_attention
 from mmc_ray.train.packing import plan_packs
-from mmc_ray.train.trainer import _lr_lambda, freeze_parts
+from mmc_ray.train.trainer import freeze_parts, optimizer_and_schedule
 
 pytestmark = pytest.mark.slow
 STEPS = 200
@@ -66,9 +66,7 @@ def test_the_tiny_vlm_learns_to_count_what_only_its_image_shows(tiny_vlm_path):
     model = vlm.model.train()
     use_packed_attention(model)
     freeze_parts(model, cfg.freeze)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate,
-                                  weight_decay=cfg.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
+    optimizer, schedule = optimizer_and_schedule(model, cfg)
     rng = random.Random(0)
     builder = ExampleBuilder(vlm, cfg.max_seq_len)
     train = [builder.actor_sft(circles_problem(rng, i).to_row()) for i in range(3000)]
