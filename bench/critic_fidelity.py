@@ -13,7 +13,8 @@ every held-out (validation and test split) path, scored against the ground truth
   vote and the any-correct bound;
 * beside each, its baselines: label frequencies (always the majority verdict, always the most
   common step), a **text-only critic** (the same fit with the images dropped, judged without them:
-  what a critic gets from the text alone), and for refinement the oracle critic (ground truth);
+  what a critic gets from the text alone), and for refinement the oracle critic (ground truth) and
+  the blind critic (every answer sent back: what revising gains without judgement);
 * a learning curve: the figures at every `--curve-points`th of the fit against its token budget.
 
     .venv/bin/python bench/critic_fidelity.py --quick --json bench/results/critic_fidelity_quick.json
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -37,6 +39,7 @@ os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(__file__).resolve().paren
 from _results import write_results
 
 from mmc_ray.config import Config, TinyModelConfig, TrainConfig
+from mmc_ray.engines.blind_critic import BlindCriticEngine
 from mmc_ray.engines.hf import HFEngine
 from mmc_ray.engines.rule_critic import RuleCriticEngine
 from mmc_ray.engines.simulated import SimulatedActorEngine
@@ -58,14 +61,19 @@ from mmc_ray.workers.dispatch import LocalDispatcher
 CRITIQUE_TOKENS = 160
 
 
-def dataset_config() -> Config:
+def dataset_config(no_error_per_problem: int | None = None) -> Config:
     """The default config with the problems (all difficulties, 224 px images) and the search (12
-    simulations, 2 rollouts per node) that make the benchmark's MMC dataset."""
+    simulations, 2 rollouts per node) that make the benchmark's MMC dataset; `no_error_per_problem`
+    overrides how many fully correct paths each tree adds (annotate.mining)."""
     base = Config()
+    mining = base.annotate.mining
+    if no_error_per_problem is not None:
+        mining = dataclasses.replace(mining, no_error_per_problem=no_error_per_problem)
     return dataclasses.replace(
         base,
         tasks=dataclasses.replace(base.tasks, difficulties=(1, 2, 3, 4), image_size=224),
         search=dataclasses.replace(base.search, num_simulations=12, rollouts_per_node=2, max_depth=12),
+        annotate=dataclasses.replace(base.annotate, mining=mining),
     )
 
 
@@ -195,13 +203,18 @@ def main() -> int:
                         help="parts left untrained in both fits (train.freeze; default: its default)")
     parser.add_argument("--no-text-only", action="store_true",
                         help="skip the text-only fit (a point of a model-size sweep: half the time)")
+    parser.add_argument("--no-error-per-problem", type=int,
+                        help="fully correct paths per tree in the dataset (annotate.mining; default: "
+                             "its default)")
+    parser.add_argument("--save-critic", type=Path,
+                        help="copy the trained critic (a Hugging Face folder) here, to try it in other loops")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     n_problems = args.problems or (400 if args.quick else 2000)
     steps = args.steps or (400 if args.quick else 1600)
     n_refine = args.refine_problems or (60 if args.quick else 200)
 
-    cfg = dataset_config()
+    cfg = dataset_config(args.no_error_per_problem)
     model_cfg = TinyModelConfig(hidden_size=args.hidden, intermediate_size=2 * args.hidden,
                                 num_layers=args.layers, num_heads=max(2, args.hidden // 32),
                                 vision_embed_dim=args.vision_dim, vision_depth=args.vision_depth,
@@ -250,6 +263,7 @@ def main() -> int:
         refinement = {
             "critic": refine_gain(cfg, critic_engine(fits["critic"]["final"], tcfg), refine_problems),
             "oracle": refine_gain(cfg, RuleCriticEngine(), refine_problems),
+            "blind": refine_gain(cfg, BlindCriticEngine(), refine_problems),
         }
         refine_seconds = time.perf_counter() - start
         start = time.perf_counter()
@@ -261,6 +275,8 @@ def main() -> int:
             "oracle": best_of_n(cfg, RuleCriticEngine(), refine_problems),
         }
         best_of_n_seconds = time.perf_counter() - start
+        if args.save_critic:
+            shutil.copytree(fits["critic"]["final"], args.save_critic, dirs_exist_ok=True)
     for f in fits.values():
         f.pop("final")
     critic, text_only = fits["critic"]["held_out"], fits.get("text_only", {}).get("held_out")
@@ -268,6 +284,7 @@ def main() -> int:
     results = {
         "problems": n_problems, "examples": {s: len(r) for s, r in splits.items()}, "steps": steps,
         "model": dataclasses.asdict(model_cfg), "freeze": list(tcfg.freeze),
+        "no_error_per_problem": cfg.annotate.mining.no_error_per_problem,
         "data_seconds": round(data_seconds, 1),
         "refine_seconds": round(refine_seconds, 1), "refine_problems": n_refine,
         "best_of_n_seconds": round(best_of_n_seconds, 1),
@@ -277,7 +294,8 @@ def main() -> int:
         "verifier_auc_within_problem": critic["verifier_auc_within_problem"],
         "refine_gain": refinement["critic"]["refine_gain"],
         "baselines": {**baseline, "text_only": text_only,
-                      "oracle_refine_gain": refinement["oracle"]["refine_gain"]},
+                      "oracle_refine_gain": refinement["oracle"]["refine_gain"],
+                      "blind_refine_gain": refinement["blind"]["refine_gain"]},
         "best_of_n_gain": selection["critic"]["gain"],
         "fits": fits, "refinement": refinement, "best_of_n": selection,
     }
@@ -299,7 +317,8 @@ def main() -> int:
         for kind, v in critic["by_error_type"].items()))
     r = refinement["critic"]
     print(f"refinement with the critic: {r['single_pass_accuracy']:.1%} → {r['final_accuracy']:.1%} "
-          f"(gain {r['refine_gain']:+.1%}); with the oracle: {refinement['oracle']['refine_gain']:+.1%}")
+          f"(gain {r['refine_gain']:+.1%}); with the oracle: {refinement['oracle']['refine_gain']:+.1%}; "
+          f"with the blind critic (always revise): {refinement['blind']['refine_gain']:+.1%}")
     n_values = selection["critic"]["n"]
     print(f"\nbest-of-N accuracy on the {n_refine} fresh problems, N = {n_values}:")
     rows = [(f"{name}, by P(correct)", m["best_of_n_p_correct"]) for name, m in selection.items()]

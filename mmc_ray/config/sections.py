@@ -168,7 +168,7 @@ class VLLMConfig:
         _require(self.concurrent_batches >= 1, "concurrent_batches", "must be >= 1")
 
 
-EngineKind = Literal["hf", "simulated", "rule", "openai", "vllm"]
+EngineKind = Literal["hf", "simulated", "rule", "blind", "openai", "vllm"]
 Device = Literal["auto", "cpu", "cuda"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 
@@ -178,7 +178,8 @@ class EngineConfig:
     """Which engine a role uses and how it runs; `simulator`, `openai` and `vllm` apply to that kind only."""
 
     kind: EngineKind = _opt("hf", "hf (transformers) | vllm | simulated (synthetic tasks' solver) | rule "
-                                  "(oracle critic from ground truth) | openai (a server)")
+                                  "(oracle critic from ground truth) | blind (a critic that sends every "
+                                  "answer back: the always-revise baseline) | openai (a server)")
     model_path: str = _opt("runs/tiny-vlm", "a local Hugging Face model folder (hf, vllm)")
     problems: str = _opt("", "rule: a problems file the oracle critic looks problems up in (without step "
                              "programs it judges final answers only); empty: synthetic ids")
@@ -369,7 +370,9 @@ class RefineConfig:
     max_rounds: int = _opt(3, "critique-then-revise rounds after the first answer")
     temperatures: tuple[float, ...] = _opt((0.0, 0.7, 0.9, 1.0),
                                            "actor temperature per round; the last repeats")
-    reject_repeats: bool = _opt(True, "a revision must not repeat an answer already tried")
+    reject_repeats: bool = _opt(False, "a revision must not repeat an answer already tried (against actors "
+                                       "that ignore feedback; off by default: when the critic flags a right "
+                                       "answer it forces a wrong one)")
     revision_samples: int = _opt(3, "samples per revision to find an untried answer")
     keep_best: bool = _opt(True, "out of budget: keep the answer the critic rated best")
     actor_max_new_tokens: int = _opt(256, "tokens per answer")
@@ -412,6 +415,8 @@ class PipelineConfig:
     refine_train_problems: bool = _opt(True, "refine each round's training problems too; their critiqued "
                                              "answers join the critic's data next round")
     oracle_baseline: bool = _opt(True, "also refine with the rule (oracle) critic: the bound to beat")
+    blind_baseline: bool = _opt(True, "also refine with the blind critic (every answer sent back for "
+                                      "revision): what revising gains without judgement, the floor to beat")
     streaming: bool = _opt(True, "search, annotate and train at once, each reading the folder before it as "
                                  "it grows (a resumed round goes stage by stage)")
     retrain_actor: bool = _opt(False, "after each round but the last, fine-tune the actor (hf, vllm) on its "

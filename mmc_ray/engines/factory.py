@@ -31,6 +31,10 @@ def build_engine(cfg: EngineConfig) -> GenerationEngine:
 
         by_id = {p.problem_id: p for p in load_problem_file(cfg.problems)}
         return RuleCriticEngine(problem_lookup=by_id.__getitem__)
+    if cfg.kind == "blind":
+        from mmc_ray.engines.blind_critic import BlindCriticEngine
+
+        return BlindCriticEngine()
     if cfg.kind == "vllm":
         from mmc_ray.engines.vllm import VLLMEngine
 

@@ -5,6 +5,7 @@
       eval-problems.parquet       held-out problems, refined and evaluated every round
       mmc-dataset/                the critic's data, growing every round
       refine-oracle/              refinement with the rule (oracle) critic: the bound (once per run)
+      refine-blind/               refinement with the blind critic (always revise): the floor (once)
       round-1/
         problems.parquet          this round's new training problems
         trees/                    MCTS over them
@@ -185,6 +186,13 @@ def run_pipeline(cfg: Config, run_dir: Path, problems_file: Path | None = None,
         print(f"\n== oracle baseline: refinement with the {kind} oracle critic ({what}) ==")
         report = commands.refine(oracle, eval_path, run.oracle_refine, title=f"oracle ({kind}) critic")
         summary["oracle"] = {"kind": kind, **_round_metrics(report.metrics)}
+    if pcfg.blind_baseline:
+        # Best-of-N with a critic that scores every answer alike is the first sample: refinement only.
+        blind = dataclasses.replace(cfg, critic=dataclasses.replace(cfg.critic, kind="blind"),
+                                    refine=dataclasses.replace(cfg.refine, strategy="refine"))
+        print("\n== blind baseline: refinement with a critic that sends every answer back ==")
+        report = commands.refine(blind, eval_path, run.blind_refine, title="blind critic (always revise)")
+        summary["blind"] = _round_metrics(report.metrics)
     init_model, actor_model = cfg.train.init_model, cfg.actor.model_path
     for r in range(1, pcfg.rounds + 1):
         rdir = run.round(r)
@@ -302,17 +310,21 @@ def _write_summary(summary: dict[str, Any], run: RunLayout) -> None:
                      f"{r['wrong_to_right']} | {r['right_to_wrong']} | "
                      f"{pct(r['parse_rate'])} | {pct(r['verdict_accuracy'])} | "
                      f"{pct(r['processbench_f1'])} | {pct(r['step_f1'])} |")
-    if "oracle" in summary:
-        o = summary["oracle"]
-        lines.append(f"| oracle ({o['kind']}) | - | {pct(o['single_pass_accuracy'])} | "
-                     f"{pct(o['final_accuracy'])} | "
-                     f"{o['wrong_to_right']} | {o['right_to_wrong']} | {pct(o['parse_rate'])} | "
-                     f"{pct(o['verdict_accuracy'])} | {pct(o['processbench_f1'])} | {pct(o['step_f1'])} |")
+    for key, name in (("oracle", f"oracle ({summary.get('oracle', {}).get('kind')})"),
+                      ("blind", "blind (always revise)")):
+        if key in summary:
+            o = summary[key]
+            lines.append(f"| {name} | - | {pct(o['single_pass_accuracy'])} | {pct(o['final_accuracy'])} | "
+                         f"{o['wrong_to_right']} | {o['right_to_wrong']} | {pct(o['parse_rate'])} | "
+                         f"{pct(o['verdict_accuracy'])} | {pct(o['processbench_f1'])} | "
+                         f"{pct(o['step_f1'])} |")
     text = "\n".join([
         f"# mmc-ray pipeline: {summary['run']}", "",
         f"Problems: {summary['problems']}. Held-out problems refined by the actor with each round's "
-        "trained critic, and with the oracle critic (rule: ground-truth steps; answer: final answers "
-        "only) as the bound.", "", header, *lines, "", *_best_of_n_lines(summary),
+        "trained critic, with the oracle critic (rule: ground-truth steps; answer: final answers "
+        "only) as the bound, and with the blind critic (every answer sent back for revision) as the "
+        "floor: a critic helps by what it gains over the blind one.", "", header, *lines, "",
+        *_best_of_n_lines(summary),
         *(f"- round {r['round']}: {r['report']}; actor {r['actor']['model']}" for r in summary["rounds"]),
         _time_line(summary), "",
     ])

@@ -108,6 +108,7 @@ class RunLayout:
     eval_problems: Path  # held-out problems, refined and evaluated every round
     dataset: Path        # the critic's data, growing every round
     oracle_refine: Path  # refinement with the rule (oracle) critic
+    blind_refine: Path   # refinement with the blind critic (every answer sent back)
     report_json: Path
     report_md: Path
     invocations: Path    # one line per run of the command on this folder: when, how long, how it ended
@@ -115,7 +116,7 @@ class RunLayout:
     @classmethod
     def at(cls, root: Path) -> RunLayout:
         return cls(root, root / "config.yaml", root / "eval-problems.parquet", root / "mmc-dataset",
-                   root / "refine-oracle", root / "report.json", root / "report.md",
+                   root / "refine-oracle", root / "refine-blind", root / "report.json", root / "report.md",
                    root / "invocations.jsonl")
 
     def round(self, index: int) -> RoundLayout:

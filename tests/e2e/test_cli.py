@@ -37,6 +37,8 @@ def test_demo_pipeline_two_rounds_and_report_matches_records(tmp_path):
     summary = json.loads((out / "report.json").read_text())
     assert [r["round"] for r in summary["rounds"]] == [1, 2]
     assert summary["oracle"]["verdict_accuracy"] == 1.0
+    # The blind floor (every answer sent back) ran on the held-out problems too.
+    assert summary["blind"]["parse_rate"] == 1.0 and (out / "refine-blind" / "records").is_dir()
     for r in (1, 2):
         records = pq.read_table(out / f"round-{r}" / "refine" / "records").to_pylist()
         first = {x["problem_id"]: x["correct"] for x in records if x["round"] == 0}
@@ -49,7 +51,7 @@ def test_demo_pipeline_two_rounds_and_report_matches_records(tmp_path):
         assert (report["wrong_to_right"], report["right_to_wrong"]) == flips
         assert summary["rounds"][r - 1]["final_accuracy"] == report["final_accuracy"]
     md = (out / "report.md").read_text()
-    assert "| round 2 (trained) |" in md and "| oracle (rule) |" in md
+    assert "| round 2 (trained) |" in md and "| oracle (rule) |" in md and "| blind (always revise) |" in md
     again = mmc_ray(*args, cwd=tmp_path, timeout=600)  # everything is on disk: a rerun only reports
     assert again.returncode == 0, again.stderr
     assert "search: 0 trees searched, 10 already done" in again.stdout

@@ -5,9 +5,10 @@ import dataclasses
 import pyarrow as pa
 import pytest
 
-from mmc_ray.config import RefineConfig, SimulatorConfig
+from mmc_ray.config import EngineConfig, RefineConfig, SimulatorConfig
 from mmc_ray.critique.prompts import solution_in_critic_prompt
 from mmc_ray.critique.schema import Critique
+from mmc_ray.engines.factory import build_engine
 from mmc_ray.engines.rule_critic import RuleCriticEngine
 from mmc_ray.engines.simulated import SimulatedActorEngine
 from mmc_ray.eval.metrics import evaluate
@@ -20,7 +21,7 @@ from mmc_ray.store.shards import shard_paths
 from mmc_ray.tasks.generator import generate_problems
 from mmc_ray.tasks.solution import reference_step_texts
 
-CFG = RefineConfig(max_rounds=2, temperatures=(0.0, 0.5, 0.9), revision_samples=2)
+CFG = RefineConfig(max_rounds=2, temperatures=(0.0, 0.5, 0.9), reject_repeats=True, revision_samples=2)
 PROBLEMS = list(generate_problems(4, seed=3))
 
 
@@ -205,6 +206,21 @@ def test_simulated_actor_with_oracle_critic_improves_and_metrics_agree():
     assert m["critic"]["step_precision"] == 1.0 and m["critic"]["step_recall"] == 1.0
     first = {r.problem_id: r for r in rows if r.round == 0}
     assert m["single_pass_accuracy"] == sum(r.correct for r in first.values()) / 40
+
+
+def test_the_blind_critic_sends_every_answer_back_until_the_budget_ends():
+    """The always-revise floor: every answer, right or wrong, is flagged from step 1, so every
+    problem uses the whole budget and its verdicts are right exactly on the unsound answers (a wrong
+    answer, or a right one reached through a wrong step)."""
+    problems = list(generate_problems(20, seed=5))
+    critic = build_engine(EngineConfig(kind="blind"))
+    rows = RefinementLoop(SimulatedActorEngine(SimulatorConfig()), critic, RefineConfig(max_rounds=2)).run(problems)
+    assert len(rows) == 3 * len(problems)
+    assert all(r.critic_verdict == "incorrect" and r.critic_first_wrong_step == 1 for r in rows)
+    assert all(r.stop_reason == STOP_BUDGET for r in rows if r.round == 2)
+    m = evaluate([r.to_row() for r in rows])
+    unsound = sum(not r.correct or r.true_first_wrong_step is not None for r in rows)
+    assert 0 < unsound < len(rows) and m["critic"]["verdict_accuracy"] == pytest.approx(unsound / len(rows))
 
 
 def test_refine_to_dir_resumes_by_problem_id(tmp_path):
