@@ -180,13 +180,20 @@ def test_refine_and_report_on_a_mathverse_style_file(tmp_path, tiny_vlm_path):
     tiny = str(tiny_vlm_path)
     proc = mmc_ray("refine", "--local", "--problems", "mathverse.jsonl", "--out", "refined", "actor.kind=hf",
                    f"actor.model_path={tiny}", f"--critic-model={tiny}", "refine.max_rounds=1",
-                   "refine.actor_max_new_tokens=12", "refine.critic_max_new_tokens=12", cwd=tmp_path)
+                   "refine.actor_max_new_tokens=12", "refine.critic_max_new_tokens=12",
+                   "refine.strategy=both", "refine.best_of_n=[1,2]", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "skipped 1 rows" in proc.stderr  # the row with the missing image, counted
     report = json.loads((tmp_path / "refined" / "report" / "report.json").read_text())["metrics"]
     assert report["problems"] == 2
     assert set(report["families"]) == {"Text Dominant", "Vision Intensive"}
     assert report["critic"]["step_f1"] is None  # no ground-truth steps on benchmark rows
+    # Best-of-N on a benchmark file: 2 samples of each problem, scored by the critic, each judged
+    # against the file's own answer; accuracy vs N beside majority vote and the any-correct bound.
+    best = report["best_of_n"]
+    assert best["problems"] == 2 and best["n"] == [1, 2]
+    assert best["any_correct"][1] >= best["any_correct"][0]
+    assert all(0 <= v <= 1 for key in ("best_of_n_p_correct", "majority_vote") for v in best[key])
 
 
 def test_eval_critic_scores_the_tiny_critic_on_a_visual_process_bench_file(tmp_path, tiny_vlm_path):
