@@ -198,6 +198,10 @@ def main() -> int:
                         help="vision encoder width")
     parser.add_argument("--vision-depth", type=int, default=TinyModelConfig.vision_depth,
                         help="vision encoder blocks")
+    parser.add_argument("--init-model", type=Path,
+                        help="start every fit from this local HF model (e.g. the tiny VLM pre-trained on "
+                             "reference solutions by `mmc-ray train --task actor-sft`) instead of a "
+                             "random-weight one built from the size flags")
     parser.add_argument("--freeze", nargs="*", default=list(TrainConfig.freeze),
                         choices=["vision", "projector", "language"],
                         help="parts left untrained in both fits (train.freeze; default: its default)")
@@ -231,7 +235,7 @@ def main() -> int:
         solutions = [critique_solution(r) for r in held_out]
         print(f"dataset: {n_problems} problems → " + ", ".join(f"{s} {len(r)}" for s, r in splits.items())
               + f" examples ({data_seconds:.0f} s)", flush=True)
-        model = build_tiny_vlm(model_cfg, tmp / "tiny-vlm")
+        model = args.init_model.resolve() if args.init_model else build_tiny_vlm(model_cfg, tmp / "tiny-vlm")
         tcfg = TrainConfig(init_model=str(model), num_workers=1, cpus_per_worker=1.0, learning_rate=3e-3,
                            warmup_steps=max(steps // 40, 1), max_steps=steps,
                            checkpoint_every=max(steps // args.curve_points, 1), tokens_per_step=4096,
@@ -283,7 +287,9 @@ def main() -> int:
     baseline = frequency_baselines(splits["train"], held_out)
     results = {
         "problems": n_problems, "examples": {s: len(r) for s, r in splits.items()}, "steps": steps,
-        "model": dataclasses.asdict(model_cfg), "freeze": list(tcfg.freeze),
+        "model": ({"init_model": str(args.init_model)} if args.init_model
+                  else dataclasses.asdict(model_cfg)),
+        "freeze": list(tcfg.freeze),
         "no_error_per_problem": cfg.annotate.mining.no_error_per_problem,
         "data_seconds": round(data_seconds, 1),
         "refine_seconds": round(refine_seconds, 1), "refine_problems": n_refine,
