@@ -26,7 +26,7 @@ def test_config_is_frozen():
     [
         (["tasks.nn=1"], "unknown key tasks.nn; allowed keys here: ['n',"),
         (["bogus.x=1"], "unknown key bogus"),
-        (["actor.kind=vllmx"], "actor.kind: 'vllmx' is not allowed; choose one of ['hf', 'simulated', 'rule', 'openai', 'vllm']"),
+        (["actor.kind=vllmx"], "actor.kind: 'vllmx' is not allowed; choose one of ['hf', 'simulated', 'rule', 'blind', 'openai', 'vllm']"),
         (["actor.device=tpu"], "actor.device: 'tpu' is not allowed"),
         (["generate.n=abc"], "generate.n: expected int, got 'abc'"),
         (["generate.n=0"], "generate.n: must be >= 1"),
