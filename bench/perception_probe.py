@@ -39,9 +39,7 @@ from mmc_ray.tasks.problem import Problem
 from mmc_ray.tasks.solution import STEP_PREFIX
 from mmc_ray.train.collate import collate_packed
 from mmc_ray.train.examples import ExampleBuilder, TrainExample
-from mmc_ray.train.packed_attention import use_packed_attention
-from mmc_ray.train.packing import plan_packs
-from mmc_ray.train.trainer import freeze_parts, optimizer_and_schedule
+from mmc_ray.train.local_fit import fit_in_process
 
 FAMILIES = ("counting", "bar_chart", "arithmetic", "geometry")
 OBSERVATION_OPS = frozenset({"count", "read_bar", "read_number", "measure"})
@@ -103,7 +101,6 @@ def read_accuracy(vlm: Any, held_out: list[tuple[Problem, TrainExample]],
                 step = next(values)
                 hits[problem.family].append(all(predicted[p - 1] == example.input_ids[p] for p in positions))
                 base[problem.family].append(common.get((problem.family, op)) == step.value)
-    model.train()
     return {family: {"accuracy": sum(v) / len(v), "most_common_value": sum(base[family]) / len(v),
                      "values": len(v)} for family, v in sorted(hits.items())}
 
@@ -117,35 +114,27 @@ def fit_and_probe(model_dir: Path, variant: dict[str, Any], train: list[Problem]
                       learning_rate=learning_rate * variant.get("lr_scale", 1.0), freeze=variant["freeze"])
     vlm = load_vlm(model_dir, device="cpu", dtype="float32", min_pixels=cfg.min_pixels,
                    max_pixels=cfg.max_pixels)
-    use_packed_attention(vlm.model)
-    trainable, total = freeze_parts(vlm.model.train(), cfg.freeze)
-    optimizer, schedule = optimizer_and_schedule(vlm.model, cfg)
     builder = ExampleBuilder(vlm, 2048, text_only=variant["text_only"])
     train_examples = [ex for ex in (builder.actor_sft(p.to_row()) for p in train) if ex is not None]
     test_examples = [(p, builder.actor_sft(p.to_row())) for p in held_out]
     common = most_common_values(train)
-    rng, done, losses, curve, started = random.Random(cfg.seed), 0, [], [], time.perf_counter()
-    while done < steps:
-        for pack in plan_packs([len(ex) for ex in train_examples], cfg.tokens_per_step, rng):
-            batch = collate_packed([train_examples[i] for i in pack], vlm.model, vlm.image_token_id)
-            loss = vlm.model(**batch).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(vlm.model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad()
-            done += 1
-            losses.append(loss.item())
-            if done % eval_every == 0 or done == steps:
-                point = {"step": done, "loss": sum(losses[-50:]) / len(losses[-50:]),
-                         "by_family": read_accuracy(vlm, test_examples, common)}
-                curve.append(point)
-                print(f"  step {done}: loss {point['loss']:.3f}; " + ", ".join(
-                    f"{f} {pct(m['accuracy'])}" for f, m in point["by_family"].items()), flush=True)
-            if done == steps:
-                break
+    curve: list[dict[str, Any]] = []
+
+    def probe(losses: list[float]) -> None:
+        step = len(losses)
+        if step % eval_every and step != steps:
+            return
+        recent = losses[-50:]
+        point = {"step": step, "loss": sum(recent) / len(recent),
+                 "by_family": read_accuracy(vlm, test_examples, common)}
+        curve.append(point)
+        print(f"  step {step}: loss {point['loss']:.3f}; " + ", ".join(
+            f"{f} {pct(m['accuracy'])}" for f, m in point["by_family"].items()), flush=True)
+
+    started = time.perf_counter()
+    fitted = fit_in_process(vlm, train_examples, cfg, random.Random(cfg.seed), on_step=probe)
     return {"learning_rate": cfg.learning_rate, "freeze": list(cfg.freeze), "text_only": variant["text_only"],
-            "trainable_params": trainable, "params": total,
+            "trainable_params": fitted.trainable_params, "params": fitted.total_params,
             "train_seconds": round(time.perf_counter() - started, 1),
             "by_family": curve[-1]["by_family"], "curve": curve}
 

@@ -23,9 +23,7 @@ from mmc_ray.tasks.problem import Problem
 from mmc_ray.tasks.solution import SolutionStep
 from mmc_ray.train.collate import collate_packed
 from mmc_ray.train.examples import ExampleBuilder
-from mmc_ray.train.packed_attention import use_packed_attention
-from mmc_ray.train.packing import plan_packs
-from mmc_ray.train.trainer import freeze_parts, optimizer_and_schedule
+from mmc_ray.train.local_fit import fit_in_process
 
 pytestmark = pytest.mark.slow
 STEPS = 200
@@ -63,27 +61,13 @@ def test_the_tiny_vlm_learns_to_count_what_only_its_image_shows(tiny_vlm_path):
     cfg = TrainConfig(max_steps=STEPS, warmup_steps=10)
     vlm = load_vlm(tiny_vlm_path, device="cpu", dtype="float32", min_pixels=cfg.min_pixels,
                    max_pixels=cfg.max_pixels)
-    model = vlm.model.train()
-    use_packed_attention(model)
-    freeze_parts(model, cfg.freeze)
-    optimizer, schedule = optimizer_and_schedule(model, cfg)
     rng = random.Random(0)
     builder = ExampleBuilder(vlm, cfg.max_seq_len)
     train = [builder.actor_sft(circles_problem(rng, i).to_row()) for i in range(3000)]
     held_out = [circles_problem(rng, 10_000 + i) for i in range(120)]
-    steps = 0
-    while steps < STEPS:
-        for pack in plan_packs([len(ex) for ex in train], cfg.tokens_per_step, rng):
-            model(**collate_packed([train[i] for i in pack], model, vlm.image_token_id)).loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad()
-            steps += 1
-            if steps == STEPS:
-                break
+    fit_in_process(vlm, train, cfg, rng)
 
-    model.eval()
+    model = vlm.model.eval()
     with torch.no_grad():
         right = [count_predicted(model, vlm, builder.actor_sft(p.to_row()), p) for p in held_out]
     most_common = max(np.bincount([int(p.answer) for p in held_out])) / len(held_out)
