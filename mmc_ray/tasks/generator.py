@@ -17,6 +17,8 @@ from mmc_ray.tasks.families import DIFFICULTIES, FAMILIES, check_difficulty
 from mmc_ray.tasks.families.drawing import to_png
 from mmc_ray.tasks.problem import Problem
 
+Facts = tuple[tuple[str, str], ...]  # TaskInstance.facts: (name, value) of everything an image shows
+
 DEFAULT_IMAGE_SIZE = 224
 MIN_IMAGE_SIZE = 32
 # A synthetic id, alone or after a prefix ("mine-counting-d2-s17": the benchmark loader names a
@@ -41,6 +43,12 @@ def generate_problem(family: str, difficulty: int, seed: int,
 
     The image is drawn at a fixed internal resolution and resized, so the question, answer and
     steps do not depend on `image_size`."""
+    return problem_with_facts(family, difficulty, seed, image_size)[0]
+
+
+def problem_with_facts(family: str, difficulty: int, seed: int,
+                       image_size: int = DEFAULT_IMAGE_SIZE) -> tuple[Problem, Facts]:
+    """`generate_problem`'s problem with everything its image shows (`TaskInstance.facts`)."""
     _check_family(family)
     check_difficulty(difficulty)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -51,7 +59,7 @@ def generate_problem(family: str, difficulty: int, seed: int,
     # Seeding with the id string (hashed with SHA-512 by `random`) gives each family and difficulty
     # its own stream for the same seed, independent of PYTHONHASHSEED.
     task = FAMILIES[family](random.Random(problem_id), difficulty)
-    return Problem(
+    problem = Problem(
         problem_id=problem_id,
         family=family,
         question=task.question,
@@ -64,6 +72,7 @@ def generate_problem(family: str, difficulty: int, seed: int,
         steps=task.steps,
         source="synthetic",
     )
+    return problem, task.facts
 
 
 def generate_problems(n: int, seed: int = 0, families: Sequence[str] | None = None,
@@ -73,6 +82,20 @@ def generate_problems(n: int, seed: int = 0, families: Sequence[str] | None = No
 
     Problem i gets seed `seed * 2**32 + i`, so seeds are distinct within a run and runs with
     different `seed`s never share a problem."""
+    return (generate_problem(*key, image_size) for key in _problem_keys(n, seed, families, difficulties))
+
+
+def generate_problems_with_facts(n: int, seed: int = 0, families: Sequence[str] | None = None,
+                                 difficulties: Sequence[int] = (1, 2, 3),
+                                 image_size: int = DEFAULT_IMAGE_SIZE) -> Iterator[tuple[Problem, Facts]]:
+    """`generate_problems`' problems, each with its facts."""
+    return (problem_with_facts(*key, image_size) for key in _problem_keys(n, seed, families, difficulties))
+
+
+def _problem_keys(n: int, seed: int, families: Sequence[str] | None,
+                  difficulties: Sequence[int]) -> Iterator[tuple[str, int, int]]:
+    """(family, difficulty, seed) of each of `n` problems, validated eagerly (the problems themselves
+    are made lazily, one at a time)."""
     families = tuple(FAMILIES) if families is None else tuple(families)
     difficulties = tuple(difficulties)
     if not families:
@@ -87,11 +110,8 @@ def generate_problems(n: int, seed: int = 0, families: Sequence[str] | None = No
         raise ValueError(f"n must be in 0..{_SEED_STRIDE}, got {n}")
     if seed < 0:
         raise ValueError(f"seed must be non-negative, got {seed}")
-    # Validated above, eagerly; the problems themselves are made lazily, one at a time.
-    return (generate_problem(families[i % len(families)],
-                             difficulties[(i // len(families)) % len(difficulties)],
-                             seed * _SEED_STRIDE + i, image_size)
-            for i in range(n))
+    return ((families[i % len(families)], difficulties[(i // len(families)) % len(difficulties)],
+             seed * _SEED_STRIDE + i) for i in range(n))
 
 
 def problem_from_id(problem_id: str, image_size: int = DEFAULT_IMAGE_SIZE) -> Problem:

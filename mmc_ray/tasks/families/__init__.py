@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from mmc_ray.tasks.problem import choices_text
-from mmc_ray.tasks.solution import SolutionStep, execute
+from mmc_ray.tasks.solution import OBSERVE_OPS, SolutionStep, execute
 
 DIFFICULTIES = (1, 2, 3, 4, 5)
 
@@ -30,6 +30,10 @@ class TaskInstance:
     answer: str
     answer_type: str
     choices: tuple[str, ...] = ()
+    # What the image shows, as (name, value) pairs named like the observation steps' labels: every
+    # value any question about this image could need, from what the renderer drew (not only what
+    # this question asks). The dense supervision a model that reads its images is built from.
+    facts: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         # A family bug that makes the stated answer disagree with its own program must fail loudly
@@ -39,6 +43,11 @@ class TaskInstance:
             raise ValueError(f"answer {self.answer!r} differs from its steps' result {derived!r}")
         if self.answer_type == "choice" and self.answer not in self.choices:
             raise ValueError(f"answer {self.answer!r} is not among the choices {self.choices}")
+        shown = dict(self.facts)
+        for step in self.steps:
+            if step.op in OBSERVE_OPS and shown.get(step.label) != step.value:
+                raise ValueError(f"step {step.label!r} observes {step.value!r} but the facts say "
+                                 f"{shown.get(step.label)!r}")
 
 
 def check_difficulty(difficulty: int) -> int:
@@ -66,4 +75,11 @@ FAMILIES: dict[str, Callable[[random.Random, int], TaskInstance]] = {
     "bar_chart": bar_chart.make,
     "arithmetic": arithmetic.make,
     "geometry": geometry.make,
+}
+# family -> the sentence observing one of its facts by name, `{value}` left open (the steps' own)
+OBSERVATION_TEMPLATES: dict[str, Callable[[str], str]] = {
+    "counting": counting.observation_template,
+    "bar_chart": bar_chart.observation_template,
+    "arithmetic": arithmetic.observation_template,
+    "geometry": geometry.observation_template,
 }

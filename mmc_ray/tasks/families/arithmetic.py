@@ -47,8 +47,8 @@ def make(rng: random.Random, difficulty: int) -> TaskInstance:
     ops = _pick_ops(rng, level, numbers[: level.operands])
 
     names = [f"{c} box" for c in colours[: level.operands]]
-    steps = [SolutionStep("read_number", f"Read the number in the {name}: it is {{value}}.", str(x),
-                          label=name) for name, x in zip(names, numbers[: level.operands], strict=True)]
+    steps = [SolutionStep("read_number", observation_template(name), str(x), label=name)
+             for name, x in zip(names, numbers[: level.operands], strict=True)]
     clauses = [_first_clause(ops[0], names[0], names[1])]
     acc = apply_op(ops[0], [steps[0].value, steps[1].value], ["", ""])
     steps.append(SolutionStep(ops[0], f"{VERB[ops[0]]} them: {{0}} {SYMBOL[ops[0]]} {{1}} = {{value}}.",
@@ -63,7 +63,13 @@ def make(rng: random.Random, difficulty: int) -> TaskInstance:
     order = list(range(n_boxes))
     rng.shuffle(order)  # where each box is drawn
     image = _draw([colours[i] for i in order], [numbers[i] for i in order], difficulty)
-    return TaskInstance(question, image, tuple(steps), acc, "integer")
+    facts = tuple((f"{c} box", str(x)) for c, x in zip(colours, numbers, strict=True))  # distractors too
+    return TaskInstance(question, image, tuple(steps), acc, "integer", facts=facts)
+
+
+def observation_template(name: str) -> str:
+    """The step (and description sentence) that observes the fact `name`; `{value}` left open."""
+    return f"Read the number in the {name}: it is {{value}}."
 
 
 def _first_clause(op: str, a: str, b: str) -> str:

@@ -56,8 +56,7 @@ def make(rng: random.Random, difficulty: int) -> TaskInstance:
     image = _draw(rng, level, names, values)
 
     def read(i: int) -> SolutionStep:
-        return SolutionStep("read_bar", f"Read bar {names[i]}: its value is {{value}}.", str(values[i]),
-                            label=names[i])
+        return SolutionStep("read_bar", observation_template(names[i]), str(values[i]), label=names[i])
 
     kind = rng.choices(KINDS, weights=level.weights)[0]
     choices: tuple[str, ...] = ()
@@ -89,7 +88,14 @@ def make(rng: random.Random, difficulty: int) -> TaskInstance:
         steps.append(SolutionStep(op, f"The {word} bar is {{value}}.", winner, tuple(range(n)),
                                   label=" ".join(names)))
     answer = steps[-1].value
-    return TaskInstance(question, image, tuple(steps), answer, "choice" if choices else "integer", choices)
+    facts = tuple((name, str(value)) for name, value in zip(names, values, strict=True))
+    return TaskInstance(question, image, tuple(steps), answer, "choice" if choices else "integer", choices,
+                        facts=facts)
+
+
+def observation_template(name: str) -> str:
+    """The step (and description sentence) that observes the fact `name`; `{value}` left open."""
+    return f"Read bar {name}: its value is {{value}}."
 
 
 def _draw(rng: random.Random, level: Level, names: list[str], values: list[int]) -> Image.Image:

@@ -63,7 +63,7 @@ def make(rng: random.Random, difficulty: int) -> TaskInstance:
     objects += [rng.choice(others) for _ in range(n_objects - len(objects))]
     rng.shuffle(objects)
 
-    steps = [SolutionStep("count", f"Count the {g.name}: there are {{value}}.", str(c), label=g.name)
+    steps = [SolutionStep("count", observation_template(g.name), str(c), label=g.name)
              for g, c in zip(groups, counts, strict=True)]
     names = [g.name for g in groups]
     if len(groups) == 1:
@@ -84,7 +84,20 @@ def make(rng: random.Random, difficulty: int) -> TaskInstance:
         steps.append(SolutionStep("sum", "Add them up: {plus} = {value}.", str(sum(counts)),
                                   tuple(range(len(groups)))))
     answer = steps[-1].value
-    return TaskInstance(question, _draw(rng, objects), tuple(steps), answer, "integer")
+    return TaskInstance(question, _draw(rng, objects), tuple(steps), answer, "integer",
+                        facts=scene_facts(objects))
+
+
+def observation_template(name: str) -> str:
+    """The step (and description sentence) that observes the fact `name`; `{value}` left open."""
+    return f"Count the {name}: there are {{value}}."
+
+
+def scene_facts(objects: list[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """The count of every group a question can name (colour and shape, colour alone, shape alone),
+    zero included, so "how many red squares" has an answer in the facts whatever is drawn."""
+    groups = [Group(c, s) for c in COLOURS for s in (*SHAPES, None)] + [Group(None, s) for s in SHAPES]
+    return tuple((g.name, str(sum(g.matches(s, c) for s, c in objects))) for g in groups)
 
 
 def _pick_groups(rng: random.Random, colours: list[str], n: int, difficulty: int) -> list[Group]:

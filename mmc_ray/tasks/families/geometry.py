@@ -48,6 +48,15 @@ def make(rng: random.Random, difficulty: int) -> TaskInstance:
     return _rectangles(rng, difficulty, op)
 
 
+def observation_template(name: str) -> str:
+    """The step (and description sentence) that observes the fact `name` (a triangle's side "AB",
+    a rectangle's "R1 width"); `{value}` left open."""
+    if " " in name:
+        rectangle, side = name.split(" ")
+        return f"Measure the {side} of {rectangle}: it is {{value}} units."
+    return f"Measure side {name}: it is {{value}} units long."
+
+
 def _margin_ok(values: list[float], op: str, difficulty: int) -> bool:
     """Whether the best value beats the runner-up by a relative margin inside the level's window."""
     ordered = sorted(values, reverse=op == "argmax")
@@ -72,8 +81,8 @@ def _triangle(rng: random.Random, difficulty: int, op: str) -> TaskInstance:
         raise RuntimeError(f"no triangle found for difficulty {difficulty}")
 
     side_word, _, pick = EXTREMES[op]
-    steps = [SolutionStep("measure", f"Measure side {n}: it is {{value}} units long.", format_number(x),
-                          label=n) for n, x in zip(names, lengths, strict=True)]
+    steps = [SolutionStep("measure", observation_template(n), format_number(x), label=n)
+             for n, x in zip(names, lengths, strict=True)]
     winner = names[lengths.index(pick(lengths))]
     steps.append(SolutionStep(op, f"The {side_word} side is {{value}}.", winner, (0, 1, 2),
                               label=" ".join(names)))
@@ -90,7 +99,8 @@ def _triangle(rng: random.Random, difficulty: int, op: str) -> TaskInstance:
         dx, dy = x - centre[0], y - centre[1]
         norm = math.hypot(dx, dy) or 1.0
         draw_text(draw, (x + 24 * dx / norm, y + 24 * dy / norm), name, 28)  # outside the triangle
-    return TaskInstance(question, image, tuple(steps), winner, "choice", names)
+    facts = tuple((n, format_number(x)) for n, x in zip(names, lengths, strict=True))
+    return TaskInstance(question, image, tuple(steps), winner, "choice", names, facts=facts)
 
 
 def _rectangles(rng: random.Random, difficulty: int, op: str) -> TaskInstance:
@@ -106,10 +116,8 @@ def _rectangles(rng: random.Random, difficulty: int, op: str) -> TaskInstance:
     steps: list[SolutionStep] = []
     for name, (w, h) in zip(names, sizes, strict=True):
         steps += [
-            SolutionStep("measure", f"Measure the width of {name}: it is {{value}} units.", str(w),
-                         label=f"{name} width"),
-            SolutionStep("measure", f"Measure the height of {name}: it is {{value}} units.", str(h),
-                         label=f"{name} height"),
+            SolutionStep("measure", observation_template(f"{name} width"), str(w), label=f"{name} width"),
+            SolutionStep("measure", observation_template(f"{name} height"), str(h), label=f"{name} height"),
             SolutionStep("mul", f"The area of {name} is {{0}} × {{1}} = {{value}}.", str(w * h),
                          (len(steps), len(steps) + 1), label=name),
         ]
@@ -135,7 +143,9 @@ def _rectangles(rng: random.Random, difficulty: int, op: str) -> TaskInstance:
     for name, box, rgb in zip(names, boxes, colours, strict=True):
         draw.rectangle(box, outline=rgb, width=4)
         draw_text(draw, ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2), name, 24)
-    return TaskInstance(question, image, tuple(steps), winner, "choice", names)
+    facts = tuple((f"{name} {side}", str(x)) for name, (w, h) in zip(names, sizes, strict=True)
+                  for side, x in (("width", w), ("height", h)))
+    return TaskInstance(question, image, tuple(steps), winner, "choice", names, facts=facts)
 
 
 def _to_px(cells: int) -> Callable[[tuple[float, float]], tuple[float, float]]:
