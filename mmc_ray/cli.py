@@ -2,6 +2,7 @@
 
     mmc-ray tasks generate --n 1000 --out problems.parquet
     mmc-ray model build-tiny --out runs/tiny-vlm
+    mmc-ray model pretrain-tiny --out models/tiny-seeing
     mmc-ray generate --problems problems.parquet --out results.parquet actor.kind=simulated
     mmc-ray search --problems problems.parquet --out trees/ actor.kind=simulated
     mmc-ray annotate --trees trees/ --out mmc-dataset/
@@ -64,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     build = model.add_parser("build-tiny", help="build the tiny random-weight Qwen2-VL (offline)")
     build.add_argument("--out", type=Path, required=True)
     _add_config_args(build)
+    pretrain = model.add_parser("pretrain-tiny", help="teach the tiny Qwen2-VL to read its images: the "
+                                "staged recipe (vision tower on the renderers' facts, descriptions, "
+                                "reference solutions) behind the shipped base; sizes and steps: pretrain.*")
+    pretrain.add_argument("--out", type=Path, required=True)
+    _add_config_args(pretrain)
 
     gen = commands.add_parser("generate", help="run an engine over a problem file and score it")
     gen.add_argument("--problems", type=Path, required=True,
@@ -169,6 +175,10 @@ def cmd_model_build_tiny(args: argparse.Namespace) -> None:
     cfg = _config(args)
     path = build_tiny_vlm(cfg.tiny_model, args.out, cfg.actor.min_pixels, cfg.actor.max_pixels)
     print(f"built tiny Qwen2-VL at {path}")
+
+
+def cmd_model_pretrain_tiny(args: argparse.Namespace) -> None:
+    commands.pretrain_tiny(_config(args), args.out)
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -301,6 +311,7 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
 COMMANDS = {
     ("tasks", "generate"): cmd_tasks_generate,
     ("model", "build-tiny"): cmd_model_build_tiny,
+    ("model", "pretrain-tiny"): cmd_model_pretrain_tiny,
     ("generate", None): cmd_generate,
     ("search", None): cmd_search,
     ("annotate", None): cmd_annotate,

@@ -13,6 +13,7 @@ from mmc_ray.config.sections import (
     OpenAIConfig,
     PairMiningConfig,
     PipelineConfig,
+    PretrainConfig,
     RefineConfig,
     ResourcesConfig,
     SamplingConfig,
@@ -27,7 +28,7 @@ from mmc_ray.config.sections import (
 
 __all__ = [
     "DEFAULT_CONFIG_PATH", "AnnotateConfig", "Config", "ConfigError", "DType", "Device", "EngineConfig",
-    "EngineKind", "OpenAIConfig", "PairMiningConfig", "PipelineConfig", "RefineConfig", "ResourcesConfig",
-    "SamplingConfig", "SearchConfig", "ServeConfig", "SimulatorConfig", "TasksConfig", "TinyModelConfig",
-    "TrainConfig", "VLLMConfig", "apply_overrides", "config_to_dict", "load_config",
+    "EngineKind", "OpenAIConfig", "PairMiningConfig", "PipelineConfig", "PretrainConfig", "RefineConfig",
+    "ResourcesConfig", "SamplingConfig", "SearchConfig", "ServeConfig", "SimulatorConfig", "TasksConfig",
+    "TinyModelConfig", "TrainConfig", "VLLMConfig", "apply_overrides", "config_to_dict", "load_config",
 ]

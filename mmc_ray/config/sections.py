@@ -80,6 +80,45 @@ class TinyModelConfig:
                  "must be divisible by vision_heads")
 
 
+def _seeing_model() -> TinyModelConfig:
+    # head_dim 32: vLLM's CPU attention runs it; four LM layers: one to gather a fact's name, more to
+    # look it up among the visual tokens and spell its value.
+    return TinyModelConfig(hidden_size=128, intermediate_size=512, num_layers=4, num_heads=4, num_kv_heads=2,
+                           vision_depth=4, vision_embed_dim=128, vision_heads=4)
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """`model pretrain-tiny`: the staged recipe that teaches the tiny VLM to read its images (vision
+    tower on the renderers' facts, then descriptions, then reference solutions)."""
+
+    model: TinyModelConfig = _section(_seeing_model, "the architecture built and trained")
+    image_px: int = _opt(112, "longest image side the model sees (max_pixels = image_px²)")
+    scenes: int = _opt(4000, "training images: synthetic problems with their facts")
+    held_out: int = _opt(200, "fresh problems the perception figures are measured on")
+    data_seed: int = _opt(11, "problem seeds of the training images (held-out ones follow them)")
+    families: tuple[str, ...] = _opt(("counting", "bar_chart", "arithmetic", "geometry"),
+                                     "task families drawn")
+    difficulties: tuple[int, ...] = _opt((1, 2, 3, 4), "difficulties drawn, each 1..5")
+    vision_steps: int = _opt(3000, "stage a: steps training vision tower + projector on every fact")
+    vision_batch: int = _opt(32, "stage a: images per step")
+    vision_learning_rate: float = _opt(2e-3, "stage a: peak learning rate")
+    describe_steps: int = _opt(800, "stage b: steps on dense descriptions (vision tower frozen)")
+    solve_steps: int = _opt(1200, "stage c: steps on reference solutions, descriptions mixed in")
+    learning_rate: float = _opt(3e-3, "stages b and c: peak learning rate")
+    tokens_per_step: int = _opt(4096, "stages b and c: tokens per packed step (image tokens count)")
+    seed: int = _opt(0, "weights, data order and description order")
+
+    def __post_init__(self) -> None:
+        _require(self.image_px >= 56, "image_px", "must be >= 56 pixels")
+        _require(self.scenes > 0 and self.held_out > 0, "scenes", "scenes and held_out must be > 0")
+        _require(all(1 <= d <= 5 for d in self.difficulties), "difficulties", "each must be 1..5")
+        _require(min(self.vision_steps, self.describe_steps, self.solve_steps) >= 0, "vision_steps",
+                 "step counts must be >= 0")
+        _require(self.model.hidden_size // self.model.num_heads >= 32, "model.num_heads",
+                 "head_dim (hidden_size / num_heads) must be >= 32, so vLLM's CPU attention runs it")
+
+
 @dataclass(frozen=True)
 class SimulatorConfig:
     """kind=simulated: the error model of the simulated actor (synthetic tasks only)."""
@@ -507,6 +546,7 @@ class Config:
 
     tasks: TasksConfig = _section(TasksConfig)
     tiny_model: TinyModelConfig = _section(TinyModelConfig)
+    pretrain: PretrainConfig = _section(PretrainConfig)
     # The simulated solver: a random-weight model cannot reason. Reservations leave room for the
     # trainer beside a streamed round.
     actor: EngineConfig = _role("The policy that answers and is searched", kind="simulated",

@@ -29,6 +29,18 @@ def write_tasks(cfg: TasksConfig, out: Path) -> int:
     return count
 
 
+def pretrain_tiny(cfg: Config, out: Path) -> dict[str, Any]:
+    """The staged recipe that teaches the tiny VLM to see; its held-out perception figures printed."""
+    from mmc_ray.train.pretrain_tiny import pretrain_tiny as run_recipe
+
+    report = run_recipe(cfg.pretrain, out)
+    print(f"{'family':<12}{'read_accuracy':>15}{'most common value':>20}")
+    for family, m in report["perception"].items():
+        print(f"{family:<12}{m['read_accuracy']:>15.1%}{m['most_common_value']:>20.1%}")
+    print(f"model card: {out / 'README.md'}")
+    return report
+
+
 def generate(cfg: Config, problems_path: Path, out: Path) -> Any:
     from mmc_ray.engines.factory import build_engine
     from mmc_ray.stages.generate import run_generate

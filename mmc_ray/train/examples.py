@@ -22,6 +22,7 @@ from PIL import Image
 from mmc_ray.critique.prompts import annotation_messages, critic_messages
 from mmc_ray.critique.records import PathToCritique
 from mmc_ray.models.loading import LoadedVLM, decode_image
+from mmc_ray.tasks.descriptions import describe_messages
 from mmc_ray.tasks.problem import Problem
 from mmc_ray.tasks.prompts import solve_messages
 
@@ -81,6 +82,11 @@ class ExampleBuilder:
             return None
         return self._build(problem.problem_id, problem, solve_messages(problem),
                            problem.reference_solution if solution is None else solution)
+
+    def description(self, problem: Problem, text: str) -> TrainExample | None:
+        """`problem`'s image → an example describing it with `text` (`tasks.descriptions`)."""
+        return self._build(f"{problem.problem_id}/describe", self._seen(problem), describe_messages(problem),
+                           text)
 
     def build_all(self, rows: Iterable[Mapping[str, Any]], task: str) -> list[TrainExample]:
         make = {"critic": self.critic, "annotator": self.annotator, "actor-sft": self.actor_sft}[task]

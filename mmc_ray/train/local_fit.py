@@ -30,8 +30,6 @@ def fit_in_process(vlm: Any, examples: Sequence[TrainExample], cfg: TrainConfig,
     """Train `vlm.model` on `examples` for `cfg.max_steps` steps, going over them again as often as
     needed; `on_step(losses)` runs after each step with the losses so far (the model is in train mode
     again after it)."""
-    import torch
-
     model = vlm.model.train()
     use_packed_attention(model)
     trainable, total = freeze_parts(model, cfg.freeze)
@@ -40,15 +38,23 @@ def fit_in_process(vlm: Any, examples: Sequence[TrainExample], cfg: TrainConfig,
     while len(losses) < cfg.max_steps:
         for pack in plan_packs([len(ex) for ex in examples], cfg.tokens_per_step, rng):
             loss = model(**collate_packed([examples[i] for i in pack], model, vlm.image_token_id)).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad()
-            losses.append(loss.item())
+            losses.append(optimizer_step(loss, optimizer, schedule, cfg.grad_clip))
             if on_step is not None:
                 on_step(losses)
                 model.train()
             if len(losses) == cfg.max_steps:
                 break
     return LocalFit(losses, trainable, total)
+
+
+def optimizer_step(loss: Any, optimizer: Any, schedule: Any, grad_clip: float) -> float:
+    """Backward, clip the gradient norm of what `optimizer` trains, step and schedule; the loss."""
+    import torch
+
+    loss.backward()
+    trained = [p for group in optimizer.param_groups for p in group["params"]]
+    torch.nn.utils.clip_grad_norm_(trained, grad_clip)
+    optimizer.step()
+    schedule.step()
+    optimizer.zero_grad()
+    return loss.item()

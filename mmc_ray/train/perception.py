@@ -1,0 +1,75 @@
+"""How well a VLM reads its images: teacher-forced on held-out reference solutions, the share of
+observation steps ("there are 5", "its value is 12", "it is 7 units") whose value tokens the model
+predicts every one of, per family, beside always answering the most common value of that family's
+observation. Used by the recipe that teaches the tiny VLM to see (its model card's figures) and by
+`bench/perception_probe.py`."""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Sequence
+from typing import Any
+
+from mmc_ray.tasks.problem import Problem
+from mmc_ray.tasks.solution import OBSERVE_OPS, STEP_PREFIX
+from mmc_ray.train.collate import collate_packed
+from mmc_ray.train.examples import TrainExample
+
+CommonValues = dict[tuple[str, str], str]
+
+
+def most_common_values(problems: Sequence[Problem]) -> CommonValues:
+    """Per (family, observation op), the value the training problems observe most often."""
+    counts: dict[tuple[str, str], collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    for problem in problems:
+        for step in problem.steps:
+            if step.op in OBSERVE_OPS:
+                counts[(problem.family, step.op)][step.value] += 1
+    return {key: c.most_common(1)[0][0] for key, c in counts.items()}
+
+
+def observed_value_tokens(problem: Problem, example: TrainExample,
+                          tokenizer: Any) -> list[tuple[str, list[int]]]:
+    """(op, positions in `example` of the tokens spelling the value) per observation step; `example`
+    must end with the problem's reference solution."""
+    reference = problem.reference_solution
+    encoded = tokenizer(reference + tokenizer.eos_token, add_special_tokens=False,
+                        return_offsets_mapping=True)
+    start = len(example) - len(encoded["input_ids"])
+    if example.input_ids[start:] != encoded["input_ids"]:
+        raise ValueError(f"{problem.problem_id}: the example does not end with its reference solution")
+    out, line_start = [], 0
+    for index, (step, line) in enumerate(zip(problem.steps, reference.split("\n"), strict=False)):
+        if step.op in OBSERVE_OPS:
+            at = line_start + len(STEP_PREFIX.format(index=index + 1)) + step.template.index("{value}")
+            if reference[at:at + len(step.value)] != step.value:
+                raise ValueError(f"{problem.problem_id}: step {index + 1}'s value is not where its "
+                                 "template puts it")
+            positions = [start + j for j, (lo, hi) in enumerate(encoded["offset_mapping"])
+                         if lo < at + len(step.value) and hi > at]
+            out.append((step.op, positions))
+        line_start += len(line) + 1
+    return out
+
+
+def read_accuracy(vlm: Any, held_out: Sequence[tuple[Problem, TrainExample]],
+                  common: CommonValues) -> dict[str, dict[str, float]]:
+    """Per family: `read_accuracy` (teacher-forced, every token of an observed value right), the
+    `most_common_value` baseline's, and how many `values` were read."""
+    import torch
+
+    model = vlm.model.eval()
+    hits: dict[str, list[bool]] = collections.defaultdict(list)
+    base: dict[str, list[bool]] = collections.defaultdict(list)
+    with torch.no_grad():
+        for problem, example in held_out:
+            batch = collate_packed([example], model, vlm.image_token_id)
+            batch.pop("labels")
+            predicted = model(**batch).logits[0].argmax(-1).tolist()
+            observed = iter(s for s in problem.steps if s.op in OBSERVE_OPS)
+            for op, positions in observed_value_tokens(problem, example, vlm.tokenizer):
+                step = next(observed)
+                hits[problem.family].append(all(predicted[p - 1] == example.input_ids[p] for p in positions))
+                base[problem.family].append(common.get((problem.family, op)) == step.value)
+    return {family: {"read_accuracy": sum(v) / len(v), "most_common_value": sum(base[family]) / len(v),
+                     "values": len(v)} for family, v in sorted(hits.items())}

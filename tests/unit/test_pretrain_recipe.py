@@ -1,0 +1,61 @@
+"""The pure parts of the recipe that teaches the tiny VLM to see: what its vision head is asked to read,
+and the model card's hash table (tests/models/test_seeing_base.py checks the shipped files against it)."""
+
+import dataclasses
+
+import pytest
+
+from mmc_ray.config import Config, ConfigError, PretrainConfig
+from mmc_ray.tasks.generator import generate_problems_with_facts
+from mmc_ray.train.fact_reader import ABSENT, FactVocabulary
+from mmc_ray.train.pretrain_tiny import card_hashes, model_card
+
+
+def test_every_fact_gets_a_query_and_absent_names_read_none():
+    scenes = list(generate_problems_with_facts(40, seed=3, difficulties=(1, 2, 3)))
+    vocab = FactVocabulary.of(scenes)
+    for problem, facts in scenes:
+        slots, values = vocab.targets(problem, facts)
+        names = [vocab.slots[i] for i in slots]
+        assert all(family == problem.family for family, _ in names)
+        read = {name: vocab.values[v] for (_, name), v in zip(names, values, strict=True)}
+        assert {n: v for n, v in read.items() if v != ABSENT} == dict(facts)
+    # bar charts draw 3 to 6 bars: some names are absent from some images
+    assert any(ABSENT in [vocab.values[v] for v in vocab.targets(p, f)[1]] for p, f in scenes
+               if p.family == "bar_chart")
+
+
+def test_a_value_never_seen_in_training_reads_as_absent_not_as_a_crash():
+    scenes = list(generate_problems_with_facts(8, seed=1, families=("arithmetic",)))
+    vocab = FactVocabulary.of(scenes[:1])
+    problem, facts = scenes[1]
+    _, values = vocab.targets(problem, facts)
+    assert all(0 <= v < len(vocab.values) for v in values)
+
+
+def fake_report(cfg: PretrainConfig) -> dict:
+    read = {"counting": {"read_accuracy": 0.5, "most_common_value": 0.25, "values": 10}}
+    return {"config": dataclasses.asdict(cfg), "params": 2_000_000, "seconds": 60.0, "torch_threads": 2,
+            "perception": read, "stages": {"a_vision": {"curve": [{"fact_accuracy": {"counting": 0.7}}]}}}
+
+
+def test_the_card_lists_every_file_hash_and_reads_back():
+    hashes = {"model.safetensors": "ab" * 32, "config.json": "cd" * 32}
+    card = model_card(fake_report(Config().pretrain), hashes)
+    assert card_hashes(card) == hashes
+    assert "| counting | 50.0% | 25.0% | 10 | 70.0% |" in card
+
+
+def test_the_cards_recipe_command_rebuilds_the_same_config():
+    from mmc_ray.config import load_config
+
+    cfg = dataclasses.replace(Config().pretrain, scenes=123, difficulties=(1, 2), vision_steps=7)
+    card = model_card(fake_report(cfg), {})
+    command = next(line for line in card.splitlines() if line.startswith("mmc-ray model pretrain-tiny"))
+    overrides = command.split()[5:]
+    assert load_config(overrides=overrides).pretrain == cfg
+
+
+def test_pretrain_config_keeps_head_dim_vllm_can_run():
+    with pytest.raises(ConfigError, match="head_dim"):
+        PretrainConfig(model=dataclasses.replace(Config().pretrain.model, num_heads=8))
