@@ -1,7 +1,8 @@
-"""Fidelity of a tiny critic trained from scratch by our trainer on the synthetic MMC dataset.
+"""Fidelity of a tiny critic trained by our trainer on the synthetic MMC dataset.
 
-Synthetic problems → MCTS with the simulated actor → rule-annotated MMC dataset → a random-weight tiny
-Qwen2-VL fine-tuned on the train split (Ray Train + DeepSpeed ZeRO-2 on CPU) → greedy critiques of
+Synthetic problems → MCTS with the simulated actor → rule-annotated MMC dataset → the shipped seeing
+base (models/tiny-seeing; `--random-model`: a random-weight tiny Qwen2-VL) fine-tuned on the train
+split (Ray Train + DeepSpeed ZeRO-2 on CPU) → greedy critiques of
 every held-out (validation and test split) path, scored against the ground truth:
 
 * `processbench_f1` (earliest wrong step or −1; F1 of acc_err and acc_cor), `verdict_accuracy`,
@@ -47,6 +48,7 @@ from mmc_ray.eval.best_of_n import best_of_n_metrics
 from mmc_ray.eval.metrics import evaluate, frequency_baselines
 from mmc_ray.eval.processbench import critic_bench_report
 from mmc_ray.eval.report import pct
+from mmc_ray.models.shipped import SEEING_BASE
 from mmc_ray.models.tiny import build_tiny_vlm
 from mmc_ray.refine.loop import RefinementLoop
 from mmc_ray.refine.verify import sample_and_verify
@@ -198,10 +200,11 @@ def main() -> int:
                         help="vision encoder width")
     parser.add_argument("--vision-depth", type=int, default=TinyModelConfig.vision_depth,
                         help="vision encoder blocks")
-    parser.add_argument("--init-model", type=Path,
-                        help="start every fit from this local HF model (e.g. the tiny VLM pre-trained on "
-                             "reference solutions by `mmc-ray train --task actor-sft`) instead of a "
-                             "random-weight one built from the size flags")
+    parser.add_argument("--init-model", type=Path, default=SEEING_BASE,
+                        help="start every fit from this local HF model (default: the shipped seeing base, "
+                             "models/tiny-seeing)")
+    parser.add_argument("--random-model", action="store_true",
+                        help="start from a random-weight tiny VLM built from the size flags instead")
     parser.add_argument("--freeze", nargs="*", default=list(TrainConfig.freeze),
                         choices=["vision", "projector", "language"],
                         help="parts left untrained in both fits (train.freeze; default: its default)")
@@ -235,7 +238,8 @@ def main() -> int:
         solutions = [critique_solution(r) for r in held_out]
         print(f"dataset: {n_problems} problems → " + ", ".join(f"{s} {len(r)}" for s, r in splits.items())
               + f" examples ({data_seconds:.0f} s)", flush=True)
-        model = args.init_model.resolve() if args.init_model else build_tiny_vlm(model_cfg, tmp / "tiny-vlm")
+        model = (build_tiny_vlm(model_cfg, tmp / "tiny-vlm") if args.random_model
+                 else args.init_model.resolve())
         tcfg = TrainConfig(init_model=str(model), num_workers=1, cpus_per_worker=1.0, learning_rate=3e-3,
                            warmup_steps=max(steps // 40, 1), max_steps=steps,
                            checkpoint_every=max(steps // args.curve_points, 1), tokens_per_step=4096,
@@ -287,8 +291,8 @@ def main() -> int:
     baseline = frequency_baselines(splits["train"], held_out)
     results = {
         "problems": n_problems, "examples": {s: len(r) for s, r in splits.items()}, "steps": steps,
-        "model": ({"init_model": str(args.init_model)} if args.init_model
-                  else dataclasses.asdict(model_cfg)),
+        "model": (dataclasses.asdict(model_cfg) if args.random_model
+                  else {"init_model": str(args.init_model)}),
         "freeze": list(tcfg.freeze),
         "no_error_per_problem": cfg.annotate.mining.no_error_per_problem,
         "data_seconds": round(data_seconds, 1),

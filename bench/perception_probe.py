@@ -29,7 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from _results import write_results
 
-from mmc_ray.config import TinyModelConfig, TrainConfig
+from mmc_ray.config import Config, TinyModelConfig, TrainConfig
 from mmc_ray.eval.report import pct
 from mmc_ray.models.loading import load_vlm
 from mmc_ray.models.tiny import build_tiny_vlm
@@ -114,7 +114,8 @@ def main() -> int:
     train = list(generate_problems(n_train, seed=11, families=FAMILIES, difficulties=(1, 2, 3, 4)))
     # Seed 12's problems: fresh to every fit here and to the seeing base's recipe (its data is seed 11's).
     held_out = list(generate_problems(args.held_out, seed=12, families=FAMILIES, difficulties=(1, 2, 3, 4)))
-    model_cfg = TinyModelConfig()
+    # Beside a base, the fits start from random weights of the recipe's architecture (same capacity).
+    model_cfg = Config().pretrain.model if args.base else TinyModelConfig()
     results: dict[str, Any] = {"problems": n_train, "held_out": args.held_out, "steps": steps,
                                "image_px": args.image_px, "model": dataclasses.asdict(model_cfg),
                                "variants": {}}

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from mmc_ray.config import Config, load_config
 from mmc_ray.errors import MissingInput, UserError, root_cause
+from mmc_ray.models.shipped import SEEING_BASE
 from mmc_ray.orchestration import commands, preflight
 from mmc_ray.ray_runtime import quiet_workers, ray_logs_dir
 
@@ -141,12 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(serve_cmd)
 
     for name, help_text in (("pipeline", "search, annotate, train the critic, refine + eval; in rounds"),
-                            ("demo", "the pipeline offline, from a tiny random-weight model")):
+                            ("demo", "the pipeline offline, its critic from the shipped seeing base")):
         pipeline = commands.add_parser(name, help=help_text)
         pipeline.add_argument("--out", type=Path, default=Path(f"runs/{name}"), help="run folder (resumable)")
         pipeline.add_argument("--rounds", type=int, help="shortcut for pipeline.rounds")
-        pipeline.add_argument("--tiny-model", action="store_true", default=name == "demo",
-                              help="build the tiny model in <out>/tiny-vlm and train the critic from it")
+        pipeline.add_argument("--tiny-model", action="store_true",
+                              help="build the tiny random-weight model in <out>/tiny-vlm and train the "
+                                   "critic from it" + (", not the seeing base" if name == "demo" else ""))
         pipeline.add_argument("--problems", type=Path, metavar="TRAIN",
                               help="your training problems (JSONL, Parquet, a datasets.save_to_disk folder): "
                                    "each round searches the next pipeline.problems_per_round of them; "
@@ -288,6 +290,8 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
     model_path = args.out / "tiny-vlm" if args.tiny_model else None
     if model_path:
         extra.append(f"train.init_model={model_path}")
+    elif args.command == "demo" and not any(o.startswith("train.init_model=") for o in args.overrides):
+        extra.append(f"train.init_model={SEEING_BASE}")
     cfg = _config(args, extra)
     preflight.require(preflight.pipeline_problems(cfg, args.out, tiny_model=model_path)
                       + preflight.input_problems([("--problems", args.problems),

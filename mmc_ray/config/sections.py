@@ -94,17 +94,19 @@ class PretrainConfig:
 
     model: TinyModelConfig = _section(_seeing_model, "the architecture built and trained")
     image_px: int = _opt(112, "longest image side the model sees (max_pixels = image_px²)")
-    scenes: int = _opt(4000, "training images: synthetic problems with their facts")
+    scenes: int = _opt(16000, "training images of stage a: synthetic problems with their facts")
+    language_scenes: int = _opt(6000, "the first this many of them, described and solved, train stages b "
+                                      "and c (each example holds its pixels: ~0.3 MB at 112 px)")
     held_out: int = _opt(200, "fresh problems the perception figures are measured on")
     data_seed: int = _opt(11, "problem seeds of the training images (held-out ones follow them)")
     families: tuple[str, ...] = _opt(("counting", "bar_chart", "arithmetic", "geometry"),
                                      "task families drawn")
     difficulties: tuple[int, ...] = _opt((1, 2, 3, 4), "difficulties drawn, each 1..5")
-    vision_steps: int = _opt(3000, "stage a: steps training vision tower + projector on every fact")
+    vision_steps: int = _opt(5000, "stage a: steps training vision tower + projector on every fact")
     vision_batch: int = _opt(32, "stage a: images per step")
-    vision_learning_rate: float = _opt(2e-3, "stage a: peak learning rate")
-    describe_steps: int = _opt(800, "stage b: steps on dense descriptions (vision tower frozen)")
-    solve_steps: int = _opt(1200, "stage c: steps on reference solutions, descriptions mixed in")
+    vision_learning_rate: float = _opt(5e-4, "stage a: peak learning rate (2e-3 learned 3-7x slower)")
+    describe_steps: int = _opt(2000, "stage b: steps on dense descriptions (vision tower frozen)")
+    solve_steps: int = _opt(2500, "stage c: steps on reference solutions, descriptions mixed in")
     learning_rate: float = _opt(3e-3, "stages b and c: peak learning rate")
     tokens_per_step: int = _opt(4096, "stages b and c: tokens per packed step (image tokens count)")
     seed: int = _opt(0, "weights, data order and description order")
@@ -112,6 +114,7 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         _require(self.image_px >= 56, "image_px", "must be >= 56 pixels")
         _require(self.scenes > 0 and self.held_out > 0, "scenes", "scenes and held_out must be > 0")
+        _require(0 < self.language_scenes <= self.scenes, "language_scenes", "must be in 1..scenes")
         _require(all(1 <= d <= 5 for d in self.difficulties), "difficulties", "each must be 1..5")
         _require(min(self.vision_steps, self.describe_steps, self.solve_steps) >= 0, "vision_steps",
                  "step counts must be >= 0")

@@ -37,6 +37,7 @@ import yaml
 
 from mmc_ray.config import Config, config_to_dict
 from mmc_ray.errors import BadInput
+from mmc_ray.eval.plot import line_chart
 from mmc_ray.eval.report import pct
 from mmc_ray.orchestration import commands
 from mmc_ray.store.layout import (
@@ -323,13 +324,38 @@ def _write_summary(summary: dict[str, Any], run: RunLayout) -> None:
         f"Problems: {summary['problems']}. Held-out problems refined by the actor with each round's "
         "trained critic, with the oracle critic (rule: ground-truth steps; answer: final answers "
         "only) as the bound, and with the blind critic (every answer sent back for revision) as the "
-        "floor: a critic helps by what it gains over the blind one.", "", header, *lines, "",
-        *_best_of_n_lines(summary),
+        "floor: a critic helps by what it gains over the blind one.", "", *_verdict_lines(summary),
+        header, *lines, "", *_critics_plot_lines(summary, run.report_md.parent), *_best_of_n_lines(summary),
         *(f"- round {r['round']}: {r['report']}; actor {r['actor']['model']}" for r in summary["rounds"]),
         _time_line(summary), "",
     ])
     run.report_md.write_text(text)
     print(f"\n{text}")
+
+
+def _verdict_lines(summary: dict[str, Any]) -> list[str]:
+    """Whether the last round's trained critic beat the blind floor, the question the demo answers."""
+    if "blind" not in summary or not summary["rounds"]:
+        return []
+    trained, blind = summary["rounds"][-1], summary["blind"]
+    beat = "beat" if trained["final_accuracy"] > blind["final_accuracy"] else "did not beat"
+    return [f"**The trained critic (round {trained['round']}) {beat} the blind floor:** refinement took "
+            f"the held-out problems from {pct(trained['single_pass_accuracy'])} to "
+            f"{pct(trained['final_accuracy'])} with it, to {pct(blind['final_accuracy'])} with the blind "
+            "critic.", ""]
+
+
+def _critics_plot_lines(summary: dict[str, Any], folder: Path) -> list[str]:
+    """Accuracy by refinement round with each round's trained critic, the blind and the oracle one."""
+    series = {f"round {r['round']} (trained)": r["accuracy_by_round"] for r in summary["rounds"]}
+    for key, name in (("blind", "blind"), ("oracle", "oracle")):
+        if key in summary:
+            series[name] = summary[key]["accuracy_by_round"]
+    if not series:
+        return []
+    line_chart(series, folder / "critics_by_round.png", "Held-out accuracy by refinement round",
+               "round (0 = single pass)", "accuracy")
+    return ["![accuracy by round: trained, blind and oracle critics](critics_by_round.png)", ""]
 
 
 def _time_line(summary: dict[str, Any]) -> str:

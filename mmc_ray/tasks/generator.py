@@ -82,18 +82,11 @@ def generate_problems(n: int, seed: int = 0, families: Sequence[str] | None = No
 
     Problem i gets seed `seed * 2**32 + i`, so seeds are distinct within a run and runs with
     different `seed`s never share a problem."""
-    return (generate_problem(*key, image_size) for key in _problem_keys(n, seed, families, difficulties))
+    return (generate_problem(*key, image_size) for key in problem_keys(n, seed, families, difficulties))
 
 
-def generate_problems_with_facts(n: int, seed: int = 0, families: Sequence[str] | None = None,
-                                 difficulties: Sequence[int] = (1, 2, 3),
-                                 image_size: int = DEFAULT_IMAGE_SIZE) -> Iterator[tuple[Problem, Facts]]:
-    """`generate_problems`' problems, each with its facts."""
-    return (problem_with_facts(*key, image_size) for key in _problem_keys(n, seed, families, difficulties))
-
-
-def _problem_keys(n: int, seed: int, families: Sequence[str] | None,
-                  difficulties: Sequence[int]) -> Iterator[tuple[str, int, int]]:
+def problem_keys(n: int, seed: int, families: Sequence[str] | None,
+                 difficulties: Sequence[int]) -> Iterator[tuple[str, int, int]]:
     """(family, difficulty, seed) of each of `n` problems, validated eagerly (the problems themselves
     are made lazily, one at a time)."""
     families = tuple(FAMILIES) if families is None else tuple(families)

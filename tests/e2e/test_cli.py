@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
+from mmc_ray.models.shipped import SEEING_BASE
 from mmc_ray.tasks.problem import read_problems
 
 
@@ -24,7 +26,8 @@ def test_demo_pipeline_two_rounds_and_report_matches_records(tmp_path):
             "train.max_steps=3", "refine.max_rounds=2", "refine.critic_max_new_tokens=48")
     proc = mmc_ray(*args, cwd=tmp_path, timeout=900)
     assert proc.returncode == 0, proc.stderr
-    assert (out / "tiny-vlm" / "config.json").exists()
+    assert not (out / "tiny-vlm").exists()  # the critic starts from the shipped seeing base
+    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["init_model"] == str(SEEING_BASE)
     # the chatter went to the run folder's log, which the last line names beside Ray's worker logs
     assert f"logs: {out / 'mmc-ray.log'} (this run); " in proc.stdout.splitlines()[-1]
     assert "Ray worker logs: " in (out / "mmc-ray.log").read_text()
@@ -52,6 +55,8 @@ def test_demo_pipeline_two_rounds_and_report_matches_records(tmp_path):
         assert summary["rounds"][r - 1]["final_accuracy"] == report["final_accuracy"]
     md = (out / "report.md").read_text()
     assert "| round 2 (trained) |" in md and "| oracle (rule) |" in md and "| blind (always revise) |" in md
+    assert "**The trained critic (round 2) " in md and " the blind floor:** " in md
+    assert "](critics_by_round.png)" in md and (out / "critics_by_round.png").stat().st_size > 0
     again = mmc_ray(*args, cwd=tmp_path, timeout=600)  # everything is on disk: a rerun only reports
     assert again.returncode == 0, again.stderr
     assert "search: 0 trees searched, 10 already done" in again.stdout

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_the_recipe_runs_every_stage_and_learns(tmp_path):
-    cfg = dataclasses.replace(Config().pretrain, scenes=160, held_out=12, vision_steps=80, vision_batch=16,
+    cfg = dataclasses.replace(Config().pretrain, scenes=160, language_scenes=160, held_out=12, vision_steps=80, vision_batch=16,
                               describe_steps=40, solve_steps=40, tokens_per_step=1536)
     lines: list[str] = []
     report = pretrain_tiny(cfg, tmp_path / "seeing", log=lines.append)

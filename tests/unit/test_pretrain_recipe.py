@@ -6,13 +6,17 @@ import dataclasses
 import pytest
 
 from mmc_ray.config import Config, ConfigError, PretrainConfig
-from mmc_ray.tasks.generator import generate_problems_with_facts
+from mmc_ray.tasks.generator import problem_keys, problem_with_facts
 from mmc_ray.train.fact_reader import ABSENT, FactVocabulary
 from mmc_ray.train.pretrain_tiny import card_hashes, model_card
 
 
+def scenes_of(n: int, seed: int, families=None, difficulties=(1, 2, 3)):
+    return [problem_with_facts(*key) for key in problem_keys(n, seed, families, difficulties)]
+
+
 def test_every_fact_gets_a_query_and_absent_names_read_none():
-    scenes = list(generate_problems_with_facts(40, seed=3, difficulties=(1, 2, 3)))
+    scenes = scenes_of(40, seed=3)
     vocab = FactVocabulary.of(scenes)
     for problem, facts in scenes:
         slots, values = vocab.targets(problem, facts)
@@ -26,7 +30,7 @@ def test_every_fact_gets_a_query_and_absent_names_read_none():
 
 
 def test_a_value_never_seen_in_training_reads_as_absent_not_as_a_crash():
-    scenes = list(generate_problems_with_facts(8, seed=1, families=("arithmetic",)))
+    scenes = scenes_of(8, seed=1, families=("arithmetic",))
     vocab = FactVocabulary.of(scenes[:1])
     problem, facts = scenes[1]
     _, values = vocab.targets(problem, facts)
@@ -49,7 +53,8 @@ def test_the_card_lists_every_file_hash_and_reads_back():
 def test_the_cards_recipe_command_rebuilds_the_same_config():
     from mmc_ray.config import load_config
 
-    cfg = dataclasses.replace(Config().pretrain, scenes=123, difficulties=(1, 2), vision_steps=7)
+    cfg = dataclasses.replace(Config().pretrain, scenes=123, language_scenes=100, difficulties=(1, 2),
+                              vision_steps=7)
     card = model_card(fake_report(cfg), {})
     command = next(line for line in card.splitlines() if line.startswith("mmc-ray model pretrain-tiny"))
     overrides = command.split()[5:]
