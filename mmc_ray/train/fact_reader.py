@@ -14,14 +14,15 @@ import collections
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
 from mmc_ray.models.loading import LoadedVLM, decode_image
+from mmc_ray.tasks.generator import Facts
 from mmc_ray.tasks.problem import Problem
 
 ABSENT = "none"  # the value of a fact name the image does not show (a bar label not drawn)
-Facts = tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True)
@@ -40,20 +41,27 @@ class FactVocabulary:
             values.update(value for _, value in facts)
         return cls({f: tuple(sorted(n)) for f, n in sorted(names.items())}, tuple(sorted(values)))
 
-    @property
+    @cached_property
     def slots(self) -> tuple[tuple[str, str], ...]:
         """Every (family, name), the order of the head's queries."""
         return tuple((family, name) for family, names in self.names.items() for name in names)
+
+    @cached_property
+    def _slot_index(self) -> dict[tuple[str, str], int]:
+        return {slot: i for i, slot in enumerate(self.slots)}
+
+    @cached_property
+    def _value_index(self) -> dict[str, int]:
+        return {v: i for i, v in enumerate(self.values)}
 
     def targets(self, problem: Problem, facts: Facts) -> tuple[list[int], list[int]]:
         """(query index, value index) of every name of the image's family; names it does not show
         take ABSENT, a value outside the vocabulary too."""
         shown = dict(facts)
-        slot_of = {slot: i for i, slot in enumerate(self.slots)}
-        value_of = {v: i for i, v in enumerate(self.values)}
+        absent = self._value_index[ABSENT]
         names = self.names.get(problem.family, ())
-        return ([slot_of[(problem.family, n)] for n in names],
-                [value_of.get(shown.get(n, ABSENT), value_of[ABSENT]) for n in names])
+        return ([self._slot_index[(problem.family, n)] for n in names],
+                [self._value_index.get(shown.get(n, ABSENT), absent) for n in names])
 
 
 class FactReader(torch.nn.Module):
