@@ -88,9 +88,10 @@ def main(argv: list[str]) -> None:
     import ray
     from ray import serve
 
+    from mmc_ray.ray_runtime import local_ray_options
     from mmc_ray.serve.deploy import deploy
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, **local_ray_options())
     with tempfile.TemporaryDirectory() as tmp:
         model = build_tiny_vlm(TinyModelConfig(), Path(tmp) / "critic")
         base = Config(critic=EngineConfig(kind="hf", device="cpu", dtype="float32", min_pixels=3136,

@@ -27,7 +27,7 @@ from mmc_ray.config import Config, load_config
 from mmc_ray.errors import MissingInput, UserError, root_cause
 from mmc_ray.models.shipped import SEEING_BASE
 from mmc_ray.orchestration import commands, preflight
-from mmc_ray.ray_runtime import quiet_workers, ray_logs_dir
+from mmc_ray.ray_runtime import listen_on_all_interfaces, quiet_workers, ray_logs_dir
 
 log = logging.getLogger("mmc_ray")
 RUN_LOG = "mmc-ray.log"
@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="debug logging, and the traceback of every error")
+    parser.add_argument("--ray-all-interfaces", action="store_true",
+                        help="a Ray this command starts listens on the machine's address, so other "
+                        "machines can join it (default: loopback only); a RAY_ADDRESS cluster is unaffected")
     commands = parser.add_subparsers(dest="command", required=True)
 
     tasks = commands.add_parser("tasks", help="synthetic visual tasks").add_subparsers(
@@ -368,6 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_log = _set_up_logging(args)
     sub = getattr(args, f"{args.command}_command", None)
     quiet_workers(not args.verbose)
+    listen_on_all_interfaces(args.ray_all_interfaces)
     try:
         COMMANDS[args.command, sub](args)
         logs = [f"{run_log} (this run)"] if run_log else []

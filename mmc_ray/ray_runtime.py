@@ -11,8 +11,13 @@ from mmc_ray.errors import NotEnoughResources
 
 # Whether worker output (Ray actors' stdout/stderr, Ray Data's progress lines) reaches the console;
 # `mmc-ray` turns it off unless -v (see `quiet_workers`). Where the local Ray keeps its logs.
-_CONSOLE: dict[str, object] = {"workers_to_console": True, "session_dir": None}
-LOOPBACK = "127.0.0.1"  # where the dashboard of a Ray we start listens
+_CONSOLE: dict[str, object] = {"workers_to_console": True, "session_dir": None, "all_interfaces": False}
+LOOPBACK = "127.0.0.1"  # where every listener of a Ray we start binds
+# Ray 2.60 gives its node the machine's address on Linux, even when told 127.0.0.1, unless this is
+# off (the single-machine path Windows and macOS take): then the node address is loopback, and its
+# GCS, raylet, workers, agents and metrics bind there. Read when `ray` is imported, by every
+# process Ray spawns (they inherit the environment).
+SINGLE_MACHINE_RAY = ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 # Serve's proxy wraps itself in these middlewares at start (mmc_ray.serve.proxy_errors: a JSON 503
 # for a request whose replica was lost); on a cluster the head's environment sets it (cluster/*.yaml).
 SERVE_PROXY_CALLBACK = ("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", "mmc_ray.serve.proxy_errors:middlewares")
@@ -22,6 +27,26 @@ def quiet_workers(quiet: bool) -> None:
     """Keep worker chatter (library warnings, banners, Ray Data's operator progress) out of the
     console: it stays in the Ray session's log files (`ray_logs_dir`). Call before `init_ray`."""
     _CONSOLE["workers_to_console"] = not quiet
+
+
+def listen_on_all_interfaces(enabled: bool) -> None:
+    """Let a Ray we start listen on the machine's address (other machines may join it) instead of
+    loopback only. Call before `init_ray`."""
+    _CONSOLE["all_interfaces"] = enabled
+
+
+def local_ray_options() -> dict[str, str]:
+    """`ray.init` keywords for a Ray this process starts on this machine: every listener on loopback
+    (unless `listen_on_all_interfaces`), set here for the driver and, through the environment, for
+    every process Ray spawns. The one place that decides where a local Ray listens."""
+    if _CONSOLE["all_interfaces"]:
+        return {}
+    os.environ[SINGLE_MACHINE_RAY[0]] = SINGLE_MACHINE_RAY[1]
+    from ray._private import ray_constants
+
+    # `ray` may have been imported before the variable was set: the driver reads the flag from here.
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    return {"_node_ip_address": LOOPBACK, "dashboard_host": LOOPBACK}
 
 
 def ray_logs_dir() -> str | None:
@@ -41,14 +66,13 @@ def init_ray() -> None:
     # in a streamed round that wait is on the critical path. Polling is a cheap actor call.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     to_console = bool(_CONSOLE["workers_to_console"])
-    # A Ray we start keeps Ray's token auth (on by default for a local Ray since 2.59): Ray 2.60's
-    # GCS and raylets listen on every interface whatever node IP they are given, so the token is what
-    # keeps others out. Its dashboard listens on loopback only. A cluster keeps its own settings.
+    # A Ray we start listens on loopback only and keeps Ray's token auth (on by default for a local
+    # Ray since 2.59). A cluster (RAY_ADDRESS: `ray job submit`, KubeRay) keeps its own settings.
     local = not os.environ.get("RAY_ADDRESS")
     if local:  # the raylet passes its environment to Serve's proxy
         os.environ.setdefault(*SERVE_PROXY_CALLBACK)
     context = ray.init(ignore_reinit_error=True, log_to_driver=to_console,
-                       **({"dashboard_host": LOOPBACK} if local else {}))
+                       **(local_ray_options() if local else {}))
     if local:
         _CONSOLE["session_dir"] = context.address_info.get("session_dir")
     if not to_console:  # our own bars say what the stages do; Ray Data's notes stay in its log file

@@ -75,10 +75,10 @@ def ray_local():
     """A real local Ray with 2 CPUs, shared by the Ray tests."""
     import ray
 
-    from mmc_ray.ray_runtime import SERVE_PROXY_CALLBACK
+    from mmc_ray.ray_runtime import SERVE_PROXY_CALLBACK, local_ray_options
 
     os.environ.setdefault(*SERVE_PROXY_CALLBACK)  # as init_ray does for a Ray it starts
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, **local_ray_options(),
              runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1"}})
     yield ray
     ray.shutdown()

@@ -19,6 +19,7 @@ import pytest
 from serve_payloads import free_port
 from user_data import write_user_jsonl
 
+from mmc_ray.ray_runtime import SINGLE_MACHINE_RAY
 from mmc_ray.tasks.benchmark import load_problem_file
 from mmc_ray.tasks.problem import read_problems, write_problems
 
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def ray_head():
     ray_bin = Path(sys.executable).parent / "ray"
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", **dict([SINGLE_MACHINE_RAY])}  # listens on loopback only
     env.pop("RAY_ADDRESS", None)
     dashboard = free_port()
     temp_dir = tempfile.mkdtemp(prefix="rayh", dir="/tmp")

@@ -90,11 +90,14 @@ def when_checkpoint_registered(out: Path, step: int, act) -> list[float]:
 
 def start_cluster(worker_resources: dict, head_cpus: int = 1, workers: int = 2) -> tuple[Cluster, list]:
     """A head and `workers` worker nodes (1 CPU and `worker_resources` each), connected."""
-    from mmc_ray.ray_runtime import SERVE_PROXY_CALLBACK
+    from mmc_ray.ray_runtime import LOOPBACK, SERVE_PROXY_CALLBACK, local_ray_options
 
     os.environ.setdefault(*SERVE_PROXY_CALLBACK)  # as init_ray does for a Ray it starts
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": head_cpus, "include_dashboard": False})
-    nodes = [cluster.add_node(num_cpus=1, resources=dict(worker_resources)) for _ in range(workers)]
+    local_ray_options()  # every node on loopback, as a Ray our commands start
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": head_cpus, "include_dashboard": False,
+                                                            "node_ip_address": LOOPBACK})
+    nodes = [cluster.add_node(num_cpus=1, resources=dict(worker_resources), node_ip_address=LOOPBACK)
+             for _ in range(workers)]
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False)
     return cluster, nodes
@@ -244,7 +247,7 @@ def serve_losing_a_node(out: Path, model: str) -> dict:
     failed = [r for r in replies if r.status_code != 200]
     return {"replica_on_a_worker_node": victim is not None, "open_across_the_kill": open_across,
             "plain_statuses": [r.status_code for r in replies],
-            "failed_are_json_503": all(r.status_code == 503 and r.json()["error"]["type"] == "replica_lost"
+            "failed_are_json_503": all(r.status_code == 503 and r.json()["error"]["code"] == "replica_lost"
                                        for r in failed),
             "engine_errors": sum(c.finish_reason == "error" for r in results for c in r.completions),
             "engine_retries": engine.retries, "new_replica": after.get("pid") not in (None, before["pid"]),
