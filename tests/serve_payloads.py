@@ -90,3 +90,52 @@ def replies_across_a_kill(client, url: str, body: dict, engine, request, kill: C
             finished.result()
     open_across = sum(sent < killed_at[0] < answered for sent, _, answered in spans)
     return [reply for _, reply, _ in spans], results, open_across
+
+
+def openai_chat_messages() -> list[dict]:
+    return [{"role": "user", "content": [
+        {"type": "text", "text": PROBLEM.question},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64," + B64_IMAGE}}]}]
+
+
+def check_with_the_official_openai_client(base_url: str, api_key: str = "unused") -> None:
+    """What an OpenAI user does, with the official `openai` package, sync and async: list the models,
+    stream a greedy chat (the streamed text is the unstreamed text; usage in the last chunk when
+    asked), and get OpenAI's errors for an unknown model and a malformed request."""
+    import asyncio
+
+    import openai
+
+    client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=300)
+    (served,) = [m.id for m in client.models.list()]
+    assert served == "mmc-critic", served
+    ask = {"model": served, "messages": openai_chat_messages(), "max_tokens": 12, "temperature": 0, "seed": 3}
+    whole = client.chat.completions.create(**ask)
+    assert whole.object == "chat.completion" and whole.model == served and whole.usage.completion_tokens > 0
+    chunks = list(client.chat.completions.create(**ask, stream=True, stream_options={"include_usage": True}))
+    assert {c.object for c in chunks} == {"chat.completion.chunk"} and len({c.id for c in chunks}) == 1
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == whole.choices[0].message.content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
+    assert not chunks[-1].choices and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    assert all(c.usage is None for c in chunks[:-1])
+    plain = list(client.chat.completions.create(**ask, stream=True))
+    assert plain[-1].choices and all(c.usage is None for c in plain)  # no usage chunk unless asked
+
+    try:
+        client.chat.completions.create(**{**ask, "model": "gpt-4o"})
+        raise AssertionError("an unknown model was answered")
+    except openai.NotFoundError as e:
+        assert e.status_code == 404 and e.code == "model_not_found" and e.param == "model", e.body
+        assert e.type == "invalid_request_error" and "gpt-4o" in e.message
+    try:
+        client.chat.completions.create(**{**ask, "max_tokens": 10 ** 6})
+        raise AssertionError("an oversized max_tokens was answered")
+    except openai.UnprocessableEntityError as e:
+        assert e.param == "max_tokens" and e.type == "invalid_request_error", e.body
+
+    async def streamed() -> str:
+        async with openai.AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=300) as aclient:
+            stream = await aclient.chat.completions.create(**ask, stream=True)
+            return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+
+    assert asyncio.run(streamed()) == whole.choices[0].message.content

@@ -15,10 +15,14 @@ same four methods (`reconfigure`, `generate`, `score`, `served`) the deployment 
 - vllm (`LLMDeploymentCritic`; GPU): the replica holds no model; it sends the same requests as chat
   completions to a Ray Serve LLM deployment through its handle (`mmc_ray.serve.llm`), which batches,
   scales and swaps.
-A request's engine failure is a 500 for that request; the replica keeps serving. Every error is
-JSON `{"error": {"message", "field"?}}`: 4xx for what the client sent (naming the field), 413 for
-a body over `max_body_bytes` (enforced while it is read), 503 + Retry-After from the proxy for the
-requests of a replica that died (`mmc_ray.serve.proxy_errors`), which `OpenAIEngine` retries.
+A request's engine failure is a 500 for that request; the replica keeps serving. Every error has
+OpenAI's shape `{"error": {"message", "type", "param", "code", "field"}}` (`protocol.error_body`): 4xx
+for what the client sent (naming the field), 401 without the bearer token, 404 `model_not_found`
+for a model name other than the served one, 413 for a body over `max_body_bytes` (enforced while it
+is read), 503 + Retry-After from the proxy for the requests of a replica that died
+(`mmc_ray.serve.proxy_errors`), which `OpenAIEngine` retries. `stream: true` answers a chat with
+OpenAI's server-sent chunks once the completion is generated (both backends generate whole
+completions: the stream's first chunk comes when the whole answer is ready).
 """
 
 # No `from __future__ import annotations` here: Serve's ingress rebuilds the endpoint signatures
@@ -36,8 +40,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
+from starlette.exceptions import HTTPException
 
 from mmc_ray.config import EngineConfig, ServeConfig
 from mmc_ray.critique.schema import parse_critique
@@ -49,17 +54,30 @@ from mmc_ray.serve.protocol import (
     ChatCompletionRequest,
     CritiqueRequest,
     CritiqueResponse,
+    ErrorResponse,
     RequestRejected,
     ScoreStepsResponse,
     Usage,
+    chat_completion,
+    chat_completion_events,
     chat_generation,
+    check_model,
     critique_body,
     critique_generation,
+    error_body,
 )
 
 logger = logging.getLogger(__name__)
+_ERRORS = {401: "missing or wrong bearer token (when the server has one)",
+           404: "model_not_found: a model name other than the served one",
+           413: "the body, or an image in it, is over the server's limit",
+           422: "the request is malformed or over a limit; `field` names what",
+           500: "the engine failed on this request (the replica keeps serving)",
+           501: "the engine cannot do this (score_steps on an engine that cannot score)",
+           503: "the replica serving the request was lost; retry (Retry-After)"}
 api = FastAPI(title="mmc-ray critic", version="1",
-              description="A multimodal critic: critiques step-by-step solutions of visual questions.")
+              description="A multimodal critic: critiques step-by-step solutions of visual questions.",
+              responses={code: {"model": ErrorResponse, "description": why} for code, why in _ERRORS.items()})
 
 
 class EngineFailed(RuntimeError):
@@ -69,7 +87,17 @@ class EngineFailed(RuntimeError):
 @api.exception_handler(RequestRejected)
 async def _rejected(_: Request, err: RequestRejected) -> JSONResponse:
     serve_metrics().inc("rejected")
-    return _reply(err.status, {"field": err.field, "message": str(err)})
+    return _reply(err.status, str(err), err.field, err.code)
+
+
+@api.exception_handler(HTTPException)
+async def _http_error(_: Request, err: HTTPException) -> JSONResponse:
+    """Starlette's own errors (unknown path, wrong method, a body that is not UTF-8 JSON) in the
+    same shape; an unparseable body is a 422 like every other malformed request."""
+    serve_metrics().inc("rejected")
+    if err.status_code == 400:
+        return _reply(422, f"body: not a UTF-8 JSON document ({err.detail})", "body", "json_invalid")
+    return _reply(err.status_code, str(err.detail), headers=dict(err.headers or {}))
 
 
 OPEN_PATHS = ("/healthz", "/docs", "/openapi.json")
@@ -90,8 +118,10 @@ def configure_guard(api_key: str | None, max_body_bytes: int) -> None:
     _GUARD.update(api_key=api_key, max_body_bytes=max_body_bytes)
 
 
-def _reply(status: int, error: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": error}, status_code=status, headers=headers)
+def _reply(status: int, message: str, field: str | None = None, code: str | None = None,
+           headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    body = error_body(status, message, field, code, **extra)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 class RequestGuard:
@@ -111,8 +141,8 @@ class RequestGuard:
         if token is not None and not scope["path"].endswith(OPEN_PATHS):
             sent = headers.get(b"authorization", b"")
             if not hmac.compare_digest(sent, f"Bearer {token}".encode()):
-                reply = _reply(401, {"message": "missing or wrong bearer token"},
-                               {"WWW-Authenticate": "Bearer"})
+                reply = _reply(401, "missing or wrong bearer token", code="invalid_api_key",
+                               headers={"WWW-Authenticate": "Bearer"})
                 return await reply(scope, receive, send)
         limit: int = _GUARD["max_body_bytes"]
         if limit:
@@ -136,8 +166,8 @@ class RequestGuard:
                          read_so_far: bool = False) -> None:
         serve_metrics().inc("rejected")
         what = f"more than {size} bytes read" if read_so_far else f"{size} bytes"
-        await _reply(413, {"field": "body", "message": f"body: {what}, at most {limit}"},
-                     {"Connection": "close"})(scope, receive, send)
+        await _reply(413, f"body: {what}, at most {limit}", "body", "request_too_large",
+                     headers={"Connection": "close"})(scope, receive, send)
 
 
 def _replay(messages: list[dict[str, Any]], receive: Any) -> Any:
@@ -174,14 +204,13 @@ async def _invalid(_: Request, err: RequestValidationError) -> JSONResponse:
         details[0] = {"field": "body", "message": f"invalid JSON at character {first['loc'][-1]}: {reason}",
                       "type": "json_invalid"}
     field = details[0]["field"]
-    return JSONResponse({"error": {"field": field, "message": f"{field}: {details[0]['message']}",
-                                   "details": details}}, status_code=422)
+    return _reply(422, f"{field}: {details[0]['message']}", field, details[0]["type"], details=details)
 
 
 @api.exception_handler(EngineFailed)
 async def _engine_failed(_: Request, err: EngineFailed) -> JSONResponse:
     serve_metrics().inc("engine_failures")
-    return _reply(500, {"message": str(err)})
+    return _reply(500, str(err))
 
 
 def resolve_api_key(cfg: ServeConfig) -> str | None:
@@ -386,23 +415,22 @@ class CriticServer:
                                   first_wrong_step=list(scores.first_wrong_step),
                                   model=self.cfg.served_model, version=version)
 
-    @api.post("/v1/chat/completions")
-    async def chat_completions(self, body: ChatCompletionRequest) -> dict[str, Any]:
+    @api.post("/v1/chat/completions", responses={200: {
+        "description": "a chat.completion, or with stream=true chat.completion.chunk events ending in [DONE]",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}}}})
+    async def chat_completions(self, body: ChatCompletionRequest) -> Any:
+        check_model(body, self.cfg.served_model)
         serve_metrics().inc("chat_completions")
+        # Generated before any byte is sent: a failure is still an error reply, never a cut stream.
         result = await self._generate(await asyncio.to_thread(chat_generation, body, self.cfg))
-        completion_tokens = sum(c.completion_tokens for c in result.completions)
-        return {
-            "id": f"chatcmpl-{time.time_ns():x}", "object": "chat.completion", "created": int(time.time()),
-            "model": self.cfg.served_model,
-            "choices": [{
-                "index": i, "message": {"role": "assistant", "content": c.text},
-                "finish_reason": c.finish_reason,
-                "logprobs": None if c.logprobs is None
-                else {"content": [{"logprob": lp} for lp in c.logprobs]},
-            } for i, c in enumerate(result.completions)],
-            "usage": {"prompt_tokens": result.prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": result.prompt_tokens + completion_tokens},
-        }
+        completion_id, created = f"chatcmpl-{time.time_ns():x}", int(time.time())
+        if body.stream:
+            include_usage = body.stream_options is not None and body.stream_options.include_usage
+            events = chat_completion_events(result, self.cfg.served_model, completion_id, created,
+                                            include_usage)
+            return StreamingResponse(events, media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"})
+        return chat_completion(result, self.cfg.served_model, completion_id, created)
 
 
 def build_critic_app(serve_cfg: ServeConfig, engine_cfg: EngineConfig) -> serve.Application:

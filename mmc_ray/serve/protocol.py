@@ -6,12 +6,18 @@ Types and shapes are checked by pydantic (422 naming the field): numbers must be
 `"\\ud800"` is refused before it reaches a tokenizer). Sizes and the shape of a chat are checked here
 against `ServeConfig` and raise `RequestRejected` (413 for bytes, 422 otherwise) naming the field too.
 Images come as base64 or a `data:image/...` URI; remote URLs are refused: the server never fetches.
+
+Errors have OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, with `field` (= `param`)
+kept for our own clients. Chat completions come whole or, with `stream: true`, as OpenAI's
+`chat.completion.chunk` server-sent events ending in `data: [DONE]`.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import json
+from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -19,14 +25,49 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from mmc_ray.config import ServeConfig
 from mmc_ray.critique.prompts import critic_turn
 from mmc_ray.critique.schema import ERROR_TYPES, Critique
-from mmc_ray.generation import GenerationRequest
+from mmc_ray.generation import Completion, GenerationRequest, GenerationResult
 from mmc_ray.images import ImageRejected, to_png
 
 
 class RequestRejected(ValueError):
-    def __init__(self, field: str, message: str, status: int = 422) -> None:
+    def __init__(self, field: str, message: str, status: int = 422, code: str | None = None) -> None:
         super().__init__(f"{field}: {message}")
-        self.field, self.status = field, status
+        self.field, self.status, self.code = field, status, code
+
+
+class ModelNotFound(RequestRejected):
+    def __init__(self, asked: str, served: str) -> None:
+        super().__init__("model", f"the model {asked!r} does not exist; this server serves {served!r} "
+                                  "(GET /v1/models)", status=404, code="model_not_found")
+
+
+def error_type(status: int) -> str:
+    """OpenAI's error `type` for an HTTP status."""
+    return {401: "authentication_error", 404: "invalid_request_error"}.get(
+        status, "server_error" if status >= 500 else "invalid_request_error")
+
+
+def error_body(status: int, message: str, field: str | None = None, code: str | None = None,
+               **extra: Any) -> dict[str, Any]:
+    """Every error reply's body: OpenAI's shape (the official clients read `message`, `type`, `param`,
+    `code`), plus `field` (= `param`) and whatever `extra` details the error has."""
+    error = {"message": message, "type": error_type(status), "param": field, "code": code, **extra}
+    if field is not None:
+        error["field"] = field
+    return {"error": error}
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str = Field(description="OpenAI's error type: invalid_request_error, authentication_error, "
+                                  "server_error, ...")
+    param: str | None = Field(default=None, description="the request field at fault, if one is")
+    code: str | None = Field(default=None, description="e.g. model_not_found, json_invalid")
+    field: str | None = Field(default=None, description="the same as param")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
 
 
 def _encodable(text: str) -> str:
@@ -111,6 +152,10 @@ class ChatMessage(ClientModel):
     content: Text | list[ContentPart]
 
 
+class StreamOptions(ClientModel):
+    include_usage: bool = Field(default=False, description="a last chunk with the usage and no choices")
+
+
 class ChatCompletionRequest(ClientModel):
     model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields we do not use
 
@@ -125,6 +170,7 @@ class ChatCompletionRequest(ClientModel):
     seed: int | None = None
     logprobs: bool = False
     stream: bool = False
+    stream_options: StreamOptions | None = None
 
 
 def decode_image(value: str, cfg: ServeConfig, field: str) -> bytes:
@@ -178,9 +224,13 @@ def critique_generation(req: CritiqueRequest, cfg: ServeConfig) -> GenerationReq
     )
 
 
+def check_model(req: ChatCompletionRequest, served: str) -> None:
+    """A request names the served model or none; any other name is OpenAI's 404 model_not_found."""
+    if req.model is not None and req.model != served:
+        raise ModelNotFound(req.model, served)
+
+
 def chat_generation(req: ChatCompletionRequest, cfg: ServeConfig) -> GenerationRequest:
-    if req.stream:
-        raise RequestRejected("stream", "streaming is not supported; send stream=false")
     last = req.messages[-1]
     continued = last.role == "assistant" and isinstance(last.content, str)
     turns = req.messages[:-1] if continued else req.messages
@@ -225,3 +275,47 @@ def critique_body(critique: Critique | None) -> CritiqueBody | None:
     return CritiqueBody(verdict=critique.verdict, first_wrong_step=critique.first_wrong_step,
                         error_type=critique.error_type, explanation=critique.explanation,
                         correction=critique.correction)
+
+
+def _logprobs(c: Completion) -> dict[str, Any] | None:
+    return None if c.logprobs is None else {"content": [{"logprob": lp} for lp in c.logprobs]}
+
+
+def _usage(result: GenerationResult) -> dict[str, int]:
+    completion_tokens = sum(c.completion_tokens for c in result.completions)
+    return {"prompt_tokens": result.prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": result.prompt_tokens + completion_tokens}
+
+
+def chat_completion(result: GenerationResult, model: str, completion_id: str, created: int) -> dict[str, Any]:
+    """An OpenAI `chat.completion` object."""
+    return {"id": completion_id, "object": "chat.completion", "created": created, "model": model,
+            "choices": [{"index": i, "message": {"role": "assistant", "content": c.text},
+                         "finish_reason": c.finish_reason, "logprobs": _logprobs(c)}
+                        for i, c in enumerate(result.completions)],
+            "usage": _usage(result)}
+
+
+def chat_completion_events(result: GenerationResult, model: str, completion_id: str, created: int,
+                           include_usage: bool) -> Iterator[str]:
+    """The same completion as OpenAI's stream: per choice a role chunk, a content chunk and a
+    finish chunk, then (when asked) a usage chunk with no choices, then `[DONE]`. Every chunk
+    carries `usage: null` when a usage chunk follows, as OpenAI's do."""
+
+    def event(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> str:
+        chunk: dict[str, Any] = {"id": completion_id, "object": "chat.completion.chunk", "created": created,
+                                 "model": model, "choices": choices}
+        if include_usage:
+            chunk["usage"] = usage
+        return f"data: {json.dumps(chunk)}\n\n"
+
+    for i, c in enumerate(result.completions):
+        yield event([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None,
+                      "logprobs": None}])
+        if c.text:
+            yield event([{"index": i, "delta": {"content": c.text}, "finish_reason": None,
+                          "logprobs": _logprobs(c)}])
+        yield event([{"index": i, "delta": {}, "finish_reason": c.finish_reason, "logprobs": None}])
+    if include_usage:
+        yield event([], _usage(result))
+    yield "data: [DONE]\n\n"

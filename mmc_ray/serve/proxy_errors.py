@@ -16,6 +16,8 @@ from typing import Any
 
 from starlette.middleware import Middleware
 
+from mmc_ray.serve.protocol import error_body
+
 RETRY_AFTER_S = 1
 
 
@@ -39,8 +41,8 @@ class RetryableWhenUnanswered:
             if started:
                 raise
         if not started:
-            body = json.dumps({"error": {"message": "the replica serving this request was lost before it "
-                                                    "answered; retry", "type": "replica_lost"}}).encode()
+            body = json.dumps(error_body(503, "the replica serving this request was lost before it answered; "
+                                              "retry", code="replica_lost")).encode()
             await send({"type": "http.response.start", "status": 503, "headers": [
                 (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                 (b"retry-after", str(RETRY_AFTER_S).encode())]})

@@ -15,6 +15,7 @@ from PIL import Image
 from serve_payloads import (
     B64_IMAGE,
     PROBLEM,
+    check_with_the_official_openai_client,
     critique_body,
     free_port,
     replies_across_a_kill,
@@ -128,9 +129,27 @@ def test_schema_errors_and_oversized_bodies_are_4xx(service):
     assert client.post(f"{url}/v1/critique", content=b"{not json", headers={"content-type": "application/json"}
                        ).status_code == 422
     assert client.post(f"{url}/v1/critique", json=critique_body(image=big_png() * 3)).status_code == 413
-    chat = {"messages": [{"role": "user", "content": "hi"}], "stream": True}
-    assert client.post(f"{url}/v1/chat/completions", json=chat).json()["error"]["field"] == "stream"
     assert client.get(f"{url}/healthz").status_code == 200  # the replica is still serving
+
+
+def test_the_official_openai_client_streams_and_gets_openai_errors(service):
+    check_with_the_official_openai_client(f"{service['url']}/v1")
+
+
+def test_every_error_has_openais_shape(service):
+    client, url = service["client"], service["url"]
+    replies = [client.post(f"{url}/v1/critique", content=b"\xff\xfe{", headers={"content-type": "application/json"}),
+               client.post(f"{url}/v1/critique", json={"question": "q"}),
+               client.get(f"{url}/v1/nothing-here"),
+               client.post(f"{url}/v1/chat/completions", json={"model": "x", "messages": [{"role": "user",
+                                                                                           "content": "hi"}]}),
+               client.get(f"{service['secure']}/v1/models")]
+    assert [r.status_code for r in replies] == [422, 422, 404, 404, 401]
+    for reply in replies:
+        error = reply.json()["error"]
+        assert {"message", "type", "param", "code"} <= set(error) and error["message"], error
+    assert replies[0].json()["error"]["code"] == "json_invalid"
+    assert replies[3].json()["error"]["code"] == "model_not_found"
 
 
 BODY = '{"question": "How many?", "steps": ["Count: 3."], "temperature": 0}'
@@ -297,6 +316,6 @@ def test_a_replica_killed_under_load_costs_only_its_requests_in_flight_and_clien
     for reply in replies:  # Serve's retry on the new replica, or the proxy's retryable answer
         if reply.status_code != 200:
             assert (reply.status_code, reply.headers["retry-after"]) == (503, "1"), reply.text
-            assert reply.json()["error"]["type"] == "replica_lost"
+            assert reply.json()["error"]["code"] == "replica_lost"
     assert results and [c.finish_reason for r in results for c in r.completions if c.finish_reason == "error"] == []
     assert client.get(f"{url}/healthz").json()["pid"] != service["pid"]  # a new replica answers

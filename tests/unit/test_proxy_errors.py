@@ -29,7 +29,7 @@ def test_a_request_whose_replica_died_gets_a_json_503_to_retry():
     start, body = call(replica_lost)
     assert start["status"] == 503 and (b"retry-after", b"1") in start["headers"]
     assert (b"content-type", b"application/json") in start["headers"]
-    assert json.loads(body["body"])["error"]["type"] == "replica_lost"
+    assert json.loads(body["body"])["error"]["code"] == "replica_lost"
 
 
 def test_an_app_that_returns_without_replying_gets_the_503_too():

@@ -14,7 +14,13 @@ import shutil
 import httpx
 import pytest
 import torch
-from serve_payloads import PROBLEM, critique_body, free_port, statuses_across_redeploy
+from serve_payloads import (
+    PROBLEM,
+    check_with_the_official_openai_client,
+    critique_body,
+    free_port,
+    statuses_across_redeploy,
+)
 
 from mmc_ray.config import Config, EngineConfig, ResourcesConfig, ServeConfig, VLLMConfig
 from mmc_ray.critique.prompts import critic_messages
@@ -94,8 +100,10 @@ def test_limits_and_auth_free_health_are_the_cpu_paths(service):
     client, url = service["client"], service["url"]
     reply = client.post(f"{url}/v1/critique", json=critique_body(steps=[f"s{i}" for i in range(7)]))
     assert reply.status_code == 422 and reply.json()["error"]["field"] == "steps"
-    chat = {"messages": [{"role": "user", "content": "hi"}], "stream": True}
-    assert client.post(f"{url}/v1/chat/completions", json=chat).json()["error"]["field"] == "stream"
+
+
+def test_the_official_openai_client_streams_and_gets_openai_errors(service):
+    check_with_the_official_openai_client(f"{service['url']}/v1", api_key=TOKEN)
 
 
 def test_hot_swap_by_redeploy_fails_no_request(service, tmp_path):
