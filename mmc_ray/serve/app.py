@@ -181,6 +181,25 @@ def _replay(messages: list[dict[str, Any]], receive: Any) -> Any:
 
 
 api.add_middleware(RequestGuard)
+_build_openapi = api.openapi
+
+
+def _openapi_with_bearer_auth() -> dict[str, Any]:
+    """FastAPI's document plus the bearer token `RequestGuard` checks, on every operation but the
+    open ones (clients and fuzzers then know to send it)."""
+    if api.openapi_schema is None:
+        schema = _build_openapi()
+        schema.setdefault("components", {})["securitySchemes"] = {"bearer": {
+            "type": "http", "scheme": "bearer",
+            "description": "required when the server has a token (serve.api_key_env or serve.api_key_file)"}}
+        for path, operations in schema["paths"].items():
+            if not path.endswith(OPEN_PATHS):
+                for operation in operations.values():
+                    operation["security"] = [{"bearer": []}]
+    return api.openapi_schema
+
+
+api.openapi = _openapi_with_bearer_auth  # type: ignore[method-assign]
 
 
 def _field(loc: tuple[Any, ...]) -> str:
@@ -345,6 +364,12 @@ class LLMDeploymentCritic:
         return served.checkpoint, served.version, served.since
 
 
+# One server-sent event of a streamed chat (OpenAPI before 3.2: `schema` describes each event).
+_CHUNK_EVENT = {"type": "object", "required": ["data"], "properties": {
+    "data": {"type": "string", "description": "a chat.completion.chunk as JSON; the last event is [DONE]"},
+    "event": {"type": "string"}}}
+
+
 @serve.deployment
 @serve.ingress(api)
 class CriticServer:
@@ -417,7 +442,7 @@ class CriticServer:
 
     @api.post("/v1/chat/completions", responses={200: {
         "description": "a chat.completion, or with stream=true chat.completion.chunk events ending in [DONE]",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}}}})
+        "content": {"text/event-stream": {"schema": _CHUNK_EVENT}}}})
     async def chat_completions(self, body: ChatCompletionRequest) -> Any:
         check_model(body, self.cfg.served_model)
         serve_metrics().inc("chat_completions")

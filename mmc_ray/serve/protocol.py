@@ -83,9 +83,10 @@ Text = Annotated[str, AfterValidator(_encodable)]
 
 
 class ClientModel(BaseModel):
-    """What every request model shares: finite numbers only (JSON's NaN and 1e999 parse to floats)."""
+    """What every request model shares: finite numbers only (JSON's NaN and 1e999 parse to floats), and
+    no coercion: `false` is not a temperature, `"3"` is not a token count (strict types)."""
 
-    model_config = ConfigDict(allow_inf_nan=False)
+    model_config = ConfigDict(allow_inf_nan=False, strict=True)
 
 
 class CritiqueRequest(ClientModel):
