@@ -7,7 +7,8 @@ This module must stay importable without ray or torch (the CLI and tests use it 
 Rules (see the function docstrings for details):
 
 * `extract_answer` priority: last balanced `\\boxed{...}` > last "Answer:" / "answer is" /
-  "final answer" phrase > (choice questions) last lone choice letter > last number in the text.
+  "final answer" phrase > (choice questions) last lone choice letter ("B", "(B)", "[B]", "option B")
+  > (text answers) the final sentence > last number in the text.
 * `normalize_number` accepts plain, signed, comma-grouped, scientific, percent ("50%" -> 50.0:
   the sign is dropped, not divided by 100), currency, unit-suffixed, `a/b`, `\\frac{a}{b}` and
   mixed numbers ("3 1/2" -> 3.5, the usual reading in math answers). Anything else -> None.
@@ -15,6 +16,17 @@ Rules (see the function docstrings for details):
   float -> `math.isclose(rel_tol=1e-4, abs_tol=1e-6)`, deliberately strict: "3.14" does not match
   "3.1416" in either direction; choice -> letter, "(B)", "B) text", choice text or the choice's
   number; text -> case/whitespace/punctuation-insensitive token equality.
+
+Conventions of real benchmark files (MathVista, MathVerse, MMMU):
+* A multiple-choice reference is the choice's text or its letter ("B"; MathVerse and MMMU-style
+  files write `answer: "B"` with the choices listed): both name the same choice, and the prediction
+  may name it either way too (letter, "(B)", "[B]", "B.", "B)", "option B", the choice's text, or its
+  number). A prediction that names two choices ("B or C") or whose letter and text disagree
+  ("(B) 18 cm" when B is 15 cm) names none and is wrong.
+* A short text answer may be stated in a final sentence without an answer phrase: "So the tallest
+  bar is red." matches "red" when the sentence ends in the reference right after a copula ("is",
+  "are", "was", "were", "equals") and an optional article, and says neither "not"/"no"/"never"/"n't"
+  nor "or": "It is not red", "It is dark red" and "It is blue or red" do not match "red".
 """
 
 from __future__ import annotations
@@ -47,7 +59,7 @@ _NEXT_LINE = re.compile(r"\s*([^\n]*)")
 # The answer phrase runs to the end of its sentence: "Answer: B. The red bar is ..." -> "B".
 _SENTENCE_END = re.compile(r"[.!?。](?:\s|$)|,\s+(?:because|since|as|which|so)\b", re.IGNORECASE)
 _CHOICE_PATTERNS = (
-    re.compile(r"\((?P<l>[A-Z])\)"),  # "(B)"
+    re.compile(r"\((?P<l>[A-Z])\)|\[(?P<l2>[A-Z])\]"),  # "(B)", "[B]"
     re.compile(r"\b(?i:option|choice)\s*\(?(?P<l>[A-Z])\b"),  # "option B", "choice (B)"
     re.compile(r"^[ \t*]*(?P<l>[A-Z])[ \t]*[.):]?[ \t*]*$", re.MULTILINE),  # "B" / "B." alone on a line
     re.compile(r"^[ \t*]*(?P<l>[A-Z])[.)][ \t]", re.MULTILINE),  # "B. 12 cm" / "B) 12 cm"
@@ -71,8 +83,16 @@ _NUMBER = re.compile(
 )
 _TEXT_ABBREV = re.compile(r"(?<=[^\W\d_])[.'’](?=[^\W\d_])")  # U.S. -> US, don't -> dont
 _TEXT_TOKEN = re.compile(r"\d+(?:[.,]\d+)*|[^\W\d_]+")
-_CHOICE_LETTER = re.compile(r"^\(?(?P<l>[A-Za-z])\)?[.):]?$")
-_CHOICE_LETTER_TEXT = re.compile(r"^(?:\((?P<a>[A-Z])\)|(?P<b>[A-Z])[.):])\s*(?P<rest>.+)$")
+_CHOICE_LETTER = re.compile(r"^(?:\((?P<p>[A-Za-z])\)|\[(?P<s>[A-Za-z])\]|(?P<l>[A-Za-z]))[.):]?$")
+_CHOICE_LETTER_TEXT = re.compile(r"^(?:\((?P<a>[A-Z])\)|\[(?P<c>[A-Z])\]|(?P<b>[A-Z])[.):])\s*(?P<rest>.+)$")
+# A final sentence naming a short text answer: "... is (a|an|the) <reference>", nothing negated or
+# offered as an alternative.
+_SENTENCE_PIECES = re.compile(r"[^.!?。\n]+")
+_COPULAS = frozenset({"is", "are", "was", "were", "equals"})
+_ARTICLES = frozenset({"a", "an", "the"})
+_HEDGES = frozenset({"not", "no", "never", "or", "nor", "cannot", "cant", "isnt", "arent", "wasnt", "werent",
+                     "doesnt", "dont"})
+_MAX_SENTENCE_TOKENS = 30
 _CHOICE_OPTION = re.compile(r"^(?:option|choice)\s*\(?(?P<l>[A-Za-z])\)?$", re.IGNORECASE)
 
 
@@ -140,18 +160,30 @@ def _last_choice_letter(text: str, n_choices: int) -> str | None:
     best: tuple[int, str] | None = None
     for pattern in _CHOICE_PATTERNS:
         for m in pattern.finditer(text):
-            if m.group("l") in valid and (best is None or m.start() >= best[0]):
-                best = (m.start(), m.group("l"))
+            letter = next(v for k, v in m.groupdict().items() if v is not None)
+            if letter in valid and (best is None or m.start() >= best[0]):
+                best = (m.start(), letter)
     return best[1] if best else None
 
 
-def extract_answer(text: str, choices: Sequence[str] = (), explicit_only: bool = False) -> str | None:
+def _final_sentence(text: str) -> str | None:
+    """The last sentence of the text (cleaned), or None when it is too long to be an answer."""
+    pieces = [p for p in _SENTENCE_PIECES.findall(text[-_NUMBER_SCAN_CHARS:]) if p.strip()]
+    if not pieces:
+        return None
+    sentence = _clean(pieces[-1])
+    return sentence if sentence and len(normalize_text(sentence).split()) <= _MAX_SENTENCE_TOKENS else None
+
+
+def extract_answer(text: str, choices: Sequence[str] = (), explicit_only: bool = False,
+                   answer_type: str | None = None) -> str | None:
     """The final answer in free model text, or None if there is none.
 
     Looks at the last `_SCAN_CHARS` characters (the last `_NUMBER_SCAN_CHARS` for the bare-number
-    fallback). Returns the answer as written (cleaned of markup), not mapped to a choice text.
-    `explicit_only` accepts only a `\\boxed{}` or an answer phrase: search uses it so that a path
-    cut off mid-reasoning never counts as answered because its last number happens to match.
+    and final-sentence fallbacks). Returns the answer as written (cleaned of markup), not mapped to
+    a choice text. `explicit_only` accepts only a `\\boxed{}` or an answer phrase: search uses it so
+    that a path cut off mid-reasoning never counts as answered because its last number happens to
+    match. With `answer_type="text"` the fallback is the final sentence, not the last number.
     """
     if not text:
         return None
@@ -164,6 +196,8 @@ def extract_answer(text: str, choices: Sequence[str] = (), explicit_only: bool =
         return None
     if choices and (letter := _last_choice_letter(tail, len(choices))) is not None:
         return letter
+    if answer_type == "text" and not choices:
+        return _final_sentence(text)
     numbers = _FALLBACK_NUMBER.findall(text[-_NUMBER_SCAN_CHARS:])
     return numbers[-1] if numbers else None
 
@@ -217,13 +251,18 @@ def _choice_index(predicted: str, choices: Sequence[str]) -> int | None:
     if len(by_text) == 1:  # exact choice text wins, so choices that are themselves letters work
         return by_text[0]
     letter = None
-    if m := _CHOICE_LETTER.fullmatch(pred) or _CHOICE_OPTION.fullmatch(pred):
+    if m := _CHOICE_LETTER.fullmatch(pred):
+        letter = (m.group("p") or m.group("s") or m.group("l")).upper()
+    elif m := _CHOICE_OPTION.fullmatch(pred):
         letter = m.group("l").upper()
     elif m := _CHOICE_LETTER_TEXT.fullmatch(pred):
-        letter = m.group("a") or m.group("b")
+        letter = m.group("a") or m.group("b") or m.group("c")
         index = ord(letter) - ord("A")
         if index >= len(choices):  # "(F) 12" with four choices: judge the text part instead
             return _choice_index(m.group("rest"), choices)
+        named = _choice_index(m.group("rest"), choices)
+        if named is not None and named != index:  # "(B) 18 cm" when B is 15 cm: contradicts itself
+            return None
     if letter is not None:
         index = ord(letter) - ord("A")
         return index if index < len(choices) else None
@@ -234,6 +273,30 @@ def _choice_index(predicted: str, choices: Sequence[str]) -> int | None:
         if len(hits) == 1:
             return hits[0]
     return None
+
+
+def _reference_index(reference: str, choices: Sequence[str]) -> int | None:
+    """The choice a reference names: its text, else its letter ("B", "(B)"), else None."""
+    by_text = [i for i, c in enumerate(choices) if normalize_text(c) == normalize_text(reference)]
+    if len(by_text) == 1:
+        return by_text[0]
+    if m := _CHOICE_LETTER.fullmatch(reference.strip()):
+        index = ord((m.group("p") or m.group("s") or m.group("l")).upper()) - ord("A")
+        return index if index < len(choices) else None
+    return None
+
+
+def _names(sentence: str, reference: str) -> bool:
+    """Whether an answer sentence states a short text reference: "(... is) (a) <reference>", with no
+    negation or alternative in it."""
+    said, wanted = normalize_text(sentence).split(), normalize_text(reference).split()
+    if not wanted or len(wanted) > 4 or len(said) > _MAX_SENTENCE_TOKENS or said[-len(wanted):] != wanted:
+        return False
+    before = said[: -len(wanted)]
+    if before and before[-1] in _ARTICLES:
+        before = before[:-1]
+    # "a triangle" states "triangle"; otherwise a copula must introduce it ("dark red" is not "red")
+    return (not before or before[-1] in _COPULAS) and not _HEDGES.intersection(said)
 
 
 def answers_match(predicted: str | None, reference: str, answer_type: str, choices: Sequence[str] = (),
@@ -259,15 +322,17 @@ def answers_match(predicted: str | None, reference: str, answer_type: str, choic
     if answer_type == "choice":
         if not choices:
             return normalize_text(predicted) == normalize_text(reference)
-        index = _choice_index(predicted, choices)
-        return index is not None and normalize_text(choices[index]) == normalize_text(reference)
+        index, wanted = _choice_index(predicted, choices), _reference_index(reference, choices)
+        if wanted is None:  # a reference that is neither a choice's text nor its letter
+            return index is not None and normalize_text(choices[index]) == normalize_text(reference)
+        return index == wanted
     if answer_type == "text":
-        return normalize_text(predicted) == normalize_text(reference)
+        return normalize_text(predicted) == normalize_text(reference) or _names(predicted, reference)
     raise ValueError(f"unknown answer_type {answer_type!r}")
 
 
 def score_text(text: str, problem: Problem) -> ScoreResult:
     """Extract the answer from a generation and check it against `problem`."""
-    extracted = extract_answer(text, problem.choices)
+    extracted = extract_answer(text, problem.choices, answer_type=problem.answer_type)
     correct = answers_match(extracted, problem.answer, problem.answer_type, problem.choices)
     return ScoreResult(extracted=extracted, correct=correct)

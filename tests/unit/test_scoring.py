@@ -242,3 +242,51 @@ def test_module_imports_neither_ray_nor_torch() -> None:
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# Benchmark-file conventions (MathVerse / MMMU-style files write the letter as the reference).
+@pytest.mark.parametrize(("predicted", "reference", "correct"), [
+    # letter reference, the prediction a letter in any dress
+    ("B", "B", True), ("(B)", "B", True), ("[B]", "B", True), ("B.", "B", True), ("B)", "B", True),
+    ("(b)", "B", True), ("**B**", "B", True), ("option B", "B", True), ("C", "B", False), ("(C)", "B", False),
+    # letter reference, the prediction the choice's text or number (and back)
+    ("15 cm", "B", True), ("15", "B", True), ("12 cm", "B", False), ("B: 15 cm", "B", True),
+    ("B", "15 cm", True), ("[B]", "15 cm", True), ("(B)", "(B)", True),
+    # naming two choices, or a letter and a text that disagree, names none
+    ("B or C", "B", False), ("B and C", "B", False), ("(B) 18 cm", "B", False), ("(B) 18 cm", "15 cm", False),
+    ("(B) C", "B", False),
+])
+def test_choice_references_by_letter_or_text(predicted: str, reference: str, correct: bool) -> None:
+    assert answers_match(predicted, reference, "choice", CHOICES) is correct
+
+
+@pytest.mark.parametrize(("text", "reference", "extracted", "correct"), [
+    ("I think it is [B].", "B", "B", True),
+    ("Comparing lengths, the match is [C].", "B", "C", False),
+    ("The answer is B or C.", "B", "B or C", False),
+])
+def test_choice_letters_found_in_text(text: str, reference: str, extracted: str, correct: bool) -> None:
+    got = extract_answer(text, CHOICES)
+    assert got == extracted
+    assert answers_match(got, reference, "choice", CHOICES) is correct
+
+
+@pytest.mark.parametrize(("text", "reference", "correct"), [
+    ("So the shape is a triangle.", "triangle", True),
+    ("There are 3 bars. The tallest one is red.", "red", True),  # the sentence, not the last number
+    ("Counting again, the odd one out was the green square.", "green square", True),
+    ("The answer is a triangle.", "triangle", True),
+    ("It is not red.", "red", False),
+    ("It isn't red.", "red", False),
+    ("It is dark red.", "red", False),
+    ("It is blue or red.", "red", False),
+    ("The colour is red. Wait, it is blue.", "red", False),
+    ("Red.", "red", True),
+    ("The bar that is red is the tallest.", "red", False),  # "red" is not what the sentence ends on
+])
+def test_a_final_sentence_names_a_short_text_answer(text: str, reference: str, correct: bool) -> None:
+    problem = Problem(problem_id="t", family="user", question="Which?", image=b"", answer=reference,
+                      answer_type="text")
+    assert score_text(text, problem).correct is correct
+    # search takes only explicit answers: a sentence without "answer" is not one
+    assert (extract_answer(text, explicit_only=True) is not None) == ("answer" in text.lower())
