@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from mmc_ray.config.engine_kinds import EngineKind, engine_kind
 from mmc_ray.errors import UserError
 
 
@@ -210,7 +211,6 @@ class VLLMConfig:
         _require(self.concurrent_batches >= 1, "concurrent_batches", "must be >= 1")
 
 
-EngineKind = Literal["hf", "simulated", "rule", "blind", "openai", "vllm"]
 Device = Literal["auto", "cpu", "cuda"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 
@@ -238,10 +238,11 @@ class EngineConfig:
     def __post_init__(self) -> None:
         _require(self.max_batch_size > 0, "max_batch_size", "must be > 0")
         _require(0 < self.min_pixels <= self.max_pixels, "min_pixels", "must be > 0 and <= max_pixels")
-        _require(self.kind == "vllm" or self.vllm.concurrent_batches == 1, "vllm.concurrent_batches",
+        kind = engine_kind(self.kind)
+        _require(kind.concurrent_batches or self.vllm.concurrent_batches == 1, "vllm.concurrent_batches",
                  f"> 1 needs kind=vllm (its concurrent calls share one batch); kind={self.kind} generates "
                  f"one batch at a time")
-        if self.kind == "vllm":
+        if kind.section == "vllm":
             _require(self.device != "cpu" or self.vllm.tensor_parallel_size == 1, "vllm.tensor_parallel_size",
                      "kind=vllm on device=cpu runs one process per replica: must be 1")
             tp = self.vllm.tensor_parallel_size
@@ -249,12 +250,12 @@ class EngineConfig:
                      "kind=vllm with tensor_parallel_size > 1 needs resources.num_gpus == "
                      "tensor_parallel_size "
                      "(one bundle, one node, holds all GPUs of a replica)")
-        _require(self.kind != "openai" or self.openai.base_url.startswith(("http://", "https://")),
+        _require(not kind.served or self.openai.base_url.startswith(("http://", "https://")),
                  "openai.base_url", "kind=openai needs openai.base_url=http(s)://host:port/v1")
 
     def batches_in_flight(self) -> int:
         """Batches one worker of this role generates at once (only vLLM runs more than one)."""
-        return self.vllm.concurrent_batches if self.kind == "vllm" else 1
+        return self.vllm.concurrent_batches if engine_kind(self.kind).concurrent_batches else 1
 
 
 @dataclass(frozen=True)
@@ -578,7 +579,7 @@ class Config:
         cpu_llm = self.serve.backend == "vllm" and self.critic.device == "cpu"
         _require(not (cpu_llm and self.serve.accelerator_type), "serve.accelerator_type",
                  "must be empty with backend=vllm on critic.device=cpu")
-        _require(not self.pipeline.retrain_actor or self.actor.kind in ("hf", "vllm"),
+        _require(not self.pipeline.retrain_actor or engine_kind(self.actor.kind).local_model,
                  "pipeline.retrain_actor",
                  f"fine-tunes the actor's local model: needs actor.kind hf or vllm, not {self.actor.kind}")
 
@@ -588,4 +589,4 @@ class Config:
         if not (self.pipeline.streaming and self.train.use_gpu):
             return []
         roles = ["actor"] + (["annotator"] if self.annotate.method == "llm" else [])
-        return [r for r in roles if getattr(self, r).kind == "vllm"]
+        return [r for r in roles if engine_kind(getattr(self, r).kind).section == "vllm"]

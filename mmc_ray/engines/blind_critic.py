@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from mmc_ray.config import EngineConfig
 from mmc_ray.critique.schema import Critique
 from mmc_ray.engines.simulated import approx_tokens
 from mmc_ray.generation import Completion, GenerationRequest, GenerationResult
@@ -16,6 +17,10 @@ BLIND_CRITIQUE = Critique("incorrect", "Blind baseline: every answer is sent bac
 
 class BlindCriticEngine:
     name = "blind-critic"
+
+    @classmethod
+    def from_config(cls, cfg: EngineConfig) -> BlindCriticEngine:
+        return cls()
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         text = BLIND_CRITIQUE.to_text()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from mmc_ray.config import EngineConfig
 from mmc_ray.critique.prompts import solution_in_critic_prompt
 from mmc_ray.critique.rule_annotator import rule_critique
 from mmc_ray.critique.schema import Critique
@@ -22,6 +23,16 @@ class RuleCriticEngine:
 
     def __init__(self, problem_lookup: Callable[[str], Problem] = problem_from_id) -> None:
         self._problem = problem_lookup
+
+    @classmethod
+    def from_config(cls, cfg: EngineConfig) -> RuleCriticEngine:
+        """Synthetic problems by id, or those of `cfg.problems` (the user's file)."""
+        if not cfg.problems:
+            return cls()
+        from mmc_ray.tasks.benchmark import load_problem_file
+
+        by_id = {p.problem_id: p for p in load_problem_file(cfg.problems)}
+        return cls(problem_lookup=by_id.__getitem__)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         return [self._critique(req) for req in requests]

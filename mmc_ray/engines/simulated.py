@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 
-from mmc_ray.config import SimulatorConfig
+from mmc_ray.config import EngineConfig, SimulatorConfig
 from mmc_ray.critique.schema import parse_critique
 from mmc_ray.generation import (
     Completion,
@@ -95,6 +95,10 @@ class SimulatedActorEngine:
                  problem_lookup: Callable[[str], Problem] = problem_from_id) -> None:
         self.cfg = cfg
         self._problem = lru_cache(maxsize=4096)(problem_lookup)
+
+    @classmethod
+    def from_config(cls, cfg: EngineConfig) -> SimulatedActorEngine:
+        return cls(cfg.simulator)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         if self.cfg.call_latency_s:

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from mmc_ray.config import Config, TasksConfig
+from mmc_ray.config.engine_kinds import engine_kind
+from mmc_ray.engines.factory import engine_source
 from mmc_ray.errors import BadInput
 from mmc_ray.store.layout import best_of_n_dir, records_dir, report_dir, tree_shards
 
@@ -153,8 +155,7 @@ def refine(cfg: Config, problems_path: Path, out: Path, local: bool = False,
         names = {"actor": actor.name, "critic": critic.name}
     return report(records_dir(out), report_dir(out), {
         "title": title, "problems": str(problems_path), **names,
-        "critic model": {"hf": cfg.critic.model_path, "vllm": cfg.critic.model_path,
-                         "openai": cfg.critic.openai.base_url}.get(cfg.critic.kind, cfg.critic.kind),
+        "critic model": engine_source(cfg.critic),
         "strategy": r.strategy, "max rounds": r.max_rounds, "temperatures": list(r.temperatures),
         "mitigations": f"reject_repeats={r.reject_repeats} (samples {r.revision_samples}), "
                        f"keep_best={r.keep_best}",
@@ -240,7 +241,7 @@ def eval_critic(cfg: Config, bench: Path, out: Path, limit: int | None = None) -
         raise BadInput(f"--bench {bench}: no usable solution ({len(load.skipped)} rows skipped)")
     api = cfg.critic.openai
     served = ServedStepScores(api.base_url, os.environ.get(api.api_key_env), api.request_timeout_s) \
-        if cfg.critic.kind == "openai" else None
+        if engine_kind(cfg.critic.kind).served else None
     try:
         rows = judge(solutions, build_engine(cfg.critic), cfg.refine.critic_max_new_tokens,
                      served_scores=served)

@@ -36,6 +36,8 @@ from typing import Any
 import yaml
 
 from mmc_ray.config import Config, config_to_dict
+from mmc_ray.config.engine_kinds import engine_kind
+from mmc_ray.engines.factory import engine_source
 from mmc_ray.errors import BadInput
 from mmc_ray.eval.plot import line_chart
 from mmc_ray.eval.report import pct
@@ -54,7 +56,7 @@ from mmc_ray.tasks.problem import Problem, read_problems, write_problems
 def trained_critic_kind(cfg: Config) -> str:
     """The engine that runs the critic a round trains: the config's when it loads a local model (hf,
     vllm), else hf (a rule or served critic in the config is not the one being trained)."""
-    return cfg.critic.kind if cfg.critic.kind in ("hf", "vllm") else "hf"
+    return cfg.critic.kind if engine_kind(cfg.critic.kind).local_model else "hf"
 
 
 def _round_config(cfg: Config, round_index: int, init_model: str, critic_model: Path,
@@ -253,10 +255,10 @@ def run_pipeline(cfg: Config, run_dir: Path, problems_file: Path | None = None,
 
 
 def _actor_name(cfg: Config) -> str:
-    """What answered: a local model's path, or the engine (`simulated`, `openai:<url>`) when none."""
-    if cfg.actor.kind in ("hf", "vllm"):
-        return cfg.actor.model_path
-    return f"openai:{cfg.actor.openai.base_url}" if cfg.actor.kind == "openai" else f"{cfg.actor.kind} actor"
+    """What answered: a local model's path, a server, or the engine (`simulated actor`)."""
+    kind = engine_kind(cfg.actor.kind)
+    source = engine_source(cfg.actor)
+    return f"{kind.name}:{source}" if kind.served else source if kind.local_model else f"{source} actor"
 
 
 def _earlier_invocations(run: RunLayout) -> list[dict[str, Any]]:

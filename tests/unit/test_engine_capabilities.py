@@ -2,11 +2,9 @@
 the critic service scores only with a `ScoresContinuations` engine, a worker reloads in place only
 a `ReloadsInPlace` one, and pools close what is `Closable`."""
 
-from types import SimpleNamespace
-
 import pytest
 
-from mmc_ray.engines.factory import engine_scores
+from mmc_ray.config.engine_kinds import engine_kind
 from mmc_ray.engines.hf import HFEngine
 from mmc_ray.engines.openai import OpenAIEngine
 from mmc_ray.engines.rule_critic import RuleCriticEngine
@@ -27,4 +25,4 @@ def test_each_engine_has_the_abilities_it_implements(engine, abilities):
     kind = {HFEngine: "hf", VLLMEngine: "vllm", OpenAIEngine: "openai", SimulatedActorEngine: "simulated",
             RuleCriticEngine: "rule"}[engine]
     # what a worker pool relies on: it knows before any worker builds its engine
-    assert engine_scores(SimpleNamespace(kind=kind)) == (ScoresContinuations in abilities)
+    assert engine_kind(kind).scores_continuations == (ScoresContinuations in abilities)
