@@ -92,6 +92,15 @@ class ScoresContinuations(Protocol):
 
 
 @runtime_checkable
+class ScoresSteps(Protocol):
+    """P(step i is sound) for each step of a solution, from a critic that scores steps itself (a served
+    critic's `/v1/score_steps`); None when it cannot say for this solution (a server without it)."""
+
+    def step_sound(self, question: str, steps: Sequence[str], answer: str | None,
+                   images: Sequence[bytes]) -> list[float] | None: ...
+
+
+@runtime_checkable
 class ReloadsInPlace(Protocol):
     """Swaps its model in place (vLLM: two copies would not fit on the GPU)."""
 

@@ -144,6 +144,15 @@ class OpenAIEngine:
                 time.sleep(wait)
         return error_result(req.n, f"{self.name}: {error}")
 
+    def step_sound(self, question: str, steps: Sequence[str], answer: str | None,
+                   images: Sequence[bytes]) -> list[float] | None:
+        """`ScoresSteps` through the server's `/v1/score_steps` (`mmc-ray serve`); None from a server
+        that has no such endpoint or refuses the solution."""
+        body = {"question": question, "steps": list(steps), "answer": answer,
+                "image": base64.b64encode(images[0]).decode() if images else None}
+        reply = self._client.post("score_steps", json=body)
+        return reply.json()["step_sound"] if reply.status_code == 200 else None
+
     def _backoff(self, attempt: int) -> float:
         """Exponential, with jitter so requests that failed together do not come back together."""
         return self.retry_backoff_s * 2 ** attempt * random.uniform(0.75, 1.25)

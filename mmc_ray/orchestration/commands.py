@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from mmc_ray.config import Config, TasksConfig
-from mmc_ray.config.engine_kinds import engine_kind
 from mmc_ray.engines.factory import engine_source
 from mmc_ray.errors import BadInput
 from mmc_ray.store.layout import best_of_n_dir, records_dir, report_dir, tree_shards
@@ -229,25 +228,21 @@ def print_generate_summaries(summaries: Sequence) -> None:
 
 def eval_critic(cfg: Config, bench: Path, out: Path, limit: int | None = None) -> dict[str, Any]:
     """Score `cfg.critic` on a step-labelled benchmark (stages/critic_bench.py); prints the figures."""
-    import os
-
     from mmc_ray.engines.factory import build_engine
     from mmc_ray.eval.report import pct
-    from mmc_ray.stages.critic_bench import ServedStepScores, judge, load_step_bench, write_critic_bench
+    from mmc_ray.generation import Closable
+    from mmc_ray.stages.critic_bench import judge, load_step_bench, write_critic_bench
 
     load = load_step_bench(bench)
     solutions = load.solutions[:limit] if limit else load.solutions
     if not solutions:
         raise BadInput(f"--bench {bench}: no usable solution ({len(load.skipped)} rows skipped)")
-    api = cfg.critic.openai
-    served = ServedStepScores(api.base_url, os.environ.get(api.api_key_env), api.request_timeout_s) \
-        if engine_kind(cfg.critic.kind).served else None
+    critic = build_engine(cfg.critic)
     try:
-        rows = judge(solutions, build_engine(cfg.critic), cfg.refine.critic_max_new_tokens,
-                     served_scores=served)
+        rows = judge(solutions, critic, cfg.refine.critic_max_new_tokens)
     finally:
-        if served is not None:
-            served.close()
+        if isinstance(critic, Closable):
+            critic.close()
     report = write_critic_bench(rows, load, out, {"bench": str(bench), "critic": cfg.critic.kind,
                                                   "model": cfg.critic.model_path})
     pb, crit = report["processbench"], report["step_macro_f1_from_critiques"]

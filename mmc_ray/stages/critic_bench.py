@@ -5,7 +5,6 @@ critiques, and step macro-F1 both from those critiques and from its step soundne
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 from collections.abc import Sequence
@@ -19,7 +18,7 @@ from mmc_ray.critique.schema import parse_critique
 from mmc_ray.critique.step_scores import outcome_openings, step_scores
 from mmc_ray.errors import MissingInput
 from mmc_ray.eval.processbench import critic_bench_report, step_predictions_from_critique
-from mmc_ray.generation import GenerationEngine, GenerationRequest, ScoresContinuations
+from mmc_ray.generation import GenerationEngine, GenerationRequest, ScoresContinuations, ScoresSteps
 from mmc_ray.io import read_parquet, write_text_atomic
 from mmc_ray.store.layout import split_shards
 from mmc_ray.store.shards import verified_shards
@@ -65,35 +64,21 @@ def load_step_bench(path: Path) -> StepBenchLoad:
     return load_critique_split(path) if path.is_dir() else load_visual_process_bench(path)
 
 
-class ServedStepScores:
-    """Step soundness from a served critic's `/v1/score_steps` (our `mmc-ray serve`); None per
-    solution when the server cannot score (another kind of server, a model that cannot)."""
-
-    def __init__(self, base_url: str, api_key: str | None, timeout_s: float) -> None:
-        import httpx
-
-        root = base_url.rstrip("/").removesuffix("/v1")
-        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-        self.client, self.url = httpx.Client(timeout=timeout_s, headers=headers), f"{root}/v1/score_steps"
-
-    def __call__(self, solution: LabelledSolution) -> list[float] | None:
+def _step_sound(critic: GenerationEngine, request: GenerationRequest,
+                solution: LabelledSolution) -> list[float] | None:
+    """P(step i is sound) from a critic that scores steps (a served one) or continuations (a local
+    one, from its likelihood of each outcome's opening); None from any other."""
+    if isinstance(critic, ScoresSteps):
         problem = solution.problem
-        body = {"question": problem.question, "steps": list(solution.steps), "answer": solution.answer,
-                "image": base64.b64encode(problem.image).decode() if problem.image else None}
-        reply = self.client.post(self.url, json=body)
-        return reply.json()["step_sound"] if reply.status_code == 200 else None
-
-    def close(self) -> None:
-        self.client.close()
-
-
-def _local_step_scores(engine: ScoresContinuations, request: GenerationRequest, n_steps: int) -> list[float]:
-    return list(step_scores(engine.score(request, outcome_openings(n_steps))).step_sound)
+        return critic.step_sound(problem.question, solution.steps, solution.answer, problem.images)
+    if isinstance(critic, ScoresContinuations):
+        return list(step_scores(critic.score(request, outcome_openings(len(solution.steps)))).step_sound)
+    return None
 
 
 def judge(solutions: Sequence[LabelledSolution], critic: GenerationEngine, max_new_tokens: int,
-          batch_size: int = 16, served_scores: ServedStepScores | None = None,
-          progress: bool = True, text_only: bool = False, score_steps: bool = True) -> list[dict[str, Any]]:
+          batch_size: int = 16, progress: bool = True, text_only: bool = False,
+          score_steps: bool = True) -> list[dict[str, Any]]:
     """One row per solution: its labels and what the critic said (see `critic_bench_report`), with
     step soundness where the critic gives it and `score_steps` asks for it. `text_only` asks
     without the image: the baseline that shows whether a critic uses what it sees."""
@@ -111,14 +96,7 @@ def judge(solutions: Sequence[LabelledSolution], critic: GenerationEngine, max_n
             completion = result.completions[0]
             parsed = parse_critique(completion.text, num_steps=len(solution.steps)).critique \
                 if completion.finish_reason != "error" else None
-            if not score_steps:
-                sound = None
-            elif served_scores is not None:
-                sound = served_scores(solution)
-            elif isinstance(critic, ScoresContinuations):
-                sound = _local_step_scores(critic, request, len(solution.steps))
-            else:
-                sound = None
+            sound = _step_sound(critic, request, solution) if score_steps else None
             rows.append({"solution_id": solution.solution_id, "source": solution.source,
                          "policy_model": solution.policy_model, "labels": list(solution.labels),
                          "label": solution.first_wrong_step,

@@ -10,18 +10,19 @@ from mmc_ray.engines.openai import OpenAIEngine
 from mmc_ray.engines.rule_critic import RuleCriticEngine
 from mmc_ray.engines.simulated import SimulatedActorEngine
 from mmc_ray.engines.vllm import VLLMEngine
-from mmc_ray.generation import Closable, ReloadsInPlace, ScoresContinuations
+from mmc_ray.generation import Closable, ReloadsInPlace, ScoresContinuations, ScoresSteps
 
 
 @pytest.mark.parametrize(("engine", "abilities"), [
     (HFEngine, {ScoresContinuations}),
     (VLLMEngine, {ReloadsInPlace, Closable}),
-    (OpenAIEngine, {Closable}),
+    (OpenAIEngine, {Closable, ScoresSteps}),
     (SimulatedActorEngine, set()),
     (RuleCriticEngine, set()),
 ])
 def test_each_engine_has_the_abilities_it_implements(engine, abilities):
-    assert {p for p in (ScoresContinuations, ReloadsInPlace, Closable) if issubclass(engine, p)} == abilities
+    assert {p for p in (ScoresContinuations, ScoresSteps, ReloadsInPlace, Closable)
+            if issubclass(engine, p)} == abilities
     kind = {HFEngine: "hf", VLLMEngine: "vllm", OpenAIEngine: "openai", SimulatedActorEngine: "simulated",
             RuleCriticEngine: "rule"}[engine]
     # what a worker pool relies on: it knows before any worker builds its engine
