@@ -582,6 +582,19 @@ class Config:
         _require(not self.pipeline.retrain_actor or engine_kind(self.actor.kind).local_model,
                  "pipeline.retrain_actor",
                  f"fine-tunes the actor's local model: needs actor.kind hf or vllm, not {self.actor.kind}")
+        trained = (self.train.min_pixels, self.train.max_pixels)
+        for role in self._trained_roles():
+            engine = getattr(self, role)
+            budget = (engine.min_pixels, engine.max_pixels)
+            _require(not engine_kind(engine.kind).local_model or budget == trained, f"{role}.max_pixels",
+                     f"{role} runs the model `train` fine-tunes, so it must see images at the budget it was "
+                     f"trained at: {role}.min_pixels/max_pixels {budget} must equal train.min_pixels/"
+                     f"max_pixels {trained}")
+
+    def _trained_roles(self) -> list[str]:
+        """The roles whose engine runs what `train` fine-tunes (the pixel budget is one for both)."""
+        role = {"critic": "critic", "annotator": "annotator", "actor-sft": "actor"}[self.train.task]
+        return sorted({role, *(["actor"] if self.pipeline.retrain_actor else [])})
 
     def _streamed_with_training(self) -> list[str]:
         """The vLLM roles that generate while Ray Train's GPU workers train (a streamed round: the

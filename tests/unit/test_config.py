@@ -54,12 +54,24 @@ def test_config_is_frozen():
         (["pipeline.retrain_actor=true"],  # the default actor is the simulated solver
          "pipeline.retrain_actor: fine-tunes the actor's local model: needs actor.kind hf or vllm, not simulated"),
         (["pipeline.actor_max_steps=0"], "pipeline.actor_max_steps: must be >= 1"),
+        (["critic.max_pixels=50176"], "critic.max_pixels: critic runs the model `train` fine-tunes, so it must see "
+                                      "images at the budget it was trained at: critic.min_pixels/max_pixels "
+                                      "(3136, 50176) must equal train.min_pixels/max_pixels (3136, 12544)"),
+        (["train.task=annotator", "annotator.min_pixels=1024"], "annotator.max_pixels: annotator runs the model"),
+        (["actor.kind=hf", "pipeline.retrain_actor=true", "train.max_pixels=50176", "critic.max_pixels=50176"],
+         "actor.max_pixels: actor runs the model"),
     ],
 )
 def test_bad_config_names_the_key(overrides, message):
     with pytest.raises(ConfigError) as err:
         load_config(overrides=overrides)
     assert message in str(err.value)
+
+
+def test_the_pixel_budget_binds_only_engines_that_run_the_trained_model():
+    served = ["critic.kind=openai", "critic.openai.base_url=http://127.0.0.1:1/v1", "critic.max_pixels=50176"]
+    assert load_config(overrides=served).critic.max_pixels == 50176  # a server has its own budget
+    assert load_config(overrides=["actor.max_pixels=50176"]).actor.max_pixels == 50176  # not trained here
 
 
 def test_vllm_runs_on_cpu_when_told():
