@@ -134,16 +134,15 @@ def refine_gain(cfg: Config, critic: Any, problems: list) -> dict[str, Any]:
     """Refinement of `problems` by the simulated actor with `critic`: accuracies and the gain."""
     records = RefinementLoop(SimulatedActorEngine(cfg.actor.simulator), critic, cfg.refine).run(problems)
     metrics = evaluate([r.to_row() for r in records])
-    return {"single_pass_accuracy": metrics["single_pass_accuracy"],
-            "final_accuracy": metrics["final_accuracy"],
-            "refine_gain": metrics["final_accuracy"] - metrics["single_pass_accuracy"],
-            "wrong_to_right": metrics["wrong_to_right"], "right_to_wrong": metrics["right_to_wrong"],
-            "critic_in_the_loop": metrics["critic"]}
+    return {"single_pass_accuracy": metrics.single_pass_accuracy, "final_accuracy": metrics.final_accuracy,
+            "refine_gain": metrics.refine_gain, "wrong_to_right": metrics.wrong_to_right,
+            "right_to_wrong": metrics.right_to_wrong,
+            "critic_in_the_loop": dataclasses.asdict(metrics.critic)}
 
 
 def best_of_n(cfg: Config, critic: Any, problems: list) -> dict[str, Any]:
     rows = sample_and_verify(problems, SimulatedActorEngine(cfg.actor.simulator), critic, cfg.refine)
-    return best_of_n_metrics(rows, cfg.refine.best_of_n)
+    return dataclasses.asdict(best_of_n_metrics(rows, cfg.refine.best_of_n))
 
 
 def verifier_auc(judgements: list[dict], problem_of: dict[str, str] | None = None) -> float | None:

@@ -66,7 +66,22 @@ def accuracy_vs_n(problems: Sequence[Sequence[Candidate]], ns: Sequence[int] = (
     return {"n": list(ns), "best_of_n": best, "majority_vote": vote, "any_correct": oracle}
 
 
-def best_of_n_metrics(rows: Sequence[Mapping[str, Any]], ns: Sequence[int]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class BestOfNMetrics:
+    """Accuracy for each N in `n`: best-of-N picked by P(correct) and by the minimum step soundness,
+    majority vote, the any-correct bound; `gain` is best-of-max(N) by P(correct) over one sample."""
+
+    problems: int
+    n: list[int]
+    best_of_n_p_correct: list[float]
+    best_of_n_min_step: list[float]
+    majority_vote: list[float]
+    any_correct: list[float]
+    gain: float
+    scored_by: dict[str, int]
+
+
+def best_of_n_metrics(rows: Sequence[Mapping[str, Any]], ns: Sequence[int]) -> BestOfNMetrics:
     """Accuracy vs N from BEST_OF_N_SCHEMA rows: picked by `p_correct` and by the minimum step
     soundness, beside majority vote and the any-correct bound; the gain is best-of-max(N) by
     `p_correct` over one sample."""
@@ -78,10 +93,10 @@ def best_of_n_metrics(rows: Sequence[Mapping[str, Any]], ns: Sequence[int]) -> d
                 for samples in by_problem.values()]
     by_p = accuracy_vs_n(problems, ns, by="p_correct")
     by_step = accuracy_vs_n(problems, ns, by="min_step")
-    return {"problems": len(problems), "n": by_p["n"], "best_of_n_p_correct": by_p["best_of_n"],
-            "best_of_n_min_step": by_step["best_of_n"], "majority_vote": by_p["majority_vote"],
-            "any_correct": by_p["any_correct"], "gain": by_p["best_of_n"][-1] - by_p["best_of_n"][0],
-            "scored_by": dict(Counter(r["scored_by"] for r in rows))}
+    return BestOfNMetrics(problems=len(problems), n=by_p["n"], best_of_n_p_correct=by_p["best_of_n"],
+                          best_of_n_min_step=by_step["best_of_n"], majority_vote=by_p["majority_vote"],
+                          any_correct=by_p["any_correct"], gain=by_p["best_of_n"][-1] - by_p["best_of_n"][0],
+                          scored_by=dict(Counter(r["scored_by"] for r in rows)))
 
 
 def sample_counts(rows: Sequence[Mapping[str, Any]]) -> list[int]:

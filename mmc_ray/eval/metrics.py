@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from mmc_ray.eval.processbench import CORRECT_LABEL, Judged, prediction_from_verdict, processbench_f1
@@ -39,6 +40,62 @@ def _f1(precision: float | None, recall: float | None) -> float | None:
     return 2 * precision * recall / (precision + recall)
 
 
+@dataclass(frozen=True)
+class CriticMetrics:
+    """The critic as a judge and a step-error detector (module docstring)."""
+
+    critiques: int
+    parse_rate: float | None
+    verdict_accuracy: float | None
+    step_precision: float | None
+    step_recall: float | None
+    step_f1: float | None
+    processbench_f1: float | None
+    processbench_acc_err: float | None
+    processbench_acc_cor: float | None
+    step_unknown_wrong_answers: int
+
+
+@dataclass(frozen=True)
+class AnswerMetrics:
+    """Accuracy of the actor's answers before, during and after refinement."""
+
+    problems: int
+    single_pass_accuracy: float | None
+    accuracy_by_round: list[float | None]
+    final_accuracy: float | None
+    wrong_to_right: int
+    right_to_wrong: int
+    mean_rounds: float | None
+
+    @property
+    def refine_gain(self) -> float | None:
+        """Final accuracy minus single pass: what refinement added."""
+        if self.final_accuracy is None or self.single_pass_accuracy is None:
+            return None
+        return self.final_accuracy - self.single_pass_accuracy
+
+
+@dataclass(frozen=True)
+class FamilyMetrics(AnswerMetrics):
+    critic: CriticMetrics
+
+
+@dataclass(frozen=True)
+class RefinementMetrics(FamilyMetrics):
+    """Everything `evaluate` measures: the answers and the critic overall, per family, why the loop
+    stopped and what it cost. `as_dict()` is report.json's layout."""
+
+    stop_reasons: dict[str, int]
+    repeated_answers: int
+    actor_tokens: int
+    critic_tokens: int
+    families: dict[str, FamilyMetrics]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 def group_by_problem(rows: Iterable[Row]) -> dict[str, list[Row]]:
     """Rounds of each problem, in round order; raises on a duplicate (problem, round)."""
     problems: dict[str, list[Row]] = defaultdict(list)
@@ -55,6 +112,7 @@ def group_by_problem(rows: Iterable[Row]) -> dict[str, list[Row]]:
 
 
 def _answer_metrics(problems: Sequence[list[Row]], max_round: int) -> dict[str, Any]:
+    """AnswerMetrics' fields."""
     n = len(problems)
     first = [rounds[0]["correct"] for rounds in problems]
     final_rows = [next(r for r in rounds if r["final"]) for rounds in problems]
@@ -79,7 +137,7 @@ def _sound(row: Row) -> bool:
     return bool(row["correct"]) and row["true_first_wrong_step"] is None
 
 
-def critic_metrics(rows: Sequence[Row]) -> dict[str, Any]:
+def critic_metrics(rows: Sequence[Row]) -> CriticMetrics:
     """The critic as a judge and a step-error detector (module docstring), over critiqued rows."""
     judged = [r for r in rows if r["critic_text"] or r["critic_parse_error"]]
     parsed = [r for r in judged if r["critic_verdict"] is not None]
@@ -92,21 +150,15 @@ def critic_metrics(rows: Sequence[Row]) -> dict[str, Any]:
     processbench = processbench_f1(
         Judged(CORRECT_LABEL if _sound(r) else r["true_first_wrong_step"],
                prediction_from_verdict(r["critic_verdict"], r["critic_first_wrong_step"])) for r in known)
-    return {
-        "critiques": len(judged),
-        "parse_rate": _ratio(len(parsed), len(judged)),
-        "verdict_accuracy": _ratio(verdict_right, len(judged)),
-        "step_precision": precision,
-        "step_recall": recall,
-        "step_f1": _f1(precision, recall),
-        "processbench_f1": processbench["f1"],
-        "processbench_acc_err": processbench["acc_err"],
-        "processbench_acc_cor": processbench["acc_cor"],
-        "step_unknown_wrong_answers": len(judged) - len(known),
-    }
+    return CriticMetrics(
+        critiques=len(judged), parse_rate=_ratio(len(parsed), len(judged)),
+        verdict_accuracy=_ratio(verdict_right, len(judged)), step_precision=precision, step_recall=recall,
+        step_f1=_f1(precision, recall), processbench_f1=processbench.f1,
+        processbench_acc_err=processbench.acc_err, processbench_acc_cor=processbench.acc_cor,
+        step_unknown_wrong_answers=len(judged) - len(known))
 
 
-def evaluate(rows: Iterable[Row]) -> dict[str, Any]:
+def evaluate(rows: Iterable[Row]) -> RefinementMetrics:
     """All metrics, overall and per family, plus stop reasons and token totals."""
     rows = list(rows)
     problems = group_by_problem(rows)
@@ -114,19 +166,15 @@ def evaluate(rows: Iterable[Row]) -> dict[str, Any]:
     families: dict[str, list[list[Row]]] = defaultdict(list)
     for rounds in problems.values():
         families[rounds[0]["family"]].append(rounds)
-    return {
-        **_answer_metrics(list(problems.values()), max_round),
-        "critic": critic_metrics(rows),
-        "stop_reasons": dict(Counter(r[-1]["stop_reason"] for r in problems.values()).most_common()),
-        "repeated_answers": sum(bool(r["answer_repeated"]) for r in rows),
-        "actor_tokens": sum(r["actor_tokens"] or 0 for r in rows),
-        "critic_tokens": sum(r["critic_tokens"] or 0 for r in rows),
-        "families": {
-            family: {**_answer_metrics(group, max_round),
-                     "critic": critic_metrics([r for rounds in group for r in rounds])}
-            for family, group in sorted(families.items())
-        },
-    }
+    return RefinementMetrics(
+        **_answer_metrics(list(problems.values()), max_round), critic=critic_metrics(rows),
+        stop_reasons=dict(Counter(r[-1]["stop_reason"] for r in problems.values()).most_common()),
+        repeated_answers=sum(bool(r["answer_repeated"]) for r in rows),
+        actor_tokens=sum(r["actor_tokens"] or 0 for r in rows),
+        critic_tokens=sum(r["critic_tokens"] or 0 for r in rows),
+        families={family: FamilyMetrics(**_answer_metrics(group, max_round),
+                                        critic=critic_metrics([r for rounds in group for r in rounds]))
+                  for family, group in sorted(families.items())})
 
 
 def frequency_baselines(train: Sequence[Row], test: Sequence[Row]) -> dict[str, Any]:
@@ -144,4 +192,4 @@ def frequency_baselines(train: Sequence[Row], test: Sequence[Row]) -> dict[str, 
             "most_common_step": common_step,
             "most_common_step_accuracy": _ratio(sum(r["first_wrong_step"] == common_step for r in wrong),
                                                 len(wrong)),
-            "constant_processbench_f1": processbench_f1(judged)["f1"]}
+            "constant_processbench_f1": processbench_f1(judged).f1}

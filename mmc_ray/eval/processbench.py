@@ -14,8 +14,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TypeVar
+from dataclasses import asdict, dataclass
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -44,8 +44,19 @@ def _by_group(items: Iterable[T], group: Callable[[T], str]) -> dict[str, list[T
     return dict(sorted(groups.items()))
 
 
-def processbench_f1(judged: Iterable[Judged]) -> dict[str, float | int | None]:
-    """acc_err, acc_cor and their harmonic mean (None where a side has no solution; 0 when either is 0)."""
+@dataclass(frozen=True)
+class ProcessBenchScore:
+    """acc_err, acc_cor and their harmonic mean `f1` (None where a side has no solution; 0 when
+    either is 0), over `erroneous` + `correct` solutions."""
+
+    acc_err: float | None
+    acc_cor: float | None
+    f1: float | None
+    erroneous: int
+    correct: int
+
+
+def processbench_f1(judged: Iterable[Judged]) -> ProcessBenchScore:
     judged = list(judged)
     erroneous = [j.predicted == j.label for j in judged if j.label != CORRECT_LABEL]
     correct = [j.predicted == CORRECT_LABEL for j in judged if j.label == CORRECT_LABEL]
@@ -54,17 +65,16 @@ def processbench_f1(judged: Iterable[Judged]) -> dict[str, float | int | None]:
         f1 = None
     else:
         f1 = 2 * acc_err * acc_cor / (acc_err + acc_cor) if acc_err + acc_cor else 0.0
-    return {"acc_err": acc_err, "acc_cor": acc_cor, "f1": f1, "erroneous": len(erroneous),
-            "correct": len(correct)}
+    return ProcessBenchScore(acc_err, acc_cor, f1, len(erroneous), len(correct))
 
 
-def processbench_report(judged: Iterable[Judged]) -> dict[str, object]:
+def processbench_report(judged: Iterable[Judged]) -> dict[str, Any]:
     """`processbench_f1` over everything, per group, and the mean of the groups' F1 (ProcessBench
-    reports the average over its subsets)."""
+    reports the average over its subsets), as report.json holds it."""
     judged = list(judged)
     per_group = {g: processbench_f1(items) for g, items in _by_group(judged, lambda j: j.group).items()}
-    f1s = [s["f1"] for s in per_group.values() if s["f1"] is not None]
-    return {**processbench_f1(judged), "groups": per_group,
+    f1s = [s.f1 for s in per_group.values() if s.f1 is not None]
+    return {**asdict(processbench_f1(judged)), "groups": {g: asdict(s) for g, s in per_group.items()},
             "mean_group_f1": sum(f1s) / len(f1s) if f1s else None}
 
 

@@ -8,12 +8,18 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mmc_ray.config import Config, TasksConfig
 from mmc_ray.engines.factory import engine_source
 from mmc_ray.errors import BadInput
 from mmc_ray.store.layout import best_of_n_dir, records_dir, report_dir, tree_shards
+
+if TYPE_CHECKING:  # for the annotations only: importing them is what the functions do lazily
+    from mmc_ray.eval.report import Report
+    from mmc_ray.stages.generate import GenerateSummary
+    from mmc_ray.stages.search import SearchSummary
+    from mmc_ray.train.trainer import TrainSummary
 
 
 def write_tasks(cfg: TasksConfig, out: Path) -> int:
@@ -42,7 +48,7 @@ def pretrain_tiny(cfg: Config, out: Path) -> dict[str, Any]:
     return report
 
 
-def generate(cfg: Config, problems_path: Path, out: Path) -> Any:
+def generate(cfg: Config, problems_path: Path, out: Path) -> GenerateSummary:
     from mmc_ray.engines.factory import build_engine
     from mmc_ray.stages.generate import run_generate
     from mmc_ray.tasks.benchmark import load_problem_file
@@ -52,7 +58,7 @@ def generate(cfg: Config, problems_path: Path, out: Path) -> Any:
     return run_generate(problems, engine, cfg.generate, out, batch_size=cfg.actor.max_batch_size)
 
 
-def search(cfg: Config, problems_path: Path, out: Path, local: bool = False) -> Any:
+def search(cfg: Config, problems_path: Path, out: Path, local: bool = False) -> SearchSummary:
     from mmc_ray.stages.search import search_to_dir
     from mmc_ray.tasks.benchmark import load_problem_file
 
@@ -99,7 +105,7 @@ def annotate(cfg: Config, trees: Path, out: Path, local: bool = False) -> dict[s
     return stats
 
 
-def train(cfg: Config, data: Path, out: Path, resume: bool = False) -> Any:
+def train(cfg: Config, data: Path, out: Path, resume: bool = False) -> TrainSummary:
     from mmc_ray.train.trainer import train as fit
 
     summary = fit(cfg, data, out, resume=resume)
@@ -107,7 +113,7 @@ def train(cfg: Config, data: Path, out: Path, resume: bool = False) -> Any:
     return summary
 
 
-def print_train_summary(summary: Any) -> None:
+def print_train_summary(summary: TrainSummary) -> None:
     m, losses = summary.metrics, summary.losses
     marks = sorted({round(i * (len(losses) - 1) / 4) for i in range(5)}) if losses else []
     curve = " -> ".join(f"{losses[i]:.3f} (step {i + 1})" for i in marks)
@@ -134,7 +140,7 @@ def refine_engines(cfg: Config, local: bool = False) -> Iterator[tuple[Any, Any]
 
 
 def refine(cfg: Config, problems_path: Path, out: Path, local: bool = False,
-           title: str = "refinement", engines: tuple[Any, Any] | None = None) -> Any:
+           title: str = "refinement", engines: tuple[Any, Any] | None = None) -> Report:
     """Refine and evaluate (on `engines` from `refine_engines`, or on engines of its own); returns
     the evaluation `Report`."""
     from mmc_ray.refine.run import best_of_n_to_dir, refine_to_dir
@@ -164,27 +170,23 @@ def refine(cfg: Config, problems_path: Path, out: Path, local: bool = False,
 
 
 def report(refine_dir: Path, out: Path, context: dict[str, Any], best_of_n: Path | None = None,
-           sizes: tuple[int, ...] | None = None) -> Any:
+           sizes: tuple[int, ...] | None = None) -> Report:
     from mmc_ray.eval.report import pct, write_report
 
     written = write_report(refine_dir, out, context, best_of_n, sizes)
-    m = written.metrics
-    if "critic" in m:
-        c = m["critic"]
-        by_round = " -> ".join(f"{a:.1%}" for a in m["accuracy_by_round"])
-        print(f"eval: {m['problems']} problems; accuracy by round {by_round}; "
-              f"final {m['final_accuracy']:.1%} ({m['wrong_to_right']} wrong->right, "
-              f"{m['right_to_wrong']} right->wrong)")
-        print(f"critic: verdict accuracy {c['verdict_accuracy'] or 0:.1%}, "
-              f"parsed {c['parse_rate'] or 0:.1%}, ProcessBench F1 {pct(c['processbench_f1'])}, "
-              f"first-wrong-step F1 {pct(c['step_f1'])}")
-    if "best_of_n" in m:
-        b = m["best_of_n"]
+    if (m := written.refinement) is not None:
+        c = m.critic
+        by_round = " -> ".join(f"{a:.1%}" for a in m.accuracy_by_round)
+        print(f"eval: {m.problems} problems; accuracy by round {by_round}; "
+              f"final {m.final_accuracy:.1%} ({m.wrong_to_right} wrong->right, "
+              f"{m.right_to_wrong} right->wrong)")
+        print(f"critic: verdict accuracy {c.verdict_accuracy or 0:.1%}, parsed {c.parse_rate or 0:.1%}, "
+              f"ProcessBench F1 {pct(c.processbench_f1)}, first-wrong-step F1 {pct(c.step_f1)}")
+    if (b := written.best_of_n) is not None:
         pairs = ", ".join(f"N={n} {pct(a)} (vote {pct(v)})"
-                          for n, a, v in zip(b["n"], b["best_of_n_p_correct"], b["majority_vote"],
-                                             strict=True))
-        print(f"best-of-n: {b['problems']} problems; by the critic's P(correct) {pairs}; "
-              f"any sample correct at N={b['n'][-1]}: {pct(b['any_correct'][-1])}")
+                          for n, a, v in zip(b.n, b.best_of_n_p_correct, b.majority_vote, strict=True))
+        print(f"best-of-n: {b.problems} problems; by the critic's P(correct) {pairs}; "
+              f"any sample correct at N={b.n[-1]}: {pct(b.any_correct[-1])}")
     extra = ", ".join(p.name for p in (written.json, written.plot) if p is not None)
     print(f"report: {written.markdown} (+ {extra})")
     return written

@@ -39,8 +39,9 @@ from mmc_ray.config import Config, config_to_dict
 from mmc_ray.config.engine_kinds import engine_kind
 from mmc_ray.engines.factory import engine_source
 from mmc_ray.errors import BadInput
+from mmc_ray.eval.metrics import RefinementMetrics
 from mmc_ray.eval.plot import line_chart
-from mmc_ray.eval.report import pct
+from mmc_ray.eval.report import Report, pct
 from mmc_ray.orchestration import commands
 from mmc_ray.store.layout import (
     RoundLayout,
@@ -188,14 +189,14 @@ def run_pipeline(cfg: Config, run_dir: Path, problems_file: Path | None = None,
         what = "ground-truth steps" if kind == "rule" else "final answers only: no step programs"
         print(f"\n== oracle baseline: refinement with the {kind} oracle critic ({what}) ==")
         report = commands.refine(oracle, eval_path, run.oracle_refine, title=f"oracle ({kind}) critic")
-        summary["oracle"] = {"kind": kind, **_round_metrics(report.metrics)}
+        summary["oracle"] = {"kind": kind, **round_figures(report)}
     if pcfg.blind_baseline:
         # Best-of-N with a critic that scores every answer alike is the first sample: refinement only.
         blind = dataclasses.replace(cfg, critic=dataclasses.replace(cfg.critic, kind="blind"),
                                     refine=dataclasses.replace(cfg.refine, strategy="refine"))
         print("\n== blind baseline: refinement with a critic that sends every answer back ==")
         report = commands.refine(blind, eval_path, run.blind_refine, title="blind critic (always revise)")
-        summary["blind"] = _round_metrics(report.metrics)
+        summary["blind"] = round_figures(report)
     init_model, actor_model = cfg.train.init_model, cfg.actor.model_path
     for r in range(1, pcfg.rounds + 1):
         rdir = run.round(r)
@@ -243,7 +244,7 @@ def run_pipeline(cfg: Config, run_dir: Path, problems_file: Path | None = None,
         if pcfg.retrain_actor and r < pcfg.rounds:
             actor_model, actor["fine_tuned"] = _retrain_actor(rcfg, rdir, read_problems(train_path))
         summary["rounds"].append({"round": r, "dataset_rows": card_stats(dataset)["rows"],
-                                  "train": trained, "actor": actor, **_round_metrics(report.metrics),
+                                  "train": trained, "actor": actor, **round_figures(report),
                                   "report": str(report.markdown)})
         init_model = str(export_dir(rdir.critic))
     summary["seconds"] = round(time.perf_counter() - start, 1)
@@ -277,13 +278,34 @@ def record_invocation(run_dir: Path, started: float, outcome: str) -> None:
         f.write(json.dumps(entry) + "\n")
 
 
-def _round_metrics(m: dict[str, Any]) -> dict[str, Any]:
-    c = m["critic"]
-    return {"single_pass_accuracy": m["single_pass_accuracy"], "final_accuracy": m["final_accuracy"],
-            "accuracy_by_round": m["accuracy_by_round"], "wrong_to_right": m["wrong_to_right"],
-            "right_to_wrong": m["right_to_wrong"], "verdict_accuracy": c["verdict_accuracy"],
-            "parse_rate": c["parse_rate"], "processbench_f1": c["processbench_f1"], "step_f1": c["step_f1"],
-            **({"best_of_n": m["best_of_n"]} if "best_of_n" in m else {})}
+@dataclass(frozen=True)
+class RoundFigures:
+    """What the pipeline report shows of one critic's refinement run (a round's, the oracle's, the
+    blind one's); `round_figures` puts them in the run's report.json."""
+
+    single_pass_accuracy: float | None
+    final_accuracy: float | None
+    accuracy_by_round: list[float | None]
+    wrong_to_right: int
+    right_to_wrong: int
+    verdict_accuracy: float | None
+    parse_rate: float | None
+    processbench_f1: float | None
+    step_f1: float | None
+
+    @classmethod
+    def of(cls, m: RefinementMetrics) -> RoundFigures:
+        c = m.critic
+        return cls(m.single_pass_accuracy, m.final_accuracy, m.accuracy_by_round, m.wrong_to_right,
+                   m.right_to_wrong, c.verdict_accuracy, c.parse_rate, c.processbench_f1, c.step_f1)
+
+
+def round_figures(report: Report) -> dict[str, Any]:
+    """A refinement report's `RoundFigures`, with its best-of-N figures when it sampled them."""
+    if report.refinement is None:
+        raise ValueError("the pipeline measures each critic by refinement; this report has none")
+    best = {"best_of_n": dataclasses.asdict(report.best_of_n)} if report.best_of_n else {}
+    return {**dataclasses.asdict(RoundFigures.of(report.refinement)), **best}
 
 
 def _best_of_n_lines(summary: dict[str, Any]) -> list[str]:
@@ -306,21 +328,12 @@ def _write_summary(summary: dict[str, Any], run: RunLayout) -> None:
     run.report_json.write_text(json.dumps(summary, indent=2, default=str))
     header = ("| critic | critique rows | single pass | after refinement | wrong→right | right→wrong | "
               "critic parsed | verdict acc. | ProcessBench F1 | step F1 |\n" + "|---" * 10 + "|")
-    lines = []
-    for r in summary["rounds"]:
-        lines.append(f"| round {r['round']} (trained) | {r['dataset_rows']} | "
-                     f"{pct(r['single_pass_accuracy'])} | {pct(r['final_accuracy'])} | "
-                     f"{r['wrong_to_right']} | {r['right_to_wrong']} | "
-                     f"{pct(r['parse_rate'])} | {pct(r['verdict_accuracy'])} | "
-                     f"{pct(r['processbench_f1'])} | {pct(r['step_f1'])} |")
+    lines = [_critic_row(f"round {r['round']} (trained)", str(r["dataset_rows"]), r)
+             for r in summary["rounds"]]
     for key, name in (("oracle", f"oracle ({summary.get('oracle', {}).get('kind')})"),
                       ("blind", "blind (always revise)")):
         if key in summary:
-            o = summary[key]
-            lines.append(f"| {name} | - | {pct(o['single_pass_accuracy'])} | {pct(o['final_accuracy'])} | "
-                         f"{o['wrong_to_right']} | {o['right_to_wrong']} | {pct(o['parse_rate'])} | "
-                         f"{pct(o['verdict_accuracy'])} | {pct(o['processbench_f1'])} | "
-                         f"{pct(o['step_f1'])} |")
+            lines.append(_critic_row(name, "-", summary[key]))
     text = "\n".join([
         f"# mmc-ray pipeline: {summary['run']}", "",
         f"Problems: {summary['problems']}. Held-out problems refined by the actor with each round's "
@@ -333,6 +346,15 @@ def _write_summary(summary: dict[str, Any], run: RunLayout) -> None:
     ])
     run.report_md.write_text(text)
     print(f"\n{text}")
+
+
+def _critic_row(name: str, rows: str, figures: dict[str, Any]) -> str:
+    """One critic's line of the report's table, from its `RoundFigures` in report.json."""
+    f = RoundFigures(**{k: figures[k] for k in RoundFigures.__dataclass_fields__})
+    cells = [name, rows, pct(f.single_pass_accuracy), pct(f.final_accuracy), str(f.wrong_to_right),
+             str(f.right_to_wrong), pct(f.parse_rate), pct(f.verdict_accuracy), pct(f.processbench_f1),
+             pct(f.step_f1)]
+    return "| " + " | ".join(cells) + " |"
 
 
 def _verdict_lines(summary: dict[str, Any]) -> list[str]:

@@ -32,17 +32,17 @@ def test_the_oracle_as_verifier_finds_a_right_sample_whenever_one_exists_and_bea
     rows = [r for p in best_of_n_shards(tmp_path / "bon") for r in pq.read_table(p).to_pylist()]
     assert sorted({r["sample"] for r in rows}) == [0, 1, 2, 3] and {r["scored_by"] for r in rows} == {"verdict"}
     written = write_report(tmp_path / "records", tmp_path / "report", {"title": "t"}, tmp_path / "bon", CFG.best_of_n)
-    b = written.metrics["best_of_n"]
-    assert "critic" not in written.metrics and written.plot is None  # best-of-N only: no refinement figures
+    b = written.best_of_n
+    assert written.refinement is None and written.plot is None  # best-of-N only: no refinement figures
     by_problem = {}
     for r in rows:
         by_problem.setdefault(r["problem_id"], []).append(r)
     single = sum(next(r for r in s if r["sample"] == 0)["correct"] for s in by_problem.values()) / 24
-    assert b["best_of_n_p_correct"][0] == b["majority_vote"][0] == b["any_correct"][0] == pytest.approx(single)
+    assert b.best_of_n_p_correct[0] == b.majority_vote[0] == b.any_correct[0] == pytest.approx(single)
     # The oracle judges a right answer from right steps correct: it finds one whenever a sample has it.
     sound = sum(any(r["correct"] and r["critic_verdict"] == "correct" for r in s) for s in by_problem.values()) / 24
-    assert b["best_of_n_p_correct"][-1] >= sound > single
-    assert b["gain"] == pytest.approx(b["best_of_n_p_correct"][-1] - single) and b["gain"] > 0
+    assert b.best_of_n_p_correct[-1] >= sound > single
+    assert b.gain == pytest.approx(b.best_of_n_p_correct[-1] - single) and b.gain > 0
     md = written.markdown.read_text()
     assert "## Best-of-N (the critic as a verifier)" in md and "| majority vote |" in md
     again = best_of_n_to_dir(problems, actor(), RuleCriticEngine(), CFG, tmp_path / "bon", progress=False)

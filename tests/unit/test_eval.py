@@ -41,44 +41,44 @@ ROWS = [
 
 def test_accuracy_transitions_and_rounds():
     m = evaluate(ROWS)
-    assert m["problems"] == 5
-    assert m["single_pass_accuracy"] == pytest.approx(2 / 5)  # a, c
+    assert m.problems == 5
+    assert m.single_pass_accuracy == pytest.approx(2 / 5)  # a, c
     # after round 1: a(final right) b(right) c(round 1 wrong) d(wrong) e(final wrong)
-    assert m["accuracy_by_round"] == pytest.approx([2 / 5, 2 / 5])
-    assert m["final_accuracy"] == pytest.approx(3 / 5)  # a, b, c (keep_best took round 0)
-    assert (m["wrong_to_right"], m["right_to_wrong"]) == (1, 0)
-    assert m["mean_rounds"] == pytest.approx(3 / 5)
-    assert m["stop_reasons"] == {"critic verdict correct": 3, "round budget spent": 1,
+    assert m.accuracy_by_round == pytest.approx([2 / 5, 2 / 5])
+    assert m.final_accuracy == pytest.approx(3 / 5)  # a, b, c (keep_best took round 0)
+    assert (m.wrong_to_right, m.right_to_wrong) == (1, 0)
+    assert m.mean_rounds == pytest.approx(3 / 5)
+    assert m.stop_reasons == {"critic verdict correct": 3, "round budget spent": 1,
                                  "critic output unparseable": 1}
-    assert m["actor_tokens"] == 80 and m["critic_tokens"] == 32
+    assert m.actor_tokens == 80 and m.critic_tokens == 32
 
 
 def test_critic_verdict_and_step_detection():
-    c = evaluate(ROWS)["critic"]
-    assert c["critiques"] == 8 and c["parse_rate"] == pytest.approx(7 / 8)
+    c = evaluate(ROWS).critic
+    assert c.critiques == 8 and c.parse_rate == pytest.approx(7 / 8)
     # verdict right: a0, b0, b1, c1, d0 = 5 of 8 (c0 false alarm, d1 wrong "correct", e0 unparsed)
-    assert c["verdict_accuracy"] == pytest.approx(5 / 8)
+    assert c.verdict_accuracy == pytest.approx(5 / 8)
     # step predictions among known rows: b0(2=2 TP), c0(1 vs none), c1(1 vs 3), d0(3 vs 1) -> 1 TP / 4
     # known wrong steps: b0, c1, d0, d1 -> recall 1/4; e0 (wrong, unknown step) is left out
-    assert c["step_precision"] == pytest.approx(1 / 4)
-    assert c["step_recall"] == pytest.approx(1 / 4)
-    assert c["step_f1"] == pytest.approx(1 / 4)
-    assert c["step_unknown_wrong_answers"] == 1
+    assert c.step_precision == pytest.approx(1 / 4)
+    assert c.step_recall == pytest.approx(1 / 4)
+    assert c.step_f1 == pytest.approx(1 / 4)
+    assert c.step_unknown_wrong_answers == 1
 
 
 def test_per_family_breakdown_adds_up():
     m = evaluate(ROWS)
-    f, g = m["families"]["f"], m["families"]["g"]
-    assert (f["problems"], g["problems"]) == (3, 2)
-    assert f["final_accuracy"] == pytest.approx(2 / 3) and g["final_accuracy"] == pytest.approx(1 / 2)
-    assert f["wrong_to_right"] + g["wrong_to_right"] == m["wrong_to_right"]
+    f, g = m.families["f"], m.families["g"]
+    assert (f.problems, g.problems) == (3, 2)
+    assert f.final_accuracy == pytest.approx(2 / 3) and g.final_accuracy == pytest.approx(1 / 2)
+    assert f.wrong_to_right + g.wrong_to_right == m.wrong_to_right
 
 
 def test_right_to_wrong_is_counted():
     rows = [row("x", 0, True, verdict="incorrect", step=1),
             row("x", 1, False, true_step=1, verdict="incorrect", step=1, final=True, stop="round budget spent")]
     m = evaluate(rows)
-    assert (m["wrong_to_right"], m["right_to_wrong"]) == (0, 1)
+    assert (m.wrong_to_right, m.right_to_wrong) == (0, 1)
 
 
 def test_inconsistent_records_are_rejected():

@@ -20,19 +20,19 @@ def test_processbench_f1_is_the_harmonic_mean_of_the_two_accuracies():
     judged = [Judged(2, 2), Judged(3, 1), Judged(1, None), Judged(4, 4),  # erroneous: 2 of 4 exact
               Judged(-1, -1), Judged(-1, -1), Judged(-1, -1), Judged(-1, 2)]  # correct: 3 of 4
     got = processbench_f1(judged)
-    assert (got["acc_err"], got["acc_cor"]) == (0.5, 0.75)
-    assert got["f1"] == pytest.approx(2 * 0.5 * 0.75 / 1.25)  # 0.6
-    assert (got["erroneous"], got["correct"]) == (4, 4)
+    assert (got.acc_err, got.acc_cor) == (0.5, 0.75)
+    assert got.f1 == pytest.approx(2 * 0.5 * 0.75 / 1.25)  # 0.6
+    assert (got.erroneous, got.correct) == (4, 4)
 
 
 def test_a_critic_that_calls_everything_correct_scores_zero_not_half():
     got = processbench_f1([Judged(2, -1), Judged(-1, -1)])
-    assert (got["acc_err"], got["acc_cor"], got["f1"]) == (0.0, 1.0, 0.0)
+    assert (got.acc_err, got.acc_cor, got.f1) == (0.0, 1.0, 0.0)
 
 
 def test_f1_is_undefined_without_both_kinds_of_solution():
-    assert processbench_f1([Judged(-1, -1)])["f1"] is None
-    assert processbench_f1([])["f1"] is None
+    assert processbench_f1([Judged(-1, -1)]).f1 is None
+    assert processbench_f1([]).f1 is None
 
 
 def test_the_report_gives_each_group_and_their_mean():
@@ -93,4 +93,4 @@ def test_refinement_records_report_processbench_f1():
             row(True, None, "correct", None), row(True, None, "incorrect", 1),  # acc_cor 1/2
             row(False, None, "correct", None)]  # wrong answer, unknown step: left out
     got = critic_metrics(rows)
-    assert (got["processbench_acc_err"], got["processbench_acc_cor"], got["processbench_f1"]) == (0.5, 0.5, 0.5)
+    assert (got.processbench_acc_err, got.processbench_acc_cor, got.processbench_f1) == (0.5, 0.5, 0.5)

@@ -196,16 +196,16 @@ def test_simulated_actor_with_oracle_critic_improves_and_metrics_agree():
     actor = SimulatedActorEngine(SimulatorConfig(observe_error_rate=0.3, revise_success_rate=0.8))
     rows = RefinementLoop(actor, RuleCriticEngine(), RefineConfig(max_rounds=3)).run(problems)
     m = evaluate([r.to_row() for r in rows])
-    assert m["problems"] == 40
-    assert m["single_pass_accuracy"] < 0.9  # the actor does make mistakes at this error rate
-    assert m["final_accuracy"] > m["single_pass_accuracy"]
+    assert m.problems == 40
+    assert m.single_pass_accuracy < 0.9  # the actor does make mistakes at this error rate
+    assert m.final_accuracy > m.single_pass_accuracy
     # The oracle flags wrong steps even under a lucky right answer; only those can turn right→wrong.
     lucky = sum(r.correct and r.true_first_wrong_step is not None for r in rows if r.round == 0)
-    assert m["right_to_wrong"] <= lucky
-    assert m["critic"]["verdict_accuracy"] == 1.0
-    assert m["critic"]["step_precision"] == 1.0 and m["critic"]["step_recall"] == 1.0
+    assert m.right_to_wrong <= lucky
+    assert m.critic.verdict_accuracy == 1.0
+    assert m.critic.step_precision == 1.0 and m.critic.step_recall == 1.0
     first = {r.problem_id: r for r in rows if r.round == 0}
-    assert m["single_pass_accuracy"] == sum(r.correct for r in first.values()) / 40
+    assert m.single_pass_accuracy == sum(r.correct for r in first.values()) / 40
 
 
 def test_the_blind_critic_sends_every_answer_back_until_the_budget_ends():
@@ -220,7 +220,7 @@ def test_the_blind_critic_sends_every_answer_back_until_the_budget_ends():
     assert all(r.stop_reason == STOP_BUDGET for r in rows if r.round == 2)
     m = evaluate([r.to_row() for r in rows])
     unsound = sum(not r.correct or r.true_first_wrong_step is not None for r in rows)
-    assert 0 < unsound < len(rows) and m["critic"]["verdict_accuracy"] == pytest.approx(unsound / len(rows))
+    assert 0 < unsound < len(rows) and m.critic.verdict_accuracy == pytest.approx(unsound / len(rows))
 
 
 def test_refine_to_dir_resumes_by_problem_id(tmp_path):
