@@ -57,7 +57,9 @@ from mmc_ray.stages.critic_bench import critique_solution, judge
 from mmc_ray.stages.search import search_to_dir
 from mmc_ray.store.shards import shard_paths
 from mmc_ray.tasks.generator import generate_problems
-from mmc_ray.train.trainer import TrainHooks, save_and_report, save_hf
+from mmc_ray.train.checkpoints import save_and_report
+from mmc_ray.train.export import save_hf
+from mmc_ray.train.trainer import TrainHooks
 from mmc_ray.workers.dispatch import LocalDispatcher
 
 CRITIQUE_TOKENS = 160

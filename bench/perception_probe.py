@@ -74,7 +74,7 @@ def fit_and_probe(model_dir: Path, variant: dict[str, Any], train: list[Problem]
             f"{f} {pct(m['read_accuracy'])}" for f, m in point["by_family"].items()), flush=True)
 
     started = time.perf_counter()
-    fitted = fit_in_process(vlm, train_examples, cfg, random.Random(cfg.seed), on_step=probe)
+    fitted = fit_in_process(vlm, train_examples, cfg, random.Random(cfg.seed), after_step=probe)
     return {"learning_rate": cfg.learning_rate, "freeze": list(cfg.freeze), "text_only": variant["text_only"],
             "trainable_params": fitted.trainable_params, "params": fitted.total_params,
             "train_seconds": round(time.perf_counter() - started, 1),

@@ -89,7 +89,7 @@ def _retrain_actor(cfg: Config, rdir: RoundLayout, problems: list[Problem]) -> t
 def _train_once(cfg: Config, data: Path, out: Path, model: str = "critic") -> dict[str, Any]:
     """Train unless this round's `model` is already exported (its figures are then the ones its
     fit recorded); resume a half-finished fit."""
-    from mmc_ray.train.trainer import latest_checkpoint
+    from mmc_ray.train.checkpoints import latest_checkpoint
 
     if (export_dir(out) / "config.json").exists():
         print(f"train: {model} already exported at {export_dir(out)}")

@@ -155,7 +155,7 @@ def streamed_round(cfg: Config, problems_path: Path, trees_dir: Path, dataset_di
         with _small_blocks():
             rows = read_growing_shards(data_dir(dataset_dir), "train", upstream_done, CRITIQUE_SCHEMA)
         try:
-            summary = train(cfg, dataset_dir, critic_dir, stream=rows, on_step=progress.train_step)
+            summary = train(cfg, dataset_dir, critic_dir, stream=rows, on_progress=progress.train_step)
         except BaseException:
             causes = [stage for stage in (search, annotation) if stage.error is not None]
             stop.set()  # the search stops at its next batch, annotation when its trees folder is done

@@ -111,11 +111,10 @@ class VisionFit:
 
 def fit_vision(vlm: LoadedVLM, scenes: Sequence[tuple[Problem, Facts]], vocab: FactVocabulary, *,
                steps: int, batch_size: int, learning_rate: float, seed: int,
-               on_step: Callable[[list[float], FactReader], None] | None = None) -> VisionFit:
+               after_step: Callable[[list[float], FactReader], None] | None = None) -> VisionFit:
     """Train the vision tower and projector (the language model frozen) with a `FactReader`."""
     from mmc_ray.config import TrainConfig
-    from mmc_ray.train.local_fit import optimizer_step
-    from mmc_ray.train.trainer import freeze_parts, optimizer_and_schedule
+    from mmc_ray.train.step import LocalEngine, freeze_parts
 
     torch.manual_seed(seed)
     rng = random.Random(seed)
@@ -123,7 +122,7 @@ def fit_vision(vlm: LoadedVLM, scenes: Sequence[tuple[Problem, Facts]], vocab: F
     reader = FactReader(model.config.text_config.hidden_size, len(vocab.slots), len(vocab.values))
     trainable, _ = freeze_parts(model, ("language",))
     cfg = TrainConfig(learning_rate=learning_rate, max_steps=steps, warmup_steps=max(steps // 20, 1))
-    optimizer, schedule = optimizer_and_schedule(torch.nn.ModuleList([model, reader]), cfg)
+    engine = LocalEngine.for_model(model, cfg, extra=reader)
     losses: list[float] = []
     order: list[int] = []
     while len(losses) < steps:
@@ -134,9 +133,11 @@ def fit_vision(vlm: LoadedVLM, scenes: Sequence[tuple[Problem, Facts]], vocab: F
         slot_ids, value_ids = _batch(vocab, batch)
         logits = reader(visual_tokens(vlm, [problem.image for problem, _ in batch]), slot_ids)
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), value_ids.flatten(), ignore_index=-100)
-        losses.append(optimizer_step(loss, optimizer, schedule, cfg.grad_clip))
-        if on_step is not None:
-            on_step(losses, reader)
+        engine.backward(loss)
+        engine.step()
+        losses.append(loss.item())
+        if after_step is not None:
+            after_step(losses, reader)
             model.train()
             reader.train()
     model.eval()

@@ -104,7 +104,7 @@ def _stage_vision(vlm: LoadedVLM, cfg: PretrainConfig, train: Sequence[Scene], h
     curve: list[dict[str, Any]] = []
     progress = _Progress("a: vision tower on facts", cfg.vision_steps, log)
 
-    def on_step(losses: list[float], reader: FactReader) -> None:
+    def after_step(losses: list[float], reader: FactReader) -> None:
         progress.step(losses)
         if progress.checkpoint(len(losses)):
             curve.append({"step": len(losses), "loss": _recent(losses),
@@ -112,7 +112,7 @@ def _stage_vision(vlm: LoadedVLM, cfg: PretrainConfig, train: Sequence[Scene], h
             log(f"  held-out facts read: {_by_family(curve[-1]['fact_accuracy'])}")
 
     fitted = fit_vision(vlm, train, vocab, steps=cfg.vision_steps, batch_size=cfg.vision_batch,
-                        learning_rate=cfg.vision_learning_rate, seed=cfg.seed, on_step=on_step)
+                        learning_rate=cfg.vision_learning_rate, seed=cfg.seed, after_step=after_step)
     return {"steps": cfg.vision_steps, "trainable_params": fitted.trainable_params,
             "seconds": progress.seconds(), **progress.loss_ends(), "curve": curve,
             "fact_slots": len(vocab.slots), "fact_values": len(vocab.values)}
@@ -134,7 +134,7 @@ def _stage_language(vlm: LoadedVLM, cfg: PretrainConfig, name: str, examples: li
     curve: list[dict[str, Any]] = []
     progress = _Progress(name, steps, log)
 
-    def on_step(losses: list[float]) -> None:
+    def after_step(losses: list[float]) -> None:
         progress.step(losses)
         if progress.checkpoint(len(losses)):
             curve.append({"step": len(losses), "loss": _recent(losses),
@@ -143,7 +143,7 @@ def _stage_language(vlm: LoadedVLM, cfg: PretrainConfig, name: str, examples: li
                 f"{_by_family({f: m['read_accuracy'] for f, m in curve[-1]['read'].items()})}")
 
     if steps:
-        fit_in_process(vlm, examples, train_cfg, random.Random(cfg.seed), on_step=on_step)
+        fit_in_process(vlm, examples, train_cfg, random.Random(cfg.seed), after_step=after_step)
     read = curve[-1]["read"] if curve else read_accuracy(vlm, probe, common)
     return {"steps": steps, "examples": len(examples), "seconds": progress.seconds(), **progress.loss_ends(),
             "curve": curve, "read": read}

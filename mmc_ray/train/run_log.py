@@ -46,9 +46,9 @@ class StepBoard:
 
 @contextlib.contextmanager
 def driver_progress(total_steps: int, enabled: bool = True, poll_s: float = 1.0,
-                    on_step: Callable[[dict[str, float]], None] | None = None) -> Iterator[Any]:
+                    on_progress: Callable[[dict[str, float]], None] | None = None) -> Iterator[Any]:
     """A `StepBoard` actor handle for the workers (None when disabled) while the driver follows it:
-    each new step's values (step, loss, tokens/s, ...) go to `on_step`, or by default to a tqdm bar."""
+    each new step's values (step, loss, tokens/s, ...) go to `on_progress`, or by default to a tqdm bar."""
     if not enabled:
         yield None
         return
@@ -59,14 +59,14 @@ def driver_progress(total_steps: int, enabled: bool = True, poll_s: float = 1.0,
     done = threading.Event()
 
     def follow() -> None:
-        with tqdm(total=total_steps, desc="train", unit="step", disable=on_step is not None) as bar:
+        with tqdm(total=total_steps, desc="train", unit="step", disable=on_progress is not None) as bar:
             while True:
                 finished = done.wait(poll_s)
                 latest = ray.get(board.read.remote())
                 if latest and int(latest["step"]) != bar.n:
                     bar.n = int(latest["step"])
-                    if on_step is not None:
-                        on_step(latest)
+                    if on_progress is not None:
+                        on_progress(latest)
                     else:
                         bar.set_postfix(loss=f"{latest['loss']:.3f}", tok_s=f"{latest['tokens_per_s']:.0f}")
                 if finished:

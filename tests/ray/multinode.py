@@ -28,7 +28,7 @@ from mmc_ray.stages.search import search_to_dir
 from mmc_ray.store.layout import tree_shards
 from mmc_ray.store.shards import shard_paths
 from mmc_ray.tasks.generator import generate_problems
-from mmc_ray.train.trainer import STATE_FILE, latest_checkpoint
+from mmc_ray.train.checkpoints import STATE_FILE, latest_checkpoint
 from mmc_ray.workers.dispatch import RayDispatcher, RetryPolicy
 from mmc_ray.workers.group import create_worker_group
 from mmc_ray.workers.role_worker import PolicyWorker

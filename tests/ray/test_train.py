@@ -21,7 +21,8 @@ from mmc_ray.generation import GenerationRequest
 from mmc_ray.stages.annotate import annotate_to_dir
 from mmc_ray.stages.search import search_to_dir
 from mmc_ray.tasks.generator import generate_problems
-from mmc_ray.train.trainer import STATE_FILE, TrainHooks, latest_checkpoint, train
+from mmc_ray.train.checkpoints import STATE_FILE, latest_checkpoint
+from mmc_ray.train.trainer import TrainHooks, train
 from mmc_ray.workers.dispatch import LocalDispatcher
 
 pytestmark = pytest.mark.slow
