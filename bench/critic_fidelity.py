@@ -56,7 +56,7 @@ from mmc_ray.stages.annotate import annotate_to_dir
 from mmc_ray.stages.critic_bench import critique_solution, judge
 from mmc_ray.stages.search import search_to_dir
 from mmc_ray.store.shards import shard_paths
-from mmc_ray.tasks.generator import generate_problems
+from mmc_ray.tasks.synthetic import generate_problems
 from mmc_ray.train.checkpoints import save_and_report
 from mmc_ray.train.export import save_hf
 from mmc_ray.train.trainer import TrainHooks

@@ -42,13 +42,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from _results import missing_for_gpu_run, write_results
 
 from mmc_ray.config import EngineConfig, SearchConfig, TinyModelConfig, VLLMConfig
+from mmc_ray.engine_protocol import GenerationRequest
 from mmc_ray.engines.vllm import end_token_ids, prepare
-from mmc_ray.generation import GenerationRequest
 from mmc_ray.models.loading import decode_image
 from mmc_ray.stages.search import run_search
-from mmc_ray.tasks.generator import generate_problems
 from mmc_ray.tasks.problem import Problem
 from mmc_ray.tasks.prompts import solve_request
+from mmc_ray.tasks.synthetic import generate_problems
 from mmc_ray.workers.dispatch import LocalDispatcher
 
 TARGET_TREE_OVERHEAD = 0.25

@@ -23,7 +23,7 @@ from _results import write_results
 from mmc_ray.config import EngineConfig, SearchConfig, SimulatorConfig, TinyModelConfig
 from mmc_ray.engines.factory import build_engine
 from mmc_ray.stages.search import run_search
-from mmc_ray.tasks.generator import generate_problems
+from mmc_ray.tasks.synthetic import generate_problems
 from mmc_ray.workers.dispatch import LocalDispatcher
 
 

@@ -33,8 +33,8 @@ from mmc_ray.config import Config, TinyModelConfig, TrainConfig
 from mmc_ray.eval.report import pct
 from mmc_ray.models.loading import load_vlm
 from mmc_ray.models.tiny import build_tiny_vlm
-from mmc_ray.tasks.generator import generate_problems
 from mmc_ray.tasks.problem import Problem
+from mmc_ray.tasks.synthetic import generate_problems
 from mmc_ray.train.examples import ExampleBuilder
 from mmc_ray.train.local_fit import fit_in_process
 from mmc_ray.train.perception import most_common_values, read_accuracy

@@ -33,7 +33,7 @@ from _results import write_results
 
 from mmc_ray.config import Config, EngineConfig, ServeConfig, TinyModelConfig
 from mmc_ray.models.tiny import build_tiny_vlm
-from mmc_ray.tasks.generator import generate_problems
+from mmc_ray.tasks.synthetic import generate_problems
 
 TARGET_SPEEDUP, TARGET_P99_RATIO = 5.0, 2.0
 

@@ -36,7 +36,7 @@ from mmc_ray.stages.annotate import annotate_to_dir
 from mmc_ray.stages.dataset_card import SPLITS
 from mmc_ray.stages.search import search_to_dir
 from mmc_ray.store.shards import shard_paths
-from mmc_ray.tasks.generator import generate_problems
+from mmc_ray.tasks.synthetic import generate_problems
 from mmc_ray.train.collate import collate_packed, collate_padded
 from mmc_ray.train.examples import ExampleBuilder
 from mmc_ray.train.packed_attention import use_packed_attention

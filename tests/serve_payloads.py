@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from mmc_ray.tasks.generator import generate_problems
+from mmc_ray.tasks.synthetic import generate_problems
 
 PROBLEM = next(generate_problems(1, seed=4))
 B64_IMAGE = base64.b64encode(PROBLEM.image).decode()

@@ -11,7 +11,7 @@
 import json
 from pathlib import Path
 
-from mmc_ray.tasks.generator import generate_problems
+from mmc_ray.tasks.synthetic import generate_problems
 
 
 def write_user_jsonl(path: Path, n: int, seed: int) -> Path:

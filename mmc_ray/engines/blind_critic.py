@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 from mmc_ray.config import EngineConfig
 from mmc_ray.critique.schema import Critique
+from mmc_ray.engine_protocol import Completion, GenerationRequest, GenerationResult
 from mmc_ray.engines.simulated import approx_tokens
-from mmc_ray.generation import Completion, GenerationRequest, GenerationResult
 
 BLIND_CRITIQUE = Critique("incorrect", "Blind baseline: every answer is sent back for revision.", 1, "other",
                           "Check every step again from the first.")

@@ -7,7 +7,7 @@ import importlib
 
 from mmc_ray.config import EngineConfig
 from mmc_ray.config.engine_kinds import engine_kind
-from mmc_ray.generation import GenerationEngine
+from mmc_ray.engine_protocol import GenerationEngine
 
 
 def build_engine(cfg: EngineConfig) -> GenerationEngine:

@@ -9,14 +9,14 @@ from pathlib import Path
 import torch
 
 from mmc_ray.config import EngineConfig
-from mmc_ray.engines.hf_decode import StopCheck, decode
-from mmc_ray.generation import (
+from mmc_ray.engine_protocol import (
     Completion,
     GenerationRequest,
     GenerationResult,
     apply_stop,
     sampling_temperature,
 )
+from mmc_ray.engines.hf_decode import StopCheck, decode
 from mmc_ray.models.loading import LoadedVLM, VisionInputs, decode_image, load_vlm
 from mmc_ray.seeding import stable_seed
 

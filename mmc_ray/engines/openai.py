@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 
 from mmc_ray.config import EngineConfig
-from mmc_ray.generation import (
+from mmc_ray.engine_protocol import (
     Completion,
     GenerationRequest,
     GenerationResult,

@@ -11,11 +11,17 @@ from mmc_ray.config import EngineConfig
 from mmc_ray.critique.prompts import solution_in_critic_prompt
 from mmc_ray.critique.rule_annotator import rule_critique
 from mmc_ray.critique.schema import Critique
+from mmc_ray.engine_protocol import (
+    Completion,
+    GenerationRequest,
+    GenerationResult,
+    error_result,
+    message_text,
+)
 from mmc_ray.engines.simulated import approx_tokens
-from mmc_ray.generation import Completion, GenerationRequest, GenerationResult, error_result, message_text
-from mmc_ray.tasks.generator import problem_from_id
 from mmc_ray.tasks.problem import Problem
 from mmc_ray.tasks.scoring import answers_match
+from mmc_ray.tasks.synthetic import problem_from_id
 
 
 class RuleCriticEngine:

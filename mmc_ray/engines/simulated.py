@@ -19,7 +19,7 @@ from functools import lru_cache
 
 from mmc_ray.config import EngineConfig, SimulatorConfig
 from mmc_ray.critique.schema import parse_critique
-from mmc_ray.generation import (
+from mmc_ray.engine_protocol import (
     Completion,
     GenerationRequest,
     GenerationResult,
@@ -28,7 +28,6 @@ from mmc_ray.generation import (
     message_text,
 )
 from mmc_ray.seeding import stable_hash
-from mmc_ray.tasks.generator import problem_from_id
 from mmc_ray.tasks.problem import Problem
 from mmc_ray.tasks.solution import (
     LABEL_OPS,
@@ -41,6 +40,7 @@ from mmc_ray.tasks.solution import (
     render_step,
     stated_value,
 )
+from mmc_ray.tasks.synthetic import problem_from_id
 
 CHARS_PER_TOKEN = 4  # token counts are approximate: the simulator has no tokenizer
 WRONG_OP = {"add": "sub", "sub": "add", "mul": "add", "sum": "sub", "diff": "add",

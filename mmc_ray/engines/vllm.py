@@ -73,8 +73,7 @@ from pathlib import Path
 from typing import Any
 
 from mmc_ray.config import EngineConfig
-from mmc_ray.errors import BadInput, MissingInput
-from mmc_ray.generation import (
+from mmc_ray.engine_protocol import (
     Completion,
     FinishReason,
     GenerationRequest,
@@ -83,6 +82,7 @@ from mmc_ray.generation import (
     error_result,
     sampling_temperature,
 )
+from mmc_ray.errors import BadInput, MissingInput
 
 # vLLM's finish reasons we keep; anything else ("abort", None) becomes an error completion.
 FINISH_REASONS: dict[str, FinishReason] = {"stop": "stop", "length": "length"}

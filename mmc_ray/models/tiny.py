@@ -40,8 +40,8 @@ CHAT_TEMPLATE = (
 def _training_corpus(n_problems: int = 200) -> list[str]:
     """Text like what the model will read and write: prompts, questions and reference solutions of
     generated problems (offline, deterministic)."""
-    from mmc_ray.tasks.generator import generate_problems
     from mmc_ray.tasks.prompts import SOLVE_INSTRUCTION
+    from mmc_ray.tasks.synthetic import generate_problems
 
     corpus = [SOLVE_INSTRUCTION]
     for problem in generate_problems(n_problems, seed=12345, difficulties=(1, 2, 3, 4, 5)):

@@ -25,8 +25,8 @@ if TYPE_CHECKING:  # for the annotations only: importing them is what the functi
 def write_tasks(cfg: TasksConfig, out: Path) -> int:
     from tqdm import tqdm
 
-    from mmc_ray.tasks.generator import generate_problems
     from mmc_ray.tasks.problem import write_problems
+    from mmc_ray.tasks.synthetic import generate_problems
 
     problems = tqdm(generate_problems(cfg.n, seed=cfg.seed, families=cfg.families,
                                       difficulties=cfg.difficulties, image_size=cfg.image_size),
@@ -230,9 +230,9 @@ def print_generate_summaries(summaries: Sequence) -> None:
 
 def eval_critic(cfg: Config, bench: Path, out: Path, limit: int | None = None) -> dict[str, Any]:
     """Score `cfg.critic` on a step-labelled benchmark (stages/critic_bench.py); prints the figures."""
+    from mmc_ray.engine_protocol import Closable
     from mmc_ray.engines.factory import build_engine
     from mmc_ray.eval.report import pct
-    from mmc_ray.generation import Closable
     from mmc_ray.stages.critic_bench import judge, load_step_bench, write_critic_bench
 
     load = load_step_bench(bench)

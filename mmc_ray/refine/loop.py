@@ -25,7 +25,7 @@ from mmc_ray.config import RefineConfig
 from mmc_ray.critique.prompts import critic_messages, refine_messages
 from mmc_ray.critique.rule_annotator import locate_first_error
 from mmc_ray.critique.schema import Critique, parse_critique
-from mmc_ray.generation import Completion, GenerationEngine, GenerationRequest
+from mmc_ray.engine_protocol import Completion, GenerationEngine, GenerationRequest
 from mmc_ray.refine.records import RefineRecord
 from mmc_ray.seeding import stable_seed
 from mmc_ray.tasks.problem import Problem

@@ -14,8 +14,8 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from mmc_ray.config import RefineConfig
-from mmc_ray.generation import GenerationEngine
-from mmc_ray.metrics import StageMetrics
+from mmc_ray.dashboard_metrics import StageMetrics
+from mmc_ray.engine_protocol import GenerationEngine
 from mmc_ray.refine.loop import RefinementLoop
 from mmc_ray.refine.verify import sample_and_verify
 from mmc_ray.schemas import BEST_OF_N_SCHEMA, REFINE_SCHEMA

@@ -18,7 +18,7 @@ from mmc_ray.config import RefineConfig
 from mmc_ray.critique.prompts import critic_messages
 from mmc_ray.critique.schema import Critique, parse_critique
 from mmc_ray.critique.step_scores import outcome_openings, step_scores
-from mmc_ray.generation import Completion, GenerationEngine, GenerationRequest, ScoresContinuations
+from mmc_ray.engine_protocol import Completion, GenerationEngine, GenerationRequest, ScoresContinuations
 from mmc_ray.seeding import stable_seed
 from mmc_ray.tasks.problem import Problem
 from mmc_ray.tasks.prompts import solve_request

@@ -47,8 +47,8 @@ from starlette.exceptions import HTTPException
 from mmc_ray.config import EngineConfig, ServeConfig
 from mmc_ray.critique.schema import parse_critique
 from mmc_ray.critique.step_scores import outcome_openings, step_scores
-from mmc_ray.generation import GenerationRequest, GenerationResult, ScoresContinuations
-from mmc_ray.metrics import StageMetrics
+from mmc_ray.dashboard_metrics import StageMetrics
+from mmc_ray.engine_protocol import GenerationRequest, GenerationResult, ScoresContinuations
 from mmc_ray.serve.llm import LLMCallFailed, LLMDeploymentClient
 from mmc_ray.serve.protocol import (
     ChatCompletionRequest,

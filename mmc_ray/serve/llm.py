@@ -43,9 +43,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from mmc_ray.config import EngineConfig, ServeConfig
+from mmc_ray.engine_protocol import GenerationRequest, GenerationResult
 from mmc_ray.engines.openai import parse_response, request_body
 from mmc_ray.engines.vllm import llm_kwargs
-from mmc_ray.generation import GenerationRequest, GenerationResult
 
 
 class LLMCallFailed(RuntimeError):

@@ -25,7 +25,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from mmc_ray.config import ServeConfig
 from mmc_ray.critique.prompts import critic_turn
 from mmc_ray.critique.schema import ERROR_TYPES, Critique
-from mmc_ray.generation import Completion, GenerationRequest, GenerationResult
+from mmc_ray.engine_protocol import Completion, GenerationRequest, GenerationResult
 from mmc_ray.images import ImageRejected, to_png
 
 

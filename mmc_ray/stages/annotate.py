@@ -24,10 +24,10 @@ from tqdm import tqdm
 
 from mmc_ray.config import AnnotateConfig, Config
 from mmc_ray.critique.records import PathToCritique
+from mmc_ray.dashboard_metrics import StageMetrics
 from mmc_ray.errors import BadInput, MissingInput
 from mmc_ray.io import read_parquet
 from mmc_ray.mcts.pairs import balanced_sample, mine_pairs_from_row
-from mmc_ray.metrics import StageMetrics
 from mmc_ray.ray_runtime import actor_pool
 from mmc_ray.refine.records import RefineRecord
 from mmc_ray.schemas import PAIR_SCHEMA

@@ -16,9 +16,9 @@ from tqdm import tqdm
 from mmc_ray.critique.prompts import critic_messages
 from mmc_ray.critique.schema import parse_critique
 from mmc_ray.critique.step_scores import outcome_openings, step_scores
+from mmc_ray.engine_protocol import GenerationEngine, GenerationRequest, ScoresContinuations, ScoresSteps
 from mmc_ray.errors import MissingInput
 from mmc_ray.eval.processbench import critic_bench_report, step_predictions_from_critique
-from mmc_ray.generation import GenerationEngine, GenerationRequest, ScoresContinuations, ScoresSteps
 from mmc_ray.io import read_parquet, write_text_atomic
 from mmc_ray.store.layout import split_shards
 from mmc_ray.store.shards import verified_shards

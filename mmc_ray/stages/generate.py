@@ -12,7 +12,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from mmc_ray.config import SamplingConfig
-from mmc_ray.generation import GenerationEngine, GenerationRequest
+from mmc_ray.engine_protocol import GenerationEngine, GenerationRequest
 from mmc_ray.io import write_parquet_atomic
 from mmc_ray.schemas import GENERATION_SCHEMA
 from mmc_ray.seeding import stable_seed

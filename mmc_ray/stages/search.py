@@ -23,10 +23,10 @@ from typing import Any, Protocol
 from tqdm import tqdm
 
 from mmc_ray.config import SearchConfig
+from mmc_ray.dashboard_metrics import StageMetrics
+from mmc_ray.engine_protocol import GenerationRequest, GenerationResult
 from mmc_ray.errors import BadInput
-from mmc_ray.generation import GenerationRequest, GenerationResult
 from mmc_ray.mcts.tree import Generation, SearchRequest, SearchResult, SearchTree, Verdict
-from mmc_ray.metrics import StageMetrics
 from mmc_ray.schemas import TREE_SCHEMA
 from mmc_ray.store.layout import TREES
 from mmc_ray.store.shards import ShardWriter, finished_ids

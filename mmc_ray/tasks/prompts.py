@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mmc_ray.generation import GenerationRequest
+from mmc_ray.engine_protocol import GenerationRequest
 from mmc_ray.tasks.problem import Problem, choices_text
 
 SOLVE_INSTRUCTION = (

@@ -19,8 +19,8 @@ from functools import cached_property
 import torch
 
 from mmc_ray.models.loading import LoadedVLM, decode_image
-from mmc_ray.tasks.generator import Facts
 from mmc_ray.tasks.problem import Problem
+from mmc_ray.tasks.synthetic import Facts
 
 ABSENT = "none"  # the value of a fact name the image does not show (a bar label not drawn)
 

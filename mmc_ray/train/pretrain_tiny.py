@@ -31,8 +31,8 @@ from mmc_ray.config import PretrainConfig, TrainConfig
 from mmc_ray.models.loading import LoadedVLM, load_vlm
 from mmc_ray.models.tiny import build_tiny_vlm
 from mmc_ray.tasks.descriptions import description
-from mmc_ray.tasks.generator import DEFAULT_IMAGE_SIZE, Facts, problem_keys, problem_with_facts
 from mmc_ray.tasks.problem import Problem
+from mmc_ray.tasks.synthetic import DEFAULT_IMAGE_SIZE, Facts, problem_keys, problem_with_facts
 from mmc_ray.train.examples import ExampleBuilder, TrainExample
 from mmc_ray.train.fact_reader import FactReader, FactVocabulary, fact_accuracy, fit_vision
 from mmc_ray.train.local_fit import fit_in_process

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from mmc_ray.metrics import StageMetrics
+from mmc_ray.dashboard_metrics import StageMetrics
 
 
 def wandb_mode(env: Mapping[str, str]) -> str:

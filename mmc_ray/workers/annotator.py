@@ -21,7 +21,7 @@ from mmc_ray.critique.prompts import FORMAT_SPEC, annotation_messages
 from mmc_ray.critique.records import PathToCritique
 from mmc_ray.critique.rule_annotator import reference_first_wrong_step, rule_critique
 from mmc_ray.critique.schema import Critique, parse_critique
-from mmc_ray.generation import GenerationEngine, GenerationRequest
+from mmc_ray.engine_protocol import GenerationEngine, GenerationRequest
 from mmc_ray.schemas import CRITIQUE_SCHEMA, DROP_SCHEMA
 
 OUTCOME_SCHEMA = pa.schema([*CRITIQUE_SCHEMA, pa.field("status", pa.string()),

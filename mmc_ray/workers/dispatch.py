@@ -14,8 +14,8 @@ from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from mmc_ray.engine_protocol import GenerationEngine, GenerationRequest, GenerationResult
 from mmc_ray.errors import CapacityFailure
-from mmc_ray.generation import GenerationEngine, GenerationRequest, GenerationResult
 
 if TYPE_CHECKING:
     from mmc_ray.config import EngineConfig, ResourcesConfig

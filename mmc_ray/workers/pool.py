@@ -12,8 +12,14 @@ from typing import Any
 
 from mmc_ray.config import EngineConfig
 from mmc_ray.config.engine_kinds import engine_kind
+from mmc_ray.engine_protocol import (
+    Closable,
+    GenerationEngine,
+    GenerationRequest,
+    GenerationResult,
+    error_result,
+)
 from mmc_ray.engines.factory import build_engine
-from mmc_ray.generation import Closable, GenerationEngine, GenerationRequest, GenerationResult, error_result
 from mmc_ray.workers.dispatch import Attempts, CapacityLost, RayDispatcher, RetryPolicy
 from mmc_ray.workers.role_worker import RoleWorker
 

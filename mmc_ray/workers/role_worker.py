@@ -17,8 +17,8 @@ from typing import Any
 import ray
 
 from mmc_ray.config import EngineConfig
+from mmc_ray.engine_protocol import GenerationRequest, GenerationResult, ReloadsInPlace, ScoresContinuations
 from mmc_ray.engines.factory import build_engine
-from mmc_ray.generation import GenerationRequest, GenerationResult, ReloadsInPlace, ScoresContinuations
 
 
 def concurrency_groups(cfg: EngineConfig) -> dict[str, int]:

@@ -10,7 +10,7 @@ import random
 
 from PIL import Image
 
-from mmc_ray.generation import GenerationEngine, GenerationRequest
+from mmc_ray.engine_protocol import GenerationEngine, GenerationRequest
 
 TEXT = ({"role": "user", "content": "Count the circles, then add 3. Think step by step."},)
 IMAGE = ({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How many bars?"}]},)

@@ -4,7 +4,7 @@ sample's P(correct) and step soundness, with no critique generated."""
 from mmc_ray.config import RefineConfig, SimulatorConfig
 from mmc_ray.engines.simulated import SimulatedActorEngine
 from mmc_ray.refine.verify import sample_and_verify
-from mmc_ray.tasks.generator import generate_problems
+from mmc_ray.tasks.synthetic import generate_problems
 
 
 class NoGenerate:

@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 from mmc_ray.config import TinyModelConfig
-from mmc_ray.generation import GenerationEngine, GenerationRequest
+from mmc_ray.engine_protocol import GenerationEngine, GenerationRequest
 from mmc_ray.models.loading import IMAGE_PLACEHOLDER, load_vlm
 from mmc_ray.models.tiny import build_tiny_vlm, build_tokenizer
 

@@ -9,8 +9,8 @@ from PIL import Image
 
 from mmc_ray.critique.rule_annotator import rule_critique
 from mmc_ray.models.loading import load_vlm
-from mmc_ray.tasks.generator import generate_problems
 from mmc_ray.tasks.solution import parse_reasoning
+from mmc_ray.tasks.synthetic import generate_problems
 from mmc_ray.train.collate import collate_packed, collate_padded
 from mmc_ray.train.examples import IGNORE_INDEX, ExampleBuilder
 from mmc_ray.train.packed_attention import use_packed_attention

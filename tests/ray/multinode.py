@@ -27,7 +27,7 @@ from mmc_ray.config import EngineConfig, ResourcesConfig, SearchConfig, Simulato
 from mmc_ray.stages.search import search_to_dir
 from mmc_ray.store.layout import tree_shards
 from mmc_ray.store.shards import shard_paths
-from mmc_ray.tasks.generator import generate_problems
+from mmc_ray.tasks.synthetic import generate_problems
 from mmc_ray.train.checkpoints import STATE_FILE, latest_checkpoint
 from mmc_ray.workers.dispatch import RayDispatcher, RetryPolicy
 from mmc_ray.workers.group import create_worker_group
@@ -212,8 +212,8 @@ def serve_losing_a_node(out: Path, model: str) -> dict:
 
     from mmc_ray.config import Config, ServeConfig
     from mmc_ray.critique.prompts import critic_messages
+    from mmc_ray.engine_protocol import GenerationRequest
     from mmc_ray.engines.openai import OpenAIEngine
-    from mmc_ray.generation import GenerationRequest
     from mmc_ray.serve.deploy import deploy
 
     cluster, nodes = start_cluster({}, head_cpus=0)

@@ -22,7 +22,7 @@ from mmc_ray.stages.annotate import annotate_to_dir
 from mmc_ray.stages.critic_bench import critique_solution, judge
 from mmc_ray.stages.search import search_to_dir
 from mmc_ray.store.shards import shard_paths
-from mmc_ray.tasks.generator import generate_problems
+from mmc_ray.tasks.synthetic import generate_problems
 from mmc_ray.train.trainer import train
 from mmc_ray.workers.dispatch import LocalDispatcher
 

@@ -5,11 +5,11 @@ import dataclasses
 import pytest
 
 from mmc_ray.config import EngineConfig, RefineConfig, ResourcesConfig, SimulatorConfig
+from mmc_ray.engine_protocol import ScoresContinuations
 from mmc_ray.engines.factory import build_engine
-from mmc_ray.generation import ScoresContinuations
 from mmc_ray.refine.loop import RefinementLoop
 from mmc_ray.refine.verify import sample_and_verify
-from mmc_ray.tasks.generator import generate_problems
+from mmc_ray.tasks.synthetic import generate_problems
 from mmc_ray.workers.pool import role_engine
 from mmc_ray.workers.role_worker import CriticWorker, PolicyWorker
 

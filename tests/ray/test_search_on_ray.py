@@ -9,7 +9,7 @@ from worker_faults import search_killing_a_worker
 from mmc_ray.config import EngineConfig, ResourcesConfig, SearchConfig, SimulatorConfig, TinyModelConfig
 from mmc_ray.stages.search import search_to_dir
 from mmc_ray.store.shards import shard_paths
-from mmc_ray.tasks.generator import generate_problems
+from mmc_ray.tasks.synthetic import generate_problems
 from mmc_ray.workers.dispatch import RayDispatcher
 from mmc_ray.workers.group import create_worker_group
 from mmc_ray.workers.role_worker import PolicyWorker
@@ -124,7 +124,7 @@ def test_control_methods_answer_while_generating_and_reload_swaps(ray_local):
         SIMULATED, resources=ResourcesConfig(replicas=1, num_cpus=0.5)))
     worker = group.workers[0]
     try:
-        from mmc_ray.generation import GenerationRequest
+        from mmc_ray.engine_protocol import GenerationRequest
         from mmc_ray.tasks.prompts import solve_messages
 
         problem = next(generate_problems(1))
@@ -140,7 +140,7 @@ def test_control_methods_answer_while_generating_and_reload_swaps(ray_local):
 
 
 def test_stage_metrics_are_exported_when_ray_runs(ray_local):
-    from mmc_ray.metrics import StageMetrics
+    from mmc_ray.dashboard_metrics import StageMetrics
 
     metrics = StageMetrics("test", counters=("things",), gauges=("depth",))
     assert metrics.enabled

@@ -24,11 +24,11 @@ from serve_payloads import (
 
 from mmc_ray.config import Config, EngineConfig, RefineConfig, ServeConfig, SimulatorConfig
 from mmc_ray.critique.prompts import critic_messages
+from mmc_ray.engine_protocol import GenerationRequest
 from mmc_ray.engines.openai import OpenAIEngine
 from mmc_ray.engines.simulated import SimulatedActorEngine
-from mmc_ray.generation import GenerationRequest
 from mmc_ray.refine.loop import RefinementLoop
-from mmc_ray.tasks.generator import generate_problems
+from mmc_ray.tasks.synthetic import generate_problems
 
 
 @pytest.fixture(scope="module")

@@ -15,12 +15,12 @@ from multinode import run_scenario, train_worker_pids, when_checkpoint_registere
 from ray import cloudpickle
 
 from mmc_ray.config import Config, SearchConfig, SimulatorConfig
+from mmc_ray.engine_protocol import GenerationRequest
 from mmc_ray.engines.hf import HFEngine
 from mmc_ray.engines.simulated import SimulatedActorEngine
-from mmc_ray.generation import GenerationRequest
 from mmc_ray.stages.annotate import annotate_to_dir
 from mmc_ray.stages.search import search_to_dir
-from mmc_ray.tasks.generator import generate_problems
+from mmc_ray.tasks.synthetic import generate_problems
 from mmc_ray.train.checkpoints import STATE_FILE, latest_checkpoint
 from mmc_ray.train.trainer import TrainHooks, train
 from mmc_ray.workers.dispatch import LocalDispatcher

@@ -12,9 +12,9 @@ from mmc_ray.stages.actor_data import actor_sft_rows, write_actor_data
 from mmc_ray.stages.search import run_search, tree_row
 from mmc_ray.store.layout import TREES
 from mmc_ray.store.shards import ShardWriter
-from mmc_ray.tasks.generator import generate_problems
 from mmc_ray.tasks.scoring import answers_match
 from mmc_ray.tasks.solution import parse_reasoning
+from mmc_ray.tasks.synthetic import generate_problems
 from mmc_ray.workers.dispatch import LocalDispatcher
 
 

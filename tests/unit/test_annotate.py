@@ -10,15 +10,15 @@ from mmc_ray.config import Config, SearchConfig, SimulatorConfig
 from mmc_ray.critique.prompts import FORMAT_SPEC
 from mmc_ray.critique.records import PathToCritique
 from mmc_ray.critique.schema import Critique
+from mmc_ray.engine_protocol import Completion, GenerationResult
 from mmc_ray.engines.simulated import SimulatedActorEngine
-from mmc_ray.generation import Completion, GenerationResult
 from mmc_ray.schemas import PAIR_SCHEMA
 from mmc_ray.stages.annotate import annotate_to_dir, mine_tree_rows
 from mmc_ray.stages.dataset_card import SPLITS, card_stats
 from mmc_ray.stages.search import search_to_dir
 from mmc_ray.store.shards import shard_paths
-from mmc_ray.tasks.generator import generate_problems
 from mmc_ray.tasks.problem import Problem
+from mmc_ray.tasks.synthetic import generate_problems
 from mmc_ray.workers.annotator import LLMAnnotator
 from mmc_ray.workers.dispatch import LocalDispatcher
 

@@ -529,7 +529,7 @@ def test_a_datasets_save_to_disk_folder_loads_like_a_file(tmp_path):
     import datasets
 
     from mmc_ray.tasks.benchmark import load_benchmark
-    from mmc_ray.tasks.generator import generate_problems
+    from mmc_ray.tasks.synthetic import generate_problems
 
     problems = list(generate_problems(3, seed=8))
     rows = [{"pid": p.problem_id, "question": p.question, "answer": p.answer, "image": {"bytes": p.image, "path": None}}

@@ -8,15 +8,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from mmc_ray.config import Config, RefineConfig, SimulatorConfig
+from mmc_ray.engine_protocol import Completion, GenerationResult
 from mmc_ray.engines.rule_critic import RuleCriticEngine
 from mmc_ray.engines.simulated import SimulatedActorEngine
 from mmc_ray.eval.report import write_report
-from mmc_ray.generation import Completion, GenerationResult
 from mmc_ray.orchestration.preflight import pipeline_problems
 from mmc_ray.refine.run import best_of_n_to_dir, refine_to_dir
 from mmc_ray.refine.verify import sample_and_verify
 from mmc_ray.store.layout import best_of_n_shards
-from mmc_ray.tasks.generator import generate_problems
+from mmc_ray.tasks.synthetic import generate_problems
 
 CFG = RefineConfig(best_of_n=(1, 2, 4), problems_per_batch=8)
 

@@ -3,13 +3,13 @@ critic asked as it was trained) and the label-frequency baselines."""
 
 from mmc_ray.critique.prompts import solution_in_critic_prompt
 from mmc_ray.critique.rule_annotator import rule_critique
+from mmc_ray.engine_protocol import Completion, GenerationResult, message_text
 from mmc_ray.engines.rule_critic import RuleCriticEngine
 from mmc_ray.eval.metrics import frequency_baselines
 from mmc_ray.eval.processbench import critic_bench_report
-from mmc_ray.generation import Completion, GenerationResult, message_text
 from mmc_ray.stages.critic_bench import critique_solution, judge
-from mmc_ray.tasks.generator import generate_problems
 from mmc_ray.tasks.solution import parse_reasoning
+from mmc_ray.tasks.synthetic import generate_problems
 
 
 def dataset_rows(n=8):

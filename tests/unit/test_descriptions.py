@@ -6,8 +6,8 @@ import pytest
 
 from mmc_ray.tasks.descriptions import description
 from mmc_ray.tasks.families import FAMILIES
-from mmc_ray.tasks.generator import generate_problem, problem_with_facts
 from mmc_ray.tasks.solution import OBSERVE_OPS
+from mmc_ray.tasks.synthetic import generate_problem, problem_with_facts
 
 FAMILY_NAMES = tuple(FAMILIES)
 

@@ -5,12 +5,12 @@ a `ReloadsInPlace` one, and pools close what is `Closable`."""
 import pytest
 
 from mmc_ray.config.engine_kinds import engine_kind
+from mmc_ray.engine_protocol import Closable, ReloadsInPlace, ScoresContinuations, ScoresSteps
 from mmc_ray.engines.hf import HFEngine
 from mmc_ray.engines.openai import OpenAIEngine
 from mmc_ray.engines.rule_critic import RuleCriticEngine
 from mmc_ray.engines.simulated import SimulatedActorEngine
 from mmc_ray.engines.vllm import VLLMEngine
-from mmc_ray.generation import Closable, ReloadsInPlace, ScoresContinuations, ScoresSteps
 
 
 @pytest.mark.parametrize(("engine", "abilities"), [

@@ -10,8 +10,8 @@ import pytest
 
 from mmc_ray.config import EngineConfig, OpenAIConfig
 from mmc_ray.config.engine_kinds import ENGINE_KINDS, EngineKind, engine_kind
+from mmc_ray.engine_protocol import ScoresContinuations
 from mmc_ray.engines.factory import build_engine, engine_source
-from mmc_ray.generation import ScoresContinuations
 
 PACKAGE = Path(__file__).resolve().parents[2] / "mmc_ray"
 REGISTRY = PACKAGE / "config" / "engine_kinds.py"

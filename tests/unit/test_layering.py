@@ -12,23 +12,23 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "mmc_ray"
 
-LEAVES = {"config", "schemas", "io", "images", "seeding", "metrics", "ray_runtime", "generation", "background"}
+LEAVES = {"config", "schemas", "io", "images", "seeding", "dashboard_metrics", "ray_runtime", "engine_protocol", "background"}
 PURE_CORES = {"tasks", "mcts", "critique"}
 # unit -> the units it may import (itself always allowed). Leaves import nothing of ours.
 MAY_IMPORT: dict[str, set[str]] = {
     **{leaf: set() for leaf in LEAVES},
-    "tasks": {"io", "schemas", "images", "generation"},
+    "tasks": {"io", "schemas", "images", "engine_protocol"},
     "mcts": {"config", "tasks"},
-    "critique": {"tasks", "generation"},
+    "critique": {"tasks", "engine_protocol"},
     "models": {"config", "tasks"},
     "store": {"io", "schemas"},
-    "engines": {"config", "generation", "seeding", "models", "tasks", "critique"},
-    "workers": {"config", "generation", "engines", "tasks", "critique", "schemas", "ray_runtime"},
-    "train": {"config", "metrics", "ray_runtime", "background", "models", "tasks", "critique", "store"},
-    "refine": {"config", "generation", "metrics", "schemas", "seeding", "tasks", "critique", "store"},
+    "engines": {"config", "engine_protocol", "seeding", "models", "tasks", "critique"},
+    "workers": {"config", "engine_protocol", "engines", "tasks", "critique", "schemas", "ray_runtime"},
+    "train": {"config", "dashboard_metrics", "ray_runtime", "background", "models", "tasks", "critique", "store"},
+    "refine": {"config", "engine_protocol", "dashboard_metrics", "schemas", "seeding", "tasks", "critique", "store"},
     "eval": {"store", "tasks"},
     "stages": {*LEAVES, *PURE_CORES, "engines", "workers", "store", "refine", "eval"},
-    "serve": {"config", "generation", "metrics", "ray_runtime", "seeding", "images", "critique", "engines"},
+    "serve": {"config", "engine_protocol", "dashboard_metrics", "ray_runtime", "seeding", "images", "critique", "engines"},
     "orchestration": {*LEAVES, *PURE_CORES, "models", "engines", "workers", "store", "train", "refine", "eval",
                       "stages"},
     "cli": {"config", "ray_runtime", "models", "store", "orchestration", "serve"},

@@ -9,9 +9,9 @@ from typing import ClassVar
 import pytest
 
 from mmc_ray.config import EngineConfig, OpenAIConfig
+from mmc_ray.engine_protocol import GenerationRequest
 from mmc_ray.engines.factory import build_engine
 from mmc_ray.engines.openai import OpenAIEngine
-from mmc_ray.generation import GenerationRequest
 
 PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==")
 

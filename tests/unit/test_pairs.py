@@ -16,8 +16,8 @@ from mmc_ray.mcts.pairs import (
 )
 from mmc_ray.mcts.tree import Node, Rollout, SearchTree
 from mmc_ray.stages.search import run_search, tree_row
-from mmc_ray.tasks.generator import generate_problems
 from mmc_ray.tasks.scoring import answers_match
+from mmc_ray.tasks.synthetic import generate_problems
 from mmc_ray.workers.dispatch import LocalDispatcher
 
 CFG = PairMiningConfig(no_error_per_problem=0)

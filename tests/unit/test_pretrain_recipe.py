@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 
 from mmc_ray.config import Config, ConfigError, PretrainConfig
-from mmc_ray.tasks.generator import problem_keys, problem_with_facts
+from mmc_ray.tasks.synthetic import problem_keys, problem_with_facts
 from mmc_ray.train.fact_reader import ABSENT, FactVocabulary
 from mmc_ray.train.pretrain_tiny import card_hashes, model_card
 

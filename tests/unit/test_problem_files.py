@@ -8,8 +8,8 @@ import pytest
 
 from mmc_ray.errors import BadInput
 from mmc_ray.tasks.benchmark import load_problem_file
-from mmc_ray.tasks.generator import generate_problems
 from mmc_ray.tasks.problem import read_problems, write_problems
+from mmc_ray.tasks.synthetic import generate_problems
 
 
 @pytest.fixture

@@ -8,18 +8,18 @@ import pytest
 from mmc_ray.config import EngineConfig, RefineConfig, SimulatorConfig
 from mmc_ray.critique.prompts import solution_in_critic_prompt
 from mmc_ray.critique.schema import Critique
+from mmc_ray.engine_protocol import Completion, GenerationResult, message_text
 from mmc_ray.engines.factory import build_engine
 from mmc_ray.engines.rule_critic import RuleCriticEngine
 from mmc_ray.engines.simulated import SimulatedActorEngine
 from mmc_ray.eval.metrics import evaluate
-from mmc_ray.generation import Completion, GenerationResult, message_text
 from mmc_ray.refine.loop import STOP_BUDGET, STOP_CORRECT, STOP_UNPARSEABLE, RefinementLoop
 from mmc_ray.refine.records import RefineRecord
 from mmc_ray.refine.run import refine_to_dir
 from mmc_ray.schemas import REFINE_SCHEMA
 from mmc_ray.store.shards import shard_paths
-from mmc_ray.tasks.generator import generate_problems
 from mmc_ray.tasks.solution import reference_step_texts
+from mmc_ray.tasks.synthetic import generate_problems
 
 CFG = RefineConfig(max_rounds=2, temperatures=(0.0, 0.5, 0.9), reject_repeats=True, revision_samples=2)
 PROBLEMS = list(generate_problems(4, seed=3))

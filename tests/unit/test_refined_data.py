@@ -10,7 +10,7 @@ from mmc_ray.refine.loop import RefinementLoop
 from mmc_ray.stages.annotate import annotate_refinement_to_dir, make_split_of
 from mmc_ray.stages.dataset_card import SPLITS, card_stats
 from mmc_ray.store.shards import shard_paths
-from mmc_ray.tasks.generator import generate_problems
+from mmc_ray.tasks.synthetic import generate_problems
 
 CFG = Config()
 
@@ -44,8 +44,8 @@ def test_with_the_llm_annotator_a_wrong_answer_is_critiqued_beside_a_right_one(t
     import dataclasses
     import json
 
+    from mmc_ray.engine_protocol import Completion, GenerationResult
     from mmc_ray.engines import factory
-    from mmc_ray.generation import Completion, GenerationResult
 
     class PromptAwareAnnotator:
         name = "scripted-annotator"

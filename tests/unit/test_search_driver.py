@@ -9,12 +9,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from mmc_ray.config import SearchConfig, SimulatorConfig
+from mmc_ray.engine_protocol import Completion, GenerationResult
 from mmc_ray.engines.simulated import SimulatedActorEngine
-from mmc_ray.generation import Completion, GenerationResult
 from mmc_ray.mcts.tree import nodes_from_rows
 from mmc_ray.stages.search import SearchStopped, run_search, search_to_dir
 from mmc_ray.store.shards import shard_paths
-from mmc_ray.tasks.generator import generate_problems
+from mmc_ray.tasks.synthetic import generate_problems
 from mmc_ray.workers.dispatch import Attempts, CapacityLost, LocalDispatcher, RetryPolicy, WorkerLost
 
 CFG = SearchConfig(num_simulations=6, expansion_width=3, rollouts_per_node=2, max_active_trees=16,

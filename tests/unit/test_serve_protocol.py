@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from mmc_ray.generation import Completion, GenerationResult
+from mmc_ray.engine_protocol import Completion, GenerationResult
 from mmc_ray.serve.protocol import (
     ChatCompletionRequest,
     ModelNotFound,

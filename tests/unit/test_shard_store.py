@@ -17,7 +17,7 @@ from mmc_ray.stages.annotate import annotate_to_dir
 from mmc_ray.stages.search import search_to_dir
 from mmc_ray.store.layout import split_shards, tree_shards
 from mmc_ray.store.shards import finished_ids, manifest_path, shard_problem, verified_shards
-from mmc_ray.tasks.generator import generate_problems
+from mmc_ray.tasks.synthetic import generate_problems
 from mmc_ray.workers.dispatch import LocalDispatcher
 
 SEARCH = SearchConfig(num_simulations=4, expansion_width=2, rollouts_per_node=2, shard_size=4)

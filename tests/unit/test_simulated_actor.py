@@ -4,8 +4,8 @@ prefixes step by step and revises flagged steps. Uses a hand-made problem, not t
 import pytest
 
 from mmc_ray.config import SimulatorConfig
+from mmc_ray.engine_protocol import GenerationRequest
 from mmc_ray.engines.simulated import SimulatedActorEngine, flagged_step
-from mmc_ray.generation import GenerationRequest
 from mmc_ray.tasks.problem import Problem
 from mmc_ray.tasks.solution import SolutionStep, parse_reasoning
 

@@ -7,7 +7,7 @@ import pytest
 from user_data import VPB_PROBLEMS, write_visual_process_bench
 
 from mmc_ray.critique.schema import Critique
-from mmc_ray.generation import Completion, GenerationResult
+from mmc_ray.engine_protocol import Completion, GenerationResult
 from mmc_ray.stages.critic_bench import (
     critique_labels,
     judge,
@@ -15,8 +15,8 @@ from mmc_ray.stages.critic_bench import (
     load_step_bench,
     write_critic_bench,
 )
-from mmc_ray.tasks.generator import generate_problems
 from mmc_ray.tasks.step_bench import load_visual_process_bench
+from mmc_ray.tasks.synthetic import generate_problems
 
 PROBLEMS = VPB_PROBLEMS
 

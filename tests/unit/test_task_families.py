@@ -10,14 +10,14 @@ import pytest
 from PIL import Image
 
 from mmc_ray.tasks.families import FAMILIES, TaskInstance
-from mmc_ray.tasks.generator import (
+from mmc_ray.tasks.problem import choices_text
+from mmc_ray.tasks.solution import OBSERVE_OPS, execute, parse_reasoning, solution_text
+from mmc_ray.tasks.synthetic import (
     DEFAULT_IMAGE_SIZE,
     generate_problem,
     generate_problems,
     problem_from_id,
 )
-from mmc_ray.tasks.problem import choices_text
-from mmc_ray.tasks.solution import OBSERVE_OPS, execute, parse_reasoning, solution_text
 
 FAMILY_NAMES = ("counting", "bar_chart", "arithmetic", "geometry")
 DIFFICULTIES = (1, 2, 3, 4, 5)
@@ -248,7 +248,7 @@ def _fingerprint(problem):
 def test_import_is_light_and_problems_are_identical_across_processes():
     # A fresh interpreter with another hash seed: no ray/torch imported, and the same problems
     # (problem_from_id in another worker must rebuild exactly what this process generated).
-    code = ("import sys, mmc_ray.tasks.generator as g, hashlib; "
+    code = ("import sys, mmc_ray.tasks.synthetic as g, hashlib; "
             "assert 'torch' not in sys.modules and 'ray' not in sys.modules, "
             "[m for m in ('torch', 'ray') if m in sys.modules]; "
             "ps = [g.problem_from_id(f'{f}-d4-s11') for f in "

@@ -9,14 +9,14 @@ from user_data import write_user_jsonl
 from mmc_ray.config import Config, EngineConfig
 from mmc_ray.critique.prompts import critic_messages
 from mmc_ray.critique.schema import parse_critique
+from mmc_ray.engine_protocol import GenerationRequest
 from mmc_ray.engines.factory import build_engine
 from mmc_ray.engines.simulated import SimulatedActorEngine
 from mmc_ray.errors import BadInput
-from mmc_ray.generation import GenerationRequest
 from mmc_ray.orchestration.flywheel import UserProblems, _oracle_kind
 from mmc_ray.tasks.benchmark import load_problem_file
-from mmc_ray.tasks.generator import generate_problems
 from mmc_ray.tasks.prompts import solve_messages
+from mmc_ray.tasks.synthetic import generate_problems
 
 
 def mc(cfg: Config, **pipeline) -> Config:

@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from mmc_ray.config import EngineConfig, ResourcesConfig, VLLMConfig
+from mmc_ray.engine_protocol import GenerationRequest
 from mmc_ray.engines.vllm import (
     CallGate,
     PreparedBatch,
@@ -32,7 +33,6 @@ from mmc_ray.engines.vllm import (
     to_completion,
     to_result,
 )
-from mmc_ray.generation import GenerationRequest
 from mmc_ray.models.loading import decode_image
 
 

@@ -24,8 +24,8 @@ from serve_payloads import (
 
 from mmc_ray.config import Config, EngineConfig, ResourcesConfig, ServeConfig, VLLMConfig
 from mmc_ray.critique.prompts import critic_messages
+from mmc_ray.engine_protocol import GenerationRequest
 from mmc_ray.engines.openai import OpenAIEngine
-from mmc_ray.generation import GenerationRequest
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 TOKEN = "s3cret"

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from mmc_ray.config import TinyModelConfig
-from mmc_ray.generation import GenerationRequest
+from mmc_ray.engine_protocol import GenerationRequest
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

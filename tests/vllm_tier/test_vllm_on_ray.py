@@ -19,7 +19,7 @@ from mmc_ray.config import (
 from mmc_ray.engines.simulated import SimulatedActorEngine
 from mmc_ray.stages.search import search_to_dir
 from mmc_ray.store.shards import shard_paths
-from mmc_ray.tasks.generator import generate_problems
+from mmc_ray.tasks.synthetic import generate_problems
 from mmc_ray.workers.dispatch import LocalDispatcher
 from mmc_ray.workers.group import create_worker_group
 from mmc_ray.workers.role_worker import PolicyWorker
