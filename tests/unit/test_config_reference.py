@@ -1,4 +1,4 @@
-"""One source of truth for the defaults: the dataclasses. The default YAML and the README's table are
+"""One source of truth for the defaults: the dataclasses. The default YAML and docs/configuration.md's table are
 generated from them and must not go stale."""
 
 import dataclasses
@@ -9,7 +9,7 @@ from mmc_ray.config import Config, ConfigError, load_config
 from mmc_ray.config.loading import _build
 from mmc_ray.config.reference import (
     DEFAULT_CONFIG_PATH,
-    README_PATH,
+    REFERENCE_DOC_PATH,
     TABLE_END,
     TABLE_START,
     entries,
@@ -29,10 +29,10 @@ def test_the_default_yaml_is_generated_from_the_dataclasses():
     assert DEFAULT_CONFIG_PATH.read_text() == reference_yaml(), f"configs/tiny-cpu.yaml is {STALE}"
 
 
-def test_the_readme_table_is_generated_from_the_dataclasses():
-    readme = README_PATH.read_text()
-    block = readme[readme.index(TABLE_START) + len(TABLE_START):readme.index(TABLE_END)]
-    assert block.strip() == reference_table().strip(), f"README's configuration table is {STALE}"
+def test_the_reference_table_is_generated_from_the_dataclasses():
+    doc = REFERENCE_DOC_PATH.read_text()
+    block = doc[doc.index(TABLE_START) + len(TABLE_START):doc.index(TABLE_END)]
+    assert block.strip() == reference_table().strip(), f"docs/configuration.md's table is {STALE}"
 
 
 def test_every_key_has_help_and_every_key_is_in_the_table():
