@@ -1,9 +1,11 @@
-"""`VLLMEngine`: vLLM offline inference behind the `GenerationEngine` protocol (the `gpu` extra).
+"""`VLLMEngine`: vLLM behind the `GenerationEngine` protocol (the `gpu` extra), on vLLM's public
+`AsyncLLM` API (the one its OpenAI server and Ray Serve LLM use): no internal ids, no hand-written
+stepping, no environment written.
 
 vLLM is imported only when an engine is constructed, so `import mmc_ray.engines.vllm` needs neither
 vLLM nor torch. Everything between our requests and vLLM's objects is a pure function here
 (`chat_prompt`, `sampling_kwargs`, `llm_kwargs`, `prepare`, `to_result`, `assemble`) or plain Python
-(`SharedSteps`, `CallGate`), tested on CPU with stand-ins shaped like vLLM's `LLMEngine` and
+(`AsyncRequests`, `CallGate`), tested on CPU with stand-ins shaped like vLLM's `AsyncLLM` and
 `RequestOutput`/`CompletionOutput`.
 
 Semantics are `HFEngine`'s:
@@ -28,10 +30,12 @@ request is reproducible whatever batch it is in, where HF derives one seed per b
 engines draw different samples from the same seed.
 
 Scheduling is vLLM's continuous batching (all `n` samples of a request share its prompt's KV), and
-it spans calls: `generate` enqueues its prompts and steps the engine until they are done, and calls
-made at once from several threads (a Ray worker holding several batches, `LocalDispatcher` with
-`concurrency` > 1) step one shared engine (`SharedSteps`). So the MCTS driver's batches, each as long
-as its slowest rollout, overlap instead of leaving the engine idle at every batch's tail.
+it spans calls: `generate` submits its prompts as requests to one `AsyncLLM` on an event loop of its
+own thread and waits for their final outputs, so calls made at once from several threads (a Ray
+worker holding several batches, `LocalDispatcher` with `concurrency` > 1) run as one batch
+(`AsyncRequests`). The MCTS driver's batches, each as long as its slowest rollout, overlap instead
+of leaving the engine idle at every batch's tail. On CPU the KV cache is sized by the engine argument
+`kv_cache_memory_bytes` (`vllm.cpu_kv_cache_gib`).
 `enable_prefix_caching` (on by default) keeps KV blocks of earlier prompts: MCTS expands siblings
 from one path and rolls out each new node several times, so most of a batch's prompt tokens
 (question, image tokens, the path so far) are computed once.
@@ -48,8 +52,9 @@ worker to its bundle. That is needed only for a replica larger than a node, whic
 
 Reload. `reload(path)` picks up newly exported weights: it checks the folder, waits for the batches in
 flight (new batches wait for the new model: `CallGate`), shuts the
-engine core down (its processes end, which frees their GPU memory), tears down vLLM's distributed
-state, collects garbage and empties the CUDA cache, then builds a new `LLM` from the folder. The
+engine down (its engine-core processes end, which frees their GPU memory), tears down vLLM's
+distributed state, collects garbage and empties the CUDA cache, then builds a new engine from the
+folder. The
 prefix cache starts empty (KV computed with the old weights must not be reused). A reload costs a
 full engine start (weights, memory profiling, CUDA graphs: tens of seconds for a 2-7B model).
 In-place weight sync (OpenRLHF's `collective_rpc` into the workers) would be faster but needs the
@@ -63,8 +68,10 @@ shares with `HFEngine` (tests/engines), greedy agreement with `HFEngine`, seeds,
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import itertools
 import json
-import os
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -121,8 +128,9 @@ def sampling_kwargs(req: GenerationRequest, stop_token_ids: Sequence[int] = ()) 
 
 
 def llm_kwargs(cfg: EngineConfig) -> dict[str, Any]:
-    """`vllm.LLM` keyword arguments (all but `model`) of an engine config."""
+    """vLLM engine arguments (all but `model`) of an engine config."""
     kwargs: dict[str, Any] = {
+        "disable_log_stats": True,
         "tensor_parallel_size": cfg.vllm.tensor_parallel_size,
         "distributed_executor_backend": "mp" if cfg.vllm.tensor_parallel_size > 1 else "uni",
         "gpu_memory_utilization": cfg.vllm.gpu_memory_utilization,
@@ -136,6 +144,9 @@ def llm_kwargs(cfg: EngineConfig) -> dict[str, Any]:
         # vLLM 0.29's CPU build kills its engine core ("CPU Generator does not use offset") when a
         # seeded request's prefill is split across scheduler steps; MCTS batches are seeded and large.
         kwargs["enable_chunked_prefill"] = False
+        # Its KV cache is sized by this (or the legacy VLLM_CPU_KVCACHE_SPACE variable): without
+        # either vLLM refuses to start on a shared host.
+        kwargs["kv_cache_memory_bytes"] = cfg.vllm.cpu_kv_cache_gib << 30
     if cfg.min_pixels is not None and cfg.max_pixels is not None:
         kwargs["mm_processor_kwargs"] = {"min_pixels": cfg.min_pixels, "max_pixels": cfg.max_pixels}
     return kwargs
@@ -178,102 +189,68 @@ def prepare(requests: Sequence[GenerationRequest], tokenizer: Any, decode: Calla
     return batch
 
 
-@dataclass
-class _Call:
-    """One `SharedSteps.run` call: its prompts, what vLLM holds of them, what came back."""
+class AsyncRequests:
+    """Generate calls from any thread on one vLLM `AsyncLLM` (vLLM's public online API, the one its
+    OpenAI server and Ray Serve LLM run on). Its event loop runs on a thread of its own; each call's
+    prompts go in as requests with ids of ours and the call waits for their final outputs. vLLM
+    batches every request in flight continuously, whatever call it came from, so a batch waiting on
+    its slowest sequence leaves no idle engine: the other calls' sequences fill it. A ValueError for
+    one request (sampling parameters vLLM refuses, a prompt longer than `max_model_len`) fails that
+    request alone; any other exception fails the call, and its other requests are aborted."""
 
-    prompts: Sequence[Any]
-    params: Sequence[Any]
-    ids: list[str | ValueError] = field(default_factory=list)
-    waiting: set[str] = field(default_factory=set)
-    outputs: dict[str, Any] = field(default_factory=dict)
-    error: BaseException | None = None
-    enqueued: bool = False
+    def __init__(self, start: Callable[[], Any]) -> None:
+        """`start()` builds the engine; it runs on the loop's thread (vLLM ties the engine's output
+        handler to the loop it is first used on)."""
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-requests", daemon=True)
+        self._thread.start()
+        self._ids = itertools.count()
+        try:
+            self.engine = self._wait(self._on_loop(start))
+        except BaseException:
+            self._stop_loop()
+            raise
 
-    @property
-    def done(self) -> bool:
-        return self.error is not None or (self.enqueued and not self.waiting)
+    @staticmethod
+    async def _on_loop(work: Callable[[], Any]) -> Any:
+        return work()
 
-
-class SharedSteps:
-    """Generate calls from several threads share one vLLM engine as one continuous batch.
-
-    A call hands its prompts in and waits. Whichever waiting call finds nobody stepping becomes the
-    stepper: it enqueues every call's new prompts (`enqueue(prompt, params)` → id; a ValueError
-    rejects that prompt alone: sampling parameters vLLM refuses, a prompt longer than
-    `max_model_len`), runs one engine step, hands the finished outputs to their calls and wakes them;
-    a call returns as soon as its last output is in. So new work joins the batch at the next step
-    whoever steps, only one thread ever touches the engine, and a batch that waits on its slowest
-    sequence no longer leaves the engine idle: the other calls' sequences fill it. `step()` returns
-    finished `RequestOutput`s only (vLLM's `FINAL_ONLY`, which `LLM.enqueue` sets). An exception
-    from it is an engine failure: every call in flight raises it, and their requests are aborted."""
-
-    def __init__(self, enqueue: Callable[[Any, Any], str], step: Callable[[], Sequence[Any]],
-                 has_unfinished: Callable[[], bool], abort: Callable[[list[str]], None]) -> None:
-        self._enqueue, self._step, self._has_unfinished, self._abort = enqueue, step, has_unfinished, abort
-        self._cv = threading.Condition()
-        self._stepping = False
-        self._incoming: list[_Call] = []
-        self._owner: dict[str, _Call] = {}  # request id in vLLM -> its call
+    def _wait(self, coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
     def run(self, prompts: Sequence[Any], params: Sequence[Any]) -> list[Any]:
-        """One output per prompt, or the ValueError that rejected it."""
-        call = _Call(prompts, params)
-        with self._cv:
-            self._incoming.append(call)
-            while not call.done:
-                if self._stepping:
-                    self._cv.wait()
-                else:
-                    self._step_once()
-        if call.error is not None:
-            raise call.error
-        return [i if isinstance(i, ValueError) else call.outputs[i] for i in call.ids]
+        """One final output per prompt, or the ValueError that rejected it."""
+        return self._wait(self._all(prompts, params))
 
-    def _step_once(self) -> None:
-        """Called holding the condition's lock; releases it while touching the engine."""
-        self._stepping = True
-        incoming, self._incoming = self._incoming, []
-        self._cv.release()
+    async def _all(self, prompts: Sequence[Any], params: Sequence[Any]) -> list[Any]:
+        tasks = [asyncio.ensure_future(self._one(p, s)) for p, s in zip(prompts, params, strict=True)]
         try:
-            try:
-                for c in incoming:
-                    self._enqueue_call(c)
-                outputs = self._step() if self._has_unfinished() else ()
-            finally:
-                self._cv.acquire()
-                self._stepping = False
-                self._cv.notify_all()
-        except BaseException as e:
-            self._fail_all(incoming, e)
-            return
-        for output in outputs:
-            call = self._owner.pop(output.request_id)
-            call.waiting.discard(output.request_id)
-            call.outputs[output.request_id] = output
-        if self._owner and not self._has_unfinished():
-            self._fail_all([], RuntimeError(f"vLLM has no unfinished requests, yet {len(self._owner)} "
-                                            f"of ours never finished"))
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for task in tasks:  # an engine failure: the call's other requests leave the engine
+                task.cancel()
+            raise
 
-    def _enqueue_call(self, call: _Call) -> None:
-        for prompt, param in zip(call.prompts, call.params, strict=True):
-            try:
-                request_id = self._enqueue(prompt, param)
-            except ValueError as e:
-                call.ids.append(e)
-                continue
-            call.ids.append(request_id)
-            call.waiting.add(request_id)
-            self._owner[request_id] = call
-        call.enqueued = True
+    async def _one(self, prompt: Any, params: Any) -> Any:
+        final = None
+        try:
+            async for output in self.engine.generate(prompt, params, f"mmc-{next(self._ids)}"):
+                final = output
+        except ValueError as e:
+            return e
+        return final
 
-    def _fail_all(self, incoming: list[_Call], error: BaseException) -> None:
-        calls = {id(c): c for c in [*incoming, *self._owner.values()]}.values()
-        lost = list(self._owner)
-        self._owner.clear()
-        for c in calls:
-            c.error = error
-        self._abort(lost)
+    def close(self) -> None:
+        """Shut the engine down (its engine-core process ends) and stop the loop."""
+        try:
+            self._wait(self._on_loop(self.engine.shutdown))
+        finally:
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=30)
+        self._loop.close()
 
 
 def to_completion(output: Any, stop: Sequence[str]) -> Completion:
@@ -301,7 +278,7 @@ def to_result(output: Any, stop: Sequence[str]) -> GenerationResult:
 
 def assemble(requests: Sequence[GenerationRequest], batch: PreparedBatch,
              outputs: Sequence[Any]) -> list[GenerationResult]:
-    """One result per request, in request order, from `SharedSteps.run`'s outputs (or the
+    """One result per request, in request order, from `AsyncRequests.run`'s outputs (or the
     ValueErrors that rejected them)."""
     results: dict[int, GenerationResult] = {r: error_result(requests[r].n, reason)
                                             for r, reason in batch.errors.items()}
@@ -378,34 +355,29 @@ class CallGate:
                 self._cv.notify_all()
 
 
-def external_id(request_id: str) -> str:
-    """The id vLLM's outputs carry for a request `LLM.enqueue` returned as `request_id`: enqueue gives
-    the internal id (the LLM's counter, a decimal, plus `-` and a random suffix unless vLLM's
-    randomisation is off), outputs the counter alone."""
-    return request_id.rsplit("-", 1)[0]
-
-
 class VLLMEngine:
     """A local HF-format VLM served by vLLM. `reload(path)` swaps in newly exported weights;
-    concurrent `generate` calls run as one continuous batch (`SharedSteps`)."""
+    concurrent `generate` calls run as one continuous batch (`AsyncRequests`)."""
 
     name = "vllm"
 
     def __init__(self, cfg: EngineConfig, **engine_kwargs: Any) -> None:
-        """`engine_kwargs` go to `vllm.LLM` on top of the config's (e.g. `enforce_eager=True`)."""
+        """`engine_kwargs` go to vLLM's engine arguments on top of the config's (e.g.
+        `enforce_eager=True`)."""
         if cfg.device == "auto":
             import torch
 
             cfg = replace(cfg, device="cuda" if torch.cuda.is_available() else "cpu")
-        if cfg.device == "cpu":
-            # vLLM's CPU build sizes its KV cache from this variable only (its engine-core process
-            # inherits it); without it vLLM refuses to start on a shared host.
-            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.vllm.cpu_kv_cache_gib)
         self._device = cfg.device
         self._vllm = _import_vllm()
+        from vllm.sampling_params import RequestOutputKind
+
+        # Only the final output of each request: no per-token output to assemble and throw away.
+        self._make_params = functools.partial(self._vllm.SamplingParams,
+                                              output_kind=RequestOutputKind.FINAL_ONLY)
         self._llm_kwargs = {**llm_kwargs(cfg), **engine_kwargs}
         self._gate = CallGate()
-        self.llm: Any = None
+        self._requests: AsyncRequests | None = None
         self.tokenizer: Any = None
         self.model_path = ""
         self._load(check_model_dir(cfg.model_path))
@@ -419,11 +391,15 @@ class VLLMEngine:
         from mmc_ray.models.loading import decode_image
 
         with self._gate.shared():
-            if self.llm is None:
+            if self._requests is None:
                 raise RuntimeError("the vLLM engine is closed (or its last reload failed)")
-            batch = prepare(requests, self.tokenizer, decode_image, self._stop_token_ids,
-                            self._vllm.SamplingParams)
-            return assemble(requests, batch, self._steps.run(batch.prompts, batch.params))
+            batch = prepare(requests, self.tokenizer, decode_image, self._stop_token_ids, self._make_params)
+            return assemble(requests, batch, self._requests.run(batch.prompts, batch.params))
+
+    def unfinished_requests(self) -> int:
+        """Requests vLLM holds now, from every call in flight (0 when closed)."""
+        requests = self._requests
+        return 0 if requests is None else requests.engine.get_num_unfinished_requests()
 
     def reload(self, model_path: str | Path) -> None:
         """Replace the model with the one in `model_path` (see the module docstring)."""
@@ -444,22 +420,17 @@ class VLLMEngine:
             check_cpu_head_dim(path)
 
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        llm = self._vllm.LLM(model=str(path), **self._llm_kwargs)
-        engine = llm.llm_engine
-        self._steps = SharedSteps(
-            enqueue=lambda prompt, params: external_id(llm.enqueue([prompt], [params], use_tqdm=False)[0]),
-            step=engine.step, has_unfinished=engine.has_unfinished_requests, abort=engine.abort_request)
-        self.llm, self.tokenizer, self.model_path = llm, tokenizer, str(path)
+        args = self._vllm.AsyncEngineArgs(model=str(path), **self._llm_kwargs)
+        self._requests = AsyncRequests(lambda: self._vllm.AsyncLLMEngine.from_engine_args(args))
+        self.tokenizer, self.model_path = tokenizer, str(path)
         self._stop_token_ids = end_token_ids(tokenizer)
 
     def _shutdown(self) -> None:
-        llm, self.llm = self.llm, None
-        if llm is None:
+        requests, self._requests = self._requests, None
+        if requests is None:
             return
-        engine_core = getattr(llm.llm_engine, "engine_core", None)
-        if engine_core is not None:
-            engine_core.shutdown()  # ends the engine-core (and TP worker) processes holding the GPU
-        del llm, self._steps
+        requests.close()  # ends the engine-core (and TP worker) processes holding the GPU
+        del requests
         from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 
         cleanup_dist_env_and_memory()  # model-parallel groups, gc, CUDA cache

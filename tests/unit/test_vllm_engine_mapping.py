@@ -5,7 +5,6 @@ arguments, vLLM-shaped outputs → our results. Stand-ins have the fields of vLL
 
 import importlib.util
 import io
-import itertools
 import json
 import subprocess
 import sys
@@ -21,9 +20,9 @@ from PIL import Image
 from mmc_ray.config import EngineConfig, ResourcesConfig, VLLMConfig
 from mmc_ray.engine_protocol import GenerationRequest
 from mmc_ray.engines.vllm import (
+    AsyncRequests,
     CallGate,
     PreparedBatch,
-    SharedSteps,
     assemble,
     chat_prompt,
     end_token_ids,
@@ -120,7 +119,7 @@ def test_engine_arguments_from_the_config():
                        vllm=VLLMConfig(tensor_parallel_size=2, gpu_memory_utilization=0.6, max_model_len=4096,
                                        max_images_per_prompt=2), device="auto", dtype="auto")
     assert llm_kwargs(cfg) == {
-        "tensor_parallel_size": 2, "distributed_executor_backend": "mp", "gpu_memory_utilization": 0.6,
+        "disable_log_stats": True, "tensor_parallel_size": 2, "distributed_executor_backend": "mp", "gpu_memory_utilization": 0.6,
         "max_model_len": 4096, "enable_prefix_caching": True, "dtype": "bfloat16",
         "limit_mm_per_prompt": {"image": 2}, "mm_processor_kwargs": {"min_pixels": 3136, "max_pixels": 50176},
     }
@@ -128,8 +127,9 @@ def test_engine_arguments_from_the_config():
                                   vllm=VLLMConfig(enable_prefix_caching=False)))
     assert one["distributed_executor_backend"] == "uni" and one["dtype"] == "float32"
     assert one["enable_prefix_caching"] is False
-    assert "enable_chunked_prefill" not in one
-    assert llm_kwargs(EngineConfig(kind="vllm", device="cpu"))["enable_chunked_prefill"] is False
+    assert "enable_chunked_prefill" not in one and "kv_cache_memory_bytes" not in one
+    cpu = llm_kwargs(EngineConfig(kind="vllm", device="cpu", vllm=VLLMConfig(cpu_kv_cache_gib=3)))
+    assert cpu["enable_chunked_prefill"] is False and cpu["kv_cache_memory_bytes"] == 3 * 2**30
 
 
 def test_prepare_decodes_images_once_and_fails_only_the_broken_request(tokenizer):
@@ -169,113 +169,85 @@ def test_prepare_fails_only_the_request_whose_sampling_parameters_vllm_refuses(t
     assert batch.index == [1] and "top_p" in batch.errors[0]
 
 
-class SteppedEngine:
-    """Shaped like vLLM's `LLMEngine` as `SharedSteps` uses it: a prompt "p:<k>" finishes after k
-    steps; `step` returns the outputs that finished in it. Records every step's running requests."""
+class AsyncEngine:
+    """Shaped like vLLM's `AsyncLLM` as `AsyncRequests` uses it: a prompt "p:<k>" finishes after k
+    ticks of 2 ms; "too long" is refused with a ValueError, "die" fails as a dead engine core does.
+    Records which requests were running together and which were cancelled."""
 
-    def __init__(self, step_seconds: float = 0.0, fail_at_step: int | None = None) -> None:
-        self.left: dict[str, int] = {}
-        self.steps: list[set[str]] = []
-        self.aborted: list[str] = []
-        self.step_seconds, self.fail_at_step = step_seconds, fail_at_step
-        self.first_step = threading.Event()
-        self._ids = itertools.count()
+    def __init__(self) -> None:
+        self.running: set[str] = set()
+        self.together: list[set[str]] = []
+        self.cancelled: list[str] = []
+        self.shut_down = False
+        self.loop_thread = threading.current_thread().name  # where AsyncRequests built it
 
-    def enqueue(self, prompt: str, params: Any) -> str:
+    async def generate(self, prompt: str, params: Any, request_id: str):
+        import asyncio
+
         if prompt == "too long":
             raise ValueError("prompt is longer than max_model_len")
-        request_id = str(next(self._ids))
-        self.left[request_id] = int(prompt.split(":")[1])
-        return request_id
-
-    def has_unfinished(self) -> bool:
-        return bool(self.left)
-
-    def step(self) -> list[Any]:
-        if self.fail_at_step is not None and len(self.steps) == self.fail_at_step:
+        if prompt == "die":
+            await asyncio.sleep(0.01)
             raise RuntimeError("engine core died")
-        self.steps.append(set(self.left))
-        self.first_step.set()
-        time.sleep(self.step_seconds)
-        done = []
-        for request_id in list(self.left):
-            self.left[request_id] -= 1
-            if self.left[request_id] == 0:
-                del self.left[request_id]
-                done.append(SimpleNamespace(request_id=request_id, steps=len(self.steps)))
-        return done
-
-    def abort(self, request_ids: list[str]) -> None:
-        self.aborted += request_ids
-        for request_id in request_ids:
-            self.left.pop(request_id, None)
-
-    def shared_steps(self) -> SharedSteps:
-        return SharedSteps(self.enqueue, self.step, self.has_unfinished, self.abort)
-
-
-def test_shared_steps_returns_outputs_in_order_and_isolates_a_rejected_prompt():
-    engine = SteppedEngine()
-    outputs = engine.shared_steps().run(["p:3", "too long", "p:1"], [{}, {}, {}])
-    assert [o.steps for o in (outputs[0], outputs[2])] == [3, 1]
-    assert isinstance(outputs[1], ValueError) and "max_model_len" in str(outputs[1])
-    assert len(engine.steps) == 3 and not engine.left
-
-
-def test_concurrent_calls_share_the_engines_steps():
-    """A short call made while a long one runs is stepped with it and returns first; the long one
-    takes no more steps than it would alone (the engine was never idle at a call's tail)."""
-
-    class HeldEngine(SteppedEngine):
-        """After its first step, makes no progress until the short call's prompt is in (idle steps,
-        not counted), however slow the box."""
-
-        short_in = threading.Event()
-
-        def enqueue(self, prompt, params):
-            request_id = super().enqueue(prompt, params)
-            if prompt == "p:3":
-                self.short_in.set()
-            return request_id
-
-        def step(self):
-            if self.steps and not self.short_in.is_set():
-                time.sleep(0.001)
-                return []
-            return super().step()
-
-    engine = HeldEngine(step_seconds=0.002)
-    steps = engine.shared_steps()
-    finished: list[str] = []
-    long = threading.Thread(target=lambda: (steps.run(["p:40", "p:2"], [{}, {}]), finished.append("long")))
-    long.start()
-    engine.first_step.wait(5)
-    short = steps.run(["p:3"], [{}])
-    finished.append("short")
-    long.join(5)
-    assert finished == ["short", "long"]
-    assert len(engine.steps) == 40
-    assert any(len(running) == 2 and short[0].request_id in running for running in engine.steps)
-
-
-def test_an_engine_failure_reaches_every_caller_and_aborts_their_requests():
-    engine = SteppedEngine(step_seconds=0.002, fail_at_step=5)
-    steps = engine.shared_steps()
-    errors: list[BaseException] = []
-
-    def call(prompts: list[str]) -> None:
+        self.running.add(request_id)
         try:
-            steps.run(prompts, [{}] * len(prompts))
-        except RuntimeError as e:
-            errors.append(e)
+            for _ in range(int(prompt.split(":")[1])):
+                self.together.append(set(self.running))
+                await asyncio.sleep(0.002)
+        except asyncio.CancelledError:
+            self.cancelled.append(request_id)
+            raise
+        finally:
+            self.running.discard(request_id)
+        yield SimpleNamespace(request_id=request_id, prompt=prompt)
 
-    threads = [threading.Thread(target=call, args=(["p:20", "p:30"],)), threading.Thread(target=call, args=(["p:9"],))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(5)
-    assert len(errors) == 2 and all("engine core died" in str(e) for e in errors)
-    assert not engine.left and sorted(engine.aborted) == ["0", "1", "2"]
+    def get_num_unfinished_requests(self) -> int:
+        return len(self.running)
+
+    def shutdown(self) -> None:
+        self.shut_down = True
+
+
+def test_requests_return_in_order_and_a_rejected_prompt_fails_alone():
+    requests = AsyncRequests(AsyncEngine)
+    try:
+        outputs = requests.run(["p:3", "too long", "p:1"], [{}, {}, {}])
+        assert [o.prompt for o in (outputs[0], outputs[2])] == ["p:3", "p:1"]
+        assert isinstance(outputs[1], ValueError) and "max_model_len" in str(outputs[1])
+        assert requests.engine.loop_thread == "vllm-requests"  # built on the loop's own thread
+    finally:
+        requests.close()
+    assert requests.engine.shut_down
+
+
+def test_concurrent_calls_run_as_one_batch():
+    """A short call made while a long one runs is batched with it and returns first."""
+    requests = AsyncRequests(AsyncEngine)
+    finished: list[str] = []
+    try:
+        long = threading.Thread(target=lambda: (requests.run(["p:200", "p:2"], [{}, {}]), finished.append("long")))
+        long.start()
+        while not requests.engine.running:
+            time.sleep(0.001)
+        short = requests.run(["p:3"], [{}])
+        finished.append("short")
+        long.join(10)
+        assert finished == ["short", "long"]
+        assert any(short[0].request_id in running and len(running) == 2 for running in requests.engine.together)
+    finally:
+        requests.close()
+
+
+def test_an_engine_failure_fails_the_call_and_cancels_its_other_requests():
+    requests = AsyncRequests(AsyncEngine)
+    try:
+        with pytest.raises(RuntimeError, match="engine core died"):
+            requests.run(["p:500", "die"], [{}, {}])
+        time.sleep(0.05)
+        assert requests.engine.cancelled and not requests.engine.running
+        assert requests.run(["p:1"], [{}])[0].prompt == "p:1"  # the loop serves on
+    finally:
+        requests.close()
 
 
 def test_call_gate_holds_exclusive_work_until_calls_leave_and_new_calls_until_it_ends():

@@ -87,7 +87,7 @@ def test_concurrent_calls_share_one_batch_and_keep_their_seeded_results(vllm_eng
 
     with ThreadPoolExecutor(2) as pool:
         pool.submit(run, "long", long_call)
-        while not vllm_engine.llm.llm_engine.has_unfinished_requests():  # the long call is generating
+        while not vllm_engine.unfinished_requests():  # the long call is generating
             time.sleep(0.01)
         pool.submit(run, "short", short_call).result(timeout=120)
     assert finished == ["short", "long"]
@@ -121,7 +121,7 @@ def test_reload_waits_for_calls_swaps_weights_and_frees_the_old_engine(vllm_engi
 
     with ThreadPoolExecutor(1) as pool:  # a call in flight finishes on the old weights; reload waits for it
         in_flight = pool.submit(vllm_engine.generate, probe * 8)
-        while not vllm_engine.llm.llm_engine.has_unfinished_requests():
+        while not vllm_engine.unfinished_requests():
             time.sleep(0.01)
         vllm_engine.reload(other)
         old_weights = in_flight.result(timeout=60)
