@@ -434,7 +434,9 @@ def main() -> int:
                        tokens_per_step=max(args.tokens_per_step or args.max_seq_len, args.max_seq_len),
                        min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS, checkpoint_every=steps,
                        wandb_project="", peak_tflops=args.peak_tflops)
-    cfg = dataclasses.replace(cfg, train=tcfg)
+    # The critic runs what train fine-tunes: one pixel budget for both (the config checks it).
+    cfg = dataclasses.replace(cfg, train=tcfg, critic=dataclasses.replace(cfg.critic, min_pixels=MIN_PIXELS,
+                                                                          max_pixels=MAX_PIXELS))
     if args.dry_run:
         return dry_run(args, cfg, tcfg, steps)
     why = missing_for_gpu_run(["torch", "ray", "deepspeed"],

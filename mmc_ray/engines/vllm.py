@@ -130,7 +130,6 @@ def sampling_kwargs(req: GenerationRequest, stop_token_ids: Sequence[int] = ()) 
 def llm_kwargs(cfg: EngineConfig) -> dict[str, Any]:
     """vLLM engine arguments (all but `model`) of an engine config."""
     kwargs: dict[str, Any] = {
-        "disable_log_stats": True,
         "tensor_parallel_size": cfg.vllm.tensor_parallel_size,
         "distributed_executor_backend": "mp" if cfg.vllm.tensor_parallel_size > 1 else "uni",
         "gpu_memory_utilization": cfg.vllm.gpu_memory_utilization,
@@ -375,7 +374,8 @@ class VLLMEngine:
         # Only the final output of each request: no per-token output to assemble and throw away.
         self._make_params = functools.partial(self._vllm.SamplingParams,
                                               output_kind=RequestOutputKind.FINAL_ONLY)
-        self._llm_kwargs = {**llm_kwargs(cfg), **engine_kwargs}
+        # As vllm.LLM had it: no periodic throughput lines (Ray Serve LLM keeps vLLM's metrics on).
+        self._llm_kwargs = {**llm_kwargs(cfg), "disable_log_stats": True, **engine_kwargs}
         self._gate = CallGate()
         self._requests: AsyncRequests | None = None
         self.tokenizer: Any = None

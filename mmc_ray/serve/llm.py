@@ -79,8 +79,6 @@ def llm_config_dict(serve_cfg: ServeConfig, engine_cfg: EngineConfig) -> dict[st
         config["accelerator_config"] = {"kind": "cpu"}
         config["placement_group_config"] = {"bundles": [{"CPU": engine_cfg.resources.num_cpus}]}
         deployment["ray_actor_options"] = {"num_cpus": 0}
-        kv_cache_gib = str(engine_cfg.vllm.cpu_kv_cache_gib)
-        config["runtime_env"] = {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": kv_cache_gib}}
     return config
 
 

@@ -79,7 +79,7 @@ def test_on_cpu_the_llm_deployment_takes_the_critics_cpus_and_its_kv_cache_size(
     assert config["accelerator_config"] == {"kind": "cpu"}
     assert config["placement_group_config"] == {"bundles": [{"CPU": 1.5}]}
     assert config["deployment_config"]["ray_actor_options"] == {"num_cpus": 0}
-    assert config["runtime_env"] == {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "3"}}
+    assert config["engine_kwargs"]["kv_cache_memory_bytes"] == 3 * 2**30 and "runtime_env" not in config
     assert "accelerator_config" not in llm_config_dict(ServeConfig(backend="vllm"), GPU_CRITIC)
 
 

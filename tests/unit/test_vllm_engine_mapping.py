@@ -119,7 +119,7 @@ def test_engine_arguments_from_the_config():
                        vllm=VLLMConfig(tensor_parallel_size=2, gpu_memory_utilization=0.6, max_model_len=4096,
                                        max_images_per_prompt=2), device="auto", dtype="auto")
     assert llm_kwargs(cfg) == {
-        "disable_log_stats": True, "tensor_parallel_size": 2, "distributed_executor_backend": "mp", "gpu_memory_utilization": 0.6,
+        "tensor_parallel_size": 2, "distributed_executor_backend": "mp", "gpu_memory_utilization": 0.6,
         "max_model_len": 4096, "enable_prefix_caching": True, "dtype": "bfloat16",
         "limit_mm_per_prompt": {"image": 2}, "mm_processor_kwargs": {"min_pixels": 3136, "max_pixels": 50176},
     }
