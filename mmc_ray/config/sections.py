@@ -352,6 +352,35 @@ class AnnotateConfig:
                  "must be three non-negative fractions (train, validation, test) summing to 1")
 
 
+# The language model's linear projections, the only modules LoRA adapts: vLLM serves LoRA on the
+# language model of Qwen2-VL only (tower and connector weights are ignored), and the vision MLP
+# reuses the MLP names, so adapters are placed by full path, never by bare name.
+LANGUAGE_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's max_lora_rank choices
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """train.lora: a low-rank adapter (PEFT LoRA) on the language model instead of every weight."""
+
+    enabled: bool = _opt(False, "train an adapter; the base model's weights stay as loaded "
+                                "(train.freeze does not apply: only the adapter trains)")
+    r: int = _opt(16, "rank; one vLLM can serve: 1, 8, 16, 32, 64, 128, 256, 320 or 512")
+    alpha: int = _opt(32, "scale of the adapter's update: alpha / r")
+    dropout: float = _opt(0.0, "dropout on the adapter's input while training")
+    target_modules: tuple[str, ...] = _opt(LANGUAGE_PROJECTIONS, "the language model's projections that get "
+                                           "an adapter, in every layer (never the vision tower or projector)")
+    merged: bool = _opt(True, "also export the base with the adapter merged in (the hf/ folder every "
+                              "engine loads); the adapter alone is in adapter/")
+
+    def __post_init__(self) -> None:
+        _require(self.r in VLLM_LORA_RANKS, "r", f"must be one of {list(VLLM_LORA_RANKS)} (vLLM's ranks)")
+        _require(self.alpha > 0, "alpha", "must be > 0")
+        _require(0 <= self.dropout < 1, "dropout", "must be in [0, 1)")
+        _require(bool(self.target_modules) and set(self.target_modules) <= set(LANGUAGE_PROJECTIONS),
+                 "target_modules", f"a non-empty subset of {list(LANGUAGE_PROJECTIONS)}")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Critic (or actor SFT) training with Ray Train + DeepSpeed ZeRO."""
@@ -392,6 +421,7 @@ class TrainConfig:
     peak_tflops: float = _opt(0.0,
                               "one worker's peak TFLOP/s for the logged MFU (H100 bf16 dense: 989); 0: none")
     seed: int = _opt(0, "data order and initialisation")
+    lora: LoraConfig = _section(LoraConfig)
 
     def __post_init__(self) -> None:
         for name in ("num_workers", "max_steps", "grad_accum", "max_seq_len", "tokens_per_step",
@@ -404,6 +434,8 @@ class TrainConfig:
         _require(0 < self.min_pixels <= self.max_pixels, "min_pixels", "must be > 0 and <= max_pixels")
         _require(self.max_failures >= 0, "max_failures", "must be >= 0")
         _require(self.peak_tflops >= 0, "peak_tflops", "must be >= 0")
+        _require(not (self.lora.enabled and "language" in self.freeze), "lora.enabled",
+                 "trains an adapter on the language model: remove language from train.freeze")
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,11 @@ def export_hf(checkpoint: Path, tcfg: TrainConfig, out: Path) -> Path:
     bars_were_on = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # loading and writing shards of a small model: no bars needed
     try:
+        if tcfg.lora.enabled:
+            from mmc_ray.train.lora import export_lora
+
+            export_lora(state, tcfg, out)
+            return out
         return save_hf(state, tcfg, out)
     finally:
         if bars_were_on:
@@ -46,15 +51,23 @@ def export_hf(checkpoint: Path, tcfg: TrainConfig, out: Path) -> Path:
 def save_hf(state: dict[str, Any], tcfg: TrainConfig, out: Path) -> Path:
     """`state` (a full model state dict) as a Hugging Face folder of `tcfg.init_model`'s model, with
     its tokenizer and the image processor under the fit's pixel budget, written atomically."""
-    import shutil
-
-    from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+    from transformers import AutoModelForImageTextToText
 
     model = AutoModelForImageTextToText.from_pretrained(tcfg.init_model, local_files_only=True)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or [k for k in missing if "lm_head" not in k]:  # tied lm_head may be absent
         raise RuntimeError(f"checkpoint does not match the model: missing {missing[:5]}, "
                            f"unexpected {unexpected[:5]}")
+    return save_model_folder(model, tcfg, out)
+
+
+def save_model_folder(model: Any, tcfg: TrainConfig, out: Path) -> Path:
+    """`model` with `tcfg.init_model`'s tokenizer and an image processor under the fit's pixel
+    budget, as a Hugging Face folder written atomically."""
+    import shutil
+
+    from transformers import AutoImageProcessor, AutoTokenizer
+
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)

@@ -81,9 +81,15 @@ def _set_up(cfg: TrainConfig, rank: int) -> _Worker:
     if cfg.pack:
         use_packed_attention(model)
     trainable, total = freeze_parts(model, cfg.freeze)
-    optimizer, scheduler = optimizer_and_schedule(model, cfg)
+    trained = model  # what the engine trains; `model` stays the bare VLM the collator reads
+    if cfg.lora.enabled:
+        from mmc_ray.train.lora import with_adapter
+
+        trained = with_adapter(model, cfg.lora)
+        trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)
+    optimizer, scheduler = optimizer_and_schedule(trained, cfg)
     engine, optimizer, _, scheduler = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler, config={
+        model=trained, optimizer=optimizer, lr_scheduler=scheduler, config={
             "train_micro_batch_size_per_gpu": 1,
             "gradient_accumulation_steps": cfg.grad_accum,
             "gradient_clipping": cfg.grad_clip,

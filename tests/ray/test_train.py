@@ -198,3 +198,38 @@ def test_the_driver_progress_bar_follows_the_steps_rank_0_posts(ray_local, capsy
     assert latest["step"] == 3
     err = capsys.readouterr().err
     assert "train: 100%" in err and "3/3" in err and "loss=0.667" in err
+
+
+@pytest.mark.parametrize("zero_stage", [2, 3])
+def test_a_lora_fit_trains_only_the_adapter_and_exports_a_checked_one(ray_local, tiny_vlm_path, small_dataset,
+                                                                      tmp_path, zero_stage):
+    """train.lora: the same fit (ZeRO-2 and ZeRO-3) trains the adapter alone; the export writes an
+    adapter folder whose weights are the language model's targets only, loads back onto the base to
+    write what the merged model writes, and a merged Hugging Face folder every engine loads."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from mmc_ray.config.sections import LoraConfig
+    from mmc_ray.train.lora import ADAPTER_WEIGHTS, MANIFEST, base_hash
+
+    cfg = train_cfg(tiny_vlm_path, max_steps=8, checkpoint_every=8, learning_rate=2e-2, zero_stage=zero_stage,
+                    lora=LoraConfig(enabled=True, r=8, alpha=16))
+    summary = train(cfg, small_dataset, tmp_path / "run")
+    assert summary.losses[-1] < summary.losses[0], summary.losses
+    adapter = summary.exported.parent / "adapter"
+    manifest = json.loads((adapter / MANIFEST).read_text())
+    assert manifest["greedy_probe_matches_merged"] and manifest["base_sha256"] == base_hash(tiny_vlm_path)
+    assert summary.metrics["trainable_params"] == manifest["adapter_params"]
+    assert manifest["adapter_params"] < summary.metrics["total_params"] / 10
+    with safe_open(str(adapter / ADAPTER_WEIGHTS), "pt") as f:
+        keys = list(f.keys())
+    assert keys and not [k for k in keys if "visual" in k] and all("language_model.layers." in k for k in keys)
+    base = load_file(str(tiny_vlm_path / "model.safetensors"))
+    merged = load_file(str(summary.exported / "model.safetensors"))
+    changed = {k for k in base if not torch.equal(base[k], merged[k])}
+    assert changed and all(".layers." in k and "visual" not in k and k.endswith("proj.weight") for k in changed)
+    engine = HFEngine.from_path(summary.exported, device="cpu", dtype="float32")
+    [result] = engine.generate([GenerationRequest(messages=({"role": "user", "content": "Check."},),
+                                                  max_new_tokens=4, temperature=0.0)])
+    assert result.completions[0].completion_tokens > 0

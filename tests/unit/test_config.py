@@ -60,6 +60,11 @@ def test_config_is_frozen():
         (["train.task=annotator", "annotator.min_pixels=1024"], "annotator.max_pixels: annotator runs the model"),
         (["actor.kind=hf", "pipeline.retrain_actor=true", "train.max_pixels=50176", "critic.max_pixels=50176"],
          "actor.max_pixels: actor runs the model"),
+        (["train.lora.r=12"], "train.lora.r: must be one of [1, 8, 16, 32, 64, 128, 256, 320, 512] (vLLM's ranks)"),
+        (["train.lora.target_modules=[fc1]"], "train.lora.target_modules: a non-empty subset of ['q_proj'"),
+        (["train.lora.dropout=1"], "train.lora.dropout: must be in [0, 1)"),
+        (["train.lora.enabled=true", "train.freeze=[language]"],
+         "train.lora.enabled: trains an adapter on the language model: remove language from train.freeze"),
     ],
 )
 def test_bad_config_names_the_key(overrides, message):
