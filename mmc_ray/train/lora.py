@@ -86,15 +86,13 @@ def base_hash(model_dir: Path) -> str:
     return digest.hexdigest()
 
 
-def export_lora(state: dict[str, Any], tcfg: TrainConfig, out: Path, probe: Any = None) -> Path:
+def export_lora(state: dict[str, Any], tcfg: TrainConfig, adapter: Path, probe: Any = None) -> Any:
     """The adapter of a LoRA fit (`state`: the PEFT model's full state dict, as gathered from the
-    checkpoint) as `out/../adapter` with a manifest, after the checks in the module docstring; and,
-    with `lora.merged`, the merged model as the Hugging Face folder `out`. Returns the adapter folder.
-    `probe(model) -> token ids` runs the greedy check (default: a fixed text prompt)."""
+    checkpoint) as the folder `adapter` with a manifest, after the checks in the module docstring.
+    Returns the base with the adapter merged in. `probe(model) -> token ids` runs the greedy check
+    (default: a fixed text prompt)."""
     from safetensors import safe_open
     from transformers import AutoModelForImageTextToText
-
-    from mmc_ray.train.export import save_model_folder
 
     cfg, init = tcfg.lora, Path(tcfg.init_model)
     base = AutoModelForImageTextToText.from_pretrained(init, local_files_only=True)
@@ -104,7 +102,6 @@ def export_lora(state: dict[str, Any], tcfg: TrainConfig, out: Path, probe: Any 
     if unexpected or [k for k in missing if "lora_" in k]:
         raise RuntimeError(f"the checkpoint does not match a LoRA model of {init}: missing "
                            f"{[k for k in missing if 'lora_' in k][:5]}, unexpected {unexpected[:5]}")
-    adapter = out.parent / ADAPTER_DIR
     tmp = adapter.with_name(f".{adapter.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
@@ -132,9 +129,7 @@ def export_lora(state: dict[str, Any], tcfg: TrainConfig, out: Path, probe: Any 
         "greedy_probe_matches_merged": True}, indent=1) + "\n")
     shutil.rmtree(adapter, ignore_errors=True)
     tmp.rename(adapter)
-    if cfg.merged:
-        save_model_folder(merged, tcfg, out)
-    return adapter
+    return merged
 
 
 def _greedy_probe(model: Any, tokens: int = 12) -> list[int]:

@@ -10,6 +10,7 @@ import torch
 
 from mmc_ray.config import Config
 from mmc_ray.config.sections import LoraConfig
+from mmc_ray.train.export import save_model_folder
 from mmc_ray.train.lora import (
     MANIFEST,
     adapter_problems,
@@ -51,7 +52,8 @@ def test_a_trained_adapter_exports_checked_with_its_merged_model(tiny_vlm_path, 
     for name, param in model.named_parameters():
         if "lora_B" in name:  # as training leaves it: no longer the zero it starts from
             param.data.normal_(0, 0.5)
-    adapter = export_lora(model.state_dict(), tcfg, tmp_path / "critic" / "hf")
+    adapter = tmp_path / "critic" / "adapter"
+    save_model_folder(export_lora(model.state_dict(), tcfg, adapter), tcfg, tmp_path / "critic" / "hf")
     manifest = json.loads((adapter / MANIFEST).read_text())
     assert manifest["greedy_probe_matches_merged"] and manifest["base_sha256"] == base_hash(tiny_vlm_path)
     assert manifest["adapter_params"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -68,5 +70,5 @@ def test_an_export_that_does_not_match_the_model_is_refused(tiny_vlm_path, tmp_p
     state = with_adapter(AutoModelForImageTextToText.from_pretrained(tiny_vlm_path),
                          dataclasses.replace(LORA, target_modules=("q_proj",))).state_dict()
     with pytest.raises(RuntimeError, match="does not match a LoRA model"):
-        export_lora(state, tcfg, tmp_path / "hf")
+        export_lora(state, tcfg, tmp_path / "adapter")
     assert not (tmp_path / "adapter").exists()

@@ -266,10 +266,14 @@ def train_losing_a_node(out: Path, dataset: str, train_json: str) -> dict:
     the node of one worker is killed: Ray Train (`train.max_failures`) starts the workers again from
     the newest checkpoint on the nodes left, and the fit ends with the losses of a fit never stopped."""
     from mmc_ray.config import Config, TrainConfig
+    from mmc_ray.config.sections import LoraConfig
     from mmc_ray.train.trainer import train
 
     cluster, nodes = start_cluster({TRAIN_NODE: 1}, workers=3)
-    tcfg = TrainConfig(**{**json.loads(train_json), "node_resource": TRAIN_NODE})
+    fields = json.loads(train_json)  # a TrainConfig as dataclasses.asdict wrote it
+    lora = fields.pop("lora")
+    tcfg = TrainConfig(**{**fields, "node_resource": TRAIN_NODE},
+                       lora=LoraConfig(**{**lora, "target_modules": tuple(lora["target_modules"])}))
     victims = []
 
     def kill_a_training_node() -> None:  # from the watching thread: removing a node needs no main thread
