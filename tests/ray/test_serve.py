@@ -136,7 +136,7 @@ def test_the_official_openai_client_streams_and_gets_openai_errors(service):
     check_with_the_official_openai_client(f"{service['url']}/v1")
 
 
-FUZZ_SECONDS = 90
+FUZZ_SECONDS = 60
 
 
 def test_schema_driven_fuzzing_finds_nothing(service, tmp_path):
