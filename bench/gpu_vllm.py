@@ -170,9 +170,17 @@ def completion_tokens(outputs: list[Any]) -> int:
     return sum(len(o.token_ids) for out in outputs for o in out.outputs)
 
 
-def reset_prefix_cache(llm: Any) -> None:
-    if hasattr(llm, "reset_prefix_cache"):
-        llm.reset_prefix_cache()
+def raw_llm(vllm: Any, cfg: EngineConfig, **engine_kwargs: Any) -> Any:
+    """Plain `vllm.LLM` on the engine's model and arguments: the raw side of every comparison."""
+    from mmc_ray.engines.vllm import llm_kwargs
+
+    return vllm.LLM(model=cfg.model_path, **llm_kwargs(cfg), **engine_kwargs)
+
+
+def reset_prefix_caches(engine: Any, raw: Any) -> None:
+    """Both sides start cold."""
+    engine.reset_prefix_cache()
+    raw.reset_prefix_cache()
 
 
 def timed(fn: Any) -> tuple[Any, float]:
@@ -181,7 +189,7 @@ def timed(fn: Any) -> tuple[Any, float]:
     return out, time.perf_counter() - start
 
 
-def engine_overhead(engine: Any, vllm: Any, plan: Plan) -> dict[str, Any]:
+def engine_overhead(engine: Any, raw: Any, vllm: Any, plan: Plan) -> dict[str, Any]:
     requests = flat_requests(plan)
     batch = prepare(requests, engine.tokenizer, decode_image, end_token_ids(engine.tokenizer),
                     vllm.SamplingParams)
@@ -189,10 +197,9 @@ def engine_overhead(engine: Any, vllm: Any, plan: Plan) -> dict[str, Any]:
     runs: dict[str, list[dict[str, float]]] = {"raw": [], "engine": []}
     for r in range(plan.repeats):
         for side in (("raw", "engine") if r % 2 == 0 else ("engine", "raw")):
-            reset_prefix_cache(engine.llm)
+            reset_prefix_caches(engine, raw)
             if side == "raw":
-                outputs, seconds = timed(lambda: engine.llm.generate(batch.prompts, batch.params,
-                                                                     use_tqdm=False))
+                outputs, seconds = timed(lambda: raw.generate(batch.prompts, batch.params, use_tqdm=False))
                 tokens = completion_tokens(outputs)
             else:
                 results, seconds = timed(lambda: engine.generate(requests))
@@ -209,7 +216,7 @@ def engine_overhead(engine: Any, vllm: Any, plan: Plan) -> dict[str, Any]:
             "ratio": round(ratio, 4), "overhead": round(1 - ratio, 4)}
 
 
-def tree_overhead(engine: Any, vllm: Any, plan: Plan) -> dict[str, Any]:
+def tree_overhead(engine: Any, raw_engine: Any, vllm: Any, plan: Plan) -> dict[str, Any]:
     s = plan.search
     batch_problems = problems(plan.search_problems, seed=23)
 
@@ -219,7 +226,7 @@ def tree_overhead(engine: Any, vllm: Any, plan: Plan) -> dict[str, Any]:
         runs[side].append({"tokens": tokens, "seconds": round(seconds, 3), "tokens_per_s": tokens / seconds})
 
     def search() -> Any:
-        reset_prefix_cache(engine.llm)
+        reset_prefix_caches(engine, raw_engine)
         dispatcher = LocalDispatcher(engine, plan.batches_in_flight)
         summary, seconds = timed(lambda: run_search(batch_problems, dispatcher, s, lambda p, t: None,
                                                     progress=False))
@@ -238,8 +245,8 @@ def tree_overhead(engine: Any, vllm: Any, plan: Plan) -> dict[str, Any]:
                        lambda **kw: vllm.SamplingParams(**{**kw, "ignore_eos": True}))
 
     def raw(side: str, prepared: Any) -> None:
-        reset_prefix_cache(engine.llm)
-        outputs, seconds = timed(lambda: engine.llm.generate(prepared.prompts, prepared.params,
+        reset_prefix_caches(engine, raw_engine)
+        outputs, seconds = timed(lambda: raw_engine.generate(prepared.prompts, prepared.params,
                                                              use_tqdm=False))
         record(side, completion_tokens(outputs), seconds)
 
@@ -303,17 +310,19 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         model_dir = build_model(args.model, Path(tmp))
+        # Two engines on the GPU, ours and raw vLLM's: each takes half the memory share.
         cfg = EngineConfig(kind="vllm", model_path=str(model_dir), device="cuda", dtype="auto",
-                           vllm=VLLMConfig(gpu_memory_utilization=args.gpu_memory_utilization,
+                           vllm=VLLMConfig(gpu_memory_utilization=args.gpu_memory_utilization / 2,
                                            max_model_len=4096, max_images_per_prompt=1), **PIXELS)
         engine = VLLMEngine.from_config(cfg)
+        raw = raw_llm(vllm, cfg)
         print(f"engine up in {time.perf_counter() - start:.0f} s: vLLM {vllm.__version__} on "
               f"{torch.cuda.get_device_name()}, model {args.model}", flush=True)
         try:
             warm = solve_requests(problems(8, seed=3), 2, 16, plan.temperature)
             engine.generate(warm)  # first-call costs (kernel selection, sampler set-up) out of the figures
-            results = {"engine_overhead": engine_overhead(engine, vllm, plan),
-                       "tree_overhead": tree_overhead(engine, vllm, plan)}
+            results = {"engine_overhead": engine_overhead(engine, raw, vllm, plan),
+                       "tree_overhead": tree_overhead(engine, raw, vllm, plan)}
         finally:
             engine.close()
     results.update(device=torch.cuda.get_device_name(), vllm=vllm.__version__, model=args.model,

@@ -33,7 +33,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from _results import write_results
-from gpu_vllm import PIXELS, Plan, engine_overhead, flat_requests, make_plan, tree_overhead
+from gpu_vllm import PIXELS, Plan, engine_overhead, flat_requests, make_plan, raw_llm, tree_overhead
 
 from mmc_ray.config import EngineConfig, TinyModelConfig, VLLMConfig
 
@@ -109,13 +109,14 @@ def main() -> int:
                            vllm=VLLMConfig(cpu_kv_cache_gib=args.kv_cache_gib, gpu_memory_utilization=0.5,
                                            max_model_len=4096, max_images_per_prompt=1), **PIXELS)
         engine = VLLMEngine.from_config(cfg, enforce_eager=True)
+        raw = raw_llm(vllm, cfg, enforce_eager=True)  # the raw side: plain vllm.LLM, same arguments
         started = time.perf_counter() - start
         print(f"engine up in {started:.0f} s: vLLM {vllm.__version__} on {device}, model {args.model}",
               flush=True)
         try:
             engine.generate(flat_requests(dataclasses.replace(plan, prompts=4, max_tokens=8)))  # warm-up
-            results = {"engine": engine_overhead(engine, vllm, plan),
-                       "tree": tree_overhead(engine, vllm, plan),
+            results = {"engine": engine_overhead(engine, raw, vllm, plan),
+                       "tree": tree_overhead(engine, raw, vllm, plan),
                        "hf_vs_vllm": hf_vs_vllm(engine, model_dir, device, plan)}
         finally:
             engine.close()

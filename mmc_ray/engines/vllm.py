@@ -217,6 +217,10 @@ class AsyncRequests:
     def _wait(self, coroutine: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
+    def call(self, method: Callable[[], Any]) -> Any:
+        """Await the engine's coroutine `method()` on the loop, from any thread."""
+        return self._wait(method())
+
     def run(self, prompts: Sequence[Any], params: Sequence[Any]) -> list[Any]:
         """One final output per prompt, or the ValueError that rejected it."""
         return self._wait(self._all(prompts, params))
@@ -395,6 +399,12 @@ class VLLMEngine:
                 raise RuntimeError("the vLLM engine is closed (or its last reload failed)")
             batch = prepare(requests, self.tokenizer, decode_image, self._stop_token_ids, self._make_params)
             return assemble(requests, batch, self._requests.run(batch.prompts, batch.params))
+
+    def reset_prefix_cache(self) -> None:
+        """Forget the cached KV blocks of earlier prompts (benchmarks start every run cold)."""
+        with self._gate.exclusive():
+            if self._requests is not None:
+                self._requests.call(self._requests.engine.reset_prefix_cache)
 
     def unfinished_requests(self) -> int:
         """Requests vLLM holds now, from every call in flight (0 when closed)."""
