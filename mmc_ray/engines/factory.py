@@ -4,18 +4,25 @@ imported lazily so that `import mmc_ray` needs neither torch nor vLLM."""
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
+from typing import Any
 
 from mmc_ray.config import EngineConfig
 from mmc_ray.config.engine_kinds import engine_kind
 from mmc_ray.engine_protocol import GenerationEngine
 
 
-def build_engine(cfg: EngineConfig) -> GenerationEngine:
-    module, _, path = engine_kind(cfg.kind).engine.partition(":")
-    target = importlib.import_module(module)
+def engine_constructor(kind: str) -> Callable[[EngineConfig], GenerationEngine]:
+    """What builds an engine of `kind` from its config (importing its backend)."""
+    module, _, path = engine_kind(kind).engine.partition(":")
+    target: Any = importlib.import_module(module)
     for name in path.split("."):
         target = getattr(target, name)
-    return target(cfg)
+    return target
+
+
+def build_engine(cfg: EngineConfig) -> GenerationEngine:
+    return engine_constructor(cfg.kind)(cfg)
 
 
 def engine_source(cfg: EngineConfig) -> str:

@@ -43,8 +43,9 @@ class ModelNotFound(RequestRejected):
 
 def error_type(status: int) -> str:
     """OpenAI's error `type` for an HTTP status."""
-    return {401: "authentication_error", 404: "invalid_request_error"}.get(
-        status, "server_error" if status >= 500 else "invalid_request_error")
+    if status == 401:
+        return "authentication_error"
+    return "server_error" if status >= 500 else "invalid_request_error"
 
 
 def error_body(status: int, message: str, field: str | None = None, code: str | None = None,

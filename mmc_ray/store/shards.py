@@ -45,7 +45,8 @@ def manifest_path(shard: Path) -> Path:
     return shard.with_name(f"_{shard.stem}{MANIFEST_SUFFIX}")
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         while chunk := f.read(1 << 20):
@@ -101,7 +102,7 @@ def _shard_problem(shard: Path) -> str | None:
     size = shard.stat().st_size
     if size != manifest.get("bytes"):
         return f"{size} bytes where its manifest says {manifest.get('bytes')} (truncated or rewritten)"
-    if _sha256(shard) != manifest.get("sha256"):
+    if file_sha256(shard) != manifest.get("sha256"):
         return "its content does not match its manifest's SHA-256 (the file was damaged after it was written)"
     return None
 
@@ -141,8 +142,8 @@ def write_shard(rows: list[dict[str, Any]], schema: pa.Schema, path: Path, key: 
 
     def write(tmp: Path) -> None:
         write_parquet(table, tmp)
-        manifest = {"rows": table.num_rows, "bytes": tmp.stat().st_size, "sha256": _sha256(tmp), "key": key,
-                    "ids": table.column(key).to_pylist() if key else None}
+        manifest = {"rows": table.num_rows, "bytes": tmp.stat().st_size, "sha256": file_sha256(tmp),
+                    "key": key, "ids": table.column(key).to_pylist() if key else None}
         write_text_atomic(json.dumps(manifest), manifest_path(path))  # before the shard: see the docstring
 
     return write_atomic(path, write)

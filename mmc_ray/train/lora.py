@@ -21,6 +21,7 @@ from typing import Any
 
 from mmc_ray.config import TrainConfig
 from mmc_ray.config.sections import LoraConfig
+from mmc_ray.store.shards import file_sha256
 
 ADAPTER_DIR = "adapter"
 MANIFEST = "adapter_manifest.json"
@@ -68,14 +69,6 @@ def expected_adapter_params(model: Any, cfg: LoraConfig) -> int:
     pattern = re.compile(target_pattern(cfg))
     return sum(cfg.r * (m.in_features + m.out_features) for name, m in model.named_modules()
                if isinstance(m, torch.nn.Linear) and pattern.fullmatch(name))
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def base_hash(model_dir: Path) -> str:

@@ -16,7 +16,6 @@ normal Hugging Face folder with a model card (the recipe, its seeds, its figures
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import random
@@ -30,6 +29,7 @@ from typing import Any
 from mmc_ray.config import PretrainConfig, TrainConfig
 from mmc_ray.models.loading import LoadedVLM, load_vlm
 from mmc_ray.models.tiny import build_tiny_vlm
+from mmc_ray.store.shards import file_sha256
 from mmc_ray.tasks.descriptions import description
 from mmc_ray.tasks.problem import Problem
 from mmc_ray.tasks.synthetic import DEFAULT_IMAGE_SIZE, Facts, problem_keys, problem_with_facts
@@ -201,8 +201,7 @@ def _save(vlm: LoadedVLM, folder: Path, report: dict[str, Any]) -> None:
 
 def file_hashes(folder: Path) -> dict[str, str]:
     """sha256 of every file of the model folder but its card."""
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.iterdir()) if p.is_file() and p.name != CARD}
+    return {p.name: file_sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != CARD}
 
 
 def card_hashes(card: str) -> dict[str, str]:

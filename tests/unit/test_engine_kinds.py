@@ -11,7 +11,7 @@ import pytest
 from mmc_ray.config import EngineConfig, OpenAIConfig
 from mmc_ray.config.engine_kinds import ENGINE_KINDS, EngineKind, engine_kind
 from mmc_ray.engine_protocol import ScoresContinuations
-from mmc_ray.engines.factory import build_engine, engine_source
+from mmc_ray.engines.factory import build_engine, engine_constructor, engine_source
 
 PACKAGE = Path(__file__).resolve().parents[2] / "mmc_ray"
 REGISTRY = PACKAGE / "config" / "engine_kinds.py"
@@ -49,13 +49,9 @@ def test_the_check_sees_the_comparisons_it_forbids():
 def test_the_registry_the_config_type_and_the_engines_agree():
     assert set(ENGINE_KINDS) == set(get_args(EngineKind))
     for spec in ENGINE_KINDS.values():
-        module, _, path = spec.engine.partition(":")
         if spec.needs is not None and importlib.util.find_spec(spec.needs.module) is None:
             continue  # vLLM: checked in its tier
-        target = importlib.import_module(module)
-        for name in path.split("."):
-            target = getattr(target, name)
-        assert callable(target), spec
+        assert callable(engine_constructor(spec.name)), spec
 
 
 @pytest.mark.parametrize("kind", ["simulated", "rule", "blind"])

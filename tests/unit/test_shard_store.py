@@ -117,11 +117,11 @@ def test_a_settled_verified_shard_is_not_hashed_again_until_it_changes(trees, mo
     from mmc_ray.store import shards
 
     shard = tree_shards(trees)[0]
-    real_sha256 = shards._sha256
+    real_sha256 = shards.file_sha256
     settled = shard.stat().st_mtime_ns - 10**10  # as if written ten seconds ago
     os.utime(shard, ns=(settled, settled))
     hashed = []
-    monkeypatch.setattr(shards, "_sha256", lambda path: hashed.append(path) or real_sha256(path))
+    monkeypatch.setattr(shards, "file_sha256", lambda path: hashed.append(path) or real_sha256(path))
     assert shard_problem(shard) is None and shard_problem(shard) is None
     assert hashed == [shard]  # the second read trusted the first
     zero_middle(shard)  # a new mtime: verified again, and refused
