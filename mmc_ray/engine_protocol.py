@@ -18,8 +18,9 @@ class GenerationRequest:
 
     `messages` are chat messages; a content part `{"type": "image"}` stands for the next entry of
     `images` (PNG bytes). `assistant_prefix` is text the assistant has already written and the
-    engine continues (MCTS expands a node by continuing its path). `metadata` is carried through
-    untouched for tracing; real engines ignore it.
+    engine continues (MCTS expands a node by continuing its path). `adapter` names the LoRA adapter
+    to answer with ("" the base model); None leaves it to the engine (its role's configured adapter).
+    `metadata` is carried through untouched for tracing; real engines ignore it.
     """
 
     messages: tuple[Mapping[str, Any], ...]
@@ -32,6 +33,7 @@ class GenerationRequest:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     logprobs: bool = False
+    adapter: str | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

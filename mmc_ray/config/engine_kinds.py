@@ -33,15 +33,16 @@ class EngineKindSpec:
     served: bool = False  # a server elsewhere does the work: runs in the caller's process, no Ray workers
     needs: ModuleNeed | None = None
     concurrent_batches: bool = False  # several generate calls of one worker share one running batch
+    adapters: bool = False  # loads LoRA adapters on its base model and picks one per request
     section: str = ""  # the EngineConfig section only this kind reads
 
 
 ENGINE_KINDS: dict[str, EngineKindSpec] = {spec.name: spec for spec in (
     EngineKindSpec("hf", "transformers", "mmc_ray.engines.hf:HFEngine.from_config", local_model=True,
-                   scores_continuations=True),
+                   scores_continuations=True, adapters=True),
     EngineKindSpec("vllm", "vLLM (GPU; its CPU build in the vLLM tier)",
                    "mmc_ray.engines.vllm:VLLMEngine.from_config",
-                   local_model=True, concurrent_batches=True, section="vllm",
+                   local_model=True, concurrent_batches=True, adapters=True, section="vllm",
                    needs=ModuleNeed("vllm", "vLLM",
                                     "pip install 'mmc-ray[gpu]' on CUDA; make setup-vllm for the CPU build")),
     EngineKindSpec("simulated", "the synthetic tasks' solver",

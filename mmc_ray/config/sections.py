@@ -10,8 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from mmc_ray.config.engine_kinds import EngineKind, engine_kind
-from mmc_ray.errors import UserError
+from mmc_ray.config.adapter_names import BASE_MODEL, parse_adapter_specs
+from mmc_ray.config.engine_kinds import ENGINE_KINDS, EngineKind, engine_kind
+from mmc_ray.errors import BadInput, UserError
 
 
 class ConfigError(UserError, ValueError):
@@ -24,6 +25,9 @@ def _opt(default: Any, help: str) -> Any:
 
 def _section(factory: Callable[[], Any], help: str = "") -> Any:
     return field(default_factory=factory, metadata={"help": help})
+
+
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's max_lora_rank choices
 
 
 def _require(ok: bool, key: str, message: str) -> None:
@@ -201,8 +205,13 @@ class VLLMConfig:
     cpu_kv_cache_gib: int = _opt(2, "device=cpu: host memory vLLM reserves for its KV cache")
     concurrent_batches: int = _opt(1, "batches a worker generates at once; vLLM runs them as one continuous "
                                       "batch, so a batch's slowest sequence never idles it")
+    max_loras: int = _opt(4, "with adapters: adapters one batch may mix (vLLM's max_loras; its GPU slots)")
+    max_lora_rank: int = _opt(64, "with adapters: the largest adapter rank it loads (vLLM's max_lora_rank)")
 
     def __post_init__(self) -> None:
+        _require(self.max_loras >= 1, "max_loras", "must be >= 1")
+        _require(self.max_lora_rank in VLLM_LORA_RANKS, "max_lora_rank",
+                 f"must be one of {list(VLLM_LORA_RANKS)}")
         _require(self.tensor_parallel_size >= 1, "tensor_parallel_size", "must be >= 1")
         _require(0 < self.gpu_memory_utilization <= 1, "gpu_memory_utilization", "must be in (0, 1]")
         _require(self.max_model_len >= 1, "max_model_len", "must be >= 1")
@@ -230,6 +239,10 @@ class EngineConfig:
     max_batch_size: int = _opt(16, "requests per generate call the engine runs at once")
     min_pixels: int = _opt(56 * 56, "visual-token budget: images are resized to at least this many pixels")
     max_pixels: int = _opt(112 * 112, "...and at most this many (16 visual tokens at 112 x 112)")
+    adapters: tuple[str, ...] = _opt((), "LoRA adapters loaded on the base model, NAME=PATH each (an "
+                                         "exported critic's adapter/ folder); a request picks one by name")
+    adapter: str = _opt("", "the adapter this role's requests use (a name in adapters); empty: the base "
+                            "model")
     simulator: SimulatorConfig = _section(SimulatorConfig)
     openai: OpenAIConfig = _section(OpenAIConfig)
     vllm: VLLMConfig = _section(VLLMConfig)
@@ -239,6 +252,15 @@ class EngineConfig:
         _require(self.max_batch_size > 0, "max_batch_size", "must be > 0")
         _require(0 < self.min_pixels <= self.max_pixels, "min_pixels", "must be > 0 and <= max_pixels")
         kind = engine_kind(self.kind)
+        try:
+            names = parse_adapter_specs(self.adapters)
+        except BadInput as e:
+            raise ConfigError(f"adapters: {e}") from None
+        _require(kind.adapters or not (names or self.adapter), "adapters",
+                 f"kind={self.kind} cannot load LoRA adapters (kinds that can: "
+                 f"{', '.join(k for k, spec in ENGINE_KINDS.items() if spec.adapters)})")
+        _require(self.adapter in (BASE_MODEL, *names), "adapter",
+                 f"{self.adapter!r} is not one of adapters ({', '.join(names) or 'none given'})")
         _require(kind.concurrent_batches or self.vllm.concurrent_batches == 1, "vllm.concurrent_batches",
                  f"> 1 needs kind=vllm (its concurrent calls share one batch); kind={self.kind} generates "
                  f"one batch at a time")
@@ -356,7 +378,6 @@ class AnnotateConfig:
 # language model of Qwen2-VL only (tower and connector weights are ignored), and the vision MLP
 # reuses the MLP names, so adapters are placed by full path, never by bare name.
 LANGUAGE_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's max_lora_rank choices
 
 
 @dataclass(frozen=True)

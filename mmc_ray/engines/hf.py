@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections import OrderedDict, defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 
 from mmc_ray.config import EngineConfig
+from mmc_ray.config.adapter_names import BASE_MODEL, parse_adapter_specs
 from mmc_ray.engine_protocol import (
     Completion,
     GenerationRequest,
@@ -16,6 +17,7 @@ from mmc_ray.engine_protocol import (
     apply_stop,
     sampling_temperature,
 )
+from mmc_ray.engines.hf_adapters import PeftAdapters
 from mmc_ray.engines.hf_decode import StopCheck, decode
 from mmc_ray.models.loading import LoadedVLM, VisionInputs, decode_image, load_vlm
 from mmc_ray.seeding import stable_seed
@@ -34,14 +36,21 @@ def _chunk_seed(requests: Sequence[GenerationRequest], units: Sequence[Unit]) ->
 
 
 class HFEngine:
-    """Runs a local Hugging Face VLM. Requests are grouped by sampling parameters and generated in
-    batches of at most `max_batch_size` sequences (each of a request's `n` samples is a sequence)."""
+    """Runs a local Hugging Face VLM. Requests are grouped by adapter and sampling parameters and
+    generated in batches of at most `max_batch_size` sequences (each of a request's `n` samples is a
+    sequence). `adapters` ({name: folder}) are loaded on the model; a request without an adapter of its
+    own uses `default_adapter`."""
 
     name = "hf"
 
-    def __init__(self, vlm: LoadedVLM, max_batch_size: int = 16) -> None:
+    def __init__(self, vlm: LoadedVLM, max_batch_size: int = 16, adapters: Mapping[str, str] | None = None,
+                 default_adapter: str = BASE_MODEL) -> None:
         self.vlm = vlm
         self.max_batch_size = max_batch_size
+        self.adapters = PeftAdapters(vlm.model)
+        for name, path in (adapters or {}).items():
+            self.adapters.load(name, path)
+        self.default_adapter = default_adapter
         self._vision_cache: OrderedDict[tuple[bytes, ...], VisionInputs | None] = OrderedDict()
         self._stop_checks: dict[tuple[str, ...], StopCheck] = {}
         eos = vlm.model.generation_config.eos_token_id
@@ -50,14 +59,18 @@ class HFEngine:
 
     @classmethod
     def from_path(cls, model_path: str | Path, device: str = "auto", dtype: str = "auto",
-                  max_batch_size: int = 16, min_pixels: int | None = None,
-                  max_pixels: int | None = None) -> HFEngine:
-        return cls(load_vlm(model_path, device, dtype, min_pixels, max_pixels), max_batch_size)
+                  max_batch_size: int = 16, min_pixels: int | None = None, max_pixels: int | None = None,
+                  adapters: Mapping[str, str] | None = None, default_adapter: str = BASE_MODEL) -> HFEngine:
+        return cls(load_vlm(model_path, device, dtype, min_pixels, max_pixels), max_batch_size, adapters,
+                   default_adapter)
 
     @classmethod
     def from_config(cls, cfg: EngineConfig) -> HFEngine:
-        return cls.from_path(cfg.model_path, cfg.device, cfg.dtype, cfg.max_batch_size,
-                             cfg.min_pixels, cfg.max_pixels)
+        return cls.from_path(cfg.model_path, cfg.device, cfg.dtype, cfg.max_batch_size, cfg.min_pixels,
+                             cfg.max_pixels, parse_adapter_specs(cfg.adapters), cfg.adapter)
+
+    def _adapter_of(self, request: GenerationRequest) -> str:
+        return self.default_adapter if request.adapter is None else request.adapter
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         completions: dict[Unit, Completion] = {}
@@ -65,19 +78,23 @@ class HFEngine:
         groups: dict[tuple, list[Unit]] = defaultdict(list)
         vision = {}
         for r, req in enumerate(requests):
+            adapter = self._adapter_of(req)
             try:
+                if (unknown := self.adapters.unknown(adapter)) is not None:
+                    raise ValueError(unknown)
                 vision[r] = self._vision(req.images)
             except ValueError as e:
-                # A broken image fails its own request only, never the batch around it.
+                # A broken image or an unknown adapter fails its own request only, never the batch around it.
                 for s in range(req.n):
                     completions[r, s] = Completion("", "error", 0, error=str(e))
                 continue
-            key = (req.temperature, req.top_p, req.max_new_tokens, req.stop, req.logprobs)
+            key = (adapter, req.temperature, req.top_p, req.max_new_tokens, req.stop, req.logprobs)
             groups[key].extend((r, s) for s in range(req.n))
-        for units in groups.values():
+        for (adapter, *_), units in groups.items():
             for start in range(0, len(units), self.max_batch_size):
                 chunk = units[start:start + self.max_batch_size]
-                counts = self._generate_chunk(requests, vision, chunk, completions)
+                with self.adapters.active(adapter):
+                    counts = self._generate_chunk(requests, vision, chunk, completions)
                 for (r, _), count in zip(chunk, counts, strict=True):
                     prompt_tokens[r] = count
         return [
@@ -88,7 +105,15 @@ class HFEngine:
     @torch.inference_mode()
     def score(self, request: GenerationRequest, continuations: Sequence[str]) -> list[float]:
         """Log-probability the model gives each continuation of the request's prompt (the sum over
-        its tokens), from one forward pass per batch; sampling parameters are ignored."""
+        its tokens), from one forward pass per batch, with the request's adapter; sampling parameters
+        are ignored."""
+        adapter = self._adapter_of(request)
+        if (unknown := self.adapters.unknown(adapter)) is not None:
+            raise ValueError(unknown)
+        with self.adapters.active(adapter):
+            return self._score(request, continuations)
+
+    def _score(self, request: GenerationRequest, continuations: Sequence[str]) -> list[float]:
         vision = self._vision(request.images)
         prompt = self.vlm.chat_prompt(request.messages, request.assistant_prefix)
         prompt_len = len(self.vlm.tokenizer(self.vlm.expand_images(prompt, vision),

@@ -72,6 +72,8 @@ import asyncio
 import functools
 import itertools
 import json
+import shutil
+import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -80,6 +82,7 @@ from pathlib import Path
 from typing import Any
 
 from mmc_ray.config import EngineConfig
+from mmc_ray.config.adapter_names import ADAPTER_CONFIG, parse_adapter_specs
 from mmc_ray.engine_protocol import (
     Completion,
     FinishReason,
@@ -90,6 +93,7 @@ from mmc_ray.engine_protocol import (
     sampling_temperature,
 )
 from mmc_ray.errors import BadInput, MissingInput
+from mmc_ray.models.adapters import ADAPTER_WEIGHTS, AdapterSet
 
 # vLLM's finish reasons we keep; anything else ("abort", None) becomes an error completion.
 FINISH_REASONS: dict[str, FinishReason] = {"stop": "stop", "length": "length"}
@@ -146,6 +150,11 @@ def llm_kwargs(cfg: EngineConfig) -> dict[str, Any]:
         # Its KV cache is sized by this (or the legacy VLLM_CPU_KVCACHE_SPACE variable): without
         # either vLLM refuses to start on a shared host.
         kwargs["kv_cache_memory_bytes"] = cfg.vllm.cpu_kv_cache_gib << 30
+    if cfg.adapters:
+        # LoRA is sized at start (its GPU slots, the largest rank); adapters come and go while it runs.
+        # On CPU one slot more, for the zero adapter base requests run through (`VLLMAdapters`).
+        kwargs.update(enable_lora=True, max_loras=cfg.vllm.max_loras + (cfg.device == "cpu"),
+                      max_lora_rank=cfg.vllm.max_lora_rank)
     if cfg.min_pixels is not None and cfg.max_pixels is not None:
         kwargs["mm_processor_kwargs"] = {"min_pixels": cfg.min_pixels, "max_pixels": cfg.max_pixels}
     return kwargs
@@ -158,15 +167,17 @@ class PreparedBatch:
 
     prompts: list[dict[str, Any]] = field(default_factory=list)
     params: list[Any] = field(default_factory=list)
+    loras: list[Any] = field(default_factory=list)  # each prompt's LoRA request, None for the base
     index: list[int] = field(default_factory=list)
     errors: dict[int, str] = field(default_factory=dict)
 
 
 def prepare(requests: Sequence[GenerationRequest], tokenizer: Any, decode: Callable[[bytes], Any],
-            stop_token_ids: Sequence[int] = (), make_params: Callable[..., Any] = dict) -> PreparedBatch:
-    """vLLM prompts for `requests`. `decode` turns image bytes into a PIL image and `make_params`
-    sampling kwargs into `vllm.SamplingParams`; a ValueError from either fails that request only.
-    Each distinct image is decoded once per call."""
+            stop_token_ids: Sequence[int] = (), make_params: Callable[..., Any] = dict,
+            lora: Callable[[GenerationRequest], Any] = lambda _: None) -> PreparedBatch:
+    """vLLM prompts for `requests`. `decode` turns image bytes into a PIL image, `make_params`
+    sampling kwargs into `vllm.SamplingParams` and `lora` a request into its `LoRARequest` (None: the
+    base); a ValueError from any fails that request only. Each distinct image is decoded once per call."""
     batch = PreparedBatch()
     decoded: dict[bytes, Any] = {}
     for r, req in enumerate(requests):
@@ -175,6 +186,7 @@ def prepare(requests: Sequence[GenerationRequest], tokenizer: Any, decode: Calla
                 if b not in decoded:
                     decoded[b] = decode(b)
             params = make_params(**sampling_kwargs(req, stop_token_ids))
+            adapter = lora(req)
         except ValueError as e:
             batch.errors[r] = str(e)
             continue
@@ -184,6 +196,7 @@ def prepare(requests: Sequence[GenerationRequest], tokenizer: Any, decode: Calla
             prompt["multi_modal_data"] = {"image": images}
         batch.prompts.append(prompt)
         batch.params.append(params)
+        batch.loras.append(adapter)
         batch.index.append(r)
     return batch
 
@@ -221,12 +234,14 @@ class AsyncRequests:
         """Await the engine's coroutine `method()` on the loop, from any thread."""
         return self._wait(method())
 
-    def run(self, prompts: Sequence[Any], params: Sequence[Any]) -> list[Any]:
-        """One final output per prompt, or the ValueError that rejected it."""
-        return self._wait(self._all(prompts, params))
+    def run(self, prompts: Sequence[Any], params: Sequence[Any], loras: Sequence[Any]) -> list[Any]:
+        """One final output per prompt (run with its LoRA request; None: the base), or the ValueError
+        that rejected it."""
+        return self._wait(self._all(prompts, params, loras))
 
-    async def _all(self, prompts: Sequence[Any], params: Sequence[Any]) -> list[Any]:
-        tasks = [asyncio.ensure_future(self._one(p, s)) for p, s in zip(prompts, params, strict=True)]
+    async def _all(self, prompts: Sequence[Any], params: Sequence[Any], loras: Sequence[Any]) -> list[Any]:
+        tasks = [asyncio.ensure_future(self._one(p, s, lora))
+                 for p, s, lora in zip(prompts, params, loras, strict=True)]
         try:
             return list(await asyncio.gather(*tasks))
         except BaseException:
@@ -234,10 +249,11 @@ class AsyncRequests:
                 task.cancel()
             raise
 
-    async def _one(self, prompt: Any, params: Any) -> Any:
+    async def _one(self, prompt: Any, params: Any, lora: Any) -> Any:
         final = None
         try:
-            async for output in self.engine.generate(prompt, params, f"mmc-{next(self._ids)}"):
+            async for output in self.engine.generate(prompt, params, f"mmc-{next(self._ids)}",
+                                                     lora_request=lora):
                 final = output
         except ValueError as e:
             return e
@@ -358,9 +374,82 @@ class CallGate:
                 self._cv.notify_all()
 
 
+class VLLMAdapters(AdapterSet):
+    """LoRA adapters of a `VLLMEngine`: each name gets a `LoRARequest` with an id of its own (ids are
+    never reused, so a new version never meets an old one's cached blocks), added to the running
+    engine at load, so a broken adapter fails its load and not the requests that name it.
+
+    On vLLM's CPU build (0.29) a base-model row batched beside adapter rows gets the adapter in the
+    last LoRA slot applied (its torch LoRA ops index the slots with the no-LoRA marker -1; vLLM PR
+    #48421, open). There, base requests go through a zero adapter (the first adapter with its B
+    matrices zeroed, which adds nothing), so no row carries the marker; it takes one LoRA slot."""
+
+    BASE_STAND_IN = "~base"  # not a name a user can give (`check_adapter_name`)
+
+    def __init__(self, engine: VLLMEngine, base_dir: str, enabled: bool, max_rank: int,
+                 zero_base: bool) -> None:
+        super().__init__(base_dir)
+        self._engine, self._enabled, self._max_rank, self._zero_base = engine, enabled, max_rank, zero_base
+        self._ids = itertools.count(1)
+        self.requests: dict[str, Any] = {}
+        self._scratch: str | None = None
+
+    def _attach(self, name: str, path: str, config: Mapping[str, object]) -> None:
+        if not self._enabled:
+            raise BadInput("this vLLM engine was started without LoRA: give it at least one adapter in its "
+                           "config (`adapters`) to load more while it runs")
+        rank = config.get("r")
+        if not isinstance(rank, int) or rank > self._max_rank:
+            raise BadInput(f"{path}: rank {rank} is over vllm.max_lora_rank {self._max_rank}")
+        if self._zero_base and self.BASE_STAND_IN not in self.requests:
+            self._scratch = tempfile.mkdtemp(prefix="mmc-zero-lora-")
+            self._add(self.BASE_STAND_IN, zero_adapter(path, self._scratch))
+        self._add(name, path)
+
+    def _add(self, name: str, path: str) -> None:
+        from vllm.lora.request import LoRARequest
+
+        request = LoRARequest(name, next(self._ids), str(Path(path).resolve()))
+        self._engine.call(lambda engine: engine.add_lora(request))
+        self.requests[name] = request
+
+    def _detach(self, name: str) -> None:
+        request = self.requests.pop(name)
+        self._engine.call(lambda engine: engine.remove_lora(request.lora_int_id))
+
+    def on_base(self, base_dir: str) -> VLLMAdapters:
+        """An empty set like this one, for a reloaded base."""
+        self.close()
+        return VLLMAdapters(self._engine, base_dir, self._enabled, self._max_rank, self._zero_base)
+
+    def request_of(self, name: str) -> Any:
+        """The `LoRARequest` of adapter `name` (for the base: None, or the zero adapter); a ValueError
+        for one not loaded."""
+        if (unknown := self.unknown(name)) is not None:
+            raise ValueError(unknown)
+        return self.requests.get(name or self.BASE_STAND_IN)
+
+    def close(self) -> None:
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+
+
+def zero_adapter(adapter: str | Path, folder: str | Path) -> str:
+    """A copy of `adapter` in `folder` whose B matrices are zero: applied, it changes nothing."""
+    from safetensors.torch import load_file, save_file
+
+    source, folder = Path(adapter), Path(folder)
+    weights = load_file(source / ADAPTER_WEIGHTS)
+    save_file({k: v.zero_() if ".lora_B." in k else v for k, v in weights.items()}, folder / ADAPTER_WEIGHTS)
+    shutil.copyfile(source / ADAPTER_CONFIG, folder / ADAPTER_CONFIG)
+    return str(folder)
+
+
 class VLLMEngine:
     """A local HF-format VLM served by vLLM. `reload(path)` swaps in newly exported weights;
-    concurrent `generate` calls run as one continuous batch (`AsyncRequests`)."""
+    concurrent `generate` calls run as one continuous batch (`AsyncRequests`). Adapters
+    (`cfg.adapters`, then `adapters.load`) are chosen per request, `default_adapter` for a request
+    that names none."""
 
     name = "vllm"
 
@@ -385,6 +474,11 @@ class VLLMEngine:
         self.tokenizer: Any = None
         self.model_path = ""
         self._load(check_model_dir(cfg.model_path))
+        self.adapters = VLLMAdapters(self, self.model_path, bool(cfg.adapters), cfg.vllm.max_lora_rank,
+                                     zero_base=cfg.device == "cpu")
+        for name, path in parse_adapter_specs(cfg.adapters).items():
+            self.adapters.load(name, path)
+        self.default_adapter = cfg.adapter
 
     @classmethod
     def from_config(cls, cfg: EngineConfig, **engine_kwargs: Any) -> VLLMEngine:
@@ -397,8 +491,19 @@ class VLLMEngine:
         with self._gate.shared():
             if self._requests is None:
                 raise RuntimeError("the vLLM engine is closed (or its last reload failed)")
-            batch = prepare(requests, self.tokenizer, decode_image, self._stop_token_ids, self._make_params)
-            return assemble(requests, batch, self._requests.run(batch.prompts, batch.params))
+            batch = prepare(requests, self.tokenizer, decode_image, self._stop_token_ids, self._make_params,
+                            self._lora_of)
+            return assemble(requests, batch, self._requests.run(batch.prompts, batch.params, batch.loras))
+
+    def _lora_of(self, request: GenerationRequest) -> Any:
+        return self.adapters.request_of(self.default_adapter if request.adapter is None else request.adapter)
+
+    def call(self, method: Callable[[Any], Any]) -> Any:
+        """Await `method(engine)`, a coroutine of the running `AsyncLLM`, between batches."""
+        with self._gate.exclusive():
+            if self._requests is None:
+                raise RuntimeError("the vLLM engine is closed (or its last reload failed)")
+            return self._requests.call(lambda: method(self._requests.engine))
 
     def reset_prefix_cache(self) -> None:
         """Forget the cached KV blocks of earlier prompts (benchmarks start every run cold)."""
@@ -412,16 +517,21 @@ class VLLMEngine:
         return 0 if requests is None else requests.engine.get_num_unfinished_requests()
 
     def reload(self, model_path: str | Path) -> None:
-        """Replace the model with the one in `model_path` (see the module docstring)."""
+        """Replace the model with the one in `model_path` (see the module docstring); the adapters
+        loaded are loaded again, checked against the new base."""
         path = check_model_dir(model_path)
         with self._gate.exclusive():
             self._shutdown()
             self._load(path)
+        loaded, self.adapters = self.adapters, self.adapters.on_base(self.model_path)
+        for name, adapter_path in loaded.paths.items():
+            self.adapters.load(name, adapter_path)
 
     def close(self) -> None:
         """Stop the engine and free its GPU memory."""
         with self._gate.exclusive():
             self._shutdown()
+        self.adapters.close()
 
     def _load(self, path: Path) -> None:
         from transformers import AutoTokenizer

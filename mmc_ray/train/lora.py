@@ -12,7 +12,6 @@ error in some servers: this catches it here).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -21,11 +20,9 @@ from typing import Any
 
 from mmc_ray.config import TrainConfig
 from mmc_ray.config.sections import LoraConfig
-from mmc_ray.store.shards import file_sha256
+from mmc_ray.models.adapters import ADAPTER_WEIGHTS, MANIFEST, base_hash
 
 ADAPTER_DIR = "adapter"
-MANIFEST = "adapter_manifest.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 def target_pattern(cfg: LoraConfig) -> str:
@@ -69,14 +66,6 @@ def expected_adapter_params(model: Any, cfg: LoraConfig) -> int:
     pattern = re.compile(target_pattern(cfg))
     return sum(cfg.r * (m.in_features + m.out_features) for name, m in model.named_modules()
                if isinstance(m, torch.nn.Linear) and pattern.fullmatch(name))
-
-
-def base_hash(model_dir: Path) -> str:
-    """One sha256 over the base model's weight files, in name order: what the adapter was trained on."""
-    digest = hashlib.sha256()
-    for path in sorted(model_dir.glob("*.safetensors")):
-        digest.update(path.name.encode() + file_sha256(path).encode())
-    return digest.hexdigest()
 
 
 def export_lora(state: dict[str, Any], tcfg: TrainConfig, adapter: Path, probe: Any = None) -> Any:

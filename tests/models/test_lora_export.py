@@ -10,11 +10,10 @@ import torch
 
 from mmc_ray.config import Config
 from mmc_ray.config.sections import LoraConfig
+from mmc_ray.models.adapters import MANIFEST, base_hash
 from mmc_ray.train.export import save_model_folder
 from mmc_ray.train.lora import (
-    MANIFEST,
     adapter_problems,
-    base_hash,
     export_lora,
     target_pattern,
     with_adapter,

@@ -65,6 +65,13 @@ def test_config_is_frozen():
         (["train.lora.dropout=1"], "train.lora.dropout: must be in [0, 1)"),
         (["train.lora.enabled=true", "train.freeze=[language]"],
          "train.lora.enabled: trains an adapter on the language model: remove language from train.freeze"),
+        (["critic.kind=hf", "critic.adapters=[critic-r1]"],
+         "critic.adapters: adapter 'critic-r1': expected NAME=PATH"),
+        (["critic.kind=hf", "critic.adapters=[a=x,a=y]"], "critic.adapters: adapter name 'a' is given twice"),
+        (["critic.kind=hf", "critic.adapters=[bad name=x]"], "critic.adapters: adapter name 'bad name'"),
+        (["critic.kind=hf", "critic.adapters=[a=x]", "critic.adapter=b"],
+         "critic.adapter: 'b' is not one of adapters (a)"),
+        (["critic.kind=rule", "critic.adapters=[a=x]"], "critic.adapters: kind=rule cannot load LoRA adapters"),
     ],
 )
 def test_bad_config_names_the_key(overrides, message):
@@ -77,6 +84,13 @@ def test_the_pixel_budget_binds_only_engines_that_run_the_trained_model():
     served = ["critic.kind=openai", "critic.openai.base_url=http://127.0.0.1:1/v1", "critic.max_pixels=50176"]
     assert load_config(overrides=served).critic.max_pixels == 50176  # a server has its own budget
     assert load_config(overrides=["actor.max_pixels=50176"]).actor.max_pixels == 50176  # not trained here
+
+
+def test_a_role_loads_adapters_and_picks_one():
+    cfg = load_config(overrides=["critic.kind=hf", "critic.adapters=[critic-r1=runs/r1/critic/adapter,"
+                                 "critic-r2=runs/r2/critic/adapter]", "critic.adapter=critic-r2"])
+    assert cfg.critic.adapters == ("critic-r1=runs/r1/critic/adapter", "critic-r2=runs/r2/critic/adapter")
+    assert cfg.critic.adapter == "critic-r2"
 
 
 def test_vllm_runs_on_cpu_when_told():

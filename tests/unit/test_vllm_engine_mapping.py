@@ -181,7 +181,7 @@ class AsyncEngine:
         self.shut_down = False
         self.loop_thread = threading.current_thread().name  # where AsyncRequests built it
 
-    async def generate(self, prompt: str, params: Any, request_id: str):
+    async def generate(self, prompt: str, params: Any, request_id: str, lora_request: Any = None):
         import asyncio
 
         if prompt == "too long":
@@ -211,7 +211,7 @@ class AsyncEngine:
 def test_requests_return_in_order_and_a_rejected_prompt_fails_alone():
     requests = AsyncRequests(AsyncEngine)
     try:
-        outputs = requests.run(["p:3", "too long", "p:1"], [{}, {}, {}])
+        outputs = requests.run(["p:3", "too long", "p:1"], [{}, {}, {}], [None] * 3)
         assert [o.prompt for o in (outputs[0], outputs[2])] == ["p:3", "p:1"]
         assert isinstance(outputs[1], ValueError) and "max_model_len" in str(outputs[1])
         assert requests.engine.loop_thread == "vllm-requests"  # built on the loop's own thread
@@ -225,11 +225,11 @@ def test_concurrent_calls_run_as_one_batch():
     requests = AsyncRequests(AsyncEngine)
     finished: list[str] = []
     try:
-        long = threading.Thread(target=lambda: (requests.run(["p:200", "p:2"], [{}, {}]), finished.append("long")))
+        long = threading.Thread(target=lambda: (requests.run(["p:200", "p:2"], [{}, {}], [None, None]), finished.append("long")))
         long.start()
         while not requests.engine.running:
             time.sleep(0.001)
-        short = requests.run(["p:3"], [{}])
+        short = requests.run(["p:3"], [{}], [None])
         finished.append("short")
         long.join(10)
         assert finished == ["short", "long"]
@@ -242,10 +242,10 @@ def test_an_engine_failure_fails_the_call_and_cancels_its_other_requests():
     requests = AsyncRequests(AsyncEngine)
     try:
         with pytest.raises(RuntimeError, match="engine core died"):
-            requests.run(["p:500", "die"], [{}, {}])
+            requests.run(["p:500", "die"], [{}, {}], [None, None])
         time.sleep(0.05)
         assert requests.engine.cancelled and not requests.engine.running
-        assert requests.run(["p:1"], [{}])[0].prompt == "p:1"  # the loop serves on
+        assert requests.run(["p:1"], [{}], [None])[0].prompt == "p:1"  # the loop serves on
     finally:
         requests.close()
 
