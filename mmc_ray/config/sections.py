@@ -114,6 +114,10 @@ class PretrainConfig:
     solve_steps: int = _opt(2500, "stage c: steps on reference solutions, descriptions mixed in")
     learning_rate: float = _opt(3e-3, "stages b and c: peak learning rate")
     tokens_per_step: int = _opt(4096, "stages b and c: tokens per packed step (image tokens count)")
+    guide_weight: float = _opt(1.0, "stages b and c: weight of the attention-guidance loss (one head looks "
+                                    "at the drawn region of each value it says); 0: off")
+    guide_layer: int = _opt(1, "stages b and c: the language-model layer of the guided head")
+    guide_head: int = _opt(0, "stages b and c: the guided attention head")
     seed: int = _opt(0, "weights, data order and description order")
 
     def __post_init__(self) -> None:
@@ -123,6 +127,9 @@ class PretrainConfig:
         _require(all(1 <= d <= 5 for d in self.difficulties), "difficulties", "each must be 1..5")
         _require(min(self.vision_steps, self.describe_steps, self.solve_steps) >= 0, "vision_steps",
                  "step counts must be >= 0")
+        _require(self.guide_weight >= 0, "guide_weight", "must be >= 0")
+        _require(0 <= self.guide_layer < self.model.num_layers, "guide_layer", "must be a layer of the model")
+        _require(0 <= self.guide_head < self.model.num_heads, "guide_head", "must be a head of the model")
         _require(self.model.hidden_size // self.model.num_heads >= 32, "model.num_heads",
                  "head_dim (hidden_size / num_heads) must be >= 32, so vLLM's CPU attention runs it")
 

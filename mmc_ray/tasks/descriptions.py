@@ -20,10 +20,17 @@ DESCRIBE_INSTRUCTION = "Describe everything the image shows, one fact a line."
 
 def description(problem: Problem, facts: tuple[tuple[str, str], ...], rng: random.Random) -> str:
     """Every fact of `problem`'s image but zero counts (nothing drawn to see), one sentence a line."""
+    return "\n".join(line for _, _, line in described_facts(problem, facts, rng))
+
+
+def described_facts(problem: Problem, facts: tuple[tuple[str, str], ...],
+                    rng: random.Random) -> list[tuple[str, int, str]]:
+    """`description`'s lines in order, each with its fact's name and where in the line its value is."""
     template = OBSERVATION_TEMPLATES[problem.family]
-    lines = [template(name).format(value=value) for name, value in facts if value != "0"]
+    lines = [(name, template(name).index("{value}"), template(name).format(value=value))
+             for name, value in facts if value != "0"]
     rng.shuffle(lines)
-    return "\n".join(lines)
+    return lines
 
 
 def describe_messages(problem: Problem) -> tuple[dict[str, Any], ...]:

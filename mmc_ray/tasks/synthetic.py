@@ -14,10 +14,12 @@ from collections.abc import Iterator, Sequence
 
 from mmc_ray.errors import BadInput
 from mmc_ray.tasks.families import DIFFICULTIES, FAMILIES, check_difficulty
-from mmc_ray.tasks.families.drawing import to_png
+from mmc_ray.tasks.families.drawing import RENDER_SIZE, to_png
 from mmc_ray.tasks.problem import Problem
 
 Facts = tuple[tuple[str, str], ...]  # TaskInstance.facts: (name, value) of everything an image shows
+# TaskInstance.regions: (fact name, its boxes: left, top, right, bottom as fractions of the image side)
+Regions = tuple[tuple[str, tuple[tuple[float, float, float, float], ...]], ...]
 
 DEFAULT_IMAGE_SIZE = 224
 MIN_IMAGE_SIZE = 32
@@ -49,6 +51,13 @@ def generate_problem(family: str, difficulty: int, seed: int,
 def problem_with_facts(family: str, difficulty: int, seed: int,
                        image_size: int = DEFAULT_IMAGE_SIZE) -> tuple[Problem, Facts]:
     """`generate_problem`'s problem with everything its image shows (`TaskInstance.facts`)."""
+    return problem_scene(family, difficulty, seed, image_size)[:2]
+
+
+def problem_scene(family: str, difficulty: int, seed: int,
+                  image_size: int = DEFAULT_IMAGE_SIZE) -> tuple[Problem, Facts, Regions]:
+    """`problem_with_facts`, and where each fact is drawn (`TaskInstance.regions`, in fractions of
+    the image's side, so they hold at any resolution)."""
     _check_family(family)
     check_difficulty(difficulty)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -72,7 +81,9 @@ def problem_with_facts(family: str, difficulty: int, seed: int,
         steps=task.steps,
         source="synthetic",
     )
-    return problem, task.facts
+    regions = tuple((name, tuple(tuple(v / RENDER_SIZE for v in box) for box in boxes))
+                    for name, boxes in task.regions)
+    return problem, task.facts, regions
 
 
 def generate_problems(n: int, seed: int = 0, families: Sequence[str] | None = None,

@@ -46,7 +46,13 @@ def collate_packed(examples: Sequence[TrainExample], model: Any, image_token_id:
     labels = torch.tensor([[t for ex in examples for t in ex.labels]])
     bounds = torch.tensor([0, *np.cumsum(lengths).tolist()], dtype=torch.int32)
     labels[0, bounds[:-1].long()] = IGNORE_INDEX  # never predict a sample's first token from the last
+    guided = {}
+    if any(ex.attention_targets for ex in examples):
+        guided["attention_targets"] = [(start + q, tuple(start + t for t in looked_at))
+                                       for ex, start in zip(examples, bounds.tolist(), strict=False)
+                                       for q, looked_at in ex.attention_targets]
     return {
+        **guided,
         "input_ids": ids,
         "labels": labels,
         "cu_seq_lens_q": bounds,

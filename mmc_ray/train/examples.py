@@ -36,6 +36,8 @@ class TrainExample:
     labels: list[int]  # IGNORE_INDEX on the prompt
     pixel_values: np.ndarray | None = None  # (patches, patch_dim) float32
     image_grid_thw: list[list[int]] = field(default_factory=list)
+    # (position predicting a value, visual-token positions to look at): `train/attention_guide.py`
+    attention_targets: tuple[tuple[int, tuple[int, ...]], ...] = ()
 
     def __len__(self) -> int:
         return len(self.input_ids)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mmc_ray.config import TrainConfig
+from mmc_ray.train.attention_guide import GuideSettings
 from mmc_ray.train.examples import TrainExample
 from mmc_ray.train.packed_attention import use_packed_attention
 from mmc_ray.train.step import LocalEngine, freeze_parts, packed_batches, train_step
@@ -24,10 +25,11 @@ class LocalFit:
 
 
 def fit_in_process(vlm: Any, examples: Sequence[TrainExample], cfg: TrainConfig, rng: random.Random,
-                   after_step: Callable[[list[float]], None] | None = None) -> LocalFit:
+                   after_step: Callable[[list[float]], None] | None = None,
+                   guide: GuideSettings | None = None) -> LocalFit:
     """Train `vlm.model` on `examples` for `cfg.max_steps` steps, going over them again as often as
     needed; `after_step(losses)` runs after each step with the losses so far (the model is in train
-    mode again after it)."""
+    mode again after it). `guide`: attention guidance on the examples' `attention_targets`."""
     model = vlm.model.train()
     if cfg.pack:
         use_packed_attention(model)
@@ -42,7 +44,7 @@ def fit_in_process(vlm: Any, examples: Sequence[TrainExample], cfg: TrainConfig,
     batches = epochs()
     losses: list[float] = []
     while len(losses) < cfg.max_steps:
-        losses.append(train_step(engine, batches, cfg.grad_accum).loss.item())
+        losses.append(train_step(engine, batches, cfg.grad_accum, guide=guide).loss.item())
         if after_step is not None:
             after_step(losses)
             model.train()

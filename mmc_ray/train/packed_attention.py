@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+from mmc_ray.train.attention_guide import active_guide
+
 PACKED_SDPA = "mmc_packed_sdpa"
 
 
@@ -23,6 +25,8 @@ def packed_sdpa_forward(module: torch.nn.Module, query: torch.Tensor, key: torch
                         value: torch.Tensor, attention_mask: torch.Tensor | None, dropout: float = 0.0,
                         scaling: float | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
     bounds = kwargs.get("cu_seq_lens_q")
+    if (guide := active_guide()) is not None:
+        guide.observe(module, query, key, scaling, bounds)
     if bounds is None:  # an ordinary (padded) batch
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mmc_ray.tasks.problem import Problem
-from mmc_ray.tasks.solution import OBSERVE_OPS, STEP_PREFIX
+from mmc_ray.tasks.solution import OBSERVE_OPS, STEP_PREFIX, SolutionStep
 from mmc_ray.train.collate import collate_packed
 from mmc_ray.train.examples import TrainExample
 
@@ -29,27 +29,34 @@ def most_common_values(problems: Sequence[Problem]) -> CommonValues:
 
 
 def observed_value_tokens(problem: Problem, example: TrainExample,
-                          tokenizer: Any) -> list[tuple[str, list[int]]]:
-    """(op, positions in `example` of the tokens spelling the value) per observation step; `example`
+                          tokenizer: Any) -> list[tuple[SolutionStep, list[int]]]:
+    """(step, positions in `example` of the tokens spelling its value) per observation step; `example`
     must end with the problem's reference solution."""
     reference = problem.reference_solution
-    encoded = tokenizer(reference + tokenizer.eos_token, add_special_tokens=False,
-                        return_offsets_mapping=True)
-    start = len(example) - len(encoded["input_ids"])
-    if example.input_ids[start:] != encoded["input_ids"]:
-        raise ValueError(f"{problem.problem_id}: the example does not end with its reference solution")
-    out, line_start = [], 0
+    observed, spans, line_start = [], [], 0
     for index, (step, line) in enumerate(zip(problem.steps, reference.split("\n"), strict=False)):
         if step.op in OBSERVE_OPS:
             at = line_start + len(STEP_PREFIX.format(index=index + 1)) + step.template.index("{value}")
             if reference[at:at + len(step.value)] != step.value:
                 raise ValueError(f"{problem.problem_id}: step {index + 1}'s value is not where its "
                                  "template puts it")
-            positions = [start + j for j, (lo, hi) in enumerate(encoded["offset_mapping"])
-                         if lo < at + len(step.value) and hi > at]
-            out.append((step.op, positions))
+            observed.append(step)
+            spans.append((at, at + len(step.value)))
         line_start += len(line) + 1
-    return out
+    positions = span_tokens(example, reference, spans, tokenizer)
+    return list(zip(observed, positions, strict=True))
+
+
+def span_tokens(example: TrainExample, target: str, spans: Sequence[tuple[int, int]],
+                tokenizer: Any) -> list[list[int]]:
+    """Positions in `example` (which must end with `target` and the end-of-turn token) of the tokens
+    covering each character span of `target`."""
+    encoded = tokenizer(target + tokenizer.eos_token, add_special_tokens=False, return_offsets_mapping=True)
+    start = len(example) - len(encoded["input_ids"])
+    if example.input_ids[start:] != encoded["input_ids"]:
+        raise ValueError(f"{example.example_id}: the example does not end with its target text")
+    return [[start + j for j, (lo, hi) in enumerate(encoded["offset_mapping"]) if lo < end and hi > begin]
+            for begin, end in spans]
 
 
 def read_accuracy(vlm: Any, held_out: Sequence[tuple[Problem, TrainExample]],
@@ -66,10 +73,8 @@ def read_accuracy(vlm: Any, held_out: Sequence[tuple[Problem, TrainExample]],
             batch = collate_packed([example], model, vlm.image_token_id)
             batch.pop("labels")
             predicted = model(**batch).logits[0].argmax(-1).tolist()
-            observed = iter(s for s in problem.steps if s.op in OBSERVE_OPS)
-            for op, positions in observed_value_tokens(problem, example, vlm.tokenizer):
-                step = next(observed)
+            for step, positions in observed_value_tokens(problem, example, vlm.tokenizer):
                 hits[problem.family].append(all(predicted[p - 1] == example.input_ids[p] for p in positions))
-                base[problem.family].append(common.get((problem.family, op)) == step.value)
+                base[problem.family].append(common.get((problem.family, step.op)) == step.value)
     return {family: {"read_accuracy": sum(v) / len(v), "most_common_value": sum(base[family]) / len(v),
                      "values": len(v)} for family, v in sorted(hits.items())}

@@ -8,6 +8,8 @@ Real VLMs are built in stages; so is this one, from data the task renderers make
      steps' own sentences), the vision tower frozen;
   c. the same parts, on reference solutions with descriptions mixed in, so the base answers problems
      without forgetting how to say what it sees.
+In b and c one attention head is guided to where each value it says is drawn (`attention_guide.py`):
+without it the language model learns to find a named box's tokens slowly (bench/RESULTS.md).
 Held-out fresh problems measure each stage: the reader's fact accuracy after (a), teacher-forced
 `read_accuracy` of the observed values in reference solutions after (b) and (c). The result is a
 normal Hugging Face folder with a model card (the recipe, its seeds, its figures, every file's sha256).
@@ -30,13 +32,14 @@ from mmc_ray.config import PretrainConfig, TrainConfig
 from mmc_ray.models.loading import LoadedVLM, load_vlm
 from mmc_ray.models.tiny import build_tiny_vlm
 from mmc_ray.store.shards import file_sha256
-from mmc_ray.tasks.descriptions import description
+from mmc_ray.tasks.descriptions import described_facts
 from mmc_ray.tasks.problem import Problem
-from mmc_ray.tasks.synthetic import DEFAULT_IMAGE_SIZE, Facts, problem_keys, problem_with_facts
+from mmc_ray.tasks.synthetic import DEFAULT_IMAGE_SIZE, Facts, Regions, problem_keys, problem_scene
+from mmc_ray.train.attention_guide import Box, GuideSettings, example_targets
 from mmc_ray.train.examples import ExampleBuilder, TrainExample
 from mmc_ray.train.fact_reader import FactReader, FactVocabulary, fact_accuracy, fit_vision
 from mmc_ray.train.local_fit import fit_in_process
-from mmc_ray.train.perception import most_common_values, read_accuracy
+from mmc_ray.train.perception import most_common_values, observed_value_tokens, read_accuracy, span_tokens
 
 CARD = "README.md"
 REPORT = "pretrain_report.json"
@@ -54,7 +57,7 @@ def pretrain_tiny(cfg: PretrainConfig, out_dir: str | Path, log: Log = print) ->
     shutil.rmtree(work, ignore_errors=True)
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
-    scenes = draw_scenes(cfg, log)
+    scenes, regions = draw_scenes(cfg, log)
     train, held_out = scenes[:cfg.scenes], scenes[cfg.scenes:]
     build_tiny_vlm(cfg.model, work, max_pixels=cfg.image_px ** 2)
     vlm = load_vlm(work, device="cpu", dtype="float32", max_pixels=cfg.image_px ** 2)
@@ -64,8 +67,10 @@ def pretrain_tiny(cfg: PretrainConfig, out_dir: str | Path, log: Log = print) ->
     report["stages"]["a_vision"] = _stage_vision(vlm, cfg, train, held_out, log)
     builder = ExampleBuilder(vlm, cfg.tokens_per_step)
     language = train[:cfg.language_scenes]
-    described = _descriptions(builder, language, cfg.seed)
-    solved = [ex for problem, _ in language if (ex := builder.actor_sft(problem.to_row())) is not None]
+    guide = Guidance(vlm, regions)
+    described = _descriptions(builder, language, cfg.seed, guide)
+    solved = [guide.solution(problem, ex) for problem, _ in language
+              if (ex := builder.actor_sft(problem.to_row())) is not None]
     probe = [(p, ex) for p, _ in held_out if (ex := builder.actor_sft(p.to_row())) is not None]
     common = most_common_values([p for p, _ in train])
     report["stages"]["b_describe"] = _stage_language(vlm, cfg, "b: descriptions", described,
@@ -83,19 +88,20 @@ def pretrain_tiny(cfg: PretrainConfig, out_dir: str | Path, log: Log = print) ->
     return report
 
 
-def draw_scenes(cfg: PretrainConfig, log: Log) -> list[Scene]:
-    """The training problems then the held-out ones, with their facts, rendered on every core."""
+def draw_scenes(cfg: PretrainConfig, log: Log) -> tuple[list[Scene], dict[str, dict[str, tuple[Box, ...]]]]:
+    """The training problems then the held-out ones, with their facts, rendered on every core; and
+    where each problem's facts are drawn, by problem id."""
     keys = list(problem_keys(cfg.scenes + cfg.held_out, cfg.data_seed, cfg.families, cfg.difficulties))
     log(f"drawing {cfg.scenes} + {cfg.held_out} problems with their facts (seed {cfg.data_seed})")
     started = time.perf_counter()
     with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        scenes = list(pool.map(_scene, keys, chunksize=64))
+        drawn = list(pool.map(_scene, keys, chunksize=64))
     log(f"  drawn in {time.perf_counter() - started:.0f} s")
-    return scenes
+    return [(p, facts) for p, facts, _ in drawn], {p.problem_id: dict(regions) for p, _, regions in drawn}
 
 
-def _scene(key: tuple[str, int, int]) -> Scene:
-    return problem_with_facts(*key, image_size=DEFAULT_IMAGE_SIZE)
+def _scene(key: tuple[str, int, int]) -> tuple[Problem, Facts, Regions]:
+    return problem_scene(*key, image_size=DEFAULT_IMAGE_SIZE)
 
 
 def _stage_vision(vlm: LoadedVLM, cfg: PretrainConfig, train: Sequence[Scene], held_out: Sequence[Scene],
@@ -118,10 +124,46 @@ def _stage_vision(vlm: LoadedVLM, cfg: PretrainConfig, train: Sequence[Scene], h
             "fact_slots": len(vocab.slots), "fact_values": len(vocab.values)}
 
 
-def _descriptions(builder: ExampleBuilder, scenes: Sequence[Scene], seed: int) -> list[TrainExample]:
+def _descriptions(builder: ExampleBuilder, scenes: Sequence[Scene], seed: int,
+                  guide: Guidance) -> list[TrainExample]:
     rng = random.Random(seed)
-    return [ex for problem, facts in scenes
-            if (ex := builder.description(problem, description(problem, facts, rng))) is not None]
+    examples = []
+    for problem, facts in scenes:
+        lines = described_facts(problem, facts, rng)
+        if (ex := builder.description(problem, "\n".join(line for _, _, line in lines))) is not None:
+            examples.append(guide.description(problem, dict(facts), lines, ex))
+    return examples
+
+
+class Guidance:
+    """Attention targets of the recipe's examples: each observed value → the visual tokens covering
+    its fact's drawn region (`attention_guide.py`)."""
+
+    def __init__(self, vlm: LoadedVLM, regions: dict[str, dict[str, tuple[Box, ...]]]) -> None:
+        self.vlm, self.regions = vlm, regions
+
+    def description(self, problem: Problem, facts: dict[str, str], lines: Sequence[tuple[str, int, str]],
+                    example: TrainExample) -> TrainExample:
+        spans, at = [], 0
+        for name, value_at, line in lines:
+            spans.append((name, (at + value_at, at + value_at + len(facts[name]))))
+            at += len(line) + 1
+        text = "\n".join(line for _, _, line in lines)
+        positions = span_tokens(example, text, [span for _, span in spans], self.vlm.tokenizer)
+        return self._targeted(problem, example, [name for name, _ in spans], positions)
+
+    def solution(self, problem: Problem, example: TrainExample) -> TrainExample:
+        observed = observed_value_tokens(problem, example, self.vlm.tokenizer)
+        return self._targeted(problem, example, [step.label for step, _ in observed],
+                              [positions for _, positions in observed])
+
+    def _targeted(self, problem: Problem, example: TrainExample, names: Sequence[str],
+                  positions: Sequence[list[int]]) -> TrainExample:
+        drawn = self.regions[problem.problem_id]
+        values = [(p, drawn.get(name, ())) for name, p in zip(names, positions, strict=True)]
+        targets = example_targets(example.input_ids, self.vlm.image_token_id, example.image_grid_thw[0],
+                                  self.vlm.merge_size, values)
+        return dataclasses.replace(example, attention_targets=targets)
 
 
 def _stage_language(vlm: LoadedVLM, cfg: PretrainConfig, name: str, examples: list[TrainExample], steps: int,
@@ -142,11 +184,13 @@ def _stage_language(vlm: LoadedVLM, cfg: PretrainConfig, name: str, examples: li
             log(f"  held-out values read (teacher-forced): "
                 f"{_by_family({f: m['read_accuracy'] for f, m in curve[-1]['read'].items()})}")
 
+    guide = GuideSettings(cfg.guide_layer, cfg.guide_head, cfg.guide_weight) if cfg.guide_weight else None
     if steps:
-        fit_in_process(vlm, examples, train_cfg, random.Random(cfg.seed), after_step=after_step)
+        fit_in_process(vlm, examples, train_cfg, random.Random(cfg.seed), after_step=after_step, guide=guide)
     read = curve[-1]["read"] if curve else read_accuracy(vlm, probe, common)
-    return {"steps": steps, "examples": len(examples), "seconds": progress.seconds(), **progress.loss_ends(),
-            "curve": curve, "read": read}
+    return {"steps": steps, "examples": len(examples),
+            "guided_values": sum(len(ex.attention_targets) for ex in examples) if guide else 0,
+            "seconds": progress.seconds(), **progress.loss_ends(), "curve": curve, "read": read}
 
 
 class _Progress:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mmc_ray.config import TrainConfig
+from mmc_ray.train.attention_guide import AttentionGuide, GuideSettings, guiding
 
 POOL_STEPS = 4  # examples are grouped into steps over a pool of about this many steps' tokens
 Batch = tuple[dict[str, Any], int, int]  # model inputs, real tokens, samples
@@ -103,9 +104,11 @@ class StepDone:
 
 
 def train_step(engine: Any, batches: Iterator[Batch], grad_accum: int,
-               on_batch: Callable[[dict[str, Any], int], None] | None = None) -> StepDone:
+               on_batch: Callable[[dict[str, Any], int], None] | None = None,
+               guide: GuideSettings | None = None) -> StepDone:
     """One optimizer step of `engine` (DeepSpeed's or a `LocalEngine`) over the next `grad_accum`
-    micro-batches of `batches`; `on_batch` sees each before it is trained on."""
+    micro-batches of `batches`; `on_batch` sees each before it is trained on. With `guide`, batches'
+    `attention_targets` add the attention-guidance loss (`train/attention_guide.py`)."""
     import torch
 
     losses, tokens, samples, waited = [], 0, 0, 0.0
@@ -115,8 +118,13 @@ def train_step(engine: Any, batches: Iterator[Batch], grad_accum: int,
         waited += time.perf_counter() - fetched
         if on_batch is not None:
             on_batch(batch, n_tokens)
+        targets = batch.pop("attention_targets", ())
         batch = {k: v.to(engine.device) if hasattr(v, "to") else v for k, v in batch.items()}
-        loss = engine(**batch).loss
+        attention = AttentionGuide(guide.layer, guide.head, targets) if guide and targets else None
+        with guiding(attention):
+            loss = engine(**batch).loss
+        if attention is not None:
+            loss = loss + guide.weight * attention.loss()
         engine.backward(loss)
         engine.step()
         tokens += n_tokens

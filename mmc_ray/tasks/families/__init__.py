@@ -34,6 +34,9 @@ class TaskInstance:
     # value any question about this image could need, from what the renderer drew (not only what
     # this question asks). The dense supervision a model that reads its images is built from.
     facts: tuple[tuple[str, str], ...] = ()
+    # Where each fact is drawn: (name, boxes in render pixels: left, top, right, bottom), every fact
+    # named (a zero count has no box). What a model reading fact `name` should look at.
+    regions: tuple[tuple[str, tuple[tuple[float, float, float, float], ...]], ...] = ()
 
     def __post_init__(self) -> None:
         # A family bug that makes the stated answer disagree with its own program must fail loudly

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from mmc_ray.tasks.families import TaskInstance, check_difficulty
-from mmc_ray.tasks.families.drawing import COLOURS, INK, PALETTE, RENDER_SIZE, draw_text, new_canvas
+from mmc_ray.tasks.families.drawing import COLOURS, INK, PALETTE, RENDER_SIZE, Box, draw_text, new_canvas
 from mmc_ray.tasks.solution import SolutionStep, apply_op
 
 SYMBOL = {"add": "+", "sub": "-", "mul": "×"}
@@ -62,9 +62,10 @@ def make(rng: random.Random, difficulty: int) -> TaskInstance:
     question = f"{', '.join(clauses)}. What is the result?"
     order = list(range(n_boxes))
     rng.shuffle(order)  # where each box is drawn
-    image = _draw([colours[i] for i in order], [numbers[i] for i in order], difficulty)
+    image, boxes = _draw([colours[i] for i in order], [numbers[i] for i in order], difficulty)
     facts = tuple((f"{c} box", str(x)) for c, x in zip(colours, numbers, strict=True))  # distractors too
-    return TaskInstance(question, image, tuple(steps), acc, "integer", facts=facts)
+    regions = tuple((f"{colours[i]} box", (box,)) for i, box in zip(order, boxes, strict=True))
+    return TaskInstance(question, image, tuple(steps), acc, "integer", facts=facts, regions=regions)
 
 
 def observation_template(name: str) -> str:
@@ -94,9 +95,11 @@ def _pick_ops(rng: random.Random, level: Level, numbers: list[int]) -> list[str]
     return ops
 
 
-def _draw(colours: list[str], numbers: list[int], difficulty: int) -> Image.Image:
-    """Boxes on a 2- or 3-column grid; a thick coloured border says which box is which."""
+def _draw(colours: list[str], numbers: list[int], difficulty: int) -> tuple[Image.Image, list[Box]]:
+    """Boxes on a 2- or 3-column grid; a thick coloured border says which box is which. Returns the
+    image and each box's rectangle."""
     image, draw = new_canvas()
+    boxes: list[Box] = []
     cols = 2 if len(colours) <= 4 else 3
     rows = -(-len(colours) // cols)
     cell_w, cell_h = RENDER_SIZE / cols, RENDER_SIZE / rows
@@ -105,7 +108,7 @@ def _draw(colours: list[str], numbers: list[int], difficulty: int) -> Image.Imag
         cx, cy = (i % cols + 0.5) * cell_w, (i // cols + 0.5) * cell_h
         rgb = PALETTE[colour]
         tint = tuple(255 - (255 - c) // 6 for c in rgb)  # pale fill in the border's hue
-        draw.rounded_rectangle((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), radius=14,
-                               fill=tint, outline=rgb, width=9)
+        boxes.append((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2))
+        draw.rounded_rectangle(boxes[-1], radius=14, fill=tint, outline=rgb, width=9)
         draw_text(draw, (cx, cy), str(x), 56 if difficulty < 5 else 50, fill=INK)
-    return image
+    return image, boxes

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from mmc_ray.tasks.families import TaskInstance, check_difficulty, join_words, with_choices
-from mmc_ray.tasks.families.drawing import COLOURS, INK, PALETTE, draw_grid, draw_text, new_canvas
+from mmc_ray.tasks.families.drawing import COLOURS, INK, PALETTE, Box, draw_grid, draw_text, new_canvas
 from mmc_ray.tasks.solution import SolutionStep
 
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -53,7 +53,7 @@ def make(rng: random.Random, difficulty: int) -> TaskInstance:
         start = rng.randrange(12)
         names = [MONTHS[(start + i) % 12] for i in range(n)]
     values = [level.unit * k for k in rng.sample(range(1, level.gridlines + 1), n)]  # distinct
-    image = _draw(rng, level, names, values)
+    image, boxes = _draw(rng, level, names, values)
 
     def read(i: int) -> SolutionStep:
         return SolutionStep("read_bar", observation_template(names[i]), str(values[i]), label=names[i])
@@ -89,8 +89,9 @@ def make(rng: random.Random, difficulty: int) -> TaskInstance:
                                   label=" ".join(names)))
     answer = steps[-1].value
     facts = tuple((name, str(value)) for name, value in zip(names, values, strict=True))
+    regions = tuple((name, (box,)) for name, box in zip(names, boxes, strict=True))
     return TaskInstance(question, image, tuple(steps), answer, "choice" if choices else "integer", choices,
-                        facts=facts)
+                        facts=facts, regions=regions)
 
 
 def observation_template(name: str) -> str:
@@ -98,8 +99,11 @@ def observation_template(name: str) -> str:
     return f"Read bar {name}: its value is {{value}}."
 
 
-def _draw(rng: random.Random, level: Level, names: list[str], values: list[int]) -> Image.Image:
+def _draw(rng: random.Random, level: Level, names: list[str],
+          values: list[int]) -> tuple[Image.Image, list[Box]]:
+    """The chart, and each bar's column: the bar with its label below."""
     image, draw = new_canvas()
+    boxes: list[Box] = []
     left, top, right, bottom = PLOT
     draw_text(draw, ((left + right) / 2, 24), rng.choice(TITLES), 26)
     draw_grid(draw, (left, top, right, bottom), 1, level.gridlines, major_every=level.label_every)
@@ -114,5 +118,6 @@ def _draw(rng: random.Random, level: Level, names: list[str], values: list[int])
         y = bottom - (bottom - top) * value / (level.unit * level.gridlines)
         draw.rectangle((x - 0.32 * slot, y, x + 0.32 * slot, bottom), fill=colour, outline=INK, width=2)
         draw_text(draw, (x, bottom + 22), name, 22 if len(name) == 1 else 19)
+        boxes.append((x - 0.32 * slot, y, x + 0.32 * slot, bottom + 34))
     draw.line([(left, top), (left, bottom), (right, bottom)], fill=INK, width=3)
-    return image
+    return image, boxes

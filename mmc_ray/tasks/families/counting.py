@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from PIL import Image, ImageDraw
 
 from mmc_ray.tasks.families import TaskInstance, check_difficulty, join_words
-from mmc_ray.tasks.families.drawing import COLOURS, INK, PALETTE, RENDER_SIZE, new_canvas
+from mmc_ray.tasks.families.drawing import COLOURS, INK, PALETTE, RENDER_SIZE, Box, new_canvas
 from mmc_ray.tasks.solution import SolutionStep
 
 SHAPES = ("circle", "square", "triangle")
@@ -84,8 +84,11 @@ def make(rng: random.Random, difficulty: int) -> TaskInstance:
         steps.append(SolutionStep("sum", "Add them up: {plus} = {value}.", str(sum(counts)),
                                   tuple(range(len(groups)))))
     answer = steps[-1].value
-    return TaskInstance(question, _draw(rng, objects), tuple(steps), answer, "integer",
-                        facts=scene_facts(objects))
+    image, boxes = _draw(rng, objects)
+    regions = tuple((g.name, tuple(box for (shape, colour), box in zip(objects, boxes, strict=True)
+                                   if g.matches(shape, colour))) for g in _fact_groups())
+    return TaskInstance(question, image, tuple(steps), answer, "integer", facts=scene_facts(objects),
+                        regions=regions)
 
 
 def observation_template(name: str) -> str:
@@ -96,8 +99,12 @@ def observation_template(name: str) -> str:
 def scene_facts(objects: list[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
     """The count of every group a question can name (colour and shape, colour alone, shape alone),
     zero included, so "how many red squares" has an answer in the facts whatever is drawn."""
-    groups = [Group(c, s) for c in COLOURS for s in (*SHAPES, None)] + [Group(None, s) for s in SHAPES]
-    return tuple((g.name, str(sum(g.matches(s, c) for s, c in objects))) for g in groups)
+    return tuple((g.name, str(sum(g.matches(s, c) for s, c in objects))) for g in _fact_groups())
+
+
+def _fact_groups() -> list[Group]:
+    """Every group a question can name: colour and shape, colour alone, shape alone."""
+    return [Group(c, s) for c in COLOURS for s in (*SHAPES, None)] + [Group(None, s) for s in SHAPES]
 
 
 def _pick_groups(rng: random.Random, colours: list[str], n: int, difficulty: int) -> list[Group]:
@@ -109,9 +116,11 @@ def _pick_groups(rng: random.Random, colours: list[str], n: int, difficulty: int
             for c in rng.sample(colours, n)]
 
 
-def _draw(rng: random.Random, objects: list[tuple[str, str]]) -> Image.Image:
-    """Objects placed one per cell of a jittered grid, so they never overlap."""
+def _draw(rng: random.Random, objects: list[tuple[str, str]]) -> tuple[Image.Image, list[Box]]:
+    """Objects placed one per cell of a jittered grid, so they never overlap. Returns the image and
+    each object's bounding box."""
     image, draw = new_canvas()
+    boxes: list[Box] = []
     side = math.ceil(math.sqrt(1.6 * len(objects)))
     cell = (RENDER_SIZE - 2 * MARGIN) / side
     cells = rng.sample(range(side * side), len(objects))
@@ -121,7 +130,8 @@ def _draw(rng: random.Random, objects: list[tuple[str, str]]) -> Image.Image:
         cx = MARGIN + (k % side + 0.5) * cell + rng.uniform(-slack, slack)
         cy = MARGIN + (k // side + 0.5) * cell + rng.uniform(-slack, slack)
         _draw_shape(draw, shape, cx, cy, r, PALETTE[colour])
-    return image
+        boxes.append((cx - r, cy - r, cx + r, cy + r))
+    return image, boxes
 
 
 def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float,

@@ -23,6 +23,7 @@ from mmc_ray.tasks.families.drawing import (
     INK,
     PALETTE,
     RENDER_SIZE,
+    Box,
     draw_grid,
     draw_text,
     new_canvas,
@@ -100,7 +101,8 @@ def _triangle(rng: random.Random, difficulty: int, op: str) -> TaskInstance:
         norm = math.hypot(dx, dy) or 1.0
         draw_text(draw, (x + 24 * dx / norm, y + 24 * dy / norm), name, 28)  # outside the triangle
     facts = tuple((n, format_number(x)) for n, x in zip(names, lengths, strict=True))
-    return TaskInstance(question, image, tuple(steps), winner, "choice", names, facts=facts)
+    regions = tuple((n, (_segment_box(corners[i], corners[(i + 1) % 3]),)) for i, n in enumerate(names))
+    return TaskInstance(question, image, tuple(steps), winner, "choice", names, facts=facts, regions=regions)
 
 
 def _rectangles(rng: random.Random, difficulty: int, op: str) -> TaskInstance:
@@ -145,7 +147,14 @@ def _rectangles(rng: random.Random, difficulty: int, op: str) -> TaskInstance:
         draw_text(draw, ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2), name, 24)
     facts = tuple((f"{name} {side}", str(x)) for name, (w, h) in zip(names, sizes, strict=True)
                   for side, x in (("width", w), ("height", h)))
-    return TaskInstance(question, image, tuple(steps), winner, "choice", names, facts=facts)
+    regions = tuple((f"{name} {side}", (box,)) for name, box in zip(names, boxes, strict=True)
+                    for side in ("width", "height"))
+    return TaskInstance(question, image, tuple(steps), winner, "choice", names, facts=facts, regions=regions)
+
+
+def _segment_box(a: tuple[float, float], b: tuple[float, float], pad: float = 12) -> Box:
+    """The box around the segment ab (with its end points' labels' margin)."""
+    return (min(a[0], b[0]) - pad, min(a[1], b[1]) - pad, max(a[0], b[0]) + pad, max(a[1], b[1]) + pad)
 
 
 def _to_px(cells: int) -> Callable[[tuple[float, float]], tuple[float, float]]:
