@@ -163,12 +163,12 @@ def verifier_auc(judgements: list[dict], problem_of: dict[str, str] | None = Non
 def judged(judgements: list[dict], rows: list[dict]) -> dict[str, Any]:
     """The held-out figures of one checkpoint, by true error type too."""
     report = critic_bench_report(judgements)
-    pb, scores = report["processbench"], report["step_macro_f1_from_scores"]
-    return {"processbench_f1": pb["f1"], "verdict_accuracy": report["verdict_accuracy"],
-            "first_wrong_step_accuracy": pb["acc_err"], "judged_correct_accuracy": pb["acc_cor"],
-            "parse_rate": report["parse_rate"],
-            "step_macro_f1": report["step_macro_f1_from_critiques"]["macro_f1"],
-            "step_macro_f1_from_scores": scores["macro_f1"] if scores else None,
+    pb, scores = report.processbench.overall, report.step_macro_f1_from_scores
+    return {"processbench_f1": pb.f1, "verdict_accuracy": report.verdict_accuracy,
+            "first_wrong_step_accuracy": pb.acc_err, "judged_correct_accuracy": pb.acc_cor,
+            "parse_rate": report.parse_rate,
+            "step_macro_f1": report.step_macro_f1_from_critiques.overall.macro_f1,
+            "step_macro_f1_from_scores": scores.overall.macro_f1 if scores else None,
             "verifier_auc": verifier_auc(judgements),
             "verifier_auc_within_problem": verifier_auc(
                 judgements, {r["pair_id"]: r["problem_id"] for r in rows}),

@@ -68,14 +68,26 @@ def processbench_f1(judged: Iterable[Judged]) -> ProcessBenchScore:
     return ProcessBenchScore(acc_err, acc_cor, f1, len(erroneous), len(correct))
 
 
-def processbench_report(judged: Iterable[Judged]) -> dict[str, Any]:
-    """`processbench_f1` over everything, per group, and the mean of the groups' F1 (ProcessBench
-    reports the average over its subsets), as report.json holds it."""
+@dataclass(frozen=True)
+class ProcessBenchReport:
+    """`processbench_f1` over everything (`overall`), per group, and the mean of the groups' F1
+    (ProcessBench reports the average over its subsets)."""
+
+    overall: ProcessBenchScore
+    groups: dict[str, ProcessBenchScore]
+    mean_group_f1: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        """As report.json holds it: the overall figures at the top level."""
+        return {**asdict(self.overall), "groups": {g: asdict(s) for g, s in self.groups.items()},
+                "mean_group_f1": self.mean_group_f1}
+
+
+def processbench_report(judged: Iterable[Judged]) -> ProcessBenchReport:
     judged = list(judged)
     per_group = {g: processbench_f1(items) for g, items in _by_group(judged, lambda j: j.group).items()}
     f1s = [s.f1 for s in per_group.values() if s.f1 is not None]
-    return {**asdict(processbench_f1(judged)), "groups": {g: asdict(s) for g, s in per_group.items()},
-            "mean_group_f1": sum(f1s) / len(f1s) if f1s else None}
+    return ProcessBenchReport(processbench_f1(judged), per_group, sum(f1s) / len(f1s) if f1s else None)
 
 
 def prediction_from_verdict(verdict: str | None, first_wrong_step: int | None) -> int | None:
@@ -108,7 +120,18 @@ def step_predictions_from_scores(p_sound: Sequence[float], threshold: float = 0.
 StepLabels = tuple[Sequence[int], Sequence[int | None]]
 
 
-def step_macro_f1(steps: Iterable[StepLabels]) -> dict[str, float | int | None]:
+@dataclass(frozen=True)
+class StepF1:
+    """F1 on correct steps, on incorrect steps, their mean (None unless both are defined), over
+    `steps` judged steps."""
+
+    f1_correct_steps: float | None
+    f1_wrong_steps: float | None
+    macro_f1: float | None
+    steps: int
+
+
+def step_macro_f1(steps: Iterable[StepLabels]) -> StepF1:
     """Macro-F1 over (labels, predictions) per solution; neutral (0) steps are left out."""
     counts = {c: {"tp": 0, "fp": 0, "fn": 0} for c in (1, -1)}
     judged_steps = 0
@@ -126,22 +149,52 @@ def step_macro_f1(steps: Iterable[StepLabels]) -> dict[str, float | int | None]:
     f1 = {c: (2 * n["tp"] / (2 * n["tp"] + n["fp"] + n["fn"]) if n["tp"] + n["fp"] + n["fn"] else None)
           for c, n in counts.items()}
     defined = [v for v in f1.values() if v is not None]
-    return {"f1_correct_steps": f1[1], "f1_wrong_steps": f1[-1],
-            "macro_f1": sum(defined) / len(defined) if len(defined) == 2 else None, "steps": judged_steps}
+    return StepF1(f1[1], f1[-1], sum(defined) / len(defined) if len(defined) == 2 else None, judged_steps)
 
 
-def step_macro_f1_by_group(rows: Iterable[Mapping[str, object]]) -> dict[str, object]:
+@dataclass(frozen=True)
+class StepF1Report:
+    overall: StepF1
+    groups: dict[str, StepF1]
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self.overall), "groups": {g: asdict(f) for g, f in self.groups.items()}}
+
+
+def step_macro_f1_by_group(rows: Iterable[Mapping[str, object]]) -> StepF1Report:
     """`step_macro_f1` over rows with `labels`, `predicted` and `group`, overall and per group."""
     rows = list(rows)
 
     def pairs(items):
         return [(r["labels"], r["predicted"]) for r in items]
 
-    return {**step_macro_f1(pairs(rows)), "groups": {g: step_macro_f1(pairs(items)) for g, items
-                                                     in _by_group(rows, lambda r: str(r["group"])).items()}}
+    return StepF1Report(step_macro_f1(pairs(rows)), {g: step_macro_f1(pairs(items)) for g, items
+                                                     in _by_group(rows, lambda r: str(r["group"])).items()})
 
 
-def critic_bench_report(rows: Sequence[Mapping[str, object]]) -> dict[str, object]:
+@dataclass(frozen=True)
+class CriticBenchReport:
+    """A critic's figures on step-labelled solutions (`critic_bench_report`)."""
+
+    solutions: int
+    parse_rate: float | None
+    verdict_accuracy: float | None
+    processbench: ProcessBenchReport
+    step_macro_f1_from_critiques: StepF1Report
+    step_macro_f1_from_scores: StepF1Report | None  # None when the critic gave no step scores
+    scored_solutions: int
+
+    def to_json(self) -> dict[str, Any]:
+        """As report.json holds it."""
+        scores = self.step_macro_f1_from_scores
+        return {"solutions": self.solutions, "parse_rate": self.parse_rate,
+                "verdict_accuracy": self.verdict_accuracy, "processbench": self.processbench.to_json(),
+                "step_macro_f1_from_critiques": self.step_macro_f1_from_critiques.to_json(),
+                "step_macro_f1_from_scores": scores.to_json() if scores else None,
+                "scored_solutions": self.scored_solutions}
+
+
+def critic_bench_report(rows: Sequence[Mapping[str, object]]) -> CriticBenchReport:
     """The figures of a critic on step-labelled solutions, from rows with `labels`, `label` (the
     earliest wrong step or -1), `source`, the parsed `verdict` / `first_wrong_step` (None when the
     critique did not parse) and `step_sound` (None when the critic gave no step scores). Verdict
@@ -155,9 +208,10 @@ def critic_bench_report(rows: Sequence[Mapping[str, object]]) -> dict[str, objec
     from_scores = [{"labels": r["labels"], "group": r["source"],
                     "predicted": step_predictions_from_scores(r["step_sound"])} for r in scored]
     truth = ["correct" if r["label"] == CORRECT_LABEL else "incorrect" for r in rows]
-    return {"solutions": len(rows), "parse_rate": _mean([r["verdict"] is not None for r in rows]),
-            "verdict_accuracy": _mean([r["verdict"] == t for r, t in zip(rows, truth, strict=True)]),
-            "processbench": processbench_report(judged),
-            "step_macro_f1_from_critiques": step_macro_f1_by_group(from_critiques),
-            "step_macro_f1_from_scores": step_macro_f1_by_group(from_scores) if scored else None,
-            "scored_solutions": len(scored)}
+    return CriticBenchReport(
+        solutions=len(rows), parse_rate=_mean([r["verdict"] is not None for r in rows]),
+        verdict_accuracy=_mean([r["verdict"] == t for r, t in zip(rows, truth, strict=True)]),
+        processbench=processbench_report(judged),
+        step_macro_f1_from_critiques=step_macro_f1_by_group(from_critiques),
+        step_macro_f1_from_scores=step_macro_f1_by_group(from_scores) if scored else None,
+        scored_solutions=len(scored))

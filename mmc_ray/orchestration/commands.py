@@ -17,6 +17,7 @@ from mmc_ray.store.layout import best_of_n_dir, records_dir, report_dir, tree_sh
 
 if TYPE_CHECKING:  # for the annotations only: importing them is what the functions do lazily
     from mmc_ray.eval.report import Report
+    from mmc_ray.stages.critic_bench import CriticBenchRun
     from mmc_ray.stages.generate import GenerateSummary
     from mmc_ray.stages.search import SearchSummary
     from mmc_ray.train.trainer import TrainSummary
@@ -228,7 +229,7 @@ def print_generate_summaries(summaries: Sequence) -> None:
         print(f"results ({s.engine}): {s.out_path}")
 
 
-def eval_critic(cfg: Config, bench: Path, out: Path, limit: int | None = None) -> dict[str, Any]:
+def eval_critic(cfg: Config, bench: Path, out: Path, limit: int | None = None) -> CriticBenchRun:
     """Score `cfg.critic` on a step-labelled benchmark (stages/critic_bench.py); prints the figures."""
     from mmc_ray.engine_protocol import Closable
     from mmc_ray.engines.factory import build_engine
@@ -245,20 +246,21 @@ def eval_critic(cfg: Config, bench: Path, out: Path, limit: int | None = None) -
     finally:
         if isinstance(critic, Closable):
             critic.close()
-    report = write_critic_bench(rows, load, out, {"bench": str(bench), "critic": cfg.critic.kind,
-                                                  "model": cfg.critic.model_path})
-    pb, crit = report["processbench"], report["step_macro_f1_from_critiques"]
-    scores = report["step_macro_f1_from_scores"]
-    print(f"eval-critic: {report['solutions']} solutions judged ({len(load.skipped)} rows skipped, "
-          f"{len(report['engine_errors'])} left out for engine errors), critiques parsed "
-          f"{pct(report['parse_rate'])}, verdict accuracy {pct(report['verdict_accuracy'])}")
-    print(f"ProcessBench F1 {pct(pb['f1'])} (erroneous: exact first wrong step {pct(pb['acc_err'])}; "
-          f"correct: judged correct {pct(pb['acc_cor'])}); mean over sources {pct(pb['mean_group_f1'])}")
-    print(f"step macro-F1 from critiques {pct(crit['macro_f1'])}; from step scores "
-          f"{pct(scores['macro_f1']) if scores else 'n/a (the critic gave none)'}")
-    for source, figures in pb["groups"].items():
-        count = figures["erroneous"] + figures["correct"]
-        print(f"  {source}: ProcessBench F1 {pct(figures['f1'])}, step macro-F1 "
-              f"{pct(crit['groups'][source]['macro_f1'])} ({count} solutions)")
+    run = write_critic_bench(rows, load, out, {"bench": str(bench), "critic": cfg.critic.kind,
+                                               "model": cfg.critic.model_path})
+    report = run.report
+    pb, crit = report.processbench, report.step_macro_f1_from_critiques
+    scores = report.step_macro_f1_from_scores
+    print(f"eval-critic: {report.solutions} solutions judged ({run.skipped} rows skipped, "
+          f"{len(run.engine_errors)} left out for engine errors), critiques parsed "
+          f"{pct(report.parse_rate)}, verdict accuracy {pct(report.verdict_accuracy)}")
+    print(f"ProcessBench F1 {pct(pb.overall.f1)} (erroneous: exact first wrong step "
+          f"{pct(pb.overall.acc_err)}; correct: judged correct {pct(pb.overall.acc_cor)}); mean over sources "
+          f"{pct(pb.mean_group_f1)}")
+    print(f"step macro-F1 from critiques {pct(crit.overall.macro_f1)}; from step scores "
+          f"{pct(scores.overall.macro_f1) if scores else 'n/a (the critic gave none)'}")
+    for source, figures in pb.groups.items():
+        print(f"  {source}: ProcessBench F1 {pct(figures.f1)}, step macro-F1 "
+              f"{pct(crit.groups[source].macro_f1)} ({figures.erroneous + figures.correct} solutions)")
     print(f"report: {out / 'report.json'} (+ judged.jsonl)")
-    return report
+    return run

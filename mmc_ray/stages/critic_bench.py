@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from mmc_ray.critique.schema import parse_critique
 from mmc_ray.critique.step_scores import outcome_openings, step_scores
 from mmc_ray.engine_protocol import GenerationEngine, GenerationRequest, ScoresContinuations, ScoresSteps
 from mmc_ray.errors import MissingInput
-from mmc_ray.eval.processbench import critic_bench_report, step_predictions_from_critique
+from mmc_ray.eval.processbench import CriticBenchReport, critic_bench_report, step_predictions_from_critique
 from mmc_ray.io import read_parquet, write_text_atomic
 from mmc_ray.store.layout import split_shards
 from mmc_ray.store.shards import verified_shards
@@ -109,18 +110,28 @@ def judge(solutions: Sequence[LabelledSolution], critic: GenerationEngine, max_n
     return rows
 
 
+@dataclass(frozen=True)
+class CriticBenchRun:
+    """What `write_critic_bench` wrote: the critic's figures, the solutions left out for an engine
+    error (id and error), and the benchmark rows skipped at load."""
+
+    report: CriticBenchReport
+    engine_errors: list[dict[str, str]]
+    skipped: int
+
+
 def write_critic_bench(rows: list[dict[str, Any]], load: StepBenchLoad, out: Path,
-                       context: dict[str, Any]) -> dict[str, Any]:
+                       context: dict[str, Any]) -> CriticBenchRun:
     """report.json (figures, skipped rows) and judged.jsonl (every solution) in `out`. A solution the
     engine failed on (a server that stayed unreachable, a request it refused) says nothing of the
     critic: it is left out of the figures and listed with its error, never scored as a bad critique."""
     judged = [r for r in rows if r["engine_error"] is None]
     failed = [{"solution_id": r["solution_id"], "error": r["engine_error"]}
               for r in rows if r["engine_error"] is not None]
-    report = {**context, **critic_bench_report(judged), "engine_errors": failed,
-              "skipped": [vars(s) for s in load.skipped],
-              "several_images": load.several_images}
+    report = critic_bench_report(judged)
+    written = {**context, **report.to_json(), "engine_errors": failed,
+               "skipped": [vars(s) for s in load.skipped], "several_images": load.several_images}
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic("".join(json.dumps(r) + "\n" for r in rows), out / "judged.jsonl")
-    write_text_atomic(json.dumps(report, indent=2), out / "report.json")
-    return report
+    write_text_atomic(json.dumps(written, indent=2), out / "report.json")
+    return CriticBenchRun(report, failed, len(load.skipped))

@@ -322,9 +322,9 @@ def test_eval_critic_on_the_service_scores_steps_through_score_steps(service, tm
                                                              served_model="mmc-critic"))
     cfg = dataclasses.replace(cfg, critic=served,
                               refine=dataclasses.replace(cfg.refine, critic_max_new_tokens=16))
-    report = commands.eval_critic(cfg, write_visual_process_bench(tmp_path), tmp_path / "out")
-    assert report["solutions"] == report["scored_solutions"] == 3
-    assert report["step_macro_f1_from_scores"]["steps"] == 7  # the neutral step left out
+    report = commands.eval_critic(cfg, write_visual_process_bench(tmp_path), tmp_path / "out").report
+    assert report.solutions == report.scored_solutions == 3
+    assert report.step_macro_f1_from_scores.overall.steps == 7  # the neutral step left out
 
 
 def test_a_replica_killed_under_load_costs_only_its_requests_in_flight_and_clients_retry(service):

@@ -43,8 +43,8 @@ def test_the_oracle_critic_judges_every_row_right():
     rows = dataset_rows()
     assert {r["verdict"] for r in rows} == {"correct", "incorrect"}
     report = critic_bench_report(judge(solutions(rows), RuleCriticEngine(), 160, progress=False))
-    assert report["solutions"] == len(rows) and report["verdict_accuracy"] == 1.0
-    assert report["processbench"]["f1"] == 1.0 and report["processbench"]["acc_err"] == 1.0
+    assert report.solutions == len(rows) and report.verdict_accuracy == 1.0
+    assert report.processbench.overall.f1 == 1.0 and report.processbench.overall.acc_err == 1.0
 
 
 def test_the_critic_is_asked_with_the_paths_answer_line_as_in_training():
@@ -63,7 +63,7 @@ def test_text_only_judging_sends_no_image_and_garbage_counts_as_unparsed():
     assert all(r.images == () and r.max_new_tokens == 7 and r.temperature == 0.0 for r in critic.requests)
     assert all(j["verdict"] is None for j in judged)
     report = critic_bench_report(judged)
-    assert report["parse_rate"] == 0.0 and report["verdict_accuracy"] == 0.0
+    assert report.parse_rate == 0.0 and report.verdict_accuracy == 0.0
     with_images = Recording("Verdict: correct\nExplanation: fine.")
     judge(solutions(rows), with_images, 16, progress=False)
     assert all(len(r.images) == 1 for r in with_images.requests)

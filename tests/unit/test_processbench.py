@@ -40,10 +40,12 @@ def test_the_report_gives_each_group_and_their_mean():
               Judged(2, 3, "chart"), Judged(-1, -1, "chart"),         # acc_err 0: f1 0.0
               Judged(-1, -1, "geometry")]                             # no erroneous: undefined
     got = processbench_report(judged)
-    assert got["groups"]["counting"]["f1"] == 1.0 and got["groups"]["chart"]["f1"] == 0.0
-    assert got["groups"]["geometry"]["f1"] is None
-    assert got["mean_group_f1"] == 0.5  # undefined groups are left out of the mean
-    assert got["acc_err"] == 0.5 and got["acc_cor"] == 1.0
+    assert got.groups["counting"].f1 == 1.0 and got.groups["chart"].f1 == 0.0
+    assert got.groups["geometry"].f1 is None
+    assert got.mean_group_f1 == 0.5  # undefined groups are left out of the mean
+    assert got.overall.acc_err == 0.5 and got.overall.acc_cor == 1.0
+    as_json = got.to_json()  # report.json: the overall figures at the top, groups beside them
+    assert as_json["acc_err"] == 0.5 and as_json["groups"]["chart"]["f1"] == 0.0
 
 
 def test_a_critique_becomes_a_prediction():
@@ -70,18 +72,18 @@ def test_step_macro_f1_leaves_neutral_steps_out_and_counts_unjudged_ones_as_miss
     #   F1 = 6 / (6 + 0 + 1) = 6/7
     # wrong class: TP 1, FP 1 (last step of the second), FN 1 (the unjudged step) -> 2 / 4 = 0.5
     got = step_macro_f1(solutions)
-    assert got["f1_correct_steps"] == pytest.approx(6 / 7) and got["f1_wrong_steps"] == 0.5
-    assert got["macro_f1"] == pytest.approx((6 / 7 + 0.5) / 2) and got["steps"] == 6
+    assert got.f1_correct_steps == pytest.approx(6 / 7) and got.f1_wrong_steps == 0.5
+    assert got.macro_f1 == pytest.approx((6 / 7 + 0.5) / 2) and got.steps == 6
 
 
 def test_step_macro_f1_needs_a_prediction_per_step_and_both_classes():
     with pytest.raises(ValueError, match="3 step labels but 2 predictions"):
         step_macro_f1([([1, 1, -1], [1, 1])])
-    assert step_macro_f1([([1, 1], [1, 1])])["macro_f1"] is None  # no wrong step anywhere
+    assert step_macro_f1([([1, 1], [1, 1])]).macro_f1 is None  # no wrong step anywhere
     by_source = step_macro_f1_by_group([{"labels": [1, -1], "predicted": [1, -1], "group": "mathverse"},
                                         {"labels": [1, -1], "predicted": [-1, 1], "group": "geoqa"}])
-    assert by_source["groups"]["mathverse"]["macro_f1"] == 1.0 and by_source["groups"]["geoqa"]["macro_f1"] == 0.0
-    assert by_source["macro_f1"] == 0.5
+    assert by_source.groups["mathverse"].macro_f1 == 1.0 and by_source.groups["geoqa"].macro_f1 == 0.0
+    assert by_source.overall.macro_f1 == 0.5 and by_source.to_json()["groups"]["geoqa"]["macro_f1"] == 0.0
 
 
 def test_refinement_records_report_processbench_f1():

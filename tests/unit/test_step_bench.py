@@ -62,13 +62,14 @@ def test_a_critic_is_scored_per_source_and_the_report_is_written(bench, tmp_path
                              PROBLEMS[1].question: Critique("incorrect", "x", 1, "other").to_text(),  # wrong
                              PROBLEMS[2].question: "no critique at all"})  # unparsed
     rows = judge(load.solutions, critic, max_new_tokens=16, progress=False)
-    report = write_critic_bench(rows, load, tmp_path / "out", {"bench": str(bench)})
+    run = write_critic_bench(rows, load, tmp_path / "out", {"bench": str(bench)})
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
     pb = report["processbench"]
     # erroneous: vpb-0 exact (3), vpb-2 unparsed -> acc_err 1/2; correct: vpb-1 flagged -> acc_cor 0
     assert (pb["acc_err"], pb["acc_cor"], pb["f1"]) == (0.5, 0.0, 0.0)
     assert pb["groups"]["MathVerse"]["erroneous"] == 1 and pb["groups"]["DynaMath"]["correct"] == 0
     assert report["parse_rate"] == pytest.approx(2 / 3) and report["step_macro_f1_from_scores"] is None
-    assert len(report["skipped"]) == 4
+    assert len(report["skipped"]) == 4 == run.skipped and run.report.processbench.overall.f1 == 0.0
     judged = [json.loads(line) for line in (tmp_path / "out" / "judged.jsonl").read_text().splitlines()]
     assert [j["solution_id"] for j in judged] == ["vpb-0", "vpb-1", "vpb-2"]
 
@@ -105,8 +106,8 @@ def test_a_solution_the_engine_failed_on_is_listed_not_scored_as_a_bad_critique(
 
     load = load_visual_process_bench(bench)
     critic = FailsOnOne({p.question: Critique("correct", "x").to_text() for p in PROBLEMS})
-    report = write_critic_bench(judge(load.solutions, critic, max_new_tokens=16, progress=False), load,
-                                tmp_path / "out", {})
-    assert report["engine_errors"] == [{"solution_id": "vpb-2", "error": "server unreachable"}]
-    assert report["solutions"] == 2 and report["parse_rate"] == 1.0
-    assert report["processbench"]["groups"].keys() == {"MathVerse"}  # vpb-2 (DynaMath) is not counted
+    run = write_critic_bench(judge(load.solutions, critic, max_new_tokens=16, progress=False), load,
+                             tmp_path / "out", {})
+    assert run.engine_errors == [{"solution_id": "vpb-2", "error": "server unreachable"}]
+    assert run.report.solutions == 2 and run.report.parse_rate == 1.0
+    assert run.report.processbench.groups.keys() == {"MathVerse"}  # vpb-2 (DynaMath) is not counted
