@@ -84,13 +84,20 @@ class AttentionGuide:
         if getattr(module, "layer_idx", None) != self.layer or not self.targets:
             return
         kv_head = self.head // (query.shape[1] // key.shape[1])
-        edges = [0, query.shape[2]] if bounds is None else bounds.tolist()
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-        for position, looked_at in self.targets:
-            start = max(e for e in edges if e <= position)
-            logits = (key[0, kv_head, start:position + 1] @ query[0, self.head, position]) * scale
-            wanted = torch.tensor([t - start for t in looked_at])
-            self.log_mass.append(torch.logsumexp(logits[wanted], 0) - torch.logsumexp(logits, 0))
+        positions = torch.tensor([position for position, _ in self.targets])
+        edges = torch.tensor([0, query.shape[2]] if bounds is None else bounds.tolist())
+        starts = edges[torch.searchsorted(edges, positions, right=True) - 1]
+        # One row per value: its query against every key, masked to its own sample's causal past.
+        logits = (query[0, self.head, positions] @ key[0, kv_head].T) * scale
+        keys = torch.arange(key.shape[2])
+        visible = (keys >= starts[:, None]) & (keys <= positions[:, None])
+        wanted = torch.zeros_like(visible)
+        for row, (_, looked_at) in enumerate(self.targets):
+            wanted[row, list(looked_at)] = True
+        logits = logits.masked_fill(~visible, float("-inf"))
+        mass = torch.logsumexp(logits.masked_fill(~wanted, float("-inf")), 1) - torch.logsumexp(logits, 1)
+        self.log_mass.extend(mass.unbind())
 
     def loss(self) -> Any:
         """Mean `-log(mass on the targets)` over the micro-batch's values (0 without any)."""

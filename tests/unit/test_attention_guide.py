@@ -88,3 +88,16 @@ def test_the_guided_heads_loss_is_minus_the_log_of_its_mass_on_the_targets():
     expected = -(math.log(mass_on_1) + math.log(2 / (math.exp(10) + 3))) / 2
     assert guide.loss().item() == pytest.approx(expected, rel=1e-5)
     assert len(guide.log_mass) == 2  # the other layer added nothing
+
+
+def test_in_a_pack_a_value_attends_only_within_its_own_sample():
+    class Layer:
+        layer_idx = 0
+
+    query = torch.zeros(1, 1, 4, 2)
+    key = torch.zeros(1, 1, 4, 2)
+    key[0, 0, 1, 0] = 5.0  # the first sample's token 1 would take the mass if it were visible
+    query[0, 0, 3, 0] = 1.0
+    guide = AttentionGuide(layer=0, head=0, targets=[(3, (2,))])
+    guide.observe(Layer(), query, key, scaling=1.0, bounds=torch.tensor([0, 2, 4]))
+    assert guide.loss().item() == pytest.approx(math.log(2))  # two visible keys (2, 3), equal scores
