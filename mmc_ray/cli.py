@@ -139,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--port", type=int, help="shortcut for serve.port")
     serve_cmd.add_argument("--backend", choices=("hf", "vllm"),
                            help="shortcut for serve.backend: hf (our engine, CPU) or vllm (Ray Serve LLM)")
+    serve_cmd.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH",
+                           help="also serve this LoRA adapter of the checkpoint as model NAME (repeatable; "
+                                "adds to critic.adapters; backend hf)")
     serve_cmd.add_argument("--write-openapi", type=Path, metavar="PATH",
                            help="write the API's OpenAPI spec to PATH and exit")
     serve_cmd.add_argument("--detach", action="store_true", help="deploy and return (the cluster serves on)")
@@ -266,11 +269,15 @@ def cmd_serve(args: argparse.Namespace) -> None:
     extra = [f"serve.{key}={value}" for key in ("checkpoint", "host", "port", "backend")
              if (value := getattr(args, key)) is not None]
     cfg = _config(args, extra)
+    if args.adapter:
+        cfg = dataclasses.replace(cfg, critic=dataclasses.replace(
+            cfg.critic, adapters=(*cfg.critic.adapters, *args.adapter)))
     if not (Path(cfg.serve.checkpoint) / "config.json").exists():
         raise MissingInput(f"no critic at {cfg.serve.checkpoint} (serve.checkpoint / --checkpoint)")
     url = deploy(cfg)
+    adapters = ", ".join(spec.partition("=")[0] for spec in cfg.critic.adapters)
     print(f"critic {cfg.serve.served_model} ({cfg.serve.checkpoint}, backend {cfg.serve.backend}) "
-          f"serving at {url}\n"
+          f"{f'with adapters {adapters} ' if adapters else ''}serving at {url}\n"
           f"  OpenAI-compatible: {url}/v1/chat/completions   structured: {url}/v1/critique   "
           f"docs: {url}/docs")
     if args.detach:

@@ -107,7 +107,7 @@ def check_with_the_official_openai_client(base_url: str, api_key: str = "unused"
     import openai
 
     client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=300)
-    (served,) = [m.id for m in client.models.list()]
+    served, *_adapters = [m.id for m in client.models.list()]  # the base first, then its adapters
     assert served == "mmc-critic", served
     ask = {"model": served, "messages": openai_chat_messages(), "max_tokens": 12, "temperature": 0, "seed": 3}
     whole = client.chat.completions.create(**ask)

@@ -49,6 +49,7 @@ from mmc_ray.critique.schema import parse_critique
 from mmc_ray.critique.step_scores import outcome_openings, step_scores
 from mmc_ray.dashboard_metrics import StageMetrics
 from mmc_ray.engine_protocol import GenerationRequest, GenerationResult, ScoresContinuations
+from mmc_ray.errors import BadInput
 from mmc_ray.serve.llm import LLMCallFailed, LLMDeploymentClient
 from mmc_ray.serve.protocol import (
     ChatCompletionRequest,
@@ -61,15 +62,15 @@ from mmc_ray.serve.protocol import (
     chat_completion,
     chat_completion_events,
     chat_generation,
-    check_model,
     critique_body,
     critique_generation,
     error_body,
+    requested_adapter,
 )
 
 logger = logging.getLogger(__name__)
 _ERRORS = {401: "missing or wrong bearer token (when the server has one)",
-           404: "model_not_found: a model name other than the served one",
+           404: "model_not_found: a model name other than the served one or its adapters",
            413: "the body, or an image in it, is over the server's limit",
            422: "the request is malformed or over a limit; `field` names what",
            500: "the engine failed on this request (the replica keeps serving)",
@@ -322,6 +323,11 @@ class LocalCritic:
     async def served(self, max_age_s: float | None = None) -> tuple[str, int, float]:
         return self.checkpoint, self.version, self.loaded_at
 
+    def adapters(self) -> list[str]:
+        """The LoRA adapters loaded on the served model (`critic.adapters`)."""
+        loaded = getattr(self.engine, "adapters", None)
+        return list(loaded.paths) if loaded is not None else []
+
 
 class LLMDeploymentCritic:
     """backend=vllm: the replica holds no model; the same requests go as chat completions to a Ray
@@ -397,6 +403,9 @@ class CriticServer:
         """(checkpoint, version, since) of the model that answers."""
         return await self.backend.served(max_age_s)
 
+    def _adapter(self, model: str | None) -> str | None:
+        return requested_adapter(model, self.cfg.served_model, self.backend.adapters())
+
     @api.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
         _, version, _ = await self._served()
@@ -408,21 +417,25 @@ class CriticServer:
     @api.get("/v1/models")
     async def models(self) -> dict[str, Any]:
         checkpoint, version, since = await self._served(max_age_s=0)
-        return {"object": "list", "data": [{
-            "id": self.cfg.served_model, "object": "model", "owned_by": "mmc-ray",
-            "created": int(since), "version": version, "checkpoint": checkpoint}]}
+        base = {"id": self.cfg.served_model, "object": "model", "owned_by": "mmc-ray", "created": int(since),
+                "version": version, "checkpoint": checkpoint}
+        adapters = [{"id": name, "object": "model", "owned_by": "mmc-ray", "created": int(since),
+                     "parent": self.cfg.served_model} for name in self.backend.adapters()]
+        return {"object": "list", "data": [base, *adapters]}
 
     @api.post("/v1/critique", response_model=CritiqueResponse)
     async def critique(self, body: CritiqueRequest) -> CritiqueResponse:
         # Image checks decode pixels: off the event loop, which keeps filling the batch meanwhile.
         serve_metrics().inc("critiques")
-        result = await self._generate(await asyncio.to_thread(critique_generation, body, self.cfg))
+        adapter = self._adapter(body.model)
+        request = await asyncio.to_thread(critique_generation, body, self.cfg)
+        result = await self._generate(replace(request, adapter=adapter))
         completion = result.completions[0]
         parsed = parse_critique(completion.text, num_steps=len(body.steps))
         _, version, _ = await self._served(max_age_s=self.cfg.checkpoint_poll_s)
         return CritiqueResponse(
             critique=critique_body(parsed.critique), text=completion.text, parse_error=parsed.error,
-            model=self.cfg.served_model, version=version,
+            model=adapter or self.cfg.served_model, version=version,
             usage=Usage(prompt_tokens=result.prompt_tokens, completion_tokens=completion.completion_tokens,
                         total_tokens=result.prompt_tokens + completion.completion_tokens))
 
@@ -431,31 +444,33 @@ class CriticServer:
         """The critic as a process reward model: one soundness probability per step."""
         if why := self.backend.cannot_score():
             raise RequestRejected("model", why, status=501)
-        request = await asyncio.to_thread(critique_generation, body, self.cfg)
+        adapter = self._adapter(body.model)
+        request = replace(await asyncio.to_thread(critique_generation, body, self.cfg), adapter=adapter)
         logprobs = await self.backend.score(request, outcome_openings(len(body.steps)))
         serve_metrics().inc("step_scores")
         scores = step_scores(logprobs)
         _, version, _ = await self._served(max_age_s=self.cfg.checkpoint_poll_s)
         return ScoreStepsResponse(step_sound=list(scores.step_sound), p_correct=scores.p_correct,
                                   first_wrong_step=list(scores.first_wrong_step),
-                                  model=self.cfg.served_model, version=version)
+                                  model=adapter or self.cfg.served_model, version=version)
 
     @api.post("/v1/chat/completions", responses={200: {
         "description": "a chat.completion, or with stream=true chat.completion.chunk events ending in [DONE]",
         "content": {"text/event-stream": {"schema": _CHUNK_EVENT}}}})
     async def chat_completions(self, body: ChatCompletionRequest) -> Any:
-        check_model(body, self.cfg.served_model)
+        adapter = self._adapter(body.model)
+        model = adapter or self.cfg.served_model
         serve_metrics().inc("chat_completions")
         # Generated before any byte is sent: a failure is still an error reply, never a cut stream.
-        result = await self._generate(await asyncio.to_thread(chat_generation, body, self.cfg))
+        request = await asyncio.to_thread(chat_generation, body, self.cfg)
+        result = await self._generate(replace(request, adapter=adapter))
         completion_id, created = f"chatcmpl-{time.time_ns():x}", int(time.time())
         if body.stream:
             include_usage = body.stream_options is not None and body.stream_options.include_usage
-            events = chat_completion_events(result, self.cfg.served_model, completion_id, created,
-                                            include_usage)
+            events = chat_completion_events(result, model, completion_id, created, include_usage)
             return StreamingResponse(events, media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
-        return chat_completion(result, self.cfg.served_model, completion_id, created)
+        return chat_completion(result, model, completion_id, created)
 
 
 def build_critic_app(serve_cfg: ServeConfig, engine_cfg: EngineConfig) -> serve.Application:
@@ -471,6 +486,9 @@ def build_critic_app(serve_cfg: ServeConfig, engine_cfg: EngineConfig) -> serve.
     if serve_cfg.backend == "vllm":
         from mmc_ray.serve.llm import build_llm_deployment
 
+        if engine_cfg.adapters:
+            raise BadInput("serving LoRA adapters needs serve.backend=hf for now: Ray Serve LLM's multi-LoRA "
+                           "is not wired yet (issue #39)")
         # The checkpoint is the LLM deployment's model_source; the ingress holds no model, and it
         # drains as long as the LLM deployment does, while requests wait for a new LLM replica.
         del options["user_config"]

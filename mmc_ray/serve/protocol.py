@@ -17,7 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -36,8 +36,9 @@ class RequestRejected(ValueError):
 
 
 class ModelNotFound(RequestRejected):
-    def __init__(self, asked: str, served: str) -> None:
-        super().__init__("model", f"the model {asked!r} does not exist; this server serves {served!r} "
+    def __init__(self, asked: str, served: Sequence[str]) -> None:
+        names = ", ".join(repr(name) for name in served)
+        super().__init__("model", f"the model {asked!r} does not exist; this server serves {names} "
                                   "(GET /v1/models)", status=404, code="model_not_found")
 
 
@@ -99,6 +100,8 @@ class CritiqueRequest(ClientModel):
     image: Text | None = Field(default=None, description="base64 PNG/JPEG bytes or a data:image/... URI")
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    model: Text | None = Field(default=None, description="the served model or one of its LoRA adapters "
+                                                         "(GET /v1/models); default: the served model")
 
 
 class CritiqueBody(BaseModel):
@@ -226,10 +229,14 @@ def critique_generation(req: CritiqueRequest, cfg: ServeConfig) -> GenerationReq
     )
 
 
-def check_model(req: ChatCompletionRequest, served: str) -> None:
-    """A request names the served model or none; any other name is OpenAI's 404 model_not_found."""
-    if req.model is not None and req.model != served:
-        raise ModelNotFound(req.model, served)
+def requested_adapter(model: str | None, served: str, adapters: Sequence[str]) -> str | None:
+    """The adapter a request's `model` asks for: None (the server's default) for no name or the
+    served model's, else one of `adapters`; any other name is OpenAI's 404 model_not_found."""
+    if model is None or model == served:
+        return None
+    if model not in adapters:
+        raise ModelNotFound(model, [served, *adapters])
+    return model
 
 
 def chat_generation(req: ChatCompletionRequest, cfg: ServeConfig) -> GenerationRequest:

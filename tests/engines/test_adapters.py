@@ -17,7 +17,7 @@ PIXELS = {"device": "cpu", "dtype": "float32", "min_pixels": 56 * 56, "max_pixel
 TARGETS = r"model\.language_model\.layers\.\d+\.(?:self_attn|mlp)\.(?:q_proj|v_proj|up_proj)"
 
 
-def _adapter(base_path, folder, seed):
+def random_adapter(base_path, folder, seed):
     """An adapter with random (non-zero) weights, so it changes what the base writes."""
     import peft
     import torch
@@ -34,7 +34,7 @@ def _adapter(base_path, folder, seed):
 @pytest.fixture(scope="module")
 def adapters(tiny_vlm_path, tmp_path_factory):
     root = tmp_path_factory.mktemp("adapters")
-    return {name: str(_adapter(tiny_vlm_path, root / name, seed)) for name, seed in (("a1", 1), ("a2", 2))}
+    return {name: str(random_adapter(tiny_vlm_path, root / name, seed)) for name, seed in (("a1", 1), ("a2", 2))}
 
 
 def _specs(adapters):

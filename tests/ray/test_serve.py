@@ -37,13 +37,16 @@ def service(ray_local, tiny_vlm_path, tmp_path_factory):
     from ray import serve
 
     from mmc_ray.serve.deploy import deploy
+    from tests.engines.test_adapters import random_adapter
 
     port = free_port()
     serve_cfg = ServeConfig(checkpoint=str(tiny_vlm_path), port=port, num_cpus=0.25, max_batch_size=8,
                             max_ongoing_requests=16, max_steps=6, max_tokens=64, default_max_tokens=24,
                             max_body_bytes=1 << 20, max_image_bytes=200_000, max_image_pixels=512 * 512)
+    adapter = random_adapter(tiny_vlm_path, tmp_path_factory.mktemp("adapters") / "r1", seed=1)
     cfg = Config(serve=serve_cfg, critic=EngineConfig(kind="hf", device="cpu", dtype="float32",
-                                                      min_pixels=3136, max_pixels=12544))
+                                                      min_pixels=3136, max_pixels=12544,
+                                                      adapters=(f"critic-r1={adapter}",)))
     url = deploy(cfg)
     key_file = tmp_path_factory.mktemp("secret") / "key"
     key_file.write_text("s3cret\n")
@@ -69,6 +72,29 @@ def test_health_models_and_a_critique(service):
     assert (data["critique"] is None) == bool(data["parse_error"])
     spec = client.get(f"{url}/openapi.json").json()
     assert {"/v1/critique", "/v1/score_steps", "/v1/chat/completions", "/v1/models", "/healthz"} <= set(spec["paths"])
+
+
+def test_a_lora_adapter_is_served_beside_the_base_by_model_name(service):
+    client, url = service["client"], service["url"]
+    models = {m["id"]: m for m in client.get(f"{url}/v1/models").json()["data"]}
+    assert set(models) == {"mmc-critic", "critic-r1"} and models["critic-r1"]["parent"] == "mmc-critic"
+
+    def chat(model):
+        reply = client.post(f"{url}/v1/chat/completions", json={
+            "model": model, "max_tokens": 12, "temperature": 0,
+            "messages": [{"role": "user", "content": "Is step 2 right?"}]})
+        assert reply.status_code == 200, reply.text
+        return reply.json()
+
+    base, tuned = chat("mmc-critic"), chat("critic-r1")
+    assert tuned["model"] == "critic-r1" and base["model"] == "mmc-critic"
+    assert tuned["choices"][0]["message"]["content"] != base["choices"][0]["message"]["content"]
+    assert chat("critic-r1")["choices"] == tuned["choices"]  # greedy: the adapter answers the same again
+    critique = client.post(f"{url}/v1/critique", json={**critique_body(), "model": "critic-r1"})
+    assert critique.status_code == 200 and critique.json()["model"] == "critic-r1"
+    unknown = client.post(f"{url}/v1/critique", json={**critique_body(), "model": "critic-r9"})
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "model_not_found"
+    assert "critic-r1" in unknown.json()["error"]["message"]
 
 
 def test_score_steps_gives_a_soundness_probability_per_step(service):

@@ -6,12 +6,11 @@ import pytest
 
 from mmc_ray.engine_protocol import Completion, GenerationResult
 from mmc_ray.serve.protocol import (
-    ChatCompletionRequest,
     ModelNotFound,
     chat_completion,
     chat_completion_events,
-    check_model,
     error_body,
+    requested_adapter,
 )
 
 RESULT = GenerationResult((Completion("The answer is 3.", "stop", 6, logprobs=(-0.1,) * 6),
@@ -27,13 +26,14 @@ def test_error_bodies_have_openais_shape():
                                                 "code": None}
 
 
-def test_only_the_served_model_or_none_is_accepted():
-    chat = {"messages": [{"role": "user", "content": "hi"}]}
-    check_model(ChatCompletionRequest(**chat), "mmc-critic")
-    check_model(ChatCompletionRequest(**chat, model="mmc-critic"), "mmc-critic")
+def test_only_the_served_model_one_of_its_adapters_or_none_is_accepted():
+    assert requested_adapter(None, "mmc-critic", []) is None
+    assert requested_adapter("mmc-critic", "mmc-critic", ["r1"]) is None  # the server's default
+    assert requested_adapter("r1", "mmc-critic", ["r1", "r2"]) == "r1"
     with pytest.raises(ModelNotFound) as refused:
-        check_model(ChatCompletionRequest(**chat, model="gpt-4o"), "mmc-critic")
+        requested_adapter("gpt-4o", "mmc-critic", ["r1"])
     assert (refused.value.status, refused.value.code, refused.value.field) == (404, "model_not_found", "model")
+    assert "'mmc-critic', 'r1'" in str(refused.value)
 
 
 @pytest.mark.parametrize("include_usage", [False, True])
