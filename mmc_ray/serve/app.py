@@ -359,6 +359,9 @@ class LLMDeploymentCritic:
     async def score(self, request: GenerationRequest, openings: list[str]) -> list[float]:
         return await self._call(self.llm.score(request, openings))
 
+    def adapters(self) -> list[str]:
+        return []  # Ray Serve LLM's multi-LoRA is not wired yet (issue #39)
+
     async def served(self, max_age_s: float | None = None) -> tuple[str, int, float]:
         """Asks the LLM deployment at most every `max_age_s` (None: the last answer; 0: now)."""
         if max_age_s is not None:
