@@ -18,7 +18,7 @@ def test_the_pipeline_runs_end_to_end_on_the_shipped_base_as_actor(tmp_path):
                    "actor.device=cpu", "actor.dtype=float32", f"train.init_model={SEEING_BASE}", "tasks.n=4",
                    "pipeline.eval_problems=4", "pipeline.oracle_baseline=false", "pipeline.blind_baseline=false",
                    "pipeline.refine_train_problems=false", "search.num_simulations=3", "search.expansion_width=2",
-                   "search.rollouts_per_node=1", "train.max_steps=2", "refine.max_rounds=1",
+                   "search.rollouts_per_node=1", "train.max_steps=2", "train.num_workers=1", "refine.max_rounds=1",
                    "refine.critic_max_new_tokens=48", cwd=tmp_path, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     trees = pq.read_table(out / "round-1" / "trees").to_pylist()
