@@ -80,8 +80,7 @@ class HFEngine:
         for r, req in enumerate(requests):
             adapter = self._adapter_of(req)
             try:
-                if (unknown := self.adapters.unknown(adapter)) is not None:
-                    raise ValueError(unknown)
+                self.adapters.require(adapter)
                 vision[r] = self._vision(req.images)
             except ValueError as e:
                 # A broken image or an unknown adapter fails its own request only, never the batch around it.
@@ -107,10 +106,7 @@ class HFEngine:
         """Log-probability the model gives each continuation of the request's prompt (the sum over
         its tokens), from one forward pass per batch, with the request's adapter; sampling parameters
         are ignored."""
-        adapter = self._adapter_of(request)
-        if (unknown := self.adapters.unknown(adapter)) is not None:
-            raise ValueError(unknown)
-        with self.adapters.active(adapter):
+        with self.adapters.active(self.adapters.require(self._adapter_of(request))):
             return self._score(request, continuations)
 
     def _score(self, request: GenerationRequest, continuations: Sequence[str]) -> list[float]:

@@ -425,9 +425,7 @@ class VLLMAdapters(AdapterSet):
     def request_of(self, name: str) -> Any:
         """The `LoRARequest` of adapter `name` (for the base: None, or the zero adapter); a ValueError
         for one not loaded."""
-        if (unknown := self.unknown(name)) is not None:
-            raise ValueError(unknown)
-        return self.requests.get(name or self.BASE_STAND_IN)
+        return self.requests.get(self.require(name) or self.BASE_STAND_IN)
 
     def close(self) -> None:
         if self._scratch is not None:

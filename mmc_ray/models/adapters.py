@@ -78,11 +78,12 @@ class AdapterSet:
         self._detach(name)
         del self.paths[name]
 
-    def unknown(self, name: str) -> str | None:
-        """Why a request cannot use adapter `name` (BASE_MODEL: the base itself), or None when it can."""
-        if name == BASE_MODEL or name in self.paths:
-            return None
-        return f"unknown adapter {name!r}; loaded: {', '.join(self.paths) or 'none'}"
+    def require(self, name: str) -> str:
+        """`name` when a request can use it (BASE_MODEL: the base itself), else a ValueError, which
+        fails the one request that named it."""
+        if name != BASE_MODEL and name not in self.paths:
+            raise ValueError(f"unknown adapter {name!r}; loaded: {', '.join(self.paths) or 'none'}")
+        return name
 
     def _attach(self, name: str, path: str, config: Mapping[str, object]) -> None:
         raise NotImplementedError
