@@ -505,9 +505,7 @@ class VLLMEngine:
 
     def reset_prefix_cache(self) -> None:
         """Forget the cached KV blocks of earlier prompts (benchmarks start every run cold)."""
-        with self._gate.exclusive():
-            if self._requests is not None:
-                self._requests.call(self._requests.engine.reset_prefix_cache)
+        self.call(lambda engine: engine.reset_prefix_cache())
 
     def unfinished_requests(self) -> int:
         """Requests vLLM holds now, from every call in flight (0 when closed)."""

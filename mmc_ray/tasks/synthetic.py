@@ -18,6 +18,7 @@ from mmc_ray.tasks.families.drawing import RENDER_SIZE, to_png
 from mmc_ray.tasks.problem import Problem
 
 Facts = tuple[tuple[str, str], ...]  # TaskInstance.facts: (name, value) of everything an image shows
+Cues = Facts  # TaskInstance.cues: (name, value) of the parts a fact's value is read from
 # TaskInstance.regions: (fact name, its boxes: left, top, right, bottom as fractions of the image side)
 Regions = tuple[tuple[str, tuple[tuple[float, float, float, float], ...]], ...]
 
@@ -55,9 +56,10 @@ def problem_with_facts(family: str, difficulty: int, seed: int,
 
 
 def problem_scene(family: str, difficulty: int, seed: int,
-                  image_size: int = DEFAULT_IMAGE_SIZE) -> tuple[Problem, Facts, Regions]:
-    """`problem_with_facts`, and where each fact is drawn (`TaskInstance.regions`, in fractions of
-    the image's side, so they hold at any resolution)."""
+                  image_size: int = DEFAULT_IMAGE_SIZE) -> tuple[Problem, Facts, Regions, Cues]:
+    """`problem_with_facts`, where each fact is drawn (`TaskInstance.regions`, in fractions of the
+    image's side, so they hold at any resolution), and what the values are composed of
+    (`TaskInstance.cues`)."""
     _check_family(family)
     check_difficulty(difficulty)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -83,7 +85,7 @@ def problem_scene(family: str, difficulty: int, seed: int,
     )
     regions = tuple((name, tuple(tuple(v / RENDER_SIZE for v in box) for box in boxes))
                     for name, boxes in task.regions)
-    return problem, task.facts, regions
+    return problem, task.facts, regions, task.cues
 
 
 def generate_problems(n: int, seed: int = 0, families: Sequence[str] | None = None,

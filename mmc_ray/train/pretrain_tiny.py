@@ -2,8 +2,9 @@
 
 Real VLMs are built in stages; so is this one, from data the task renderers make exactly and for free:
   a. vision tower + projector, on a direct objective: a `FactReader` head reads every fact of an
-     image (counts per colour and shape, bar values, box digits, side lengths) from the projector's
-     visual tokens; the language model stays frozen;
+     image (counts per colour and shape, bar values, box digits, side lengths), and the cues those
+     values are composed of (a bar's gridline and the axis step, a side's run and rise), from the
+     projector's visual tokens; the language model stays frozen;
   b. projector + language model, on dense descriptions of every image (every fact, in the solution
      steps' own sentences), the vision tower frozen;
   c. the same parts, on reference solutions with descriptions mixed in, so the base answers problems
@@ -34,7 +35,7 @@ from mmc_ray.models.tiny import build_tiny_vlm
 from mmc_ray.store.shards import file_sha256
 from mmc_ray.tasks.descriptions import described_facts
 from mmc_ray.tasks.problem import Problem
-from mmc_ray.tasks.synthetic import DEFAULT_IMAGE_SIZE, Facts, Regions, problem_keys, problem_scene
+from mmc_ray.tasks.synthetic import DEFAULT_IMAGE_SIZE, Cues, Facts, Regions, problem_keys, problem_scene
 from mmc_ray.train.attention_guide import Box, GuideSettings, example_targets
 from mmc_ray.train.examples import ExampleBuilder, TrainExample
 from mmc_ray.train.fact_reader import FactReader, FactVocabulary, fact_accuracy, fit_vision
@@ -57,14 +58,15 @@ def pretrain_tiny(cfg: PretrainConfig, out_dir: str | Path, log: Log = print) ->
     shutil.rmtree(work, ignore_errors=True)
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
-    scenes, regions = draw_scenes(cfg, log)
+    scenes, regions, cues = draw_scenes(cfg, log)
     train, held_out = scenes[:cfg.scenes], scenes[cfg.scenes:]
     build_tiny_vlm(cfg.model, work, max_pixels=cfg.image_px ** 2)
     vlm = load_vlm(work, device="cpu", dtype="float32", max_pixels=cfg.image_px ** 2)
     report: dict[str, Any] = {"config": dataclasses.asdict(cfg),
                               "params": sum(p.numel() for p in vlm.model.parameters()), "stages": {}}
 
-    report["stages"]["a_vision"] = _stage_vision(vlm, cfg, train, held_out, log)
+    read_in_a = [(p, facts + cues[p.problem_id]) for p, facts in train] if cfg.vision_cues else train
+    report["stages"]["a_vision"] = _stage_vision(vlm, cfg, read_in_a, held_out, log)
     builder = ExampleBuilder(vlm, cfg.tokens_per_step)
     language = train[:cfg.language_scenes]
     guide = Guidance(vlm, regions)
@@ -88,19 +90,22 @@ def pretrain_tiny(cfg: PretrainConfig, out_dir: str | Path, log: Log = print) ->
     return report
 
 
-def draw_scenes(cfg: PretrainConfig, log: Log) -> tuple[list[Scene], dict[str, dict[str, tuple[Box, ...]]]]:
+def draw_scenes(cfg: PretrainConfig, log: Log) -> tuple[list[Scene], dict[str, dict[str, tuple[Box, ...]]],
+                                                        dict[str, Cues]]:
     """The training problems then the held-out ones, with their facts, rendered on every core; and
-    where each problem's facts are drawn, by problem id."""
+    by problem id, where each problem's facts are drawn and the cues its values are composed of."""
     keys = list(problem_keys(cfg.scenes + cfg.held_out, cfg.data_seed, cfg.families, cfg.difficulties))
     log(f"drawing {cfg.scenes} + {cfg.held_out} problems with their facts (seed {cfg.data_seed})")
     started = time.perf_counter()
     with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         drawn = list(pool.map(_scene, keys, chunksize=64))
     log(f"  drawn in {time.perf_counter() - started:.0f} s")
-    return [(p, facts) for p, facts, _ in drawn], {p.problem_id: dict(regions) for p, _, regions in drawn}
+    return ([(p, facts) for p, facts, _, _ in drawn],
+            {p.problem_id: dict(regions) for p, _, regions, _ in drawn},
+            {p.problem_id: cues for p, _, _, cues in drawn})
 
 
-def _scene(key: tuple[str, int, int]) -> tuple[Problem, Facts, Regions]:
+def _scene(key: tuple[str, int, int]) -> tuple[Problem, Facts, Regions, Cues]:
     return problem_scene(*key, image_size=DEFAULT_IMAGE_SIZE)
 
 
@@ -130,8 +135,9 @@ def _descriptions(builder: ExampleBuilder, scenes: Sequence[Scene], seed: int,
     examples = []
     for problem, facts in scenes:
         lines = described_facts(problem, facts, rng)
-        if (ex := builder.description(problem, "\n".join(line for _, _, line in lines))) is not None:
-            examples.append(guide.description(problem, dict(facts), lines, ex))
+        text = "\n".join(line for _, _, line in lines)
+        if (ex := builder.description(problem, text)) is not None:
+            examples.append(guide.description(problem, dict(facts), lines, text, ex))
     return examples
 
 
@@ -143,12 +149,12 @@ class Guidance:
         self.vlm, self.regions = vlm, regions
 
     def description(self, problem: Problem, facts: dict[str, str], lines: Sequence[tuple[str, int, str]],
-                    example: TrainExample) -> TrainExample:
+                    text: str, example: TrainExample) -> TrainExample:
+        """`text`: the `lines` joined by newlines, the reply of `example`."""
         spans, at = [], 0
         for name, value_at, line in lines:
             spans.append((name, (at + value_at, at + value_at + len(facts[name]))))
             at += len(line) + 1
-        text = "\n".join(line for _, _, line in lines)
         positions = span_tokens(example, text, [span for _, span in spans], self.vlm.tokenizer)
         return self._targeted(problem, example, [name for name, _ in spans], positions)
 
@@ -277,7 +283,9 @@ def model_card(report: dict[str, Any], hashes: dict[str, str]) -> str:
         f"Data: {cfg['scenes']} synthetic problems from seed {cfg['data_seed']} (families "
         f"{', '.join(cfg['families'])}; difficulties {cfg['difficulties']}), the next {cfg['held_out']} "
         f"held out; weights, data order and description order from seed {cfg['seed']}.",
-        f"Stages: (a) vision tower + projector on every fact of an image, {cfg['vision_steps']} steps; "
+        f"Stages: (a) vision tower + projector on every fact of an image"
+        f"{' and the cues its values are composed of' if cfg.get('vision_cues') else ''}, "
+        f"{cfg['vision_steps']} steps; "
         f"(b) projector + language model on dense descriptions, {cfg['describe_steps']} steps; (c) the same "
         f"on reference solutions with descriptions mixed in, {cfg['solve_steps']} steps. Took "
         f"{report['seconds'] / 60:.0f} min on {report['torch_threads']} CPU threads.",

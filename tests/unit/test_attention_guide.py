@@ -18,7 +18,7 @@ FAMILIES = ("counting", "bar_chart", "arithmetic", "geometry")
 def test_every_fact_has_a_region_inside_the_image_exactly_when_it_is_drawn(family):
     for difficulty in range(1, 6):
         for seed in range(8):
-            problem, facts, regions = problem_scene(family, difficulty, seed)
+            problem, facts, regions, _ = problem_scene(family, difficulty, seed)
             drawn = dict(regions)
             assert set(drawn) == {name for name, _ in facts}
             for name, value in facts:
@@ -35,7 +35,7 @@ def test_each_box_of_an_arithmetic_image_covers_the_tokens_under_its_border_colo
 
     from mmc_ray.tasks.families.drawing import PALETTE
 
-    problem, _, regions = problem_scene("arithmetic", 3, 4)
+    problem, _, regions, _ = problem_scene("arithmetic", 3, 4)
     pixels = np.asarray(Image.open(io.BytesIO(problem.image)).convert("RGB").resize((112, 112))).astype(int)
     for name, boxes in regions:
         ys, xs = np.nonzero(np.abs(pixels - np.array(PALETTE[name.split()[0]])).sum(-1) < 60)

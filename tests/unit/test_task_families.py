@@ -1,5 +1,6 @@
 import hashlib
 import io
+import math
 import os
 import random
 import subprocess
@@ -11,12 +12,13 @@ from PIL import Image
 
 from mmc_ray.tasks.families import FAMILIES, TaskInstance
 from mmc_ray.tasks.problem import choices_text
-from mmc_ray.tasks.solution import OBSERVE_OPS, execute, parse_reasoning, solution_text
+from mmc_ray.tasks.solution import OBSERVE_OPS, execute, format_number, parse_reasoning, solution_text
 from mmc_ray.tasks.synthetic import (
     DEFAULT_IMAGE_SIZE,
     generate_problem,
     generate_problems,
     problem_from_id,
+    problem_scene,
 )
 
 FAMILY_NAMES = ("counting", "bar_chart", "arithmetic", "geometry")
@@ -87,6 +89,39 @@ def test_bar_chart_extremes_have_distinct_values():
         assert len(set(reads)) == len(reads) == len(p.choices)
         assert p.steps[-1].op in ("argmax", "argmin")
     assert seen > 5
+
+
+@pytest.mark.parametrize("difficulty", DIFFICULTIES)
+def test_bar_cues_compose_every_value(difficulty):
+    for seed in range(10):
+        _, facts, _, cues = problem_scene("bar_chart", difficulty, seed)
+        cue = dict(cues)
+        step = int(cue["gridline step"])
+        labels = [cue[f"bar {i + 1} label"] for i in range(len(facts))]
+        assert labels == [name for name, _ in facts]  # drawn left to right in fact order
+        for name, value in facts:
+            assert int(cue[f"{name} gridline"]) * step == int(value) > 0
+
+
+@pytest.mark.parametrize("difficulty", DIFFICULTIES)
+def test_triangle_cues_compose_every_side(difficulty):
+    triangles = 0
+    for seed in range(20):
+        _, facts, _, cues = problem_scene("geometry", difficulty, seed)
+        cue = dict(cues)
+        for name, value in facts:
+            if " " in name:  # a rectangle's side is itself a whole number of cells: no cues
+                assert not cues
+                continue
+            triangles += 1
+            length = math.hypot(int(cue[f"{name} run"]), int(cue[f"{name} rise"]))
+            assert format_number(round(length, 1)) == value
+    assert triangles >= 9
+
+
+def test_other_families_have_no_cues():
+    for family in ("counting", "arithmetic"):
+        assert all(not problem_scene(family, 3, seed)[3] for seed in range(5))
 
 
 @pytest.mark.parametrize("difficulty", DIFFICULTIES)

@@ -91,7 +91,15 @@ def make(rng: random.Random, difficulty: int) -> TaskInstance:
     facts = tuple((name, str(value)) for name, value in zip(names, values, strict=True))
     regions = tuple((name, (box,)) for name, box in zip(names, boxes, strict=True))
     return TaskInstance(question, image, tuple(steps), answer, "choice" if choices else "integer", choices,
-                        facts=facts, regions=regions)
+                        facts=facts, regions=regions, cues=_cues(level, names, values))
+
+
+def _cues(level: Level, names: list[str], values: list[int]) -> tuple[tuple[str, str], ...]:
+    """Each bar's gridline (by name) and label (by position), and the step between gridlines."""
+    gridlines = [(f"{name} gridline", str(value // level.unit))
+                 for name, value in zip(names, values, strict=True)]
+    labels = [(f"bar {i + 1} label", name) for i, name in enumerate(names)]
+    return (*gridlines, *labels, ("gridline step", str(level.unit)))
 
 
 def observation_template(name: str) -> str:
