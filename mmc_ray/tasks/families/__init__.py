@@ -39,8 +39,7 @@ class TaskInstance:
     regions: tuple[tuple[str, tuple[tuple[float, float, float, float], ...]], ...] = ()
     # What a fact's value is composed of, as (name, value) pairs no question asks for: a bar's
     # gridline and the axis's step between gridlines (value = gridline x step), each bar's label by
-    # position, a triangle side's run and rise in grid cells. A reader trained on them too learns
-    # the parts a value is read from (bench/RESULTS.md: bar values 10.5% -> 43% of the time).
+    # position. A vision tower trained to read them too reads the values far better (bench/RESULTS.md).
     cues: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
