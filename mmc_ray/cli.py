@@ -147,6 +147,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--detach", action="store_true", help="deploy and return (the cluster serves on)")
     _add_config_args(serve_cmd)
 
+    adapters = commands.add_parser("adapters", help="load, alias and unload LoRA adapters of a running "
+                                   "critic app on every replica, without a redeploy (backend hf); no change: "
+                                   "list them")
+    adapters.add_argument("--app", default="mmc-critic", help="the app (default: serve's mmc-critic)")
+    adapters.add_argument("--load", action="append", default=[], metavar="NAME=PATH",
+                          help="load this adapter under a new version name (repeatable)")
+    adapters.add_argument("--alias", action="append", default=[], metavar="ALIAS=NAME",
+                          help="point ALIAS at version NAME, after the loads (repeatable)")
+    adapters.add_argument("--unload", action="append", default=[], metavar="NAME",
+                          help="unload version NAME (or drop alias NAME), after the aliases move; each "
+                               "replica unloads it once no request holds it (repeatable)")
+
     for name, help_text in (("pipeline", "search, annotate, train the critic, refine + eval; in rounds"),
                             ("demo", "the pipeline offline, its critic from the shipped seeing base")):
         pipeline = commands.add_parser(name, help=help_text)
@@ -291,6 +303,21 @@ def cmd_serve(args: argparse.Namespace) -> None:
         serve.shutdown()
 
 
+def cmd_adapters(args: argparse.Namespace) -> None:
+    from mmc_ray.config.adapter_names import parse_adapter_specs
+    from mmc_ray.ray_runtime import init_ray
+    from mmc_ray.serve.checkpoints import change_adapters
+
+    aliases = parse_adapter_specs(args.alias)  # ALIAS=NAME reads like NAME=PATH
+    init_ray()
+    served = change_adapters(args.app, parse_adapter_specs(args.load), aliases, args.unload)
+    for name, path in served.paths.items():
+        pointed = ", ".join(sorted(a for a, target in served.aliases.items() if target == name))
+        print(f"{name}\t{path}" + (f"\t(alias: {pointed})" if pointed else ""))
+    if args.load or args.alias or args.unload:
+        print(f"app {args.app}: every replica follows within serve.checkpoint_poll_s")
+
+
 def cmd_pipeline(args: argparse.Namespace) -> None:
     import time
 
@@ -334,6 +361,7 @@ COMMANDS = {
     ("eval", None): cmd_eval,
     ("eval-critic", None): cmd_eval_critic,
     ("serve", None): cmd_serve,
+    ("adapters", None): cmd_adapters,
     ("pipeline", None): cmd_pipeline,
     ("demo", None): cmd_pipeline,
 }

@@ -26,13 +26,15 @@ def critique_body(**overrides) -> dict:
     return {**body, **overrides}
 
 
-def statuses_across_redeploy(client, url: str, redeploy: Callable[[], None], swapped: Callable[[], bool],
-                             timeout_s: float, every_s: float, never: str, sent_after: int = 0) -> list[int]:
-    """Critiques in flight before, during and after `redeploy()`, sent until `swapped()` holds (an
-    assertion failure saying `never` after `timeout_s`): the status code of each."""
+def replies_across_redeploy(client, url: str, redeploy: Callable[[], None], swapped: Callable[[], bool],
+                            timeout_s: float, every_s: float, never: str, sent_after: int = 0,
+                            model: str | None = None) -> list:
+    """Critiques (of `model`, when given) in flight before, during and after `redeploy()`, sent until
+    `swapped()` holds (an assertion failure saying `never` after `timeout_s`): the reply to each."""
+    body = {**critique_body(max_tokens=8), **({"model": model} if model else {})}
     with ThreadPoolExecutor(4) as pool:
         def send():
-            return pool.submit(client.post, f"{url}/v1/critique", json=critique_body(max_tokens=8))
+            return pool.submit(client.post, f"{url}/v1/critique", json=body)
 
         futures = [send() for _ in range(16)]
         redeploy()
@@ -42,7 +44,7 @@ def statuses_across_redeploy(client, url: str, redeploy: Callable[[], None], swa
             assert time.time() < deadline, never
             futures.append(send())
             time.sleep(every_s)
-        return [f.result().status_code for f in futures]
+        return [f.result() for f in futures]
 
 
 def replies_across_a_kill(client, url: str, body: dict, engine, request, kill: Callable[[], None],

@@ -2,12 +2,14 @@
 
 PEFT injects each adapter's layers into the base model in place, so the engine keeps calling its
 model; which adapter those layers apply is switched per batch (the engine groups requests by
-adapter).
+adapter). Loading and unloading change the model's modules, so they wait for the forward passes in
+other threads (a server loads new versions while it answers) and those wait for them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -20,27 +22,31 @@ class PeftAdapters(AdapterSet):
         super().__init__(getattr(model, "name_or_path", ""))
         self._model = model
         self._peft: Any = None  # the PeftModel wrapping `model`, from the first load on
+        self._model_lock = threading.RLock()
 
     def _attach(self, name: str, path: str, config: Mapping[str, object]) -> None:
         import peft
 
-        if self._peft is None:
-            self._peft = peft.PeftModel.from_pretrained(self._model, path, adapter_name=name)
-        else:
-            self._peft.load_adapter(path, adapter_name=name)
-        self._peft.eval()
+        with self._model_lock:
+            if self._peft is None:
+                self._peft = peft.PeftModel.from_pretrained(self._model, path, adapter_name=name)
+            else:
+                self._peft.load_adapter(path, adapter_name=name)
+            self._peft.eval()
 
     def _detach(self, name: str) -> None:
-        self._peft.delete_adapter(name)
+        with self._model_lock:
+            self._peft.delete_adapter(name)
 
     @contextlib.contextmanager
     def active(self, name: str) -> Iterator[None]:
         """The model applies adapter `name` (the base model alone for BASE_MODEL) inside the block."""
-        if name != BASE_MODEL:
-            self._peft.set_adapter(name)
-            yield
-        elif self._peft is None:
-            yield
-        else:
-            with self._peft.disable_adapter():
+        with self._model_lock:
+            if name != BASE_MODEL:
+                self._peft.set_adapter(name)
                 yield
+            elif self._peft is None:
+                yield
+            else:
+                with self._peft.disable_adapter():
+                    yield

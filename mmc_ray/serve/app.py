@@ -3,15 +3,17 @@
     POST /v1/critique          question, image, steps → Critique JSON
     POST /v1/score_steps       same input → P(step i is sound) per step (a process reward model)
     POST /v1/chat/completions  OpenAI-compatible (image_url data URIs), so `OpenAIEngine` works
-    GET  /v1/models            the served model and its checkpoint version
+    GET  /v1/models            the served model, its checkpoint version, its LoRA adapters and aliases
     GET  /healthz
 
 Two backends (`serve.backend`) behind the same endpoints, auth and limits, each one class with the
-same four methods (`reconfigure`, `generate`, `score`, `served`) the deployment calls:
+same four methods (`reconfigure`, `generate`, `score`, `served`) the deployment calls, and the model
+names it answers to (`names`: LoRA adapters and their aliases, `mmc_ray.serve.adapter_state`):
 - hf (`LocalCritic`; CPU, the default): every generation goes through one `@serve.batch` method, so concurrent
   requests share engine calls. The engine is swapped in `reconfigure` when `user_config.checkpoint`
   changes: the new one is loaded first and then replaces the old, so requests in flight finish on
-  the old engine and no request fails during a swap.
+  the old engine and no request fails during a swap. Adapters are swapped in place too: versions
+  loaded, aliases moved, old versions unloaded once no request holds them.
 - vllm (`LLMDeploymentCritic`; GPU): the replica holds no model; it sends the same requests as chat
   completions to a Ray Serve LLM deployment through its handle (`mmc_ray.serve.llm`), which batches,
   scales and swaps.
@@ -50,6 +52,7 @@ from mmc_ray.critique.step_scores import outcome_openings, step_scores
 from mmc_ray.dashboard_metrics import StageMetrics
 from mmc_ray.engine_protocol import GenerationRequest, GenerationResult, ScoresContinuations
 from mmc_ray.errors import BadInput
+from mmc_ray.serve.adapter_state import ServedAdapters, ServedNames
 from mmc_ray.serve.llm import LLMCallFailed, LLMDeploymentClient
 from mmc_ray.serve.protocol import (
     ChatCompletionRequest,
@@ -65,7 +68,6 @@ from mmc_ray.serve.protocol import (
     critique_body,
     critique_generation,
     error_body,
-    requested_adapter,
 )
 
 logger = logging.getLogger(__name__)
@@ -256,6 +258,9 @@ class LocalCritic:
         self.loaded_at = 0.0
         self._loading = threading.Lock()
         self._watcher: threading.Thread | None = None
+        self.names = ServedNames()
+        self._served_adapters: ServedAdapters | None = None  # the registry's record, once seen
+        self._refused: set[tuple[str, str]] = set()  # adapters that failed to load: warned once
         self._generate_batch.set_max_batch_size(serve_cfg.max_batch_size)
         self._generate_batch.set_batch_wait_timeout_s(serve_cfg.batch_wait_timeout_s)
 
@@ -266,7 +271,10 @@ class LocalCritic:
             if checkpoint == self.checkpoint:
                 return
             engine = build_engine(replace(self.engine_cfg, model_path=checkpoint))
+            if self._served_adapters is not None:  # the new engine answers to every name the old one did
+                self._load_adapters(engine, self._served_adapters)
             self.engine, self.checkpoint = engine, checkpoint  # swap only once the new one is ready
+            self.names.follow(_adapter_names(engine), self.names.aliases())
             self.version += 1
             self.loaded_at = time.time()
             serve_metrics().set("model_version", self.version)
@@ -288,11 +296,37 @@ class LocalCritic:
         while True:
             time.sleep(self.cfg.checkpoint_poll_s)
             try:
-                wanted = ray.get(registry().get.remote(app), timeout=30).get("checkpoint")
-                if wanted:
-                    self._load(wanted)
+                wanted = ray.get(registry().get.remote(app), timeout=30)
+                if wanted.get("checkpoint"):
+                    self._load(wanted["checkpoint"])
+                if wanted.get("adapters") is not None:
+                    self._follow_adapters(wanted["adapters"])
             except Exception as e:  # a bad checkpoint or a registry hiccup must not kill serving
                 logger.warning("checkpoint watch: %s: %s", type(e).__name__, e)
+
+    def _follow_adapters(self, served: ServedAdapters) -> None:
+        """Load the versions `served` names, point its aliases, then unload the versions it no longer
+        names, each once no request holds it (else on a later poll)."""
+        with self._loading:
+            self._served_adapters = served
+            loaded = getattr(self.engine, "adapters", None)
+            if loaded is None:
+                return  # an engine kind without adapters: the app was deployed with none
+            self._load_adapters(self.engine, served)
+            self.names.follow(loaded.paths, served.aliases)
+            for name in [n for n in loaded.paths if n not in served.paths]:
+                if self.names.retire(name):
+                    loaded.unload(name)
+
+    def _load_adapters(self, engine: Any, served: ServedAdapters) -> None:
+        for name, path in served.paths.items():
+            if name in engine.adapters.paths or (name, path) in self._refused:
+                continue
+            try:
+                engine.adapters.load(name, path)
+            except Exception as e:  # a broken adapter is refused; the others and the base serve on
+                self._refused.add((name, path))
+                logger.warning("adapter %s (%s) not loaded: %s: %s", name, path, type(e).__name__, e)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.02)
     async def _generate_batch(self, requests: list[GenerationRequest]) -> list[GenerationResult | Exception]:
@@ -323,10 +357,11 @@ class LocalCritic:
     async def served(self, max_age_s: float | None = None) -> tuple[str, int, float]:
         return self.checkpoint, self.version, self.loaded_at
 
-    def adapters(self) -> list[str]:
-        """The LoRA adapters loaded on the served model (`critic.adapters`)."""
-        loaded = getattr(self.engine, "adapters", None)
-        return list(loaded.paths) if loaded is not None else []
+
+
+def _adapter_names(engine: Any) -> list[str]:
+    loaded = getattr(engine, "adapters", None)
+    return list(loaded.paths) if loaded is not None else []
 
 
 class LLMDeploymentCritic:
@@ -335,6 +370,7 @@ class LLMDeploymentCritic:
 
     def __init__(self, client: LLMDeploymentClient) -> None:
         self.llm = client
+        self.names = ServedNames()  # none: Ray Serve LLM's multi-LoRA is not wired yet (issue #39)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Nothing to load here: the LLM deployment holds the model."""
@@ -358,9 +394,6 @@ class LLMDeploymentCritic:
 
     async def score(self, request: GenerationRequest, openings: list[str]) -> list[float]:
         return await self._call(self.llm.score(request, openings))
-
-    def adapters(self) -> list[str]:
-        return []  # Ray Serve LLM's multi-LoRA is not wired yet (issue #39)
 
     async def served(self, max_age_s: float | None = None) -> tuple[str, int, float]:
         """Asks the LLM deployment at most every `max_age_s` (None: the last answer; 0: now)."""
@@ -406,8 +439,9 @@ class CriticServer:
         """(checkpoint, version, since) of the model that answers."""
         return await self.backend.served(max_age_s)
 
-    def _adapter(self, model: str | None) -> str | None:
-        return requested_adapter(model, self.cfg.served_model, self.backend.adapters())
+    def _adapter(self, model: str | None) -> Any:
+        """Context: the adapter version `model` names (None: the default), kept loaded meanwhile."""
+        return self.backend.names.holding(model, self.cfg.served_model)
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
@@ -422,17 +456,20 @@ class CriticServer:
         checkpoint, version, since = await self._served(max_age_s=0)
         base = {"id": self.cfg.served_model, "object": "model", "owned_by": "mmc-ray", "created": int(since),
                 "version": version, "checkpoint": checkpoint}
+        aliases = self.backend.names.aliases()
         adapters = [{"id": name, "object": "model", "owned_by": "mmc-ray", "created": int(since),
-                     "parent": self.cfg.served_model} for name in self.backend.adapters()]
+                     "parent": self.cfg.served_model,
+                     **({"alias_of": aliases[name]} if name in aliases else {})}
+                    for name in self.backend.names.names()]
         return {"object": "list", "data": [base, *adapters]}
 
     @api.post("/v1/critique", response_model=CritiqueResponse)
     async def critique(self, body: CritiqueRequest) -> CritiqueResponse:
         # Image checks decode pixels: off the event loop, which keeps filling the batch meanwhile.
         serve_metrics().inc("critiques")
-        adapter = self._adapter(body.model)
-        request = await asyncio.to_thread(critique_generation, body, self.cfg)
-        result = await self._generate(replace(request, adapter=adapter))
+        with self._adapter(body.model) as adapter:
+            request = await asyncio.to_thread(critique_generation, body, self.cfg)
+            result = await self._generate(replace(request, adapter=adapter))
         completion = result.completions[0]
         parsed = parse_critique(completion.text, num_steps=len(body.steps))
         _, version, _ = await self._served(max_age_s=self.cfg.checkpoint_poll_s)
@@ -447,9 +484,9 @@ class CriticServer:
         """The critic as a process reward model: one soundness probability per step."""
         if why := self.backend.cannot_score():
             raise RequestRejected("model", why, status=501)
-        adapter = self._adapter(body.model)
-        request = replace(await asyncio.to_thread(critique_generation, body, self.cfg), adapter=adapter)
-        logprobs = await self.backend.score(request, outcome_openings(len(body.steps)))
+        with self._adapter(body.model) as adapter:
+            request = replace(await asyncio.to_thread(critique_generation, body, self.cfg), adapter=adapter)
+            logprobs = await self.backend.score(request, outcome_openings(len(body.steps)))
         serve_metrics().inc("step_scores")
         scores = step_scores(logprobs)
         _, version, _ = await self._served(max_age_s=self.cfg.checkpoint_poll_s)
@@ -461,12 +498,12 @@ class CriticServer:
         "description": "a chat.completion, or with stream=true chat.completion.chunk events ending in [DONE]",
         "content": {"text/event-stream": {"schema": _CHUNK_EVENT}}}})
     async def chat_completions(self, body: ChatCompletionRequest) -> Any:
-        adapter = self._adapter(body.model)
-        model = adapter or self.cfg.served_model
         serve_metrics().inc("chat_completions")
         # Generated before any byte is sent: a failure is still an error reply, never a cut stream.
-        request = await asyncio.to_thread(chat_generation, body, self.cfg)
-        result = await self._generate(replace(request, adapter=adapter))
+        with self._adapter(body.model) as adapter:
+            request = await asyncio.to_thread(chat_generation, body, self.cfg)
+            result = await self._generate(replace(request, adapter=adapter))
+        model = adapter or self.cfg.served_model
         completion_id, created = f"chatcmpl-{time.time_ns():x}", int(time.time())
         if body.stream:
             include_usage = body.stream_options is not None and body.stream_options.include_usage

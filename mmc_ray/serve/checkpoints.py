@@ -1,6 +1,7 @@
-"""Which critic checkpoint each served app should run: a small named Ray actor that every replica
-watches. Setting a new checkpoint swaps it on all replicas in place (each loads the new critic,
-then switches; requests in flight finish on the old one), without redeploying the app.
+"""Which critic checkpoint each served app should run, and which LoRA adapters: a small named Ray
+actor that every replica watches. Setting a new checkpoint swaps it on all replicas in place (each
+loads the new critic, then switches; requests in flight finish on the old one), without redeploying
+the app; so does changing its adapters (`change_adapters`, rules in `mmc_ray.serve.adapter_state`).
 
 Serve's own `user_config` does the same for `serve deploy` / RayService configs, where a changed
 `user_config` is a lightweight update; a Python `serve.run` instead replaces every replica, so
@@ -12,11 +13,13 @@ only numbers the checkpoints each app has served (`version`), which `/v1/models`
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ray
 
 from mmc_ray.errors import UserError
+from mmc_ray.serve.adapter_state import ServedAdapters
 
 REGISTRY_NAME = "mmc-ray-critic-checkpoints"
 NAMESPACE = "mmc-ray"
@@ -35,6 +38,18 @@ class CheckpointRegistry:
         if backend:
             entry["backend"] = backend
         self.version(app, checkpoint)
+
+    def reset_adapters(self, app: str, served: ServedAdapters) -> None:
+        """A new deployment of `app` serves `served` (its config's adapters)."""
+        self._apps.setdefault(app, {})["adapters"] = served
+
+    def change_adapters(self, app: str, load: Mapping[str, str], aliases: Mapping[str, str],
+                        unload: Sequence[str]) -> ServedAdapters:
+        entry = self._apps.get(app, {})
+        if "adapters" not in entry:
+            raise UserError(f"no app {app!r} deployed by mmc-ray serve (backend hf) on this cluster")
+        entry["adapters"] = entry["adapters"].changed(load, aliases, unload)
+        return entry["adapters"]
 
     def get(self, app: str) -> dict[str, Any]:
         return {k: v for k, v in self._apps.get(app, {}).items() if k != "seen"}
@@ -60,3 +75,18 @@ def swap_checkpoint(app: str, checkpoint: str) -> None:
         raise UserError(f"app {app} runs the vllm backend, which swaps by redeploying: run "
                            f"`mmc-ray serve --detach --checkpoint {checkpoint}` with its config")
     ray.get(checkpoints.set.remote(app, checkpoint))
+
+
+def change_adapters(app: str, load: Mapping[str, str] | None = None, aliases: Mapping[str, str] | None = None,
+                    unload: Sequence[str] = ()) -> ServedAdapters:
+    """Load adapter versions, point aliases, unload versions (or aliases) on every replica of `app`,
+    in that order, without a redeploy; returns the app's adapters after the change. Replicas follow
+    within `serve.checkpoint_poll_s`, each unloading a version once no request holds it."""
+    checkpoints = registry()
+    if ray.get(checkpoints.get.remote(app)).get("backend") == "vllm":
+        raise UserError(f"app {app} runs the vllm backend, which serves no adapters yet (serve.backend=hf)")
+    try:
+        return ray.get(checkpoints.change_adapters.remote(app, dict(load or {}), dict(aliases or {}),
+                                                          list(unload)))
+    except ray.exceptions.RayTaskError as e:  # a refused change: the reason, not an actor traceback
+        raise e.cause from None

@@ -2,8 +2,8 @@
 
 Backend hf: deploying again with only `serve.checkpoint` changed does not redeploy: it points the
 checkpoint registry at the new critic and every replica swaps it in place
-(`mmc_ray.serve.checkpoints`). Any other change redeploys the app (Serve replaces replicas without
-dropping requests).
+(`mmc_ray.serve.checkpoints`); LoRA adapters are swapped the same way (`change_adapters`). Any
+other change redeploys the app (Serve replaces replicas without dropping requests).
 
 Backend vllm: the checkpoint is the Ray Serve LLM deployment's model_source, so every deploy
 redeploys the app and Serve rolls the new critic out replica by replica (`mmc_ray.serve.llm`).
@@ -24,7 +24,9 @@ def deploy(cfg: Config, app_name: str = APP_NAME, route_prefix: str = "/") -> st
     import ray
     from ray import serve
 
+    from mmc_ray.config.adapter_names import parse_adapter_specs
     from mmc_ray.ray_runtime import init_ray
+    from mmc_ray.serve.adapter_state import ServedAdapters
     from mmc_ray.serve.app import build_critic_app
     from mmc_ray.serve.checkpoints import registry
 
@@ -39,7 +41,11 @@ def deploy(cfg: Config, app_name: str = APP_NAME, route_prefix: str = "/") -> st
     if cfg.serve.backend == "hf" and same_app:
         ray.get(checkpoints.set.remote(app_name, cfg.serve.checkpoint))
         return url
-    # Set first: replicas of the new deployment must not follow a checkpoint left from an older one.
+    # Set first: replicas of the new deployment must not follow a checkpoint (or adapters) left from
+    # an older one.
     ray.get(checkpoints.set.remote(app_name, cfg.serve.checkpoint, fingerprint, cfg.serve.backend))
+    if cfg.serve.backend == "hf":
+        served = ServedAdapters(parse_adapter_specs(cfg.critic.adapters), {}, cfg.critic.adapter)
+        ray.get(checkpoints.reset_adapters.remote(app_name, served))
     serve.run(build_critic_app(cfg.serve, cfg.critic), name=app_name, route_prefix=route_prefix)
     return url

@@ -7,6 +7,7 @@ import json
 import shutil
 import socket
 import struct
+import time
 import zlib
 
 import httpx
@@ -19,7 +20,7 @@ from serve_payloads import (
     critique_body,
     free_port,
     replies_across_a_kill,
-    statuses_across_redeploy,
+    replies_across_redeploy,
 )
 
 from mmc_ray.config import Config, EngineConfig, RefineConfig, ServeConfig, SimulatorConfig
@@ -27,6 +28,7 @@ from mmc_ray.critique.prompts import critic_messages
 from mmc_ray.engine_protocol import GenerationRequest
 from mmc_ray.engines.openai import OpenAIEngine
 from mmc_ray.engines.simulated import SimulatedActorEngine
+from mmc_ray.errors import BadInput
 from mmc_ray.refine.loop import RefinementLoop
 from mmc_ray.tasks.synthetic import generate_problems
 
@@ -276,16 +278,57 @@ def test_hot_swap_under_load_fails_no_request(service, tmp_path):
     client, url, cfg = service["client"], service["url"], service["cfg"]
     before = client.get(f"{url}/v1/models").json()["data"][0]
     new_checkpoint = shutil.copytree(before["checkpoint"], tmp_path / "critic-v2")
-    statuses = statuses_across_redeploy(
+    statuses = [r.status_code for r in replies_across_redeploy(
         client, url,
         redeploy=lambda: deploy(dataclasses.replace(cfg, serve=dataclasses.replace(cfg.serve,
                                                                                   checkpoint=str(new_checkpoint)))),
         swapped=lambda: client.get(f"{url}/v1/models").json()["data"][0]["version"] != before["version"],
-        timeout_s=60, every_s=0.2, never="the replica never swapped", sent_after=8)
+        timeout_s=60, every_s=0.2, never="the replica never swapped", sent_after=8)]
     assert statuses == [200] * len(statuses)
     after = client.get(f"{url}/v1/models").json()["data"][0]
     assert after["checkpoint"] == str(new_checkpoint) and after["version"] == before["version"] + 1
     assert service["pid"] == client.get(f"{url}/healthz").json()["pid"]  # swapped in place, not restarted
+
+
+def test_a_new_rounds_adapter_is_swapped_in_under_an_alias_under_load_failing_no_request(
+        service, tiny_vlm_path, tmp_path):
+    from mmc_ray.serve.checkpoints import change_adapters
+    from mmc_ray.serve.deploy import APP_NAME
+    from tests.engines.test_adapters import random_adapter
+
+    client, url = service["client"], service["url"]
+    r1 = dict(spec.split("=", 1) for spec in service["cfg"].critic.adapters)["critic-r1"]
+    r2 = str(random_adapter(tiny_vlm_path, tmp_path / "r2", seed=2))
+
+    def models() -> dict:
+        return {m["id"]: m for m in client.get(f"{url}/v1/models").json()["data"]}
+
+    def following(check) -> None:  # replicas follow the registry within a poll or two
+        deadline = time.time() + 30
+        while not check(models()):
+            assert time.time() < deadline, models()
+            time.sleep(0.2)
+
+    change_adapters(APP_NAME, aliases={"critic": "critic-r1"})
+    following(lambda m: m.get("critic", {}).get("alias_of") == "critic-r1")
+    replies = replies_across_redeploy(
+        client, url, model="critic",
+        redeploy=lambda: change_adapters(APP_NAME, load={"critic-r2": r2}, aliases={"critic": "critic-r2"},
+                                         unload=["critic-r1"]),
+        swapped=lambda: "critic-r1" not in models(), timeout_s=60, every_s=0.2,
+        never="the replica never unloaded critic-r1", sent_after=8)
+    assert [r.status_code for r in replies] == [200] * len(replies), [r.text for r in replies if r.status_code != 200]
+    answered_by = [r.json()["model"] for r in replies]
+    assert answered_by[0] == "critic-r1" and answered_by[-1] == "critic-r2", answered_by
+    after = models()
+    assert set(after) == {"mmc-critic", "critic-r2", "critic"} and after["critic"]["alias_of"] == "critic-r2"
+    gone = client.post(f"{url}/v1/critique", json={**critique_body(), "model": "critic-r1"})
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "model_not_found"
+    with pytest.raises(BadInput, match="alias critic points at it"):
+        change_adapters(APP_NAME, unload=["critic-r2"])
+    # as the other tests found it
+    change_adapters(APP_NAME, load={"critic-r1": r1}, unload=["critic", "critic-r2"])
+    following(lambda m: set(m) == {"mmc-critic", "critic-r1"})
 
 
 def test_refinement_loop_through_the_served_critic(service):

@@ -19,7 +19,7 @@ from serve_payloads import (
     check_with_the_official_openai_client,
     critique_body,
     free_port,
-    statuses_across_redeploy,
+    replies_across_redeploy,
 )
 
 from mmc_ray.config import Config, EngineConfig, ResourcesConfig, ServeConfig, VLLMConfig
@@ -112,12 +112,12 @@ def test_hot_swap_by_redeploy_fails_no_request(service, tmp_path):
     client, url, cfg = service["client"], service["url"], service["cfg"]
     before = client.get(f"{url}/v1/models").json()["data"][0]
     new_checkpoint = str(shutil.copytree(before["checkpoint"], tmp_path / "critic-v2"))
-    statuses = statuses_across_redeploy(
+    statuses = [r.status_code for r in replies_across_redeploy(
         client, url,
         redeploy=lambda: deploy(dataclasses.replace(cfg, serve=dataclasses.replace(cfg.serve,
                                                                                   checkpoint=new_checkpoint))),
         swapped=lambda: client.get(f"{url}/v1/models").json()["data"][0]["checkpoint"] == new_checkpoint,
-        timeout_s=300, every_s=1, never="the LLM deployment never rolled out the new checkpoint")
+        timeout_s=300, every_s=1, never="the LLM deployment never rolled out the new checkpoint")]
     assert statuses == [200] * len(statuses)
     after = client.get(f"{url}/v1/models").json()["data"][0]
     assert after["version"] == before["version"] + 1
