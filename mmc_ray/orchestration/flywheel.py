@@ -36,6 +36,7 @@ from typing import Any
 import yaml
 
 from mmc_ray.config import Config, config_to_dict
+from mmc_ray.config.adapter_names import ADAPTER_CONFIG
 from mmc_ray.config.engine_kinds import engine_kind
 from mmc_ray.engines.factory import engine_source
 from mmc_ray.errors import BadInput
@@ -46,6 +47,7 @@ from mmc_ray.orchestration import commands
 from mmc_ray.store.layout import (
     RoundLayout,
     RunLayout,
+    adapter_dir,
     export_dir,
     fit_figures_file,
     records_dir,
@@ -60,12 +62,27 @@ def trained_critic_kind(cfg: Config) -> str:
     return cfg.critic.kind if engine_kind(cfg.critic.kind).local_model else "hf"
 
 
-def _round_config(cfg: Config, round_index: int, init_model: str, critic_model: Path,
+def adapter_rounds(cfg: Config) -> bool:
+    """Whether each round's critic is a LoRA adapter on the first round's base (`train.lora` without
+    a merged export), rather than a model of its own that the next round starts from."""
+    return cfg.train.lora.enabled and not cfg.train.lora.merged
+
+
+def round_adapter(round_index: int) -> str:
+    return f"critic-r{round_index}"
+
+
+def _round_config(cfg: Config, round_index: int, init_model: str, critic_dir: Path,
                   actor_model: str) -> Config:
     tasks = dataclasses.replace(cfg.tasks, seed=cfg.tasks.seed + round_index - 1)
+    critic = dataclasses.replace(cfg.critic, kind=trained_critic_kind(cfg),
+                                 model_path=str(export_dir(critic_dir)))
+    if adapter_rounds(cfg):  # the base, with this round's adapter as the critic's default
+        name = round_adapter(round_index)
+        critic = dataclasses.replace(critic, model_path=init_model, adapter=name,
+                                     adapters=(f"{name}={adapter_dir(critic_dir)}",))
     return dataclasses.replace(
-        cfg, tasks=tasks, train=dataclasses.replace(cfg.train, init_model=init_model),
-        critic=dataclasses.replace(cfg.critic, kind=trained_critic_kind(cfg), model_path=str(critic_model)),
+        cfg, tasks=tasks, train=dataclasses.replace(cfg.train, init_model=init_model), critic=critic,
         actor=dataclasses.replace(cfg.actor, model_path=actor_model))
 
 
@@ -81,8 +98,11 @@ def _retrain_actor(cfg: Config, rdir: RoundLayout, problems: list[Problem]) -> t
     if data.rows == 0:
         print("actor: no correct path in this round's trees; the next round keeps this actor")
         return cfg.actor.model_path, figures
+    # The actor is loaded as a model of its own: with train.lora its fit exports the merged model too.
+    lora = dataclasses.replace(cfg.train.lora, merged=True)
     acfg = dataclasses.replace(cfg, train=dataclasses.replace(
-        cfg.train, task="actor-sft", init_model=cfg.actor.model_path, max_steps=cfg.pipeline.actor_max_steps))
+        cfg.train, task="actor-sft", init_model=cfg.actor.model_path, max_steps=cfg.pipeline.actor_max_steps,
+        lora=lora))
     return str(export_dir(out)), {**figures, **_train_once(acfg, data.path.parent, out, model="actor")}
 
 
@@ -91,8 +111,10 @@ def _train_once(cfg: Config, data: Path, out: Path, model: str = "critic") -> di
     fit recorded); resume a half-finished fit."""
     from mmc_ray.train.checkpoints import latest_checkpoint
 
-    if (export_dir(out) / "config.json").exists():
-        print(f"train: {model} already exported at {export_dir(out)}")
+    as_adapter = model == "critic" and adapter_rounds(cfg)
+    exported = adapter_dir(out) if as_adapter else export_dir(out)
+    if (exported / (ADAPTER_CONFIG if as_adapter else "config.json")).exists():
+        print(f"train: {model} already exported at {exported}")
         recorded = fit_figures_file(out)
         return json.loads(recorded.read_text()) if recorded.exists() else {}
     return _fit_figures(commands.train(cfg, data, out, resume=latest_checkpoint(out) is not None), out)
@@ -200,7 +222,7 @@ def run_pipeline(cfg: Config, run_dir: Path, problems_file: Path | None = None,
     init_model, actor_model = cfg.train.init_model, cfg.actor.model_path
     for r in range(1, pcfg.rounds + 1):
         rdir = run.round(r)
-        rcfg = _round_config(cfg, r, init_model, export_dir(rdir.critic), actor_model)
+        rcfg = _round_config(cfg, r, init_model, rdir.critic, actor_model)
         print(f"\n== round {r}/{pcfg.rounds} ==")
         if user is None:
             train_path = _problems(rcfg, rdir.problems, rcfg.tasks.n, rcfg.tasks.seed)
@@ -246,7 +268,15 @@ def run_pipeline(cfg: Config, run_dir: Path, problems_file: Path | None = None,
         summary["rounds"].append({"round": r, "dataset_rows": card_stats(dataset)["rows"],
                                   "train": trained, "actor": actor, **round_figures(report),
                                   "report": str(report.markdown)})
-        init_model = str(export_dir(rdir.critic))
+        if adapter_rounds(cfg):
+            summary["rounds"][-1]["adapter"] = {round_adapter(r): str(adapter_dir(rdir.critic))}
+        else:
+            init_model = str(export_dir(rdir.critic))
+    if adapter_rounds(cfg):
+        specs = " ".join(f"--adapter {name}={path}"
+                         for r in summary["rounds"] for name, path in r["adapter"].items())
+        print(f"\nevery round's critic is an adapter on {init_model}; serve them side by side:\n"
+              f"  mmc-ray serve --checkpoint {init_model} {specs}")
     summary["seconds"] = round(time.perf_counter() - start, 1)
     earlier = _earlier_invocations(run)
     summary["invocations"] = len(earlier) + 1

@@ -29,6 +29,7 @@ BEST_OF_N = "best-of-n"
 REPORT = "report"
 ACTOR_SFT_FILE = "actor-sft.parquet"
 EXPORT = "hf"
+ADAPTER = "adapter"
 FIT_FIGURES = "fit.json"  # a trained model's figures (steps, final loss, seconds), beside its export
 
 
@@ -74,6 +75,11 @@ def refine_shards(records: str | Path) -> list[Path]:
 def export_dir(model_dir: str | Path) -> Path:
     """The HF-format export inside a trained model's folder."""
     return Path(model_dir) / EXPORT
+
+
+def adapter_dir(model_dir: str | Path) -> Path:
+    """The LoRA adapter export inside a trained model's folder (`train.lora`)."""
+    return Path(model_dir) / ADAPTER
 
 
 def fit_figures_file(model_dir: str | Path) -> Path:

@@ -38,9 +38,10 @@ def export_hf(checkpoint: Path, tcfg: TrainConfig, out: Path) -> Path:
     hf_logging.disable_progress_bar()  # loading and writing shards of a small model: no bars needed
     try:
         if tcfg.lora.enabled:
-            from mmc_ray.train.lora import ADAPTER_DIR, export_lora
+            from mmc_ray.store.layout import adapter_dir
+            from mmc_ray.train.lora import export_lora
 
-            adapter = out.parent / ADAPTER_DIR
+            adapter = adapter_dir(out.parent)
             merged = export_lora(state, tcfg, adapter)
             return save_model_folder(merged, tcfg, out) if tcfg.lora.merged else adapter
         return save_hf(state, tcfg, out)

@@ -22,8 +22,6 @@ from mmc_ray.config import TrainConfig
 from mmc_ray.config.sections import LoraConfig
 from mmc_ray.models.adapters import ADAPTER_WEIGHTS, MANIFEST, base_hash
 
-ADAPTER_DIR = "adapter"
-
 
 def target_pattern(cfg: LoraConfig) -> str:
     """PEFT's `target_modules` as a full-match regex over module paths: the language model only."""

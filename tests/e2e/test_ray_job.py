@@ -1,7 +1,7 @@
 """`ray job submit` against a Ray head this test starts on 127.0.0.1 (and stops): the tiny pipeline
 runs as a job to SUCCEEDED on a user's own problems (a MathVista-style JSONL with image files and no
-step programs, tests/user_data.py) for two rounds, retraining the tiny HF actor between them, and
-leaves its outputs."""
+step programs, tests/user_data.py) for two rounds, each round's critic a LoRA adapter on the tiny base,
+retraining the tiny HF actor between them, and leaves its outputs."""
 
 import json
 import os
@@ -87,7 +87,7 @@ def test_pipeline_job_on_a_users_problems_retrains_the_actor_and_writes_its_outp
                "--problems", str(train), "--eval-problems", str(held_out), "--rounds", "2",
                "annotate.method=mc", "pipeline.problems_per_round=6", "train.max_steps=2", "train.num_workers=1",
                "actor.kind=hf", f"actor.model_path={out / 'tiny-vlm'}", "pipeline.retrain_actor=true",
-               "pipeline.actor_max_steps=3", *small]
+               "pipeline.actor_max_steps=3", "train.lora.enabled=true", "train.lora.merged=false", *small]
 
     def submit() -> subprocess.CompletedProcess:
         return subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
@@ -103,7 +103,12 @@ def test_pipeline_job_on_a_users_problems_retrains_the_actor_and_writes_its_outp
         assert json.load(reply)["status"] == "SUCCEEDED"
     summary = json.loads((out / "report.json").read_text())
     assert [r["round"] for r in summary["rounds"]] == [1, 2] and summary["problems"] == str(train)
-    assert (out / "round-2" / "critic" / "hf" / "config.json").exists()
+    # train.lora without a merged export: each round's critic is its own adapter on the first base.
+    for r in (1, 2):
+        adapter = out / f"round-{r}" / "critic" / "adapter"
+        assert (adapter / "adapter_config.json").exists() and not (out / f"round-{r}" / "critic" / "hf").exists()
+        assert summary["rounds"][r - 1]["adapter"] == {f"critic-r{r}": str(adapter)}
+    assert f"mmc-ray serve --checkpoint {out / 'tiny-vlm'} --adapter critic-r1=" in job.stdout
     # The user's problems: fresh slices, no step programs, an answer oracle, ProcessBench F1, mc.
     searched_problems = [read_problems(out / f"round-{r}" / "problems.parquet") for r in (1, 2)]
     ids = [p.problem_id for round_problems in searched_problems for p in round_problems]

@@ -5,9 +5,11 @@ import json
 
 import pytest
 
-from mmc_ray.config import Config
+from mmc_ray.config import Config, load_config
 from mmc_ray.orchestration import commands, flywheel
-from mmc_ray.store.layout import export_dir, fit_figures_file
+from mmc_ray.store.layout import adapter_dir, export_dir, fit_figures_file
+
+ADAPTER_ROUNDS = ("train.lora.enabled=true", "train.lora.merged=false", "critic.kind=hf")
 
 
 def test_an_exported_model_is_not_trained_again_and_keeps_its_figures(tmp_path, monkeypatch, capsys):
@@ -24,6 +26,29 @@ def test_an_exported_model_is_not_trained_again_and_keeps_its_figures(tmp_path, 
     assert f"train: actor already exported at {export_dir(out)}" in capsys.readouterr().out
     fit_figures_file(out).unlink()  # exported by an older version: no figures, still not retrained
     assert flywheel._train_once(Config(), tmp_path / "data", out) == {}
+
+
+def test_with_lora_and_no_merged_export_each_rounds_critic_is_its_adapter_on_the_first_base(tmp_path):
+    cfg = load_config(None, ADAPTER_ROUNDS)
+    assert flywheel.adapter_rounds(cfg) and not flywheel.adapter_rounds(Config())
+    rcfg = flywheel._round_config(cfg, 2, "/models/base", tmp_path / "round-2" / "critic", "/models/actor")
+    assert rcfg.critic.model_path == rcfg.train.init_model == "/models/base"
+    assert rcfg.critic.adapters == (f"critic-r2={adapter_dir(tmp_path / 'round-2' / 'critic')}",)
+    assert rcfg.critic.adapter == "critic-r2"
+    full = flywheel._round_config(Config(), 2, "/models/r1", tmp_path / "critic", "/models/actor")
+    assert full.critic.model_path == str(export_dir(tmp_path / "critic")) and not full.critic.adapters
+
+
+def test_an_exported_adapter_is_not_trained_again(tmp_path, monkeypatch, capsys):
+    def never(*args, **kwargs):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(commands, "train", never)
+    out = tmp_path / "critic"
+    adapter_dir(out).mkdir(parents=True)
+    (adapter_dir(out) / "adapter_config.json").write_text("{}")
+    assert flywheel._train_once(load_config(None, ADAPTER_ROUNDS), tmp_path / "data", out) == {}
+    assert f"train: critic already exported at {adapter_dir(out)}" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(("overrides", "name"), [
