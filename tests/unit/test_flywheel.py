@@ -12,11 +12,15 @@ from mmc_ray.store.layout import adapter_dir, export_dir, fit_figures_file
 ADAPTER_ROUNDS = ("train.lora.enabled=true", "train.lora.merged=false", "critic.kind=hf")
 
 
-def test_an_exported_model_is_not_trained_again_and_keeps_its_figures(tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def no_training(monkeypatch):
     def never(*args, **kwargs):
         raise AssertionError("trained again")
 
     monkeypatch.setattr(commands, "train", never)
+
+
+def test_an_exported_model_is_not_trained_again_and_keeps_its_figures(tmp_path, no_training, capsys):
     out = tmp_path / "actor"
     export_dir(out).mkdir(parents=True)
     (export_dir(out) / "config.json").write_text("{}")
@@ -39,11 +43,7 @@ def test_with_lora_and_no_merged_export_each_rounds_critic_is_its_adapter_on_the
     assert full.critic.model_path == str(export_dir(tmp_path / "critic")) and not full.critic.adapters
 
 
-def test_an_exported_adapter_is_not_trained_again(tmp_path, monkeypatch, capsys):
-    def never(*args, **kwargs):
-        raise AssertionError("trained again")
-
-    monkeypatch.setattr(commands, "train", never)
+def test_an_exported_adapter_is_not_trained_again(tmp_path, no_training, capsys):
     out = tmp_path / "critic"
     adapter_dir(out).mkdir(parents=True)
     (adapter_dir(out) / "adapter_config.json").write_text("{}")
