@@ -74,4 +74,5 @@ def micro_batches(tables: Iterable[Any], builder: Any, cfg: TrainConfig, model: 
             yield batch
         if not produced:
             raise RuntimeError(
-                f"no trainable examples in this worker's data (skips: {builder.stats.skipped})")
+                f"no trainable examples in this worker's share of the data (skips: {builder.stats.skipped}): "
+                "every row was skipped, or the data has fewer rows than train.num_workers")

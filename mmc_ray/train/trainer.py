@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import random
 import time
@@ -32,6 +33,7 @@ from mmc_ray.train.export import export_hf
 from mmc_ray.train.run_log import StepLog, driver_progress, model_flops_per_token
 from mmc_ray.train.step import freeze_parts, optimizer_and_schedule, train_step
 
+logger = logging.getLogger(__name__)
 READ_CPUS = 0.25  # a Parquet read task is light; Ray Data's default of 1 CPU stalls on a small box
 
 
@@ -195,6 +197,11 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
     if not files and stream is None:
         raise MissingInput(f"no training data in {data_dir} (critic, annotator: data/train-*.parquet; "
                                 f"actor-sft: problems *.parquet)")
+    if stream is None and (rows := _rows(files)) < tcfg.num_workers:
+        # Every worker needs a row of its own; a few rows on fewer workers is still the same fit.
+        logger.warning("train: %d rows for train.num_workers=%d: training on %d worker(s)", rows,
+                    tcfg.num_workers, max(rows, 1))
+        tcfg = replace(tcfg, num_workers=max(rows, 1))
     if not (Path(tcfg.init_model) / "config.json").exists():
         raise MissingInput(f"no model at {tcfg.init_model} (train.init_model)")
     resume_from = latest_checkpoint(out_dir) if resume else None
@@ -219,6 +226,12 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
     return TrainSummary(dict(result.metrics or {}), losses, checkpoint, exported, time.perf_counter() - start)
 
 
+def _rows(files: list[Path]) -> int:
+    import pyarrow.parquet as pq
+
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+
+
 def fit(tcfg: TrainConfig, out_dir: Path, files: list[Path], *, resume_from: Path | None = None,
         board: Any = None, stream: Any = None, hooks: TrainHooks | None = None) -> Any:
     """One Ray Train run on `files` (or `stream`) into `out_dir`; returns Ray Train's `Result`.
@@ -227,11 +240,15 @@ def fit(tcfg: TrainConfig, out_dir: Path, files: list[Path], *, resume_from: Pat
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from mmc_ray.train.data_split import EveryRowSplit, small_blocks
+
     # Files are handed over in their order, not as their reads finish: a resume's data-position skip
     # then skips what the killed run consumed, and two fits of one config see one stream. A growing
     # stream has no fixed order to keep, and waiting on its slowest block would stall training.
     ingest = DataConfig.default_ingest_options()
     ingest.preserve_order = stream is None
+    dataset = stream if stream is not None else ray.data.read_parquet([str(f) for f in files],
+                                                                      num_cpus=READ_CPUS)
 
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -246,9 +263,8 @@ def fit(tcfg: TrainConfig, out_dir: Path, files: list[Path], *, resume_from: Pat
         run_config=RunConfig(storage_path=str(out_dir), name=f"{RUN_NAME}-{time.strftime('%Y%m%d-%H%M%S')}",
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
                              failure_config=FailureConfig(max_failures=tcfg.max_failures)),
-        datasets={"train": stream if stream is not None else ray.data.read_parquet(
-            [str(f) for f in files], num_cpus=READ_CPUS)},
-        dataset_config=DataConfig(execution_options=ingest),
+        datasets={"train": small_blocks(dataset)},
+        dataset_config=EveryRowSplit(execution_options=ingest),
     )
     return trainer.fit()
 
