@@ -240,15 +240,11 @@ def fit(tcfg: TrainConfig, out_dir: Path, files: list[Path], *, resume_from: Pat
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from mmc_ray.train.data_split import EveryRowSplit, small_blocks
-
     # Files are handed over in their order, not as their reads finish: a resume's data-position skip
     # then skips what the killed run consumed, and two fits of one config see one stream. A growing
     # stream has no fixed order to keep, and waiting on its slowest block would stall training.
     ingest = DataConfig.default_ingest_options()
     ingest.preserve_order = stream is None
-    dataset = stream if stream is not None else ray.data.read_parquet([str(f) for f in files],
-                                                                      num_cpus=READ_CPUS)
 
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -263,8 +259,9 @@ def fit(tcfg: TrainConfig, out_dir: Path, files: list[Path], *, resume_from: Pat
         run_config=RunConfig(storage_path=str(out_dir), name=f"{RUN_NAME}-{time.strftime('%Y%m%d-%H%M%S')}",
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
                              failure_config=FailureConfig(max_failures=tcfg.max_failures)),
-        datasets={"train": small_blocks(dataset)},
-        dataset_config=EveryRowSplit(execution_options=ingest),
+        datasets={"train": stream if stream is not None else ray.data.read_parquet(
+            [str(f) for f in files], num_cpus=READ_CPUS)},
+        dataset_config=DataConfig(execution_options=ingest),
     )
     return trainer.fit()
 

@@ -234,34 +234,3 @@ def test_a_lora_fit_trains_only_the_adapter_and_exports_a_checked_one(ray_local,
                                                   max_new_tokens=4, temperature=0.0)])
     assert result.completions[0].completion_tokens > 0
 
-
-@pytest.mark.parametrize("rows", [13, 1])
-def test_every_row_goes_to_some_worker_and_the_shares_are_even(ray_local, rows):
-    """Ray Train's default split drops rows % workers rows (every epoch: a worker replays its share);
-    ours deals small blocks to the worker with the fewest rows."""
-    import threading
-
-    from ray.train import DataConfig
-
-    from mmc_ray.train.data_split import SPLIT_ROWS, EveryRowSplit, small_blocks
-
-    def shares(config: DataConfig) -> list[list[int]]:
-        splits = config.configure({"train": small_blocks(ray.data.range(rows, override_num_blocks=1))}, world_size=2,
-                                  worker_handles=None, worker_node_ids=None)
-        got: list[list[int]] = [[], []]
-
-        def read(i: int) -> None:  # a streaming split's readers start together
-            got[i] = [r["id"] for r in splits[i]["train"].iter_rows()]
-
-        threads = [threading.Thread(target=read, args=(i,)) for i in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=120)
-        return got
-
-    ours = shares(EveryRowSplit())
-    assert sorted(ours[0] + ours[1]) == list(range(rows))
-    assert abs(len(ours[0]) - len(ours[1])) <= SPLIT_ROWS
-    default = shares(DataConfig())
-    assert len(default[0]) == len(default[1]) == rows // 2  # what Ray Train's own split keeps
