@@ -1,6 +1,5 @@
 import hashlib
 import io
-import math
 import os
 import random
 import subprocess
@@ -12,7 +11,7 @@ from PIL import Image
 
 from mmc_ray.tasks.families import FAMILIES, TaskInstance
 from mmc_ray.tasks.problem import choices_text
-from mmc_ray.tasks.solution import OBSERVE_OPS, execute, format_number, parse_reasoning, solution_text
+from mmc_ray.tasks.solution import OBSERVE_OPS, execute, parse_reasoning, solution_text
 from mmc_ray.tasks.synthetic import (
     DEFAULT_IMAGE_SIZE,
     generate_problem,
@@ -103,24 +102,8 @@ def test_bar_cues_compose_every_value(difficulty):
             assert int(cue[f"{name} gridline"]) * step == int(value) > 0
 
 
-@pytest.mark.parametrize("difficulty", DIFFICULTIES)
-def test_triangle_cues_compose_every_side(difficulty):
-    triangles = 0
-    for seed in range(20):
-        _, facts, _, cues = problem_scene("geometry", difficulty, seed)
-        cue = dict(cues)
-        for name, value in facts:
-            if " " in name:  # a rectangle's side is itself a whole number of cells: no cues
-                assert not cues
-                continue
-            triangles += 1
-            length = math.hypot(int(cue[f"{name} run"]), int(cue[f"{name} rise"]))
-            assert format_number(round(length, 1)) == value
-    assert triangles >= 9
-
-
 def test_other_families_have_no_cues():
-    for family in ("counting", "arithmetic"):
+    for family in ("counting", "arithmetic", "geometry"):
         assert all(not problem_scene(family, 3, seed)[3] for seed in range(5))
 
 
