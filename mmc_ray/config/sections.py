@@ -109,8 +109,11 @@ class PretrainConfig:
     difficulties: tuple[int, ...] = _opt((1, 2, 3, 4), "difficulties drawn, each 1..5")
     vision_steps: int = _opt(5000, "stage a: steps training vision tower + projector on every fact")
     vision_batch: int = _opt(32, "stage a: images per step")
-    vision_cues: bool = _opt(True, "stage a: also read the parts each value is composed of (a bar's gridline "
-                                   "and the axis step, a side's run and rise: TaskInstance.cues)")
+    vision_cues: bool = _opt(False, "stage a: also read the parts each value is composed of (a bar's "
+                                    "gridline, label by position, the axis step: TaskInstance.cues); the "
+                                    "tower then reads bar values 46% instead of 23%, but the language stages "
+                                    "of that run read box digits 32% instead of 97% (bench/RESULTS.md): off "
+                                    "until both hold")
     vision_learning_rate: float = _opt(5e-4, "stage a: peak learning rate (2e-3 learned 3-7x slower)")
     describe_steps: int = _opt(2000, "stage b: steps on dense descriptions (vision tower frozen)")
     solve_steps: int = _opt(2500, "stage c: steps on reference solutions, descriptions mixed in")
