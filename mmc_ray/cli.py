@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mmc_ray.config import Config, load_config
-from mmc_ray.errors import MissingInput, UserError, root_cause
+from mmc_ray.errors import BadInput, MissingInput, UserError, root_cause
 from mmc_ray.models.shipped import SEEING_BASE
 from mmc_ray.orchestration import commands, preflight
 from mmc_ray.ray_runtime import listen_on_all_interfaces, quiet_workers, ray_logs_dir
@@ -308,7 +308,12 @@ def cmd_adapters(args: argparse.Namespace) -> None:
     from mmc_ray.ray_runtime import init_ray
     from mmc_ray.serve.checkpoints import change_adapters
 
-    aliases = parse_adapter_specs(args.alias)  # ALIAS=NAME reads like NAME=PATH
+    aliases = {}
+    for spec in args.alias:
+        alias, _, target = spec.partition("=")
+        if not alias or not target:
+            raise BadInput(f"--alias {spec!r}: expected ALIAS=NAME (NAME: a loaded adapter version)")
+        aliases[alias] = target
     init_ray()
     served = change_adapters(args.app, parse_adapter_specs(args.load), aliases, args.unload)
     for name, path in served.paths.items():
