@@ -23,7 +23,6 @@ import argparse
 import dataclasses
 import json
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -115,10 +114,9 @@ def engine_for(critic: tuple[str, str | None], tcfg: TrainConfig, copies: int = 
                               default_adapter="a0" if adapter else "")
 
 
-def serving(critic: tuple[str, str | None], tcfg: TrainConfig, held_out: list[dict], requests: int,
+def serving(critic: tuple[str, str | None], tcfg: TrainConfig, solutions: list[Any],
             repeats: int) -> dict[str, Any]:
     """Critiques/s through the base alone and through 1, 4, 8 adapters, the same requests each time."""
-    solutions = [critique_solution(r) for r in held_out][:requests]
     prompts = [GenerationRequest(messages=critic_messages(s.problem, s.steps, s.answer),
                                  images=(s.problem.image,), max_new_tokens=32, temperature=0.0)
                for s in solutions]
@@ -182,11 +180,10 @@ def main() -> int:
                                       for k in ("processbench_f1", "verdict_accuracy", "parse_rate")}
             print(f"{name}: {fits[name]['train_seconds']:.0f} s, verdict {held['verdict_accuracy']:.3f}, "
                   f"ProcessBench F1 {held['processbench_f1']:.3f}", flush=True)
-        served = serving(fits["lora"]["critic"], runs["lora"], held_out, requests,
+        served = serving(fits["lora"]["critic"], runs["lora"], solutions[:requests],
                          repeats=2 if args.quick else 3)
         for f in fits.values():
             f["critic"] = None
-        shutil.rmtree(tmp, ignore_errors=True)
 
     full, lora = fits["full"], fits["lora"]
     print(f"\n{'':<28} {'full':>14} {'LoRA r' + str(args.rank):>14} {'LoRA/full':>10}")

@@ -358,7 +358,6 @@ class LocalCritic:
         return self.checkpoint, self.version, self.loaded_at
 
 
-
 def _adapter_names(engine: Any) -> list[str]:
     loaded = getattr(engine, "adapters", None)
     return list(loaded.paths) if loaded is not None else []

@@ -68,12 +68,18 @@ def registry() -> Any:
                                       get_if_exists=True).remote()
 
 
-def swap_checkpoint(app: str, checkpoint: str) -> None:
-    """Point every replica of `app` at `checkpoint` (they pick it up within a second or so)."""
+def _registry_of_hf_app(app: str, on_vllm: str) -> Any:
+    """The registry, once it says `app` runs the hf backend (else `on_vllm` as the user's error)."""
     checkpoints = registry()
     if ray.get(checkpoints.get.remote(app)).get("backend") == "vllm":
-        raise UserError(f"app {app} runs the vllm backend, which swaps by redeploying: run "
-                           f"`mmc-ray serve --detach --checkpoint {checkpoint}` with its config")
+        raise UserError(f"app {app} runs the vllm backend, {on_vllm}")
+    return checkpoints
+
+
+def swap_checkpoint(app: str, checkpoint: str) -> None:
+    """Point every replica of `app` at `checkpoint` (they pick it up within a second or so)."""
+    checkpoints = _registry_of_hf_app(app, f"which swaps by redeploying: run `mmc-ray serve --detach "
+                                           f"--checkpoint {checkpoint}` with its config")
     ray.get(checkpoints.set.remote(app, checkpoint))
 
 
@@ -82,9 +88,7 @@ def change_adapters(app: str, load: Mapping[str, str] | None = None, aliases: Ma
     """Load adapter versions, point aliases, unload versions (or aliases) on every replica of `app`,
     in that order, without a redeploy; returns the app's adapters after the change. Replicas follow
     within `serve.checkpoint_poll_s`, each unloading a version once no request holds it."""
-    checkpoints = registry()
-    if ray.get(checkpoints.get.remote(app)).get("backend") == "vllm":
-        raise UserError(f"app {app} runs the vllm backend, which serves no adapters yet (serve.backend=hf)")
+    checkpoints = _registry_of_hf_app(app, "which serves no adapters yet (serve.backend=hf)")
     try:
         return ray.get(checkpoints.change_adapters.remote(app, dict(load or {}), dict(aliases or {}),
                                                           list(unload)))

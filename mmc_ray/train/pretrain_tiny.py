@@ -2,9 +2,9 @@
 
 Real VLMs are built in stages; so is this one, from data the task renderers make exactly and for free:
   a. vision tower + projector, on a direct objective: a `FactReader` head reads every fact of an
-     image (counts per colour and shape, bar values, box digits, side lengths), and the cues those
-     values are composed of (a bar's gridline and the axis step, a side's run and rise), from the
-     projector's visual tokens; the language model stays frozen;
+     image (counts per colour and shape, bar values, box digits, side lengths), with
+     `pretrain.vision_cues` also the cues bar values are composed of (a bar's gridline and label by
+     position, the axis step), from the projector's visual tokens; the language model stays frozen;
   b. projector + language model, on dense descriptions of every image (every fact, in the solution
      steps' own sentences), the vision tower frozen;
   c. the same parts, on reference solutions with descriptions mixed in, so the base answers problems

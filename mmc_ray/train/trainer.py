@@ -200,7 +200,7 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
     if stream is None and (rows := _rows(files)) < tcfg.num_workers:
         # Every worker needs a row of its own; a few rows on fewer workers is still the same fit.
         logger.warning("train: %d rows for train.num_workers=%d: training on %d worker(s)", rows,
-                    tcfg.num_workers, max(rows, 1))
+                       tcfg.num_workers, max(rows, 1))
         tcfg = replace(tcfg, num_workers=max(rows, 1))
     if not (Path(tcfg.init_model) / "config.json").exists():
         raise MissingInput(f"no model at {tcfg.init_model} (train.init_model)")
