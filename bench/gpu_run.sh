@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The one prepared GPU run of issue #10: the vLLM tests (on CUDA), then bench/gpu_vllm.py and
-# bench/gpu_train_mfu.py (--quick), each under a timeout, all of it within ~9 minutes. A failing
-# step does not stop the next; the end lists every step's status. Outputs go to "$OUT" (the device
-# machine's folder that comes back; ./out/gpu elsewhere): gpu_run.log, gpu_run_status.txt,
-# gpu_vllm.json, gpu_train_mfu.json.
+# bench/gpu_train_mfu.py (--quick: full fine-tuning, then a LoRA adapter, issue #39), each under a
+# timeout, all of it within ~9 minutes. A failing step does not stop the next; the end lists every
+# step's status. Outputs go to "$OUT" (the device machine's folder that comes back; ./out/gpu
+# elsewhere): gpu_run.log, gpu_run_status.txt, gpu_vllm.json, gpu_train_mfu.json, gpu_train_lora.json.
 #
 # The lent device machine (see the device tool's README and KINDS.md) has CUDA, python3 3.12 with
 # PyTorch 2.11 (cu130), transformers 5.17, pytest, numpy, pyarrow, pandas, aiohttp, grpcio, protobuf,
@@ -27,7 +27,7 @@ cd "$(dirname "$0")/.."
 
 # Python 3.12 x86-64 wheels, pinned by constraints.txt (DeepSpeed is built here: PyPI has its sdist).
 WHEELS=(ray transformers regex typing_extensions pydantic pydantic_core annotated-types typing-inspection
-        jsonschema jsonschema-specifications referencing rpds-py tensorboardX hjson)
+        jsonschema jsonschema-specifications referencing rpds-py tensorboardX hjson peft accelerate)
 RAY_DROP=(ray/jars/ ray/rllib/ ray/llm/ ray/dashboard/client/build/)
 
 pin() {  # "name==version" from constraints.txt (names compared case-insensitively, - and _ alike)
@@ -144,7 +144,11 @@ step setup 120 bash -c install_wheels
 step environment 60 bash -c environment
 step pytest-vllm 120 "$PY" -m pytest -q -m vllm tests/engines tests/vllm_tier -rs -p no:cacheprovider
 step gpu-vllm 150 "$PY" bench/gpu_vllm.py --quick --json "$OUT/gpu_vllm.json"
-step gpu-train-mfu $((DEADLINE - SECONDS - 15)) "$PY" bench/gpu_train_mfu.py --quick --json "$OUT/gpu_train_mfu.json"
+step gpu-train-mfu $((DEADLINE - SECONDS - 150)) "$PY" bench/gpu_train_mfu.py --quick --json "$OUT/gpu_train_mfu.json"
+"$PY" -m ray.scripts.scripts stop --force >/dev/null 2>&1 || true
+# The same fit with a rank-16 adapter (issue #39): tokens/s and peak memory beside full fine-tuning's.
+step gpu-train-lora $((DEADLINE - SECONDS - 15)) "$PY" bench/gpu_train_mfu.py --quick --steps 12 --lora 16 \
+  --json "$OUT/gpu_train_lora.json"
 "$PY" -m ray.scripts.scripts stop --force >/dev/null 2>&1 || true  # a timed-out fit leaves Ray behind
 
 failed=0

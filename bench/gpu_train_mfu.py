@@ -54,6 +54,7 @@ os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(__file__).resolve().paren
 from _results import missing_for_gpu_run, write_results
 
 from mmc_ray.config import Config, TinyModelConfig, TrainConfig
+from mmc_ray.config.sections import LoraConfig
 from mmc_ray.train.trainer import TrainHooks
 
 # Qwen2-VL-2B-Instruct's architecture (its config.json); what TinyModelConfig cannot say is beside it.
@@ -383,12 +384,14 @@ def summarize(m: dict[str, Any], tcfg: TrainConfig, steps: int, fit_seconds: flo
         "peak_memory_gib": round(m["peak_memory_mb"] / 1024, 2),
         "peak_reserved_gib": round(m["peak_reserved_mb"] / 1024, 2),
         "fit_seconds": round(fit_seconds, 1), "steps": steps,
+        "lora_rank": tcfg.lora.r if tcfg.lora.enabled else 0,
         "target_mfu": TARGET_MFU,
     }
     results["mfu"] = results["steady"]["mfu"]
     results["meets_target"] = results["mfu"] >= TARGET_MFU
     s, t = results["steady"], results["trainer"]
     print(f"\n{results['device']} ({results['gpu_memory_gib']} GiB), {tcfg.num_workers} worker(s), "
+          f"{f'LoRA r{tcfg.lora.r}' if tcfg.lora.enabled else 'full fine-tuning'}, "
           f"{tcfg.tokens_per_step} tokens/micro-batch x {tcfg.grad_accum}")
     print(f"{'figure':<34} {'value':>12}")
     for name, value in (
@@ -420,6 +423,9 @@ def main() -> int:
     parser.add_argument("--grad-accum", type=int, default=2)
     parser.add_argument("--tokens-per-step", type=int, help="micro-batch token budget (default: fit the GPU)")
     parser.add_argument("--max-seq-len", type=int, default=4096)
+    parser.add_argument("--lora", type=int, default=0, metavar="RANK",
+                        help="train a LoRA adapter of this rank on the language model instead of every "
+                             "weight (0: full fine-tuning); its MFU still charges 6N a token")
     parser.add_argument("--peak-tflops", type=float, default=PEAK_TFLOPS,
                         help="one GPU's dense bf16 peak (H100 and H200: 989)")
     args = parser.parse_args()
@@ -433,7 +439,8 @@ def main() -> int:
                        max_seq_len=args.max_seq_len,
                        tokens_per_step=max(args.tokens_per_step or args.max_seq_len, args.max_seq_len),
                        min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS, checkpoint_every=steps,
-                       wandb_project="", peak_tflops=args.peak_tflops)
+                       wandb_project="", peak_tflops=args.peak_tflops,
+                       lora=LoraConfig(enabled=bool(args.lora), r=args.lora or LoraConfig.r, merged=False))
     # The critic runs what train fine-tunes: one pixel budget for both (the config checks it).
     cfg = dataclasses.replace(cfg, train=tcfg, critic=dataclasses.replace(cfg.critic, min_pixels=MIN_PIXELS,
                                                                           max_pixels=MAX_PIXELS))
