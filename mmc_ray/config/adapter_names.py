@@ -10,6 +10,7 @@ from mmc_ray.errors import BadInput
 
 BASE_MODEL = ""
 ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 

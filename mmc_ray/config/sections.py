@@ -27,6 +27,7 @@ def _section(factory: Callable[[], Any], help: str = "") -> Any:
     return field(default_factory=factory, metadata={"help": help})
 
 
+ADAPTER_STORE_SCHEMES = ("s3://", "gs://", "abfss://", "azure://")  # what Ray Serve LLM's lora_config takes
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's max_lora_rank choices
 
 
@@ -575,9 +576,15 @@ class ServeConfig:
     max_tokens: int = _opt(1024, "the most a request may ask for")
     default_max_tokens: int = _opt(256, "when a request names none")
     checkpoint_poll_s: float = _opt(1.0, "how often replicas look for a hot-swapped checkpoint")
+    adapter_store: str = _opt("", "backend=vllm with LoRA adapters: the cloud folder (s3://, gs://, abfss:// "
+                                  "or azure://) Ray Serve LLM loads them from; each adapter is copied to "
+                                  "its name's subfolder when it is deployed or loaded")
 
     def __post_init__(self) -> None:
         _require(self.checkpoint_poll_s > 0, "checkpoint_poll_s", "must be > 0")
+        _require(not self.adapter_store or self.adapter_store.startswith(ADAPTER_STORE_SCHEMES),
+                 "adapter_store", f"must start with one of {', '.join(ADAPTER_STORE_SCHEMES)} (Ray Serve LLM "
+                 "loads adapters from cloud storage only)")
         _require(1 <= self.port <= 65535, "port", "must be in 1..65535")
         _require(self.num_replicas >= 1, "num_replicas", "must be >= 1")
         _require(self.min_replicas <= self.max_replicas, "min_replicas", "must be <= max_replicas")

@@ -82,7 +82,7 @@ from pathlib import Path
 from typing import Any
 
 from mmc_ray.config import EngineConfig
-from mmc_ray.config.adapter_names import ADAPTER_CONFIG, parse_adapter_specs
+from mmc_ray.config.adapter_names import ADAPTER_CONFIG, ADAPTER_WEIGHTS, parse_adapter_specs
 from mmc_ray.engine_protocol import (
     Completion,
     FinishReason,
@@ -93,7 +93,7 @@ from mmc_ray.engine_protocol import (
     sampling_temperature,
 )
 from mmc_ray.errors import BadInput, MissingInput
-from mmc_ray.models.adapters import ADAPTER_WEIGHTS, AdapterSet
+from mmc_ray.models.adapters import AdapterSet
 
 # vLLM's finish reasons we keep; anything else ("abort", None) becomes an error completion.
 FINISH_REASONS: dict[str, FinishReason] = {"stop": "stop", "length": "length"}
@@ -131,8 +131,15 @@ def sampling_kwargs(req: GenerationRequest, stop_token_ids: Sequence[int] = ()) 
     return kwargs
 
 
-def llm_kwargs(cfg: EngineConfig) -> dict[str, Any]:
-    """vLLM engine arguments (all but `model`) of an engine config."""
+def lora_slots(cfg: EngineConfig) -> int:
+    """Adapters one batch may mix: `vllm.max_loras`, on CPU one more for the zero adapter that base
+    requests run through (`VLLMAdapters`)."""
+    return cfg.vllm.max_loras + (cfg.device == "cpu")
+
+
+def llm_kwargs(cfg: EngineConfig, lora: bool | None = None) -> dict[str, Any]:
+    """vLLM engine arguments (all but `model`) of an engine config; LoRA is on with `lora`, by
+    default when the config names adapters."""
     kwargs: dict[str, Any] = {
         "tensor_parallel_size": cfg.vllm.tensor_parallel_size,
         "distributed_executor_backend": "mp" if cfg.vllm.tensor_parallel_size > 1 else "uni",
@@ -150,11 +157,9 @@ def llm_kwargs(cfg: EngineConfig) -> dict[str, Any]:
         # Its KV cache is sized by this (or the legacy VLLM_CPU_KVCACHE_SPACE variable): without
         # either vLLM refuses to start on a shared host.
         kwargs["kv_cache_memory_bytes"] = cfg.vllm.cpu_kv_cache_gib << 30
-    if cfg.adapters:
+    if cfg.adapters if lora is None else lora:
         # LoRA is sized at start (its GPU slots, the largest rank); adapters come and go while it runs.
-        # On CPU one slot more, for the zero adapter base requests run through (`VLLMAdapters`).
-        kwargs.update(enable_lora=True, max_loras=cfg.vllm.max_loras + (cfg.device == "cpu"),
-                      max_lora_rank=cfg.vllm.max_lora_rank)
+        kwargs.update(enable_lora=True, max_loras=lora_slots(cfg), max_lora_rank=cfg.vllm.max_lora_rank)
     if cfg.min_pixels is not None and cfg.max_pixels is not None:
         kwargs["mm_processor_kwargs"] = {"min_pixels": cfg.min_pixels, "max_pixels": cfg.max_pixels}
     return kwargs

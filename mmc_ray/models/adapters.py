@@ -20,7 +20,6 @@ from mmc_ray.config.adapter_names import ADAPTER_CONFIG, BASE_MODEL, check_adapt
 from mmc_ray.errors import BadInput, MissingInput
 
 MANIFEST = "adapter_manifest.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 def base_hash(model_dir: str | Path) -> str:

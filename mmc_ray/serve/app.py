@@ -16,7 +16,8 @@ names it answers to (`names`: LoRA adapters and their aliases, `mmc_ray.serve.ad
   loaded, aliases moved, old versions unloaded once no request holds them.
 - vllm (`LLMDeploymentCritic`; GPU): the replica holds no model; it sends the same requests as chat
   completions to a Ray Serve LLM deployment through its handle (`mmc_ray.serve.llm`), which batches,
-  scales and swaps.
+  scales and swaps. Adapters live in `serve.adapter_store` (`mmc_ray.serve.adapter_store`); a request
+  for one goes to `<served_model>:<adapter>`, which Ray Serve LLM loads on first use.
 A request's engine failure is a 500 for that request; the replica keeps serving. Every error has
 OpenAI's shape `{"error": {"message", "type", "param", "code", "field"}}` (`protocol.error_body`): 4xx
 for what the client sent (naming the field), 401 without the bearer token, 404 `model_not_found`
@@ -36,6 +37,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,7 @@ from ray import serve
 from starlette.exceptions import HTTPException
 
 from mmc_ray.config import EngineConfig, ServeConfig
+from mmc_ray.config.adapter_names import parse_adapter_specs
 from mmc_ray.critique.schema import parse_critique
 from mmc_ray.critique.step_scores import outcome_openings, step_scores
 from mmc_ray.dashboard_metrics import StageMetrics
@@ -283,26 +286,13 @@ class LocalCritic:
         if checkpoint := user_config.get("checkpoint"):
             self._load(checkpoint)
         if self._watcher is None:
-            self._watcher = threading.Thread(target=self._watch_registry, daemon=True)
-            self._watcher.start()
+            self._watcher = follow_registry(self.cfg.checkpoint_poll_s, self._follow_entry)
 
-    def _watch_registry(self) -> None:
-        """Follow the checkpoint registry (see `mmc_ray.serve.checkpoints`)."""
-        import ray
-
-        from mmc_ray.serve.checkpoints import registry
-
-        app = serve.get_replica_context().app_name
-        while True:
-            time.sleep(self.cfg.checkpoint_poll_s)
-            try:
-                wanted = ray.get(registry().get.remote(app), timeout=30)
-                if wanted.get("checkpoint"):
-                    self._load(wanted["checkpoint"])
-                if wanted.get("adapters") is not None:
-                    self._follow_adapters(wanted["adapters"])
-            except Exception as e:  # a bad checkpoint or a registry hiccup must not kill serving
-                logger.warning("checkpoint watch: %s: %s", type(e).__name__, e)
+    def _follow_entry(self, wanted: dict[str, Any]) -> None:
+        if wanted.get("checkpoint"):
+            self._load(wanted["checkpoint"])
+        if wanted.get("adapters") is not None:
+            self._follow_adapters(wanted["adapters"])
 
     def _follow_adapters(self, served: ServedAdapters) -> None:
         """Load the versions `served` names, point its aliases, then unload the versions it no longer
@@ -358,6 +348,28 @@ class LocalCritic:
         return self.checkpoint, self.version, self.loaded_at
 
 
+def follow_registry(poll_s: float, follow: Callable[[dict[str, Any]], None]) -> threading.Thread:
+    """A thread that gives `follow` this app's entry in the checkpoint registry (see
+    `mmc_ray.serve.checkpoints`) every `poll_s`, for as long as the replica lives."""
+    import ray
+
+    from mmc_ray.serve.checkpoints import registry
+
+    app = serve.get_replica_context().app_name
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_s)
+            try:
+                follow(ray.get(registry().get.remote(app), timeout=30))
+            except Exception as e:  # a bad checkpoint or a registry hiccup must not kill serving
+                logger.warning("checkpoint watch: %s: %s", type(e).__name__, e)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    return watcher
+
+
 def _adapter_names(engine: Any) -> list[str]:
     loaded = getattr(engine, "adapters", None)
     return list(loaded.paths) if loaded is not None else []
@@ -367,9 +379,28 @@ class LLMDeploymentCritic:
     """backend=vllm: the replica holds no model; the same requests go as chat completions to a Ray
     Serve LLM deployment, which batches, scales and is swapped by a redeploy."""
 
-    def __init__(self, client: LLMDeploymentClient) -> None:
+    def __init__(self, client: LLMDeploymentClient, serve_cfg: ServeConfig, engine_cfg: EngineConfig) -> None:
+        """Answers to the adapters `engine_cfg` names (published to `serve.adapter_store`) until
+        `follow` sees the app's record in the registry."""
         self.llm = client
-        self.names = ServedNames()  # none: Ray Serve LLM's multi-LoRA is not wired yet (issue #39)
+        self.cfg = serve_cfg
+        self.names = ServedNames()
+        self.names.follow(parse_adapter_specs(engine_cfg.adapters), {})
+        self._zero_base = bool(serve_cfg.adapter_store) and engine_cfg.device == "cpu"
+        self.llm.zero_base = self._zero_base and bool(engine_cfg.adapters)
+        self._watcher: threading.Thread | None = None
+
+    def follow(self) -> None:
+        """Follow the app's adapters in the registry (in a replica)."""
+        self._watcher = follow_registry(self.cfg.checkpoint_poll_s, self._follow_entry)
+
+    def _follow_entry(self, wanted: dict[str, Any]) -> None:
+        """Ray Serve LLM loads a version at its first request and evicts the least used, so a
+        version the record drops is only no longer answered to (a 404)."""
+        served: ServedAdapters | None = wanted.get("adapters")
+        if served is not None:
+            self.names.follow(served.paths, served.aliases)
+            self.llm.zero_base = bool(wanted.get("zero_base")) and bool(served.paths)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Nothing to load here: the LLM deployment holds the model."""
@@ -418,8 +449,13 @@ class CriticServer:
                  llm: Any = None) -> None:
         """`llm`: a handle to the Ray Serve LLM deployment (backend=vllm); None runs our engine here."""
         self.cfg = serve_cfg
-        self.backend = LocalCritic(serve_cfg, engine_cfg) if llm is None else LLMDeploymentCritic(
-            LLMDeploymentClient(llm, serve_cfg.served_model, serve.get_replica_context().app_name))
+        if llm is None:
+            self.backend: LocalCritic | LLMDeploymentCritic = LocalCritic(serve_cfg, engine_cfg)
+        else:
+            client = LLMDeploymentClient(llm, serve_cfg.served_model, serve.get_replica_context().app_name,
+                                         default_adapter=engine_cfg.adapter)
+            self.backend = LLMDeploymentCritic(client, serve_cfg, engine_cfg)
+            self.backend.follow()
         configure_guard(api_key, serve_cfg.max_body_bytes)
         # The checkpoint arrives through `reconfigure` (Serve calls it before the replica is ready).
 
@@ -525,9 +561,14 @@ def build_critic_app(serve_cfg: ServeConfig, engine_cfg: EngineConfig) -> serve.
     if serve_cfg.backend == "vllm":
         from mmc_ray.serve.llm import build_llm_deployment
 
-        if engine_cfg.adapters:
-            raise BadInput("serving LoRA adapters needs serve.backend=hf for now: Ray Serve LLM's multi-LoRA "
-                           "is not wired yet (issue #39)")
+        if engine_cfg.adapters and not serve_cfg.adapter_store:
+            raise BadInput("serve.backend=vllm serves LoRA adapters from serve.adapter_store (an s3://, "
+                           "gs://, abfss:// or azure:// folder): Ray Serve LLM loads adapters from cloud "
+                           "storage only")
+        if serve_cfg.adapter_store:
+            from mmc_ray.serve.adapter_store import published_critic
+
+            engine_cfg = published_critic(serve_cfg, engine_cfg)
         # The checkpoint is the LLM deployment's model_source; the ingress holds no model, and it
         # drains as long as the LLM deployment does, while requests wait for a new LLM replica.
         del options["user_config"]

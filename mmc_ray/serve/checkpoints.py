@@ -7,8 +7,9 @@ Serve's own `user_config` does the same for `serve deploy` / RayService configs,
 `user_config` is a lightweight update; a Python `serve.run` instead replaces every replica, so
 `mmc_ray.serve.deploy` goes through this registry when only the checkpoint changes.
 
-Apps on the vllm backend (`mmc_ray.serve.llm`) swap by redeploying instead; for them the registry
-only numbers the checkpoints each app has served (`version`), which `/v1/models` reports.
+Apps on the vllm backend (`mmc_ray.serve.llm`) swap checkpoints by redeploying instead (the registry
+numbers the checkpoints each app has served, `version`, which `/v1/models` reports); their adapters
+change through the registry as on hf, from the app's adapter store.
 """
 
 from __future__ import annotations
@@ -39,15 +40,17 @@ class CheckpointRegistry:
             entry["backend"] = backend
         self.version(app, checkpoint)
 
-    def reset_adapters(self, app: str, served: ServedAdapters) -> None:
-        """A new deployment of `app` serves `served` (its config's adapters)."""
-        self._apps.setdefault(app, {})["adapters"] = served
+    def reset_adapters(self, app: str, served: ServedAdapters, store: str = "",
+                       zero_base: bool = False) -> None:
+        """A new deployment of `app` serves `served` (its config's adapters); backend vllm: from the
+        adapter `store`, base requests through the zero adapter there when `zero_base` (vLLM on CPU)."""
+        self._apps.setdefault(app, {}).update(adapters=served, adapter_store=store, zero_base=zero_base)
 
     def change_adapters(self, app: str, load: Mapping[str, str], aliases: Mapping[str, str],
                         unload: Sequence[str]) -> ServedAdapters:
         entry = self._apps.get(app, {})
         if "adapters" not in entry:
-            raise UserError(f"no app {app!r} deployed by mmc-ray serve (backend hf) on this cluster")
+            raise UserError(f"no app {app!r} deployed by mmc-ray serve on this cluster")
         entry["adapters"] = entry["adapters"].changed(load, aliases, unload)
         return entry["adapters"]
 
@@ -87,10 +90,20 @@ def change_adapters(app: str, load: Mapping[str, str] | None = None, aliases: Ma
                     unload: Sequence[str] = ()) -> ServedAdapters:
     """Load adapter versions, point aliases, unload versions (or aliases) on every replica of `app`,
     in that order, without a redeploy; returns the app's adapters after the change. Replicas follow
-    within `serve.checkpoint_poll_s`, each unloading a version once no request holds it."""
-    checkpoints = _registry_of_hf_app(app, "which serves no adapters yet (serve.backend=hf)")
+    within `serve.checkpoint_poll_s`, each unloading a version once no request holds it. Backend
+    vllm: each loaded folder is first copied to the app's adapter store (`mmc_ray.serve.adapter_store`);
+    Ray Serve LLM's replicas load a version at its first request and evict the least used."""
+    checkpoints = registry()
+    entry = ray.get(checkpoints.get.remote(app))
+    load = dict(load or {})
+    if entry.get("backend") == "vllm" and load:
+        from mmc_ray.serve.adapter_store import publish_all
+
+        if not entry.get("adapter_store"):
+            raise UserError(f"app {app} runs the vllm backend without serve.adapter_store: Ray Serve LLM "
+                            "loads adapters from cloud storage only; redeploy it with one")
+        load = publish_all(entry["adapter_store"], load, entry.get("zero_base", False))
     try:
-        return ray.get(checkpoints.change_adapters.remote(app, dict(load or {}), dict(aliases or {}),
-                                                          list(unload)))
+        return ray.get(checkpoints.change_adapters.remote(app, load, dict(aliases or {}), list(unload)))
     except ray.exceptions.RayTaskError as e:  # a refused change: the reason, not an actor traceback
         raise e.cause from None

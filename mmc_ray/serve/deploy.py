@@ -6,7 +6,9 @@ checkpoint registry at the new critic and every replica swaps it in place
 other change redeploys the app (Serve replaces replicas without dropping requests).
 
 Backend vllm: the checkpoint is the Ray Serve LLM deployment's model_source, so every deploy
-redeploys the app and Serve rolls the new critic out replica by replica (`mmc_ray.serve.llm`).
+redeploys the app and Serve rolls the new critic out replica by replica (`mmc_ray.serve.llm`). Its
+adapters are copied to `serve.adapter_store` first (`mmc_ray.serve.adapter_store`), where Ray Serve
+LLM loads them from.
 """
 
 from __future__ import annotations
@@ -44,8 +46,13 @@ def deploy(cfg: Config, app_name: str = APP_NAME, route_prefix: str = "/") -> st
     # Set first: replicas of the new deployment must not follow a checkpoint (or adapters) left from
     # an older one.
     ray.get(checkpoints.set.remote(app_name, cfg.serve.checkpoint, fingerprint, cfg.serve.backend))
-    if cfg.serve.backend == "hf":
-        served = ServedAdapters(parse_adapter_specs(cfg.critic.adapters), {}, cfg.critic.adapter)
-        ray.get(checkpoints.reset_adapters.remote(app_name, served))
-    serve.run(build_critic_app(cfg.serve, cfg.critic), name=app_name, route_prefix=route_prefix)
+    critic, store = cfg.critic, ""
+    if cfg.serve.backend == "vllm" and cfg.serve.adapter_store:
+        from mmc_ray.serve.adapter_store import published_critic
+
+        critic, store = published_critic(cfg.serve, cfg.critic), cfg.serve.adapter_store
+    served = ServedAdapters(parse_adapter_specs(critic.adapters), {}, critic.adapter)
+    zero_base = bool(store) and critic.device == "cpu"
+    ray.get(checkpoints.reset_adapters.remote(app_name, served, store, zero_base))
+    serve.run(build_critic_app(cfg.serve, critic), name=app_name, route_prefix=route_prefix)
     return url

@@ -45,7 +45,9 @@ from typing import Any
 from mmc_ray.config import EngineConfig, ServeConfig
 from mmc_ray.engine_protocol import GenerationRequest, GenerationResult
 from mmc_ray.engines.openai import parse_response, request_body
-from mmc_ray.engines.vllm import llm_kwargs
+from mmc_ray.engines.vllm import llm_kwargs, lora_slots
+
+ADAPTER_LOAD_RACE = "has already been loaded"  # vLLM's refusal of a second load of one adapter
 
 
 class LLMCallFailed(RuntimeError):
@@ -61,7 +63,9 @@ def llm_config_dict(serve_cfg: ServeConfig, engine_cfg: EngineConfig) -> dict[st
     `serve.checkpoint` exposed as `serve.served_model`; vLLM's engine settings are the `critic`
     engine's (as `VLLMEngine` uses them, less the executor, which Ray Serve LLM chooses); replicas and
     queueing are the `serve` section's."""
-    engine_kwargs = {k: v for k, v in llm_kwargs(engine_cfg).items() if k != "distributed_executor_backend"}
+    store = serve_cfg.adapter_store
+    engine_kwargs = {k: v for k, v in llm_kwargs(engine_cfg, lora=bool(store)).items()
+                     if k != "distributed_executor_backend"}
     deployment: dict[str, Any] = {"max_ongoing_requests": serve_cfg.max_ongoing_requests,
                                   "graceful_shutdown_timeout_s": serve_cfg.graceful_shutdown_timeout_s,
                                   **serve_cfg.replica_scaling()}
@@ -70,6 +74,9 @@ def llm_config_dict(serve_cfg: ServeConfig, engine_cfg: EngineConfig) -> dict[st
         "engine_kwargs": engine_kwargs,
         "deployment_config": deployment,
     }
+    if store:  # adapters come from the store, each loaded by a replica at its first request
+        config["lora_config"] = {"dynamic_lora_loading_path": store,
+                                 "max_num_adapters_per_replica": lora_slots(engine_cfg)}
     if serve_cfg.accelerator_type:
         config["accelerator_type"] = serve_cfg.accelerator_type
     if engine_cfg.device == "cpu":
@@ -157,27 +164,51 @@ class ServedModel:
 class LLMDeploymentClient:
     """Our generation requests through a handle to the `LLMServer` deployment (in the ingress replica)."""
 
-    def __init__(self, handle: Any, model: str, app: str, make_request: Any = None) -> None:
+    def __init__(self, handle: Any, model: str, app: str, make_request: Any = None,
+                 default_adapter: str = "") -> None:
         """`make_request(**body)` builds what `LLMServer.chat` takes; None: Ray Serve LLM's
-        `ChatCompletionRequest` (vLLM's request model), imported at the first call."""
+        `ChatCompletionRequest` (vLLM's request model), imported at the first call. A request that
+        names no adapter uses `default_adapter` ("" = the base)."""
         self._handle = handle
-        self._chat_handle = handle.options(stream=True)  # LLMServer.chat is an async generator
+        self._handles: dict[str, Any] = {"": handle.options(stream=True)}  # LLMServer.chat: a generator
         self.model, self.app = model, app
         self._make_request = make_request
+        self.default_adapter = default_adapter
+        self.zero_base = False  # set while the base must go through the store's zero adapter (CPU)
         self.served = ServedModel()
 
-    async def _chat(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _target(self, adapter: str | None) -> tuple[Any, str]:
+        """(handle, model) for a request's adapter: Ray Serve LLM picks a LoRA adapter by the
+        multiplexed model id `<model>:<adapter>` (a replica downloads it from the adapter store)."""
+        from mmc_ray.serve.adapter_store import ZERO_BASE
+
+        name = self.default_adapter if adapter is None else adapter
+        name = name or (ZERO_BASE if self.zero_base else "")
+        model = f"{self.model}:{name}" if name else self.model
+        if name not in self._handles:
+            self._handles[name] = self._handle.options(stream=True, multiplexed_model_id=model)
+        return self._handles[name], model
+
+    async def _chat(self, handle: Any, body: dict[str, Any]) -> dict[str, Any]:
         if self._make_request is None:
             from ray.serve.llm.openai_api_models import ChatCompletionRequest
 
             self._make_request = ChatCompletionRequest
-        items = [item async for item in self._chat_handle.chat.remote(self._make_request(**body))]
+        try:
+            items = [item async for item in handle.chat.remote(self._make_request(**body))]
+        except Exception as e:
+            # Ray Serve LLM 2.60 loads an adapter at its first request without a lock, so of two
+            # first requests at once the second fails to load it again: by then it is loaded.
+            if ADAPTER_LOAD_RACE not in str(e):
+                raise
+            items = [item async for item in handle.chat.remote(self._make_request(**body))]
         if not items:
             raise LLMCallFailed(502, "the LLM deployment returned nothing")
         return reply_data(items[0])
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
-        data = await self._chat(request_body(request, self.model))
+        handle, model = self._target(request.adapter)
+        data = await self._chat(handle, request_body(request, model))
         try:
             return parse_response(data, request.n)
         except ValueError as e:
@@ -185,8 +216,9 @@ class LLMDeploymentClient:
 
     async def score(self, request: GenerationRequest, continuations: Sequence[str]) -> list[float]:
         """Log-probability of each continuation of the request's prompt (as `HFEngine.score`)."""
-        bodies = score_bodies(request, continuations, self.model)
-        replies = await asyncio.gather(*(self._chat(body) for body in bodies))
+        handle, model = self._target(request.adapter)
+        bodies = score_bodies(request, continuations, model)
+        replies = await asyncio.gather(*(self._chat(handle, body) for body in bodies))
         try:
             return continuation_logprobs(replies)
         except ValueError as e:

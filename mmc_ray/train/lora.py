@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from mmc_ray.config import TrainConfig
+from mmc_ray.config.adapter_names import ADAPTER_WEIGHTS
 from mmc_ray.config.sections import LoraConfig
-from mmc_ray.models.adapters import ADAPTER_WEIGHTS, MANIFEST, base_hash
+from mmc_ray.models.adapters import MANIFEST, base_hash
 
 
 def target_pattern(cfg: LoraConfig) -> str:

@@ -210,8 +210,9 @@ def test_a_lora_fit_trains_only_the_adapter_and_exports_a_checked_one(ray_local,
     from safetensors import safe_open
     from safetensors.torch import load_file
 
+    from mmc_ray.config.adapter_names import ADAPTER_WEIGHTS
     from mmc_ray.config.sections import LoraConfig
-    from mmc_ray.models.adapters import ADAPTER_WEIGHTS, MANIFEST, base_hash
+    from mmc_ray.models.adapters import MANIFEST, base_hash
 
     cfg = train_cfg(tiny_vlm_path, max_steps=8, checkpoint_every=8, learning_rate=2e-2, zero_stage=zero_stage,
                     lora=LoraConfig(enabled=True, r=8, alpha=16))

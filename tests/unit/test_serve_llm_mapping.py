@@ -83,6 +83,19 @@ def test_on_cpu_the_llm_deployment_takes_the_critics_cpus_and_its_kv_cache_size(
     assert "accelerator_config" not in llm_config_dict(ServeConfig(backend="vllm"), GPU_CRITIC)
 
 
+@pytest.mark.parametrize(("device", "slots"), [("cuda", 4), ("cpu", 5)])
+def test_with_an_adapter_store_the_llm_deployment_loads_adapters_from_it(device, slots):
+    critic = dataclasses.replace(GPU_CRITIC, device=device, vllm=dataclasses.replace(
+        GPU_CRITIC.vllm, tensor_parallel_size=1, max_loras=4, max_lora_rank=16))
+    config = llm_config_dict(ServeConfig(backend="vllm", adapter_store="s3://bucket/critics/"), critic)
+    # vLLM sizes LoRA at start; on CPU one slot more for the zero adapter the base goes through
+    assert config["lora_config"] == {"dynamic_lora_loading_path": "s3://bucket/critics/",
+                                     "max_num_adapters_per_replica": slots}
+    engine = config["engine_kwargs"]
+    assert (engine["enable_lora"], engine["max_loras"], engine["max_lora_rank"]) == (True, slots, 16)
+    assert "lora_config" not in llm_config_dict(ServeConfig(backend="vllm"), critic)
+
+
 def test_ray_serve_llm_accepts_the_llm_config_dict():
     """Ray's own `LLMConfig` model (its config module imports without vLLM) validates the dict; the
     public `ray.serve.llm.LLMConfig` is this class, but importing `ray.serve.llm` needs vLLM."""
@@ -92,9 +105,12 @@ def test_ray_serve_llm_accepts_the_llm_config_dict():
     for serve_cfg, critic in ((ServeConfig(backend="vllm", num_replicas=2), GPU_CRITIC),
                               (ServeConfig(backend="vllm", min_replicas=0, max_replicas=3,
                                            accelerator_type="H100"), GPU_CRITIC),
-                              (ServeConfig(backend="vllm"), cpu_critic)):
+                              (ServeConfig(backend="vllm"), cpu_critic),
+                              (ServeConfig(backend="vllm", adapter_store="s3://bucket/critics"), cpu_critic)):
         config = llm_config.LLMConfig(**llm_config_dict(serve_cfg, critic))
         assert config.model_id == serve_cfg.served_model
+        if serve_cfg.adapter_store:
+            assert config.lora_config.dynamic_lora_loading_path == "s3://bucket/critics"
         assert config.max_request_context_length == critic.vllm.max_model_len
 
 
@@ -227,9 +243,12 @@ class FakeLLMServer:
         self.chat = SimpleNamespace(remote=self._chat)
         self.llm_config = SimpleNamespace(remote=self._llm_config)
 
-    def options(self, **options):
-        assert options == {"stream": True}
-        return self
+    def options(self, stream, multiplexed_model_id=""):
+        """A handle for one multiplexed model id (a LoRA adapter): what it sends is recorded with it."""
+        assert stream is True
+        view = SimpleNamespace(chat=SimpleNamespace(
+            remote=lambda request: self._chat({**request, "multiplexed": multiplexed_model_id})))
+        return view if multiplexed_model_id else self
 
     @staticmethod
     def char_logprob(opening: str) -> float:
@@ -276,8 +295,45 @@ def ingress(monkeypatch):
     monkeypatch.setattr(checkpoints, "registry", lambda: registry)
     server = cls(ServeConfig(backend="vllm"), EngineConfig(device="cuda"), None)
     server.backend = LLMDeploymentCritic(LLMDeploymentClient(FakeLLMServer(), "mmc-critic", "mmc-critic",
-                                                             make_request=dict))
+                                                             make_request=dict),
+                                         server.cfg, EngineConfig(device="cuda"))
     return server
+
+
+@pytest.fixture
+def adapter_ingress(ingress):
+    """The ingress of an app on CPU serving adapters critic-r1 and critic-r2 from an adapter store."""
+    from mmc_ray.serve.app import LLMDeploymentCritic
+
+    serve_cfg = ServeConfig(backend="vllm", adapter_store="s3://bucket/critics")
+    critic = EngineConfig(kind="vllm", device="cpu", adapters=("critic-r1=s3://bucket/critics/critic-r1",
+                                                              "critic-r2=s3://bucket/critics/critic-r2"))
+    ingress.cfg = serve_cfg
+    ingress.backend = LLMDeploymentCritic(LLMDeploymentClient(FakeLLMServer(), "mmc-critic", "mmc-critic",
+                                                              make_request=dict), serve_cfg, critic)
+    return ingress
+
+
+def test_an_adapter_request_goes_to_its_multiplexed_model_and_the_base_through_the_zero_adapter(
+        adapter_ingress):
+    from mmc_ray.serve.adapter_state import ServedAdapters
+
+    sent = adapter_ingress.backend.llm._handle.requests
+    for model in ("critic-r1", None):
+        asyncio.run(adapter_ingress.critique(critique_request(model=model)))
+    # Ray Serve LLM routes a LoRA request by its multiplexed id and vLLM applies the adapter named in it
+    assert [(r["multiplexed"], r["model"]) for r in sent] == [("mmc-critic:critic-r1",) * 2,
+                                                              ("mmc-critic:zero-base",) * 2]
+    # an alias moved in the registry's record: requests for it go to the version it now names
+    record = ServedAdapters({"critic-r2": "s3://bucket/critics/critic-r2"}, {"critic": "critic-r2"})
+    adapter_ingress.backend._follow_entry({"adapters": record, "zero_base": True})
+    reply = asyncio.run(adapter_ingress.critique(critique_request(model="critic")))
+    assert sent[-1]["multiplexed"] == "mmc-critic:critic-r2" and reply.model == "critic-r2"
+    with pytest.raises(RequestRejected) as gone:  # a version the record dropped is not answered to
+        asyncio.run(adapter_ingress.critique(critique_request(model="critic-r1")))
+    assert gone.value.status == 404
+    models = [m["id"] for m in asyncio.run(adapter_ingress.models())["data"]]
+    assert models == ["mmc-critic", "critic-r2", "critic"]
 
 
 def test_ingress_critique_goes_through_the_llm_deployment(ingress):
@@ -334,3 +390,25 @@ def test_vllm_backend_cannot_build_without_vllm():
     cfg = Config(serve=ServeConfig(backend="vllm"), critic=EngineConfig(device="cuda"))
     with pytest.raises(ImportError, match=r"serve\.backend=vllm needs Ray Serve LLM"):
         build_critic_app(cfg.serve, cfg.critic)
+
+
+def test_a_second_first_load_of_an_adapter_is_retried_once_it_is_loaded(adapter_ingress):
+    """Ray Serve LLM 2.60 loads an adapter at its first request without a lock: of two at once, the
+    second fails with vLLM's "already loaded". The adapter is loaded by then, so it is sent again."""
+    from mmc_ray.serve.llm import ADAPTER_LOAD_RACE
+
+    server = adapter_ingress.backend.llm._handle
+    answer, failures = server._chat, []
+
+    def racing(request):
+        if not failures:
+            failures.append(request)
+            raise RuntimeError(f"Failed to load lora model: adapter 'mmc-critic:critic-r1' {ADAPTER_LOAD_RACE}")
+        return answer(request)
+
+    server._chat = racing
+    reply = asyncio.run(adapter_ingress.critique(critique_request(model="critic-r1")))
+    assert reply.critique.verdict == "incorrect" and len(failures) == 1
+    server._chat = lambda request: (_ for _ in ()).throw(RuntimeError("engine died"))
+    with pytest.raises(Exception, match="engine died"):  # anything else is not retried
+        asyncio.run(adapter_ingress.critique(critique_request(model="critic-r1")))
