@@ -283,10 +283,25 @@ class LocalCritic:
             serve_metrics().set("model_version", self.version)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """`checkpoint` swaps the engine; `adapters` (NAME=PATH each) and `aliases` (ALIAS: NAME), when
+        given, are the adapters to serve from now on: a Serve config's (RayService) way to swap a round
+        in, checked by the same rules as `mmc-ray adapters` (a deploy by `mmc-ray serve` uses the
+        registry instead)."""
         if checkpoint := user_config.get("checkpoint"):
             self._load(checkpoint)
+        if "adapters" in user_config or "aliases" in user_config:
+            self._follow_adapters(self._adapters_from(user_config))
         if self._watcher is None:
             self._watcher = follow_registry(self.cfg.checkpoint_poll_s, self._follow_entry)
+
+    def _adapters_from(self, user_config: dict[str, Any]) -> ServedAdapters:
+        """The record `user_config` asks for, as a change of the one served now (BadInput if refused)."""
+        current = self._served_adapters or ServedAdapters(parse_adapter_specs(self.engine_cfg.adapters), {},
+                                                          self.engine_cfg.adapter)
+        paths = parse_adapter_specs(user_config.get("adapters") or ())
+        aliases = dict(user_config.get("aliases") or {})
+        dropped = [name for name in (*current.aliases, *current.paths) if name not in {**paths, **aliases}]
+        return current.changed(paths, aliases, dropped)
 
     def _follow_entry(self, wanted: dict[str, Any]) -> None:
         if wanted.get("checkpoint"):
