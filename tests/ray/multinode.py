@@ -44,12 +44,23 @@ def run_scenario(name: str, out: Path, *extra: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def train_worker_pids() -> list[int]:
+def _parent(pid: int) -> int:
+    # /proc/PID/stat: "pid (comm) state ppid ...", and comm may hold spaces or parentheses
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+
+
+def train_worker_pids(descending_from: int | None = None) -> list[int]:
+    """Ray Train workers on this machine; with `descending_from`, only the processes below that one
+    (a local Ray started by this test process), so a benchmark's fit running beside is never hit."""
     pids = []
     for proc in Path("/proc").iterdir():
         try:
             if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(b"ray::RayTrainWorker"):
-                pids.append(int(proc.name))
+                pid = ancestor = int(proc.name)
+                while descending_from is not None and ancestor not in (descending_from, 0, 1):
+                    ancestor = _parent(ancestor)
+                if descending_from is None or ancestor == descending_from:
+                    pids.append(pid)
         except OSError:
             continue
     return pids
