@@ -13,13 +13,14 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[2] / "mmc_ray"
 
 LEAVES = {"config", "schemas", "io", "images", "seeding", "dashboard_metrics", "ray_runtime", "engine_protocol", "background"}
-PURE_CORES = {"tasks", "mcts", "critique"}
+PURE_CORES = {"tasks", "mcts", "critique", "rl"}
 # unit -> the units it may import (itself always allowed). Leaves import nothing of ours.
 MAY_IMPORT: dict[str, set[str]] = {
     **{leaf: set() for leaf in LEAVES},
     "tasks": {"io", "schemas", "images", "engine_protocol"},
     "mcts": {"config", "tasks"},
     "critique": {"tasks", "engine_protocol"},
+    "rl": {"critique"},
     "models": {"config", "tasks"},
     "store": {"io", "schemas"},
     "engines": {"config", "engine_protocol", "seeding", "models", "tasks", "critique"},
