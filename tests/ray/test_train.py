@@ -147,19 +147,24 @@ def kill_a_worker_after(out: Path, step: int) -> list[float]:
                                       lambda: os.kill(train_worker_pids(os.getpid())[0], signal.SIGKILL))
 
 
+def assert_resumed_on_the_same_curve(cfg, data: Path, out: Path, straight) -> None:
+    """A fit of `cfg` killed after its step-4 checkpoint, then resumed: it ends where `straight` (the
+    same fit never stopped) ended, with the same loss at every step before and after the kill."""
+    killed = kill_a_worker_after(out, step=4)
+    with pytest.raises(ray.train.TrainingFailedError):
+        train(cfg, data, out)
+    assert killed
+    stopped_at = json.loads((latest_checkpoint(out) / STATE_FILE).read_text())["step"]
+    assert 4 <= stopped_at < cfg.train.max_steps
+    resumed = train(cfg, data, out, resume=True)
+    assert resumed.metrics["resumed_from_step"] == stopped_at and resumed.metrics["step"] == cfg.train.max_steps
+    assert resumed.losses == pytest.approx(straight.losses, rel=1e-4)
+
+
 def test_a_killed_run_resumed_continues_the_same_loss_curve(straight_fit, tiny_vlm_path, small_dataset, tmp_path):
     """The resume skips what the killed run consumed: the same stream, as a fit reads its files in their
     order (Ray Data preserve_order), not as their reads finish."""
-    out = tmp_path / "run"
-    killed = kill_a_worker_after(out, step=4)
-    with pytest.raises(ray.train.TrainingFailedError):
-        train(train_cfg(tiny_vlm_path), small_dataset, out)
-    assert killed
-    stopped_at = json.loads((latest_checkpoint(out) / STATE_FILE).read_text())["step"]
-    assert 4 <= stopped_at < 16
-    resumed = train(train_cfg(tiny_vlm_path), small_dataset, out, resume=True)
-    assert resumed.metrics["resumed_from_step"] == stopped_at and resumed.metrics["step"] == 16
-    assert resumed.losses == pytest.approx(straight_fit.losses, rel=1e-4)  # steps before and after the kill
+    assert_resumed_on_the_same_curve(train_cfg(tiny_vlm_path), small_dataset, tmp_path / "run", straight_fit)
 
 
 def test_ray_train_recovers_a_lost_node_on_a_new_one_on_the_same_loss_curve(straight_fit, tiny_vlm_path,
@@ -245,17 +250,7 @@ def test_a_lora_fit_trains_only_the_adapter_and_exports_a_checked_one(lora_fit, 
     assert result.completions[0].completion_tokens > 0
 
 
-
 def test_a_killed_lora_run_resumed_continues_the_same_loss_curve(lora_fit, tiny_vlm_path, small_dataset, tmp_path):
     """As full fine-tuning: the adapter, its optimizer state and the data position come back from the
     checkpoint, so the resumed fit's losses are the uninterrupted one's."""
-    out = tmp_path / "run"
-    killed = kill_a_worker_after(out, step=4)
-    with pytest.raises(ray.train.TrainingFailedError):
-        train(lora_cfg(tiny_vlm_path), small_dataset, out)
-    assert killed
-    stopped_at = json.loads((latest_checkpoint(out) / STATE_FILE).read_text())["step"]
-    assert 4 <= stopped_at < 12
-    resumed = train(lora_cfg(tiny_vlm_path), small_dataset, out, resume=True)
-    assert resumed.metrics["resumed_from_step"] == stopped_at and resumed.metrics["step"] == 12
-    assert resumed.losses == pytest.approx(lora_fit.losses, rel=1e-4)
+    assert_resumed_on_the_same_curve(lora_cfg(tiny_vlm_path), small_dataset, tmp_path / "run", lora_fit)
