@@ -96,7 +96,8 @@ def _seeing_model() -> TinyModelConfig:
 @dataclass(frozen=True)
 class PretrainConfig:
     """`model pretrain-tiny`: the staged recipe that teaches the tiny VLM to read its images (vision
-    tower on the renderers' facts, then descriptions, then reference solutions)."""
+    tower on the renderers' facts, then descriptions, then reference solutions, then an arithmetic
+    drill beside them)."""
 
     model: TinyModelConfig = _section(_seeing_model, "the architecture built and trained")
     image_px: int = _opt(112, "longest image side the model sees (max_pixels = image_px²)")
@@ -120,10 +121,21 @@ class PretrainConfig:
     solve_steps: int = _opt(2500, "stage c: steps on reference solutions, descriptions mixed in")
     learning_rate: float = _opt(3e-3, "stages b and c: peak learning rate")
     tokens_per_step: int = _opt(4096, "stages b and c: tokens per packed step (image tokens count)")
-    guide_weight: float = _opt(1.0, "stages b and c: weight of the attention-guidance loss (one head looks "
-                                    "at the drawn region of each value it says); 0: off")
-    guide_layer: int = _opt(1, "stages b and c: the language-model layer of the guided head")
-    guide_head: int = _opt(0, "stages b and c: the guided attention head")
+    drill_steps: int = _opt(0, "stage d: steps on stage c's mix plus an arithmetic drill (the computation "
+                               "lines of fresh problems' solutions, text only); 0: none. Measured from the "
+                               "shipped base, 2400 steps: sums computed 22% -> 51%, actor 32% -> 37%, but "
+                               "counts and lengths read 5-8 points worse (bench/RESULTS.md): off until "
+                               "both hold")
+    drill_share: float = _opt(0.35, "stage d: share of drill examples among its examples")
+    drill_learning_rate: float = _opt(1e-3, "stage d: peak learning rate (it continues a trained base)")
+    drill_problems: int = _opt(40000, "stage d: fresh problems (seed data_seed + 10) whose computation lines "
+                                      "make the drill, 12 lines to an example")
+    start_from: str = _opt("", "a model folder this recipe made: stages a-c are skipped and stage d "
+                               "continues from it (its card and report carry over)")
+    guide_weight: float = _opt(1.0, "stages b, c and d: weight of the attention-guidance loss (one head "
+                                    "looks at the drawn region of each value it says); 0: off")
+    guide_layer: int = _opt(1, "stages b, c and d: the language-model layer of the guided head")
+    guide_head: int = _opt(0, "stages b, c and d: the guided attention head")
     seed: int = _opt(0, "weights, data order and description order")
 
     def __post_init__(self) -> None:
@@ -131,8 +143,10 @@ class PretrainConfig:
         _require(self.scenes > 0 and self.held_out > 0, "scenes", "scenes and held_out must be > 0")
         _require(0 < self.language_scenes <= self.scenes, "language_scenes", "must be in 1..scenes")
         _require(all(1 <= d <= 5 for d in self.difficulties), "difficulties", "each must be 1..5")
-        _require(min(self.vision_steps, self.describe_steps, self.solve_steps) >= 0, "vision_steps",
-                 "step counts must be >= 0")
+        _require(min(self.vision_steps, self.describe_steps, self.solve_steps, self.drill_steps) >= 0,
+                 "vision_steps", "step counts must be >= 0")
+        _require(0 <= self.drill_share < 1, "drill_share", "must be in [0, 1)")
+        _require(self.drill_problems >= 0, "drill_problems", "must be >= 0")
         _require(self.guide_weight >= 0, "guide_weight", "must be >= 0")
         _require(0 <= self.guide_layer < self.model.num_layers, "guide_layer", "must be a layer of the model")
         _require(0 <= self.guide_head < self.model.num_heads, "guide_head", "must be a head of the model")

@@ -90,6 +90,11 @@ class ExampleBuilder:
         return self._build(f"{problem.problem_id}/describe", self._seen(problem), describe_messages(problem),
                            text)
 
+    def text(self, example_id: str, prompt: str, target: str) -> TrainExample | None:
+        """A text-only example: `prompt` as the user's turn, `target` as the reply."""
+        blank = Problem(example_id, "text", prompt, None, "", "text")
+        return self._build(example_id, blank, ({"role": "user", "content": prompt},), target)
+
     def build_all(self, rows: Iterable[Mapping[str, Any]], task: str) -> list[TrainExample]:
         make = {"critic": self.critic, "annotator": self.annotator, "actor-sft": self.actor_sft}[task]
         return [ex for row in rows if (ex := make(row)) is not None]

@@ -1,7 +1,8 @@
 """How well a VLM reads its images: teacher-forced on held-out reference solutions, the share of
 observation steps ("there are 5", "its value is 12", "it is 7 units") whose value tokens the model
 predicts every one of, per family, beside always answering the most common value of that family's
-observation. Used by the recipe that teaches the tiny VLM to see (its model card's figures) and by
+observation; and the share of the values the solutions compute from them predicted right. Used by
+the recipe that teaches the tiny VLM to see (its model card's figures) and by
 `bench/perception_probe.py`."""
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from mmc_ray.tasks.problem import Problem
-from mmc_ray.tasks.solution import OBSERVE_OPS, STEP_PREFIX, SolutionStep
+from mmc_ray.tasks.solution import OBSERVE_OPS, STEP_PREFIX, SolutionStep, render_step
 from mmc_ray.train.collate import collate_packed
 from mmc_ray.train.examples import TrainExample
 
 CommonValues = dict[tuple[str, str], str]
+VALUE_MARK = "\x00"  # stands in for a step's value to find where its template writes it
 
 
 def most_common_values(problems: Sequence[Problem]) -> CommonValues:
@@ -28,23 +30,30 @@ def most_common_values(problems: Sequence[Problem]) -> CommonValues:
     return {key: c.most_common(1)[0][0] for key, c in counts.items()}
 
 
+def step_value_tokens(problem: Problem, example: TrainExample,
+                      tokenizer: Any) -> list[tuple[SolutionStep, list[int]]]:
+    """(step, positions in `example` of the tokens spelling its value) per step of the problem's
+    reference solution, which `example` must end with."""
+    reference = problem.reference_solution
+    values = [step.value for step in problem.steps]
+    spans, line_start = [], 0
+    for index, (step, line) in enumerate(zip(problem.steps, reference.split("\n"), strict=False)):
+        inputs = [values[j] for j in step.inputs]
+        written = STEP_PREFIX.format(index=index + 1) + render_step(step, VALUE_MARK, inputs)
+        at = line_start + written.index(VALUE_MARK)
+        if reference[at:at + len(step.value)] != step.value:
+            raise ValueError(f"{problem.problem_id}: step {index + 1}'s value is not where its template "
+                             "puts it")
+        spans.append((at, at + len(step.value)))
+        line_start += len(line) + 1
+    return list(zip(problem.steps, span_tokens(example, reference, spans, tokenizer), strict=False))
+
+
 def observed_value_tokens(problem: Problem, example: TrainExample,
                           tokenizer: Any) -> list[tuple[SolutionStep, list[int]]]:
-    """(step, positions in `example` of the tokens spelling its value) per observation step; `example`
-    must end with the problem's reference solution."""
-    reference = problem.reference_solution
-    observed, spans, line_start = [], [], 0
-    for index, (step, line) in enumerate(zip(problem.steps, reference.split("\n"), strict=False)):
-        if step.op in OBSERVE_OPS:
-            at = line_start + len(STEP_PREFIX.format(index=index + 1)) + step.template.index("{value}")
-            if reference[at:at + len(step.value)] != step.value:
-                raise ValueError(f"{problem.problem_id}: step {index + 1}'s value is not where its "
-                                 "template puts it")
-            observed.append(step)
-            spans.append((at, at + len(step.value)))
-        line_start += len(line) + 1
-    positions = span_tokens(example, reference, spans, tokenizer)
-    return list(zip(observed, positions, strict=True))
+    """`step_value_tokens` of the observation steps (the values read off the image)."""
+    return [(step, positions) for step, positions in step_value_tokens(problem, example, tokenizer)
+            if step.op in OBSERVE_OPS]
 
 
 def span_tokens(example: TrainExample, target: str, spans: Sequence[tuple[int, int]],
@@ -62,19 +71,31 @@ def span_tokens(example: TrainExample, target: str, spans: Sequence[tuple[int, i
 def read_accuracy(vlm: Any, held_out: Sequence[tuple[Problem, TrainExample]],
                   common: CommonValues) -> dict[str, dict[str, float]]:
     """Per family: `read_accuracy` (teacher-forced, every token of an observed value right), the
-    `most_common_value` baseline's, and how many `values` were read."""
+    `most_common_value` baseline's, how many `values` were read; and `compute_accuracy` of the values
+    the solution computes from them (the arithmetic), over `computed` values (None when none)."""
     import torch
 
     model = vlm.model.eval()
     hits: dict[str, list[bool]] = collections.defaultdict(list)
+    computed: dict[str, list[bool]] = collections.defaultdict(list)
     base: dict[str, list[bool]] = collections.defaultdict(list)
     with torch.no_grad():
         for problem, example in held_out:
             batch = collate_packed([example], model, vlm.image_token_id)
             batch.pop("labels")
             predicted = model(**batch).logits[0].argmax(-1).tolist()
-            for step, positions in observed_value_tokens(problem, example, vlm.tokenizer):
-                hits[problem.family].append(all(predicted[p - 1] == example.input_ids[p] for p in positions))
-                base[problem.family].append(common.get((problem.family, step.op)) == step.value)
+            for step, positions in step_value_tokens(problem, example, vlm.tokenizer):
+                right = all(predicted[p - 1] == example.input_ids[p] for p in positions)
+                if step.op in OBSERVE_OPS:
+                    hits[problem.family].append(right)
+                    base[problem.family].append(common.get((problem.family, step.op)) == step.value)
+                elif any(c.isdigit() for c in step.value):  # a number worked out, not a label picked
+                    computed[problem.family].append(right)
     return {family: {"read_accuracy": sum(v) / len(v), "most_common_value": sum(base[family]) / len(v),
-                     "values": len(v)} for family, v in sorted(hits.items())}
+                     "values": len(v), "compute_accuracy": _share(computed[family]),
+                     "computed": len(computed[family])}
+            for family, v in sorted(hits.items())}
+
+
+def _share(hits: Sequence[bool]) -> float | None:
+    return sum(hits) / len(hits) if hits else None

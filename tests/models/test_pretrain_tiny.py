@@ -15,7 +15,8 @@ pytestmark = pytest.mark.slow
 
 def test_the_recipe_runs_every_stage_and_learns(tmp_path):
     cfg = dataclasses.replace(Config().pretrain, scenes=160, language_scenes=160, held_out=12, vision_steps=80, vision_batch=16,
-                              describe_steps=40, solve_steps=40, tokens_per_step=1536)
+                              describe_steps=40, solve_steps=40, drill_steps=40, drill_problems=400,
+                              tokens_per_step=1536)
     lines: list[str] = []
     report = pretrain_tiny(cfg, tmp_path / "seeing", log=lines.append)
 
@@ -23,7 +24,10 @@ def test_the_recipe_runs_every_stage_and_learns(tmp_path):
         figures = report["stages"][stage]
         assert figures["loss_last"] < 0.7 * figures["loss_first"], (stage, figures["loss_first"],
                                                                     figures["loss_last"])
+    drill = report["stages"]["d_drill"]  # continues a trained model: its loss starts lower
+    assert drill["steps"] == 40 and drill["loss_last"] < drill["loss_first"], drill
     assert set(report["perception"]) == set(cfg.families)
+    assert report["perception"]["arithmetic"]["computed"] > 0  # the arithmetic is measured too
     assert any("~" in line and "s left" in line for line in lines)  # progress while it runs
 
     folder = tmp_path / "seeing"
