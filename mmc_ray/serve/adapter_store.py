@@ -53,6 +53,20 @@ def _published_digest(uri: str) -> str | None:
         return _weights_digest(stream.read())
 
 
+def _published(uri: str) -> bool:
+    """Whether an adapter's weights are at `uri` (its metadata only: nothing is downloaded)."""
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri(f"{uri}/{ADAPTER_WEIGHTS}")
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def needs_zero_base(store: str, device: str) -> bool:
+    """Whether the base is served through the store's zero adapter: adapters from a store, on vLLM's
+    CPU build (the bug above)."""
+    return bool(store) and device == "cpu"
+
+
 def _copy(folder: Path, uri: str) -> None:
     import pyarrow.fs as pafs
 
@@ -89,11 +103,12 @@ def _publish_as(store: str, subfolder: str, folder: Path, what: str) -> str:
 def publish_all(store: str, adapters: Mapping[str, str], zero_base: bool) -> dict[str, str]:
     """`publish` each NAME → folder (a value already under `store` is taken as published); with
     `zero_base`, also the base's stand-in from the first adapter. Returns NAME → URI."""
-    uris = {name: path if path.startswith(store.rstrip("/") + "/") else publish(store, name, path)
+    inside = store.rstrip("/") + "/"
+    uris = {name: path if path.startswith(inside) else publish(store, name, path)
             for name, path in adapters.items()}
-    local = next((Path(p) for p in adapters.values() if not p.startswith(store.rstrip("/") + "/")), None)
+    local = next((Path(p) for p in adapters.values() if not p.startswith(inside)), None)
     zero = adapter_uri(store, ZERO_BASE)
-    if zero_base and adapters and _published_digest(zero) is None:  # any zero adapter will do
+    if zero_base and adapters and not _published(zero):  # any zero adapter will do
         if local is None:
             raise MissingInput(f"on CPU the base is served through a zero adapter at {zero}, made from a "
                                "local adapter: give one adapter as a local folder")
@@ -108,5 +123,5 @@ def published_critic(serve_cfg: ServeConfig, engine_cfg: EngineConfig) -> Engine
     """`engine_cfg` with its adapters published to `serve.adapter_store` and named by their URIs
     there (publishing it again does nothing)."""
     uris = publish_all(serve_cfg.adapter_store, parse_adapter_specs(engine_cfg.adapters),
-                       zero_base=engine_cfg.device == "cpu")
+                       zero_base=needs_zero_base(serve_cfg.adapter_store, engine_cfg.device))
     return replace(engine_cfg, adapters=tuple(f"{name}={uri}" for name, uri in uris.items()))

@@ -56,6 +56,7 @@ from mmc_ray.dashboard_metrics import StageMetrics
 from mmc_ray.engine_protocol import GenerationRequest, GenerationResult, ScoresContinuations
 from mmc_ray.errors import BadInput
 from mmc_ray.serve.adapter_state import ServedAdapters, ServedNames
+from mmc_ray.serve.adapter_store import needs_zero_base
 from mmc_ray.serve.llm import LLMCallFailed, LLMDeploymentClient
 from mmc_ray.serve.protocol import (
     ChatCompletionRequest,
@@ -401,13 +402,12 @@ class LLMDeploymentCritic:
         self.cfg = serve_cfg
         self.names = ServedNames()
         self.names.follow(parse_adapter_specs(engine_cfg.adapters), {})
-        self._zero_base = bool(serve_cfg.adapter_store) and engine_cfg.device == "cpu"
-        self.llm.zero_base = self._zero_base and bool(engine_cfg.adapters)
-        self._watcher: threading.Thread | None = None
+        self.llm.zero_base = (needs_zero_base(serve_cfg.adapter_store, engine_cfg.device)
+                              and bool(engine_cfg.adapters))
 
     def follow(self) -> None:
         """Follow the app's adapters in the registry (in a replica)."""
-        self._watcher = follow_registry(self.cfg.checkpoint_poll_s, self._follow_entry)
+        follow_registry(self.cfg.checkpoint_poll_s, self._follow_entry)
 
     def _follow_entry(self, wanted: dict[str, Any]) -> None:
         """Ray Serve LLM loads a version at its first request and evicts the least used, so a

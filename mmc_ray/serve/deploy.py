@@ -29,6 +29,7 @@ def deploy(cfg: Config, app_name: str = APP_NAME, route_prefix: str = "/") -> st
     from mmc_ray.config.adapter_names import parse_adapter_specs
     from mmc_ray.ray_runtime import init_ray
     from mmc_ray.serve.adapter_state import ServedAdapters
+    from mmc_ray.serve.adapter_store import needs_zero_base, published_critic
     from mmc_ray.serve.app import build_critic_app
     from mmc_ray.serve.checkpoints import registry
 
@@ -48,11 +49,8 @@ def deploy(cfg: Config, app_name: str = APP_NAME, route_prefix: str = "/") -> st
     ray.get(checkpoints.set.remote(app_name, cfg.serve.checkpoint, fingerprint, cfg.serve.backend))
     critic, store = cfg.critic, ""
     if cfg.serve.backend == "vllm" and cfg.serve.adapter_store:
-        from mmc_ray.serve.adapter_store import published_critic
-
         critic, store = published_critic(cfg.serve, cfg.critic), cfg.serve.adapter_store
     served = ServedAdapters(parse_adapter_specs(critic.adapters), {}, critic.adapter)
-    zero_base = bool(store) and critic.device == "cpu"
-    ray.get(checkpoints.reset_adapters.remote(app_name, served, store, zero_base))
+    ray.get(checkpoints.reset_adapters.remote(app_name, served, store, needs_zero_base(store, critic.device)))
     serve.run(build_critic_app(cfg.serve, critic), name=app_name, route_prefix=route_prefix)
     return url

@@ -49,6 +49,11 @@ def step_value_tokens(problem: Problem, example: TrainExample,
     return list(zip(problem.steps, span_tokens(example, reference, spans, tokenizer), strict=False))
 
 
+def computes_a_number(step: SolutionStep) -> bool:
+    """A step that works a number out (a sum, a product), not one that reads it or picks a label."""
+    return step.op not in OBSERVE_OPS and any(c.isdigit() for c in step.value)
+
+
 def observed_value_tokens(problem: Problem, example: TrainExample,
                           tokenizer: Any) -> list[tuple[SolutionStep, list[int]]]:
     """`step_value_tokens` of the observation steps (the values read off the image)."""
@@ -89,7 +94,7 @@ def read_accuracy(vlm: Any, held_out: Sequence[tuple[Problem, TrainExample]],
                 if step.op in OBSERVE_OPS:
                     hits[problem.family].append(right)
                     base[problem.family].append(common.get((problem.family, step.op)) == step.value)
-                elif any(c.isdigit() for c in step.value):  # a number worked out, not a label picked
+                elif computes_a_number(step):
                     computed[problem.family].append(right)
     return {family: {"read_accuracy": sum(v) / len(v), "most_common_value": sum(base[family]) / len(v),
                      "values": len(v), "compute_accuracy": _share(computed[family]),

@@ -35,7 +35,6 @@ from mmc_ray.models.tiny import build_tiny_vlm
 from mmc_ray.store.shards import file_sha256
 from mmc_ray.tasks.descriptions import described_facts
 from mmc_ray.tasks.problem import Problem
-from mmc_ray.tasks.solution import OBSERVE_OPS
 from mmc_ray.tasks.synthetic import (
     DEFAULT_IMAGE_SIZE,
     MIN_IMAGE_SIZE,
@@ -50,7 +49,13 @@ from mmc_ray.train.attention_guide import Box, GuideSettings, example_targets
 from mmc_ray.train.examples import ExampleBuilder, TrainExample
 from mmc_ray.train.fact_reader import FactReader, FactVocabulary, fact_accuracy, fit_vision
 from mmc_ray.train.local_fit import fit_in_process
-from mmc_ray.train.perception import most_common_values, observed_value_tokens, read_accuracy, span_tokens
+from mmc_ray.train.perception import (
+    computes_a_number,
+    most_common_values,
+    observed_value_tokens,
+    read_accuracy,
+    span_tokens,
+)
 
 CARD = "README.md"
 DRILL_PROMPT = "Work out each line."
@@ -74,9 +79,9 @@ def pretrain_tiny(cfg: PretrainConfig, out_dir: str | Path, log: Log = print) ->
     if cfg.start_from:  # stages a-c were run: their model, report and figures carry over
         shutil.copytree(cfg.start_from, work)
         report = json.loads((work / REPORT).read_text())
-        report["config"] = dataclasses.asdict(cfg)
-        report["continued"] = {"from": cfg.start_from, "config": report.get("continued", {}).get("config")
-                               or json.loads((Path(cfg.start_from) / REPORT).read_text())["config"]}
+        # the config of stages a-c: that run's own, or the one it had continued from
+        earlier = report.get("continued", {}).get("config") or report["config"]
+        report.update(config=dataclasses.asdict(cfg), continued={"from": cfg.start_from, "config": earlier})
     else:
         build_tiny_vlm(cfg.model, work, max_pixels=cfg.image_px ** 2)
         report = {"config": dataclasses.asdict(cfg), "stages": {}}
@@ -105,8 +110,7 @@ def pretrain_tiny(cfg: PretrainConfig, out_dir: str | Path, log: Log = print) ->
                                                       cfg.drill_steps, probe, common, log,
                                                       learning_rate=cfg.drill_learning_rate)
     report["perception"] = report["stages"][list(report["stages"])[-1]]["read"]
-    seconds = round(time.perf_counter() - started, 1)
-    report["seconds"] = seconds + (report.get("seconds", 0.0) if cfg.start_from else 0.0)
+    report["seconds"] = report.get("seconds", 0.0) + round(time.perf_counter() - started, 1)  # a-c's too
     report["torch_threads"] = torch.get_num_threads()
     _save(vlm, work, report)
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -191,7 +195,7 @@ def _computation_lines(key: tuple[str, int, int]) -> list[str]:
     problem = generate_problem(*key, image_size=MIN_IMAGE_SIZE)
     return [line.split(": ", 1)[1]
             for step, line in zip(problem.steps, problem.reference_solution.split("\n"), strict=False)
-            if step.op not in OBSERVE_OPS and any(c.isdigit() for c in step.value)]
+            if computes_a_number(step)]
 
 
 class Guidance:
